@@ -1,0 +1,115 @@
+"""Koopman tools: the operator and spectrum held in an SKA state, and DMD from snapshots.
+
+``A = M G^-1`` is the least-squares one-step predictor of the keys (``k_t ~ A k_{t-1}``): dynamic mode
+decomposition (DMD) with ridge ``eps``, fitted on the key sequence. One difference from textbook DMD on
+the pairs (k_{t-1}, k_t): SKA's ``G`` also counts the last key ``k_{T-1} k_{T-1}^T`` (it serves the ridge
+readout too), a rank-1 term whose effect fades as ``1/T``. Its eigenvalues are the Koopman
+spectrum. The whitened ``A_w = L^-1 M L^-T`` (``G = L L^T``) is similar to ``A`` (``A = L A_w L^-1``), so
+it has the same eigenvalues. ``G^-1 M = G^-1 A G`` is similar to ``A`` too (same spectrum), but it is not
+the predictor: applied to ``k_{t-1}`` it does not give ``k_t``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .._checks import check_int, check_tensor
+from ..ska.reference import SKAState, safe_cholesky
+
+__all__ = ["KoopmanOperator", "DMDResult", "koopman_operator", "koopman_spectrum", "dmd"]
+
+
+class KoopmanOperator(NamedTuple):
+    A: torch.Tensor  # [B, H, r, r]  M G^-1
+    A_w: torch.Tensor  # [B, H, r, r]  L^-1 M L^-T, G = L L^T
+    L: torch.Tensor  # [B, H, r, r]  Cholesky factor of G
+
+
+class DMDResult(NamedTuple):
+    operator: torch.Tensor  # [d, d]    A with y ~ A x (rank-truncated when rank is given)
+    eigenvalues: torch.Tensor  # [m]    complex, sorted by decreasing modulus
+    modes: torch.Tensor  # [d, m]       complex DMD modes (columns), same order
+
+
+def _check_state(state: object) -> SKAState:
+    if not isinstance(state, SKAState):
+        raise ValueError(f"state must be an SKAState, got {type(state).__name__}")
+    return state
+
+
+def koopman_operator(state: SKAState) -> KoopmanOperator:
+    """The Koopman operator of every head of an SKA state.
+
+    Args:
+        state: ``SKAState`` with G, M ``[B, H, r, r]``.
+    Returns:
+        ``KoopmanOperator(A, A_w, L)``, each ``[B, H, r, r]``, computed in float64.
+    """
+    st = _check_state(state)
+    G, M = st.G.double(), st.M.double()
+    L = safe_cholesky(G)
+    A = torch.linalg.solve(G, M.transpose(-1, -2)).transpose(-1, -2)  # M G^-1 (G symmetric)
+    Lm = torch.linalg.solve_triangular(L, M, upper=False)  # L^-1 M
+    A_w = torch.linalg.solve_triangular(L, Lm.transpose(-1, -2), upper=False).transpose(-1, -2)  # L^-1 M L^-T
+    return KoopmanOperator(A, A_w, L)
+
+
+def koopman_spectrum(state: SKAState) -> torch.Tensor:
+    """Eigenvalues of every head's Koopman operator: complex ``[B, H, r]``, sorted by decreasing modulus."""
+    ev = torch.linalg.eigvals(koopman_operator(state).A_w)
+    order = ev.abs().argsort(dim=-1, descending=True)
+    return ev.gather(-1, order)
+
+
+def dmd(X: torch.Tensor, Y: torch.Tensor, eps: float = 0.0, rank: int | None = None) -> DMDResult:
+    """Dynamic mode decomposition from snapshot pairs.
+
+    Fits ``y_i ~ A x_i`` by (ridge) least squares: ``A = (sum y x^T)(sum x x^T + eps I)^-1`` — the
+    same estimate SKA keeps as ``M G^-1`` — then eigen-decomposes it.
+
+    Args:
+        X: ``[N, d]`` snapshots x_i (rows; time runs down the rows).
+        Y: ``[N, d]`` their successors y_i (for a trajectory: ``X = Z[:-1], Y = Z[1:]``).
+        eps: ridge strength (>= 0).
+        rank: keep the leading ``rank`` singular directions of X (exact DMD, Tu et al. 2014); None for all.
+    Returns:
+        ``DMDResult(operator [d, d], eigenvalues [m], modes [d, m])``, eigenvalues by decreasing modulus.
+
+    Example:
+        >>> th, rho = 0.3, 0.9
+        >>> R = rho * torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+        >>> Z = torch.stack([torch.linalg.matrix_power(R, t) @ torch.tensor([1., 0.]) for t in range(20)])
+        >>> dmd(Z[:-1], Z[1:]).eigenvalues      # rho * exp(+-i th)
+    """
+    check_tensor("X", X, 2, layout="[N, d]")
+    check_tensor("Y", Y, 2, layout="[N, d]")
+    if X.shape != Y.shape:
+        raise ValueError(f"Y must have the same shape as X [N, d], got X {tuple(X.shape)} and Y {tuple(Y.shape)}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+        raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+    N, d = X.shape
+    if rank is not None:
+        check_int("rank", rank, min_value=1)
+        if rank > min(N, d):
+            raise ValueError(f"rank must be <= min(N, d) = {min(N, d)}, got {rank}")
+    if rank is None:
+        if eps == 0:  # plain least squares, without squaring X's condition number
+            A = torch.linalg.lstsq(X, Y).solution.T  # X A^T ~ Y
+        else:
+            Gx = X.T @ X + eps * torch.eye(d, dtype=X.dtype, device=X.device)  # sum x x^T + eps I
+            A = torch.linalg.solve(Gx, X.T @ Y).T  # (sum y x^T) Gx^-1
+        ev, modes = torch.linalg.eig(A)
+    else:
+        # exact DMD: project on the leading singular directions of the snapshot matrix X^T = U S V^T
+        U, S, Vh = torch.linalg.svd(X.T, full_matrices=False)
+        U, S, V = U[:, :rank], S[:rank], Vh[:rank].T
+        Sinv = S / (S**2 + eps)  # ridge-regularised inverse singular values
+        A_tilde = U.T @ Y.T @ V * Sinv  # [rank, rank]
+        ev, W = torch.linalg.eig(A_tilde)
+        cdt = ev.dtype
+        modes = (Y.T @ V * Sinv).to(cdt) @ W  # [d, rank]
+        A = U @ A_tilde @ U.T
+    order = ev.abs().argsort(descending=True)
+    return DMDResult(A, ev[order], modes[:, order])

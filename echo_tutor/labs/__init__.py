@@ -1,0 +1,96 @@
+"""Lab switches and exercise checkers.
+
+Switches (environment variables, read when this module is imported):
+
+* ``ECHO_TUTOR_FAST``: ``1`` for small, minutes-on-a-laptop runs, ``0`` for the full-size experiment.
+  Default: on when no CUDA device is present or when ``CI`` is set.
+* ``ECHO_TUTOR_SOLUTIONS``: ``1`` (instructor mode) fills every "your turn" exercise with its solution;
+  nbval runs the labs this way.
+
+Each lab's exercises live in ``echo_tutor.labs.labNN``: a checker per exercise that calls the
+student's function on fresh random inputs and raises :class:`ExerciseError` saying what is wrong
+(shape, value, causality), and the solution used in instructor mode.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Callable
+
+import torch
+
+__all__ = ["FAST", "SOLUTIONS", "ExerciseError", "is_fast", "solutions_enabled", "exercise", "fresh_generator", "passed"]
+
+
+def _flag(name: str) -> bool | None:
+    val = os.environ.get(name)
+    if val is None or val.strip() == "":
+        return None
+    return val.strip().lower() not in ("0", "false", "no", "off")
+
+
+def is_fast() -> bool:
+    """FAST mode: ``ECHO_TUTOR_FAST`` if set, else on when ``CI`` is set or no CUDA device is present."""
+    flag = _flag("ECHO_TUTOR_FAST")
+    if flag is not None:
+        return flag
+    return bool(_flag("CI")) or not torch.cuda.is_available()
+
+
+def solutions_enabled() -> bool:
+    """Instructor mode: ``ECHO_TUTOR_SOLUTIONS=1``."""
+    return bool(_flag("ECHO_TUTOR_SOLUTIONS"))
+
+
+FAST: bool = is_fast()
+SOLUTIONS: bool = solutions_enabled()
+
+
+class ExerciseError(AssertionError):
+    """Raised by a checker: the message says what is wrong and how to reproduce it."""
+
+
+def fresh_generator() -> tuple[torch.Generator, int]:
+    """A generator on a fresh random seed (returned too, so a failure can be reproduced)."""
+    seed = secrets.randbits(31)
+    return torch.Generator().manual_seed(seed), seed
+
+
+def exercise(student: Callable, solution: Callable) -> Callable:
+    """The function a lab uses for an exercise: the student's, or the solution in instructor mode."""
+    return solution if solutions_enabled() else student
+
+
+def passed(name: str) -> bool:
+    print(f"\N{WHITE HEAVY CHECK MARK} {name}: correct on fresh random inputs.")
+    return True
+
+
+def call_student(name: str, fn: Callable, *args, **kwargs):
+    """Call the student's function, turning 'not done yet' and crashes into readable messages."""
+    if not callable(fn):
+        raise ExerciseError(f"{name}: expected a function, got {type(fn).__name__}")
+    try:
+        return fn(*args, **kwargs)
+    except NotImplementedError:
+        raise ExerciseError(f"{name}: not attempted yet - replace `raise NotImplementedError` with your code.") from None
+    except ExerciseError:
+        raise
+    except Exception as e:  # the student's own bug: say where, without hiding it
+        raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}") from e
+
+
+def expect_tensor(name: str, out: object, shape: tuple[int, ...], what: str) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor):
+        raise ExerciseError(f"{name}: should return a torch.Tensor {what}, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape):
+        raise ExerciseError(f"{name}: wrong shape: expected {what} = {tuple(shape)}, got {tuple(out.shape)}")
+    if not bool(torch.isfinite(out).all()):
+        raise ExerciseError(f"{name}: the output contains NaN or Inf")
+    return out
+
+
+def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-6) -> bool:
+    a, b = a.double(), b.double()
+    return bool((a - b).norm() <= tol * (1.0 + b.norm()))

@@ -1,0 +1,20 @@
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def assert_close(name: str, ref: torch.Tensor, got: torch.Tensor, ratio: float = 1e-9) -> None:
+    """fla-style check: relative RMS error of ``got`` against ``ref`` below ``ratio`` (max abs in the message)."""
+    ref, got = ref.detach().double(), got.detach().double()
+    assert ref.shape == got.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    err = (ref - got).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    assert err <= ratio, f"{name}: rel-RMS {err:.3g} > {ratio:g}, max abs {(ref - got).abs().max():.3g}"

@@ -1,0 +1,75 @@
+import math
+
+import pytest
+import torch
+
+from echo_tutor.koopman import dmd, koopman_operator, koopman_spectrum
+from echo_tutor.ska import ska_chunked
+
+
+def rotation(theta, rho):
+    c, s = math.cos(theta), math.sin(theta)
+    return rho * torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("theta,rho", [(0.3, 0.9), (1.1, 0.99), (2.5, 0.7)])
+def test_dmd_recovers_damped_rotation(theta, rho):
+    A = rotation(theta, rho)
+    Z = [torch.tensor([1.0, 0.5], dtype=torch.float64)]
+    for _ in range(30):
+        Z.append(A @ Z[-1])
+    Z = torch.stack(Z)
+    res = dmd(Z[:-1], Z[1:])
+    true = torch.tensor([rho * complex(math.cos(theta), math.sin(theta)), rho * complex(math.cos(theta), -math.sin(theta))],
+                        dtype=torch.complex128)
+    got = res.eigenvalues
+    # match the conjugate pair regardless of order
+    err = min((got - true).abs().max(), (got - true.flip(0)).abs().max())
+    assert err < 1e-8
+    assert torch.allclose(res.operator, A, atol=1e-8)
+
+
+def test_rank_truncated_dmd_on_embedded_system():
+    """A 2-D rotation observed through a random 6x2 lift: rank-2 exact DMD recovers its eigenvalues."""
+    g = torch.Generator().manual_seed(0)
+    A = rotation(0.4, 0.95)
+    lift = torch.randn(6, 2, generator=g, dtype=torch.float64)
+    z = torch.tensor([1.0, -0.3], dtype=torch.float64)
+    Z = []
+    for _ in range(40):
+        Z.append(lift @ z)
+        z = A @ z
+    Z = torch.stack(Z)
+    res = dmd(Z[:-1], Z[1:], rank=2)
+    assert res.modes.shape == (6, 2)
+    assert torch.allclose(res.eigenvalues.abs(), torch.full((2,), 0.95, dtype=torch.float64), atol=1e-8)
+    assert abs(abs(res.eigenvalues[0].angle()) - 0.4) < 1e-8
+    # the modes are eigenvectors of the full operator
+    for i in range(2):
+        assert torch.allclose(res.operator.to(res.modes.dtype) @ res.modes[:, i], res.eigenvalues[i] * res.modes[:, i], atol=1e-8)
+
+
+def test_ska_state_holds_the_dmd_operator():
+    """Keys that follow k_t = A k_{t-1}: the state's M G^-1 is the DMD fit of the key trajectory, with
+    one difference: G also counts the last key (k_{T-1} k_{T-1}^T), a term that fades as T grows."""
+    A = rotation(0.5, 0.999)
+    k = [torch.tensor([1.0, 0.0], dtype=torch.float64)]
+    for _ in range(399):
+        k.append(A @ k[-1])
+    k = torch.stack(k)  # [T, 2]
+    eps = 1e-9
+    v = torch.randn(1, 400, 1, 3, dtype=torch.float64)
+    _, st = ska_chunked(k[None, :, None], k[None, :, None], v, eps=eps)
+    op = koopman_operator(st)
+    assert op.A.shape == (1, 1, 2, 2)
+    X, Y = k[:-1], k[1:]
+    exact = (Y.T @ X) @ torch.linalg.inv(X.T @ X + torch.outer(k[-1], k[-1]) + eps * torch.eye(2, dtype=torch.float64))
+    assert torch.allclose(op.A[0, 0], exact, atol=1e-10)
+    assert torch.allclose(op.A[0, 0], dmd(X, Y).operator, atol=5e-3)  # the boundary term, ~1/T
+    ev = koopman_spectrum(st)
+    assert ev.shape == (1, 1, 2) and ev.is_complex()
+    assert torch.allclose(ev.abs(), torch.full_like(ev.abs(), 0.999), atol=5e-3)
+    assert abs(abs(ev[0, 0, 0].angle()) - 0.5) < 5e-3
+    # whitened and plain operators are similar: same spectrum, A = L A_w L^-1
+    assert torch.allclose(torch.linalg.eigvals(op.A).abs().sort().values, ev.abs().sort().values, atol=1e-8)
+    assert torch.allclose(op.L @ op.A_w @ torch.linalg.inv(op.L), op.A, atol=1e-8)

@@ -1,0 +1,75 @@
+"""Every exercise checker accepts the solution and rejects a typical wrong answer with a useful message."""
+
+import importlib
+
+import pytest
+import torch
+
+from echo_tutor import labs
+from echo_tutor.labs import ExerciseError
+from echo_tutor.labs import lab02
+
+
+def eye_like(K, eps):
+    return eps * torch.eye(K.shape[1], dtype=K.dtype)
+
+
+WRONG = [
+    # (checker, wrong answer, what the message must say)
+    (lab02.check_ridge_readout, lambda K, V, q, e: V.T @ K @ q, "linear attention"),
+    (lab02.check_ridge_readout, lambda K, V, q, e: V.T @ K @ torch.linalg.solve(K.T @ K, q), "add eps"),
+    (lab02.check_ridge_readout, lambda K, V, q, e: (V.T @ K @ torch.linalg.solve(K.T @ K + eye_like(K, e), q))[None], "wrong shape"),
+    (lab02.check_ridge_readout, lambda K, V, q, e: torch.zeros(V.shape[1], dtype=K.dtype), "wrong values"),
+    (lab02.check_causal_ridge,  # fits on the whole sequence: leaks the future
+     lambda K, V, Q, e: (V.T @ K @ torch.linalg.solve(K.T @ K + eye_like(K, e), Q.T)).T, "not causal"),
+    (lab02.check_causal_ridge, lambda K, V, Q, e: lab02._causal_ridge(K, V, Q, e, inclusive=False), "tokens < t"),
+    (lab02.check_koopman_from_stats, lambda G, M: torch.linalg.solve(G, M), "G^-1 M"),
+    (lab02.check_koopman_from_stats, lambda G, M: M.T @ torch.linalg.inv(G), "transpose"),
+    (lab02.check_koopman_from_stats, lambda G, M: M, "M alone"),
+]
+
+
+@pytest.mark.parametrize("checker,wrong,msg", WRONG, ids=[f"{w[0].__name__}-{i}" for i, w in enumerate(WRONG)])
+def test_checker_rejects_typical_wrong_answer(checker, wrong, msg):
+    with pytest.raises(ExerciseError, match=msg):
+        checker(wrong)
+
+
+@pytest.mark.parametrize(
+    "checker,solution",
+    [
+        (lab02.check_ridge_readout, lab02.ridge_readout_solution),
+        (lab02.check_causal_ridge, lab02.causal_ridge_solution),
+        (lab02.check_koopman_from_stats, lab02.koopman_from_stats_solution),
+    ],
+)
+def test_checker_accepts_solution(checker, solution):
+    assert checker(solution) is True
+
+
+def test_unattempted_and_crashing_answers_are_explained():
+    def todo(*args):
+        raise NotImplementedError
+
+    with pytest.raises(ExerciseError, match="not attempted yet"):
+        lab02.check_ridge_readout(todo)
+    with pytest.raises(ExerciseError, match="your function raised ZeroDivisionError"):
+        lab02.check_koopman_from_stats(lambda G, M: 1 / 0)
+    with pytest.raises(ExerciseError, match="expected a function"):
+        lab02.check_koopman_from_stats(3)
+
+
+def test_switches_follow_the_environment(monkeypatch):
+    monkeypatch.setenv("ECHO_TUTOR_FAST", "0")
+    assert labs.is_fast() is False
+    monkeypatch.setenv("ECHO_TUTOR_FAST", "1")
+    assert labs.is_fast() is True
+    monkeypatch.delenv("ECHO_TUTOR_FAST")
+    monkeypatch.setenv("CI", "true")
+    assert labs.is_fast() is True
+    monkeypatch.setenv("ECHO_TUTOR_SOLUTIONS", "1")
+    assert labs.exercise(None, lab02.ridge_readout_solution) is lab02.ridge_readout_solution
+    monkeypatch.setenv("ECHO_TUTOR_SOLUTIONS", "0")
+    mine = lambda *a: None  # noqa: E731
+    assert labs.exercise(mine, lab02.ridge_readout_solution) is mine
+    assert importlib.reload(labs).SOLUTIONS is False

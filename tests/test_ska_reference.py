@@ -1,0 +1,181 @@
+"""The two SKA references against each other and against independent closed forms (float64)."""
+
+import pytest
+import torch
+
+from conftest import assert_close
+from echo_tutor.ska import SKAState, ska_chunked, ska_readout, ska_recurrent
+from echo_tutor.ska.reference import safe_cholesky
+
+B, H, R, P = 2, 2, 5, 3
+
+
+def make(T, seed=0, dtype=torch.float64, grad=False, mask=True):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, R, generator=g, dtype=dtype)
+    k = torch.randn(B, T, H, R, generator=g, dtype=dtype)
+    v = torch.randn(B, T, H, P, generator=g, dtype=dtype)
+    beta = torch.rand(B, T, H, generator=g, dtype=dtype)
+    w = (torch.rand(B, T, H, generator=g) > 0.25).to(dtype) if mask else None
+    if grad:
+        for x in (q, k, v, beta):
+            x.requires_grad_(True)
+    return q, k, v, beta, w
+
+
+@pytest.mark.parametrize("T", [1, 63, 64, 65, 200], ids=lambda t: f"T{t}")
+@pytest.mark.parametrize("mode", ["token", "chunk"])
+@pytest.mark.parametrize("spectral_norm", [False, True], ids=["plain", "specnorm"])
+def test_recurrent_equals_chunked_forward_and_backward(T, mode, spectral_norm):
+    kw = dict(power_steps=2, eps=1e-2, eta=1.3, gamma=torch.tensor([0.8, 1.2], dtype=torch.float64),
+              spectral_norm=spectral_norm, mode=mode, chunk_size=64)
+    q, k, v, beta, w = make(T, grad=True)
+    y1, s1 = ska_recurrent(q, k, v, beta, weights=w, **kw)
+    dy = torch.randn_like(y1)
+    g1 = torch.autograd.grad((y1 * dy).sum(), (q, k, v, beta), allow_unused=True)
+    y2, s2 = ska_chunked(q, k, v, beta, weights=w, **kw)
+    g2 = torch.autograd.grad((y2 * dy).sum(), (q, k, v, beta), allow_unused=True)
+    if mode == "chunk" and T <= 64:
+        assert y2.abs().max() == 0, "chunk 0 must read an empty operator and output zeros"
+    else:
+        assert_close("y", y1, y2)
+    for name, a, b in zip(("G", "M", "C", "k_prev"), s1.tensors(), s2.tensors()):
+        assert_close(name, a, b)
+    assert s1.count == s2.count == T
+    for name, a, b, x in zip(("dq", "dk", "dv", "dbeta"), g1, g2, (q, k, v, beta)):
+        a = torch.zeros_like(x) if a is None else a  # chunk mode, one chunk: y does not depend on x
+        b = torch.zeros_like(x) if b is None else b
+        if a.abs().max() > 0:
+            assert_close(name, a, b, 1e-8)
+        else:
+            assert b.abs().max() == 0
+
+
+def test_k0_is_ridge_regression_by_lstsq():
+    """K = 0, token mode: y_t = B_t q_t with B_t the ridge solution on tokens <= t, solved by lstsq."""
+    T, eps = 17, 0.05
+    q, k, v, beta, _ = make(T, seed=1, mask=False)
+    y, _ = ska_chunked(q, k, v, beta, power_steps=0, eps=eps, chunk_size=8)
+    for b in range(B):
+        for h in range(H):
+            for t in (0, 3, 16):
+                sw = beta[b, : t + 1, h].sqrt()[:, None]
+                X = torch.cat([sw * k[b, : t + 1, h], eps**0.5 * torch.eye(R, dtype=k.dtype)])  # [t+1+r, r]
+                Y = torch.cat([sw * v[b, : t + 1, h], torch.zeros(R, P, dtype=k.dtype)])  # [t+1+r, P]
+                Bt = torch.linalg.lstsq(X, Y).solution  # [r, P]: min sum beta ||v - B^T k||^2 + eps ||B||^2
+                assert_close(f"y[{b},{t},{h}]", q[b, t, h] @ Bt, y[b, t, h], 1e-10)
+
+
+def test_whitened_route_equals_closed_form():
+    """y = B_v L A_w^K L^-1 q (whitened) equals C G^-1 (M G^-1)^K q, and spectral norm is a scalar s^K."""
+    g = torch.Generator().manual_seed(2)
+    X = torch.randn(H, 40, R, generator=g, dtype=torch.float64)
+    G = X.transpose(-1, -2) @ X + 0.1 * torch.eye(R, dtype=torch.float64)  # [H, r, r]
+    M = torch.randn(H, R, R, generator=g, dtype=torch.float64) * 3
+    C = torch.randn(H, P, R, generator=g, dtype=torch.float64)
+    q = torch.randn(H, 4, R, generator=g, dtype=torch.float64)
+    L = torch.linalg.cholesky(G)
+    Linv = torch.linalg.inv(L)
+    A_w = Linv @ M @ Linv.transpose(-1, -2)
+    B_v = C @ torch.linalg.inv(G)
+    for K in (0, 1, 2, 4):
+        whitened = B_v @ L @ torch.linalg.matrix_power(A_w, K) @ Linv @ q.transpose(-1, -2)  # [H, P, n]
+        y = ska_readout(G, M, C, q, power_steps=K)
+        assert_close(f"K={K}", whitened.transpose(-1, -2), y, 1e-10)
+        gamma = 1.3
+        s = gamma / torch.linalg.matrix_norm(A_w, ord=2).clamp_min(1.0)  # [H]
+        y_sn = ska_readout(G, M, C, q, power_steps=K, gamma=gamma, spectral_norm=True, spectral_iters=None)
+        assert_close(f"K={K} specnorm", (s[:, None, None] ** K) * y, y_sn, 1e-10)
+
+
+def test_power_iteration_estimates_sigma_max():
+    from echo_tutor.ska import sigma_max
+
+    A = torch.randn(8, 6, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    exact = torch.linalg.matrix_norm(A, ord=2)
+    est = sigma_max(A, 50)
+    assert_close("sigma", exact, est, 1e-6)
+    assert (sigma_max(A, 2) <= exact + 1e-12).all(), "power iteration under-estimates sigma_max"
+
+
+@pytest.mark.parametrize("mode", ["token", "chunk"])
+def test_streaming_in_pieces_equals_one_call(mode):
+    """Feeding the sequence in pieces, carrying the state, equals one call (pieces on chunk boundaries)."""
+    T, S = 100, 16
+    q, k, v, beta, w = make(T, seed=4)
+    kw = dict(mode=mode, chunk_size=S, power_steps=1)
+    y_all, s_all = ska_chunked(q, k, v, beta, weights=w, **kw)
+    cuts = [0, 32, 48, 96, 100]
+    st, ys = None, []
+    for a, b in zip(cuts[:-1], cuts[1:]):
+        y, st = ska_chunked(q[:, a:b], k[:, a:b], v[:, a:b], beta[:, a:b], weights=w[:, a:b], state=st, **kw)
+        ys.append(y)
+    assert_close("y", y_all, torch.cat(ys, 1))
+    assert_close("G", s_all.G, st.G)
+    assert_close("M", s_all.M, st.M)
+
+
+def test_scanning_single_tokens_equals_forward():
+    T = 30
+    q, k, v, beta, w = make(T, seed=5)
+    y_all, _ = ska_chunked(q, k, v, beta, weights=w, power_steps=2, spectral_norm=True)
+    st, ys = None, []
+    for t in range(T):
+        y, st = ska_recurrent(q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], beta[:, t:t + 1],
+                              weights=w[:, t:t + 1], state=st, power_steps=2, spectral_norm=True)
+        ys.append(y)
+    assert_close("y", y_all, torch.cat(ys, 1))
+
+
+def test_prefix_mask_zero_means_read_only():
+    """A token with w_t = 0 does not change the statistics (and M skips both its terms)."""
+    T = 12
+    q, k, v, beta, _ = make(T, seed=6, mask=False)
+    w = torch.ones(B, T, H, dtype=torch.float64)
+    w[:, 6:] = 0
+    _, s_masked = ska_chunked(q, k, v, beta, weights=w)
+    _, s_prefix = ska_chunked(q[:, :6], k[:, :6], v[:, :6], beta[:, :6])
+    assert_close("G", s_prefix.G, s_masked.G)
+    assert_close("M", s_prefix.M, s_masked.M)
+    assert_close("C", s_prefix.C, s_masked.C)
+
+
+@pytest.mark.parametrize("T", [10, 10_000])
+def test_state_bytes_do_not_grow(T):
+    r, Pv, Hh = 8, 6, 3
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(1, T, Hh, r, generator=g)
+    k = torch.randn(1, T, Hh, r, generator=g)
+    v = torch.randn(1, T, Hh, Pv, generator=g)
+    _, st = ska_chunked(q, k, v, mode="chunk", chunk_size=256)
+    assert st.G.dtype == torch.float32
+    assert st.nbytes == (2 * r * r + Pv * r + r) * Hh * 4
+
+
+def test_rank_deficient_gram_is_finite():
+    """Fewer keys than r and a tiny eps: plain Cholesky fails, the jitter fallback keeps output finite."""
+    g = torch.Generator().manual_seed(8)
+    T, r = 3, 16
+    k = torch.randn(1, T, 1, r, generator=g) * 100
+    q = torch.randn(1, T, 1, r, generator=g)
+    v = torch.randn(1, T, 1, 4, generator=g)
+    y, st = ska_chunked(q, k, v, eps=1e-12, power_steps=2)
+    assert torch.linalg.cholesky_ex(st.G)[1].item() != 0, "this G should defeat a plain Cholesky"
+    assert torch.isfinite(y).all()
+    assert torch.isfinite(safe_cholesky(st.G)).all()
+
+
+def test_float32_inputs_keep_float32_and_match_float64():
+    q, k, v, beta, w = make(70, seed=9)
+    y64, _ = ska_chunked(q, k, v, beta, weights=w, mode="chunk", chunk_size=16, eps=0.1)
+    y32, st = ska_chunked(q.float(), k.float(), v.float(), beta.float(), weights=w.float(), mode="chunk", chunk_size=16, eps=0.1)
+    assert y32.dtype == torch.float32 and st.G.dtype == torch.float32
+    assert_close("y", y64, y32, 1e-4)
+
+
+def test_state_zeros_and_helpers():
+    st = SKAState.zeros(2, 3, 4, 5, eps=0.5)
+    assert torch.equal(st.G[1, 2], 0.5 * torch.eye(4))
+    assert st.shape == (2, 3, 4, 5)
+    assert st.to(dtype=torch.float64).G.dtype == torch.float64
+    assert not st.detach().G.requires_grad
