@@ -121,8 +121,8 @@ def check_koopman_from_stats(fn) -> bool:
             continue
         Ginv = torch.linalg.inv(G)
         if close(out, Ginv @ M):
-            hint = " You computed G^-1 M. It has the same eigenvalues (G^-1 M = G^-1 A G) but it is not the predictor: "
-                    "A = M G^-1 is what maps k_{t-1} to k_t."
+            hint = (" You computed G^-1 M. It has the same eigenvalues (G^-1 M = G^-1 A G) but it is not the "
+                    "predictor: A = M G^-1 is what maps k_{t-1} to k_t.")
         elif close(out, M.T @ Ginv) or close(out, want.T):
             hint = " You have the transpose: A = M G^-1 maps k_{t-1} to k_t when M = sum k_t k_{t-1}^T."
         elif close(out, M):
