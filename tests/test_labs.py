@@ -1,6 +1,7 @@
 """Every exercise checker accepts the solution and rejects a typical wrong answer with a useful message."""
 
 import importlib
+import re
 
 import pytest
 import torch
@@ -31,7 +32,7 @@ WRONG = [
 
 @pytest.mark.parametrize("checker,wrong,msg", WRONG, ids=[f"{w[0].__name__}-{i}" for i, w in enumerate(WRONG)])
 def test_checker_rejects_typical_wrong_answer(checker, wrong, msg):
-    with pytest.raises(ExerciseError, match=msg):
+    with pytest.raises(ExerciseError, match=re.escape(msg)):
         checker(wrong)
 
 
