@@ -1,0 +1,33 @@
+# The two commands of the README:
+#   make lab    set up .venv (CPU torch first where there is no CUDA) and start JupyterLab on notebooks/
+#   make test   set up .venv and run the whole suite: unit tests + every lab under nbval (solutions on)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+EXTRAS ?= lab,test
+
+.PHONY: setup lab test test-unit test-labs notebooks bench clean
+
+setup:
+	bash scripts/setup.sh $(EXTRAS)
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/
+
+test: setup
+	ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# Pieces of `make test`, for a set-up environment.
+test-unit:
+	$(PY) -m pytest tests -p no:cacheprovider
+test-labs:
+	ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# Regenerate the output-free .ipynb twins after editing a lab's .py source.
+notebooks:
+	$(VENV)/bin/jupytext --to ipynb notebooks/[0-9]*.py
+
+bench:
+	$(PY) benchmarks/ska_forward.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache
