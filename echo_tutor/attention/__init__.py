@@ -1,0 +1,169 @@
+"""Attention baselines: causal softmax attention with RoPE and a KV cache, and linear attention.
+
+Shapes: activations ``[B, T, d_model]``; per head ``[B, H, T, D]`` with ``D = d_model // n_heads``.
+
+* :class:`CausalSelfAttention` keeps every key and value (a KV cache that grows by ``2 H D`` floats per
+  token): exact recall, memory linear in the context.
+* :class:`LinearAttention` keeps ``C = sum_s v_s k_s^T`` (``[B, H, D, D]``) and reads ``y_t = C_t q_t``: the
+  constant-memory teaching baseline, one gradient step from zero on SKA's regression loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import check_int, check_positive, check_tensor
+
+__all__ = ["KVCache", "CausalSelfAttention", "LinearAttention", "LinearAttentionState", "apply_rope"]
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotary position embedding (rotate-half form). x ``[B, H, T, D]`` (D even), positions ``[T]``."""
+    D = x.shape[-1]
+    fdt = torch.float64 if x.dtype == torch.float64 else torch.float32  # angles at least in float32
+    inv_freq = 1.0 / (base ** (torch.arange(0, D, 2, device=x.device, dtype=fdt) / D))  # [D/2]
+    ang = positions.to(fdt)[:, None] * inv_freq[None]  # [T, D/2]
+    cos, sin = torch.cos(ang).to(x.dtype), torch.sin(ang).to(x.dtype)
+    x1, x2 = x[..., : D // 2], x[..., D // 2:]
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+@dataclass
+class KVCache:
+    """Every key and value seen so far: k, v ``[B, H, T, D]`` (keys after RoPE)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return self.k.shape[2]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v))
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal softmax attention with RoPE (torch SDPA) and a growing KV cache.
+
+    Shapes: ``forward(x [B, T, d_model], state=None) -> (y [B, T, d_model], KVCache)``;
+    ``step(x_t [B, d_model], cache) -> (y_t [B, d_model], KVCache)``.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, rope_base: float = 10000.0) -> None:
+        super().__init__()
+        check_int("d_model", d_model, min_value=1)
+        check_int("n_heads", n_heads, min_value=1)
+        check_positive("rope_base", rope_base)
+        if d_model % n_heads or (d_model // n_heads) % 2:
+            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model} into an even head size (RoPE)")
+        self.d_model, self.n_heads, self.head_dim, self.rope_base = d_model, n_heads, d_model // n_heads, rope_base
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def init_state(self, batch: int, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> KVCache:
+        device = device if device is not None else self.qkv.weight.device
+        dtype = dtype or self.qkv.weight.dtype
+        empty = torch.zeros(batch, self.n_heads, 0, self.head_dim, device=device, dtype=dtype)
+        return KVCache(empty, empty.clone())
+
+    def state_nbytes(self, batch: int = 1, context: int = 0) -> int:
+        """KV-cache bytes after ``context`` tokens: ``2 * context * d_model * itemsize`` per sequence."""
+        return 2 * batch * context * self.d_model * self.qkv.weight.element_size()
+
+    def forward(self, x: torch.Tensor, state: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        check_tensor("x", x, 3, layout="[B, T, d_model]")
+        B, T, d = x.shape
+        if d != self.d_model:
+            raise ValueError(f"x must have last dim d_model={self.d_model}, got shape {tuple(x.shape)}")
+        if state is None:
+            state = self.init_state(B, device=x.device, dtype=x.dtype)
+        past = state.length
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # 3 x [B, H, T, D]
+        pos = torch.arange(past, past + T, device=x.device)
+        q, k = apply_rope(q, pos, self.rope_base), apply_rope(k, pos, self.rope_base)
+        k_all, v_all = torch.cat([state.k, k], dim=2), torch.cat([state.v, v], dim=2)  # [B, H, past+T, D]
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k_all, v_all, is_causal=True)
+        else:  # query i (absolute past+i) sees keys 0..past+i
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(diagonal=past)
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(B, T, d)
+        return self.out(y), KVCache(k_all, v_all)
+
+    def step(self, x_t: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        check_tensor("x_t", x_t, 2, layout="[B, d_model]")
+        if not isinstance(state, KVCache):
+            raise ValueError(f"state must be a KVCache (from init_state), got {type(state).__name__}")
+        y, state = self.forward(x_t[:, None], state)
+        return y[:, 0], state
+
+
+@dataclass
+class LinearAttentionState:
+    """C ``[B, H, D, D]`` = sum_s v_s k_s^T."""
+
+    C: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return self.C.numel() * self.C.element_size()
+
+
+class LinearAttention(nn.Module):
+    """Causal linear attention ``y_t = (sum_{s<=t} v_s k_s^T) q_t`` with L2-normalised keys and queries.
+
+    Chunked: inside a chunk ``(Q K^T o causal) V``, across chunks the running ``C``.
+    Shapes as :class:`CausalSelfAttention`; the state is ``LinearAttentionState`` (constant in T).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, chunk_size: int = 64) -> None:
+        super().__init__()
+        check_int("d_model", d_model, min_value=1)
+        check_int("n_heads", n_heads, min_value=1)
+        check_int("chunk_size", chunk_size, min_value=1)
+        if d_model % n_heads:
+            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
+        self.d_model, self.n_heads, self.head_dim, self.chunk_size = d_model, n_heads, d_model // n_heads, chunk_size
+        self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
+        self.out = nn.Linear(d_model, d_model, bias=False)
+
+    def init_state(self, batch: int, device=None, dtype=None) -> LinearAttentionState:
+        device = device if device is not None else self.qkv.weight.device
+        dtype = dtype or self.qkv.weight.dtype
+        return LinearAttentionState(torch.zeros(batch, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=dtype))
+
+    def state_nbytes(self, batch: int = 1) -> int:
+        return self.init_state(batch, device="meta").nbytes
+
+    def forward(self, x: torch.Tensor, state: LinearAttentionState | None = None):
+        check_tensor("x", x, 3, layout="[B, T, d_model]")
+        B, T, d = x.shape
+        if d != self.d_model:
+            raise ValueError(f"x must have last dim d_model={self.d_model}, got shape {tuple(x.shape)}")
+        C = (state or self.init_state(B, x.device, x.dtype)).C
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # [B, H, T, D]
+        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        S = self.chunk_size
+        causal = torch.ones(S, S, dtype=torch.bool, device=x.device).tril()
+        ys = []
+        for s in range(0, T, S):
+            qc, kc, vc = q[:, :, s:s + S], k[:, :, s:s + S], v[:, :, s:s + S]
+            n = qc.shape[2]
+            scores = (qc @ kc.transpose(-1, -2)).masked_fill(~causal[:n, :n], 0)  # [B, H, n, n]
+            ys.append(scores @ vc + qc @ C.transpose(-1, -2))  # in-chunk + earlier chunks (C q)
+            C = C + vc.transpose(-1, -2) @ kc  # [B, H, D, D]
+        y = torch.cat(ys, dim=2).transpose(1, 2).reshape(B, T, d)
+        return self.out(y), LinearAttentionState(C)
+
+    def step(self, x_t: torch.Tensor, state: LinearAttentionState):
+        check_tensor("x_t", x_t, 2, layout="[B, d_model]")
+        if not isinstance(state, LinearAttentionState):
+            raise ValueError(f"state must be a LinearAttentionState, got {type(state).__name__}")
+        y, state = self.forward(x_t[:, None], state)
+        return y[:, 0], state

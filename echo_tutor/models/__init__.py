@@ -1,0 +1,248 @@
+"""One backbone for every model of the labs (Zoology-style): mixers plugged in by name.
+
+``HybridLM(vocab_size, d_model, layout)`` stacks blocks ``x += mixer(RMSNorm(x)); x += SwiGLU(RMSNorm(x))``
+where ``layout`` names each block's sequence mixer in order, e.g. ``"mamba2,mamba2,ska,ska"``. Mixer names:
+
+    mamba2       echo_tutor.ssm.Mamba2                        state: conv + SSM, constant in T
+    ska          echo_tutor.ska.SpectralKoopmanAttention      state: G, M, C, k_prev, constant in T
+    attn         echo_tutor.attention.CausalSelfAttention     state: KV cache, linear in T
+    linear_attn  echo_tutor.attention.LinearAttention         state: C, constant in T
+
+Presets (``build(preset, vocab_size, **overrides)``) follow the paper's sub-million models (d=128,
+4 heads, Mamba-2 d_state 16, SKA r=24): ``ssm``, ``ssm+attn``, ``echo``, ``ssm+ridge`` (echo with K=0),
+``attn``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pathlib
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .._checks import check_int, check_tensor
+from ..attention import CausalSelfAttention, LinearAttention
+from ..ska import SpectralKoopmanAttention
+from ..ssm import Mamba2
+
+__all__ = ["HybridLM", "MIXERS", "PRESETS", "build", "load", "state_nbytes", "count_parameters"]
+
+MIXERS = ("mamba2", "ska", "attn", "linear_attn")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "ssm": dict(layout="mamba2,mamba2,mamba2,mamba2"),
+    "ssm+attn": dict(layout="mamba2,mamba2,attn,attn"),
+    "echo": dict(layout="mamba2,mamba2,ska,ska"),
+    "ssm+ridge": dict(layout="mamba2,mamba2,ska,ska", mixer_kwargs={"ska": {"power_steps": 0}}),
+    "attn": dict(layout="attn,attn,attn,attn"),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
+class SwiGLU(nn.Module):
+    """``W_down(silu(W_gate x) * W_up x)``."""
+
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(d, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g, u = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(g) * u)
+
+
+def parse_layout(layout: str | list[str] | tuple[str, ...]) -> list[str]:
+    names = [s.strip() for s in layout.split(",")] if isinstance(layout, str) else list(layout)
+    if not names or any(n == "" for n in names):
+        raise ValueError(f"layout must name at least one mixer, comma-separated, got {layout!r}")
+    bad = [n for n in names if n not in MIXERS]
+    if bad:
+        raise ValueError(f"layout: unknown mixer name(s) {bad}; known: {list(MIXERS)}")
+    return names
+
+
+class Block(nn.Module):
+    def __init__(self, mixer: nn.Module, d_model: int, mlp_hidden: int) -> None:
+        super().__init__()
+        self.norm1, self.mixer = RMSNorm(d_model), mixer
+        self.norm2, self.mlp = RMSNorm(d_model), SwiGLU(d_model, mlp_hidden)
+
+    def forward(self, x, state=None):
+        y, state = self.mixer(self.norm1(x), state)
+        x = x + y
+        return x + self.mlp(self.norm2(x)), state
+
+    def step(self, x_t, state):
+        y, state = self.mixer.step(self.norm1(x_t), state)
+        x_t = x_t + y
+        return x_t + self.mlp(self.norm2(x_t)), state
+
+
+class HybridLM(nn.Module):
+    """A language model whose blocks mix the sequence with the mixers named in ``layout``.
+
+    Args:
+        vocab_size: V.
+        d_model: width d.
+        layout: mixer names in order (comma-separated string or list); see the module doc.
+        n_heads: heads of attention / SKA; Mamba-2 uses ``headdim = 2 d / n_heads`` (expand 2).
+        d_state: Mamba-2's N.
+        ska_rank: SKA's r.
+        mlp_hidden: SwiGLU hidden width (default ``13 d / 4``: 416 at d=128, which puts the presets within
+            3.2% of the paper's parameter counts).
+        mixer_kwargs: per-mixer overrides, e.g. ``{"ska": {"power_steps": 0}, "mamba2": {"chunk_size": 32}}``.
+        tie_embeddings: share the input embedding with the output head.
+
+    Shapes: ``forward(ids [B, T], state=None) -> (logits [B, T, V], state)``;
+    ``step(ids [B], state) -> (logits [B, V], state)``; ``state`` is a list with one entry per block.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        d_model: int = 128,
+        layout: str | list[str] = "mamba2,mamba2,ska,ska",
+        n_heads: int = 4,
+        d_state: int = 16,
+        ska_rank: int = 24,
+        mlp_hidden: int | None = None,
+        mixer_kwargs: dict[str, dict[str, Any]] | None = None,
+        tie_embeddings: bool = True,
+    ) -> None:
+        super().__init__()
+        check_int("vocab_size", vocab_size, min_value=2)
+        check_int("d_model", d_model, min_value=1)
+        check_int("n_heads", n_heads, min_value=1)
+        check_int("d_state", d_state, min_value=1)
+        check_int("ska_rank", ska_rank, min_value=1)
+        if d_model % n_heads:
+            raise ValueError(f"n_heads={n_heads} must divide d_model={d_model}")
+        names = parse_layout(layout)
+        mixer_kwargs = copy.deepcopy(mixer_kwargs or {})
+        unknown = set(mixer_kwargs) - set(MIXERS)
+        if unknown:
+            raise ValueError(f"mixer_kwargs: unknown mixer name(s) {sorted(unknown)}; known: {list(MIXERS)}")
+        mlp_hidden = 13 * d_model // 4 if mlp_hidden is None else mlp_hidden
+        check_int("mlp_hidden", mlp_hidden, min_value=1)
+        self.config = dict(vocab_size=vocab_size, d_model=d_model, layout=",".join(names), n_heads=n_heads,
+                           d_state=d_state, ska_rank=ska_rank, mlp_hidden=mlp_hidden, mixer_kwargs=mixer_kwargs,
+                           tie_embeddings=tie_embeddings)
+        self.layout = names
+        self.embed = nn.Embedding(vocab_size, d_model)
+        self.blocks = nn.ModuleList(Block(self._mixer(n, mixer_kwargs.get(n, {})), d_model, mlp_hidden) for n in names)
+        self.norm_f = RMSNorm(d_model)
+        self.head = nn.Linear(d_model, vocab_size, bias=False)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        if tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def _mixer(self, name: str, kw: dict[str, Any]) -> nn.Module:
+        c = self.config
+        d, H = c["d_model"], c["n_heads"]
+        if name == "mamba2":
+            kw = {"d_state": c["d_state"], "headdim": max(1, 2 * d // H), **kw}
+            return Mamba2(d, **kw)
+        if name == "ska":
+            return SpectralKoopmanAttention(d, H, kw.pop("rank", c["ska_rank"]), **kw)
+        if name == "attn":
+            return CausalSelfAttention(d, H, **kw)
+        return LinearAttention(d, H, **kw)
+
+    # ---------------------------------------------------------------------------------------------
+    def _check_ids(self, name: str, ids: object, ndim: int, layout: str) -> torch.Tensor:
+        check_tensor(name, ids, ndim, layout=layout, floating=False)
+        if ids.is_floating_point() or ids.is_complex():
+            raise ValueError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+        V = self.config["vocab_size"]
+        if ids.numel() and (ids.min() < 0 or ids.max() >= V):
+            raise ValueError(f"{name} must hold token ids in [0, {V}), got min {int(ids.min())}, max {int(ids.max())}")
+        return ids
+
+    def forward(self, ids: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
+        """ids ``[B, T]`` -> logits ``[B, T, V]`` and the per-block states after the last token."""
+        self._check_ids("ids", ids, 2, "[B, T]")
+        if state is not None and len(state) != len(self.blocks):
+            raise ValueError(f"state must hold one entry per block ({len(self.blocks)}), got {len(state)}")
+        x = self.embed(ids)
+        new_state = []
+        for i, blk in enumerate(self.blocks):
+            x, s = blk(x, None if state is None else state[i])
+            new_state.append(s)
+        return self.head(self.norm_f(x)), new_state
+
+    def init_state(self, batch: int, device: torch.device | str | None = None) -> list:
+        check_int("batch", batch, min_value=1)
+        device = device if device is not None else self.embed.weight.device
+        return [blk.mixer.init_state(batch, device=device) for blk in self.blocks]
+
+    def step(self, ids: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+        """Decode one token per sequence: ids ``[B]`` -> logits ``[B, V]``."""
+        self._check_ids("ids", ids, 1, "[B]")
+        if not isinstance(state, list) or len(state) != len(self.blocks):
+            raise ValueError(f"state must be the list from init_state() with {len(self.blocks)} entries")
+        x = self.embed(ids)
+        new_state = []
+        for blk, s in zip(self.blocks, state):
+            x, s = blk.step(x, s)
+            new_state.append(s)
+        return self.head(self.norm_f(x)), new_state
+
+    def save(self, path: str | pathlib.Path) -> None:
+        """Save config and weights in one file; ``load(path)`` rebuilds the model."""
+        torch.save({"config": self.config, "state_dict": self.state_dict(), "format": "echo_tutor.HybridLM/1"}, path)
+
+
+def load(path: str | pathlib.Path, map_location: str | torch.device = "cpu") -> HybridLM:
+    """Load a model saved with ``HybridLM.save``."""
+    blob = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != "echo_tutor.HybridLM/1":
+        raise ValueError(f"path: {path} is not an echo_tutor HybridLM checkpoint")
+    model = HybridLM(**blob["config"])
+    model.load_state_dict(blob["state_dict"])
+    return model
+
+
+def build(preset: str, vocab_size: int = 128, **overrides: Any) -> HybridLM:
+    """A preset model (see ``PRESETS``) with any ``HybridLM`` argument overridden.
+
+    ``mixer_kwargs`` overrides are merged per mixer with the preset's."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
+    cfg = copy.deepcopy(PRESETS[preset])
+    extra = overrides.pop("mixer_kwargs", None) or {}
+    mk = cfg.pop("mixer_kwargs", {})
+    for name, kw in extra.items():
+        mk.setdefault(name, {}).update(kw)
+    return HybridLM(vocab_size, mixer_kwargs=mk, **{**cfg, **overrides})
+
+
+def state_nbytes(state: Any) -> int:
+    """Bytes of every tensor an inference state holds (lists, tuples, dicts and dataclasses walked)."""
+    if isinstance(state, torch.Tensor):
+        return state.numel() * state.element_size()
+    if dataclasses.is_dataclass(state):
+        return sum(state_nbytes(getattr(state, f.name)) for f in dataclasses.fields(state))
+    if isinstance(state, dict):
+        return sum(state_nbytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(state_nbytes(v) for v in state)
+    return 0
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Distinct parameters (a tied embedding counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,116 @@
+import pytest
+import torch
+
+from conftest import assert_close
+from echo_tutor.models import MIXERS, PRESETS, HybridLM, build, count_parameters, load, state_nbytes
+
+PAPER_PARAMS = {"ssm": 1_110_000, "ssm+attn": 998_000, "echo": 982_000}
+
+
+@pytest.mark.parametrize("preset", list(PAPER_PARAMS))
+def test_preset_sizes_match_the_paper(preset):
+    n = count_parameters(build(preset, vocab_size=128))
+    assert abs(n - PAPER_PARAMS[preset]) / PAPER_PARAMS[preset] < 0.10, n
+
+
+def ska_mixers(model):
+    return [b.mixer for b, n in zip(model.blocks, model.layout) if n == "ska"]
+
+
+def test_ssm_ridge_is_echo_with_k0():
+    assert [s.power_steps for s in ska_mixers(build("ssm+ridge"))] == [0, 0]
+    assert [s.power_steps for s in ska_mixers(build("echo"))] == [2, 2]
+    assert build("echo").layout == ["mamba2", "mamba2", "ska", "ska"]
+    assert build("echo", mixer_kwargs={"ska": {"rank": 8}}).blocks[2].mixer.rank == 8
+
+
+def small(preset, **kw):
+    torch.manual_seed(0)
+    m = build(preset, vocab_size=50, d_model=32, n_heads=4, d_state=8, ska_rank=6,
+              mixer_kwargs={"ska": {"mode": "token", "chunk_size": 8}, "mamba2": {"chunk_size": 8}}, **kw).double()
+    for b, n in zip(m.blocks, m.layout):  # SKA's zero-init output would hide it from every comparison
+        if n == "ska":
+            torch.nn.init.normal_(b.mixer.w_o.weight, std=0.2)
+    return m
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_model_step_equals_forward(preset):
+    m = small(preset)
+    ids = torch.randint(0, 50, (2, 21), generator=torch.Generator().manual_seed(1))
+    logits, _ = m(ids)
+    st = m.init_state(2)
+    outs = []
+    for t in range(ids.shape[1]):
+        lt, st = m.step(ids[:, t], st)
+        outs.append(lt)
+    assert_close("logits", logits, torch.stack(outs, 1))
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_model_is_causal(preset):
+    m = small(preset)
+    ids = torch.randint(0, 50, (2, 30), generator=torch.Generator().manual_seed(2))
+    ids2 = ids.clone()
+    ids2[:, 18:] = (ids2[:, 18:] + 1) % 50
+    assert_close("prefix", m(ids)[0][:, :18], m(ids2)[0][:, :18], 1e-12)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_every_mixer_is_causal_in_chunk_training_mode(mixer):
+    torch.manual_seed(3)
+    m = HybridLM(40, d_model=32, layout=mixer, n_heads=4, d_state=8, ska_rank=6,
+                 mixer_kwargs={"ska": {"chunk_size": 8}} if mixer == "ska" else None).double()
+    ids = torch.randint(0, 40, (1, 33))
+    ids2 = ids.clone()
+    ids2[:, 20:] = (ids2[:, 20:] + 3) % 40
+    assert_close("prefix", m(ids)[0][:, :20], m(ids2)[0][:, :20], 1e-12)
+
+
+def test_state_bytes_constant_for_ssm_and_echo_linear_for_attention():
+    sizes = {}
+    for preset in ("ssm", "echo", "attn"):
+        m = build(preset, vocab_size=64, d_model=32, n_heads=4, d_state=8, ska_rank=6)
+        sizes[preset] = []
+        for T in (16, 64, 256):
+            _, st = m(torch.randint(0, 64, (1, T)))
+            sizes[preset].append(state_nbytes(st))
+    assert len(set(sizes["ssm"])) == 1 and len(set(sizes["echo"])) == 1
+    a = sizes["attn"]
+    assert a[1] == 4 * a[0] and a[2] == 16 * a[0]
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    m = small("echo")
+    path = tmp_path / "m.pt"
+    m.float().save(path)
+    m2 = load(path)
+    assert m2.config == m.config
+    ids = torch.randint(0, 50, (1, 12))
+    assert torch.equal(m.float()(ids)[0], m2(ids)[0])
+    (tmp_path / "junk.pt").write_bytes(b"")
+    torch.save({"x": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an echo_tutor HybridLM checkpoint"):
+        load(tmp_path / "other.pt")
+
+
+def test_bad_layouts_and_inputs():
+    with pytest.raises(ValueError, match="unknown mixer name"):
+        HybridLM(32, layout="mamba2,transformer")
+    with pytest.raises(ValueError, match="at least one mixer"):
+        HybridLM(32, layout="")
+    with pytest.raises(ValueError, match="preset must be one of"):
+        build("mamba")
+    with pytest.raises(ValueError, match="mixer_kwargs: unknown"):
+        HybridLM(32, mixer_kwargs={"ssm": {}})
+    with pytest.raises(ValueError, match="n_heads=3 must divide"):
+        HybridLM(32, d_model=32, n_heads=3)
+    m = build("echo", vocab_size=32, d_model=32, n_heads=4, d_state=8, ska_rank=6)
+    with pytest.raises(ValueError, match=r"token ids in \[0, 32\)"):
+        m(torch.tensor([[1, 40]]))
+    with pytest.raises(ValueError, match="integer token ids"):
+        m(torch.rand(1, 4))
+    with pytest.raises(ValueError, match="ids must have 2 dims"):
+        m(torch.tensor([1, 2]))
+    with pytest.raises(ValueError, match="state must be the list"):
+        m.step(torch.tensor([1]), None)
