@@ -8,11 +8,16 @@ import torch
 
 from echo_tutor import labs
 from echo_tutor.labs import ExerciseError
-from echo_tutor.labs import lab02
+from echo_tutor.labs import lab01, lab02
 
 
 def eye_like(K, eps):
     return eps * torch.eye(K.shape[1], dtype=K.dtype)
+
+
+def scan_variant(i, x, a, b, c):
+    """The i-th typical wrong recurrence: multiply by a_t, read before writing, never decay."""
+    return list(lab01._scan_variants(x, a, b, c).values())[i]
 
 
 WRONG = [
@@ -27,6 +32,17 @@ WRONG = [
     (lab02.check_koopman_from_stats, lambda G, M: torch.linalg.solve(G, M), "G^-1 M"),
     (lab02.check_koopman_from_stats, lambda G, M: M.T @ torch.linalg.inv(G), "transpose"),
     (lab02.check_koopman_from_stats, lambda G, M: M, "M alone"),
+    (lab01.check_ssm_scan, lambda *args: scan_variant(0, *args), "exp(a_t)"),
+    (lab01.check_ssm_scan, lambda *args: scan_variant(1, *args), "reads the state before"),
+    (lab01.check_ssm_scan, lambda *args: scan_variant(2, *args), "never decayed"),
+    (lab01.check_ssm_scan, lambda x, a, b, c: lab01.ssm_scan_solution(x, a, b, c).flip(0), "not causal"),
+    (lab01.check_ssm_scan, lambda x, a, b, c: lab01.ssm_scan_solution(x, a, b, c).T, "wrong shape"),
+    (lab01.check_decay_mask, lambda a: torch.exp(torch.cumsum(a, 0)[:, None] - torch.cumsum(a, 0)[None, :]), "above the diagonal"),
+    (lab01.check_decay_mask, lambda a: torch.tril(torch.cumsum(a, 0)[:, None] - torch.cumsum(a, 0)[None, :]), "exponential"),
+    (lab01.check_decay_mask, lambda a: torch.tril(torch.exp(torch.cumsum(a, 0)[:, None] - torch.cumsum(a, 0)[None, :] + a[None, :])),
+     "excludes a_j"),
+    (lab01.check_ssd_quadratic, lambda x, a, b, c: torch.tril(c @ b.T) @ x, "decay mask"),
+    (lab01.check_ssd_quadratic, lambda x, a, b, c: ((b @ c.T) * lab01.decay_mask_solution(a)) @ x, "B C^T"),
 ]
 
 
@@ -42,6 +58,9 @@ def test_checker_rejects_typical_wrong_answer(checker, wrong, msg):
         (lab02.check_ridge_readout, lab02.ridge_readout_solution),
         (lab02.check_causal_ridge, lab02.causal_ridge_solution),
         (lab02.check_koopman_from_stats, lab02.koopman_from_stats_solution),
+        (lab01.check_ssm_scan, lab01.ssm_scan_solution),
+        (lab01.check_decay_mask, lab01.decay_mask_solution),
+        (lab01.check_ssd_quadratic, lab01.ssd_quadratic_solution),
     ],
 )
 def test_checker_accepts_solution(checker, solution):

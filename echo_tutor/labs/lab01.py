@@ -1,0 +1,132 @@
+"""Lab 01 (SSMs and attention): exercises, checkers and solutions. One head, no batch:
+
+1. ``ssm_scan(x [T, P], a [T], b [T, N], c [T, N]) -> y [T, P]``: the recurrence
+   ``h_t = exp(a_t) h_{t-1} + x_t b_t^T`` (``h`` is ``[P, N]``, starts at 0), ``y_t = h_t c_t``.
+2. ``decay_mask(a [T]) -> L [T, T]``: ``L[i, j] = exp(a_{j+1} + ... + a_i)`` for ``i >= j``, else 0.
+3. ``ssd_quadratic(x, a, b, c) -> y [T, P]``: the same outputs as 1 in one matrix product,
+   ``y = ((C B^T) o L) x``: attention whose mask decays.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
+
+__all__ = [
+    "ssm_scan_solution", "decay_mask_solution", "ssd_quadratic_solution",
+    "check_ssm_scan", "check_decay_mask", "check_ssd_quadratic",
+]
+
+
+# ---------------------------------------------------------------------------------------------- solutions
+def ssm_scan_solution(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    h = torch.zeros(x.shape[1], b.shape[1], dtype=x.dtype)
+    ys = []
+    for t in range(x.shape[0]):
+        h = torch.exp(a[t]) * h + torch.outer(x[t], b[t])  # decay the old state, then write
+        ys.append(h @ c[t])  # read after writing: y_t sees x_t
+    return torch.stack(ys)
+
+
+def decay_mask_solution(a: torch.Tensor) -> torch.Tensor:
+    cs = torch.cumsum(a, 0)
+    L = torch.exp(cs[:, None] - cs[None, :])  # exp(a_{j+1} + ... + a_i)
+    return torch.tril(L)
+
+
+def ssd_quadratic_solution(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return ((c @ b.T) * decay_mask_solution(a)) @ x
+
+
+# ---------------------------------------------------------------------------------------------- checkers
+def _inputs(g: torch.Generator, T=9, P=3, N=4):
+    x = torch.randn(T, P, generator=g, dtype=torch.float64)
+    a = -torch.rand(T, generator=g, dtype=torch.float64)
+    b = torch.randn(T, N, generator=g, dtype=torch.float64)
+    c = torch.randn(T, N, generator=g, dtype=torch.float64)
+    return x, a, b, c
+
+
+def _check_sequence_fn(name, fn, solution, typical):
+    g, seed = fresh_generator()
+    x, a, b, c = _inputs(g)
+    T, P = x.shape
+    out = expect_tensor(name, call_student(name, fn, x, a, b, c), (T, P), "[T, P]")
+    x2, b2 = x.clone(), b.clone()
+    x2[6:] += 1.0
+    b2[6:] += 1.0
+    out2 = expect_tensor(name, call_student(name, fn, x2, a, b2, c), (T, P), "[T, P]")
+    if not close(out[:6], out2[:6], 1e-10):
+        raise ExerciseError(f"{name}: not causal: outputs before t=6 changed when only inputs from t=6 on changed "
+                            f"(seed {seed}). y_t may depend on tokens 0..t only.")
+    want = solution(x, a, b, c)
+    if close(out, want):
+        return passed(name)
+    hint = next((h for h, wrong in typical(x, a, b, c).items() if close(out, wrong)), "")
+    raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
+
+
+def _scan_variants(x, a, b, c):
+    def run(decay, read_before):
+        h = torch.zeros(x.shape[1], b.shape[1], dtype=x.dtype)
+        ys = []
+        for t in range(x.shape[0]):
+            if read_before:
+                ys.append(h @ c[t])
+            h = decay(a[t]) * h + torch.outer(x[t], b[t])
+            if not read_before:
+                ys.append(h @ c[t])
+        return torch.stack(ys)
+
+    return {
+        " You multiply by a_t itself: the decay factor is exp(a_t) (a_t = A dt is a log-decay, <= 0).": run(lambda z: z, False),
+        " It looks like y_t reads the state before x_t is written: update h first, then read y_t = h_t c_t.":
+            run(torch.exp, True),
+        " The state is never decayed: h_t = exp(a_t) h_{t-1} + x_t b_t^T.": run(lambda z: torch.ones(()), False),
+    }
+
+
+def check_ssm_scan(fn) -> bool:
+    """Check ``fn(x [T, P], a [T], b [T, N], c [T, N]) -> [T, P]`` against the SSM recurrence."""
+    return _check_sequence_fn("ssm_scan", fn, ssm_scan_solution, _scan_variants)
+
+
+def check_decay_mask(fn) -> bool:
+    """Check ``fn(a [T]) -> L [T, T]``, ``L[i, j] = exp(a_{j+1} + ... + a_i)`` on and below the diagonal."""
+    name = "decay_mask"
+    g, seed = fresh_generator()
+    T = 7
+    a = -torch.rand(T, generator=g, dtype=torch.float64)
+    out = expect_tensor(name, call_student(name, fn, a), (T, T), "[T, T]")
+    want = decay_mask_solution(a)
+    if torch.triu(out, 1).abs().max() > 1e-12:
+        raise ExerciseError(f"{name}: entries above the diagonal must be 0 (a token cannot read later tokens); "
+                            f"seed {seed}")
+    if close(out, want):
+        return passed(name)
+    cs = torch.cumsum(a, 0)
+    typical = {
+        " The diagonal should be exp(0) = 1: the sum runs over a_{j+1} .. a_i, so it excludes a_j.":
+            torch.tril(torch.exp(cs[:, None] - cs[None, :] + a[None, :])),
+        " That is the sum itself: the mask is its exponential.": torch.tril(cs[:, None] - cs[None, :]),
+        " The decay runs the wrong way: L[i, j] multiplies what token j wrote, seen from token i >= j.":
+            torch.tril(torch.exp(cs[None, :] - cs[:, None])),
+    }
+    hint = next((h for h, wrong in typical.items() if close(out, wrong)), "")
+    raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
+
+
+def check_ssd_quadratic(fn) -> bool:
+    """Check ``fn(x, a, b, c) -> [T, P]`` equals the recurrence through ``((C B^T) o L) x``."""
+
+    def typical(x, a, b, c):
+        L = decay_mask_solution(a)
+        return {
+            " That is B C^T: scores[i, j] = c_i . b_j (token i reads with c_i what token j wrote with b_j).":
+                ((b @ c.T) * L) @ x,
+            " Without the decay mask this is plain causal linear attention: multiply the scores by L.":
+                torch.tril(c @ b.T) @ x,
+        }
+
+    return _check_sequence_fn("ssd_quadratic", fn, ssd_quadratic_solution, typical)
