@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS ?= lab,test
 
-.PHONY: setup lab test test-unit test-labs notebooks bench clean
+.PHONY: setup lab test test-unit test-labs notebooks bench checkpoints cliff clean
 
 setup:
 	bash scripts/setup.sh $(EXTRAS)
@@ -28,6 +28,13 @@ notebooks:
 
 bench:
 	$(PY) benchmarks/ska_forward.py
+	$(PY) benchmarks/decode.py
+
+# Retrain the shipped checkpoints (15 CPU minutes per preset), then the memory-cliff grid on them.
+checkpoints:
+	bash scripts/train_checkpoints.sh
+cliff:
+	$(VENV)/bin/echo-tutor cliff --fast
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -8,11 +8,29 @@ import torch
 
 from echo_tutor import labs
 from echo_tutor.labs import ExerciseError
-from echo_tutor.labs import lab01, lab02
+from echo_tutor.labs import lab01, lab02, lab03, lab05
 
 
 def eye_like(K, eps):
     return eps * torch.eye(K.shape[1], dtype=K.dtype)
+
+
+def labels_on_values(keys, values, distractors, order):
+    inputs, labels = lab03.gap_example_solution(keys, values, distractors, order)
+    shifted = torch.full_like(labels, -100)
+    shifted[1:] = labels[:-1]
+    return inputs, shifted
+
+
+def first_write_wins(tokens, SET, GET):
+    first, out = {}, []
+    toks = [int(t) for t in tokens]
+    for i in range(0, len(toks), 3):
+        if toks[i] == SET:
+            first.setdefault(toks[i + 1], toks[i + 2])
+        else:
+            out.append(first[toks[i + 1]])
+    return out
 
 
 def scan_variant(i, x, a, b, c):
@@ -43,6 +61,14 @@ WRONG = [
      "excludes a_j"),
     (lab01.check_ssd_quadratic, lambda x, a, b, c: torch.tril(c @ b.T) @ x, "decay mask"),
     (lab01.check_ssd_quadratic, lambda x, a, b, c: ((b @ c.T) * lab01.decay_mask_solution(a)) @ x, "B C^T"),
+    (lab03.check_answer_accuracy, lambda lo, la: (lo.argmax(-1) == la).float().mean().item(), "every position"),
+    (lab03.check_answer_accuracy, lambda lo, la: torch.tensor([0.5, 0.5]), "one number"),
+    (lab03.check_gap_example, labels_on_values, "value tokens"),
+    (lab03.check_gap_example, lambda k, v, d, o: lab03.gap_example_solution(k, v, d, o)[0], "pair"),
+    (lab05.check_tool_trace_answers, first_write_wins, "first* value"),
+    (lab05.check_forgetting_readout, lambda K, V, q, d, e: lab05.forgetting_readout_solution(K, V, q, 1.0, e), "no effect"),
+    (lab05.check_forgetting_readout, lambda K, V, q, d, e: lab05.forgetting_readout_solution(K.flip(0), V.flip(0), q, d, e),
+     "wrong way"),
 ]
 
 
@@ -61,6 +87,10 @@ def test_checker_rejects_typical_wrong_answer(checker, wrong, msg):
         (lab01.check_ssm_scan, lab01.ssm_scan_solution),
         (lab01.check_decay_mask, lab01.decay_mask_solution),
         (lab01.check_ssd_quadratic, lab01.ssd_quadratic_solution),
+        (lab03.check_answer_accuracy, lab03.answer_accuracy_solution),
+        (lab03.check_gap_example, lab03.gap_example_solution),
+        (lab05.check_tool_trace_answers, lab05.tool_trace_answers_solution),
+        (lab05.check_forgetting_readout, lab05.forgetting_readout_solution),
     ],
 )
 def test_checker_accepts_solution(checker, solution):

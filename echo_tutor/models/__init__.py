@@ -201,9 +201,14 @@ class HybridLM(nn.Module):
             new_state.append(s)
         return self.head(self.norm_f(x)), new_state
 
-    def save(self, path: str | pathlib.Path) -> None:
-        """Save config and weights in one file; ``load(path)`` rebuilds the model."""
-        torch.save({"config": self.config, "state_dict": self.state_dict(), "format": "echo_tutor.HybridLM/1"}, path)
+    def save(self, path: str | pathlib.Path, dtype: torch.dtype | None = None) -> None:
+        """Save config and weights in one file; ``load(path)`` rebuilds the model (in float32).
+
+        ``dtype=torch.float16`` halves the file (the shipped checkpoints); floating tensors only."""
+        sd = self.state_dict()
+        if dtype is not None:
+            sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
+        torch.save({"config": self.config, "state_dict": sd, "format": "echo_tutor.HybridLM/1"}, path)
 
 
 def load(path: str | pathlib.Path, map_location: str | torch.device = "cpu") -> HybridLM:
@@ -212,8 +217,8 @@ def load(path: str | pathlib.Path, map_location: str | torch.device = "cpu") -> 
     if not isinstance(blob, dict) or blob.get("format") != "echo_tutor.HybridLM/1":
         raise ValueError(f"path: {path} is not an echo_tutor HybridLM checkpoint")
     model = HybridLM(**blob["config"])
-    model.load_state_dict(blob["state_dict"])
-    return model
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+    return model.eval()
 
 
 def build(preset: str, vocab_size: int = 128, **overrides: Any) -> HybridLM:

@@ -1,0 +1,205 @@
+"""``echo-tutor``: train, evaluate and reproduce the experiments from the command line.
+
+    echo-tutor train  --preset echo --task mqar_gap --pairs 8 --gaps 64 128 256 512 1024 --minutes 15 --out m.pt
+    echo-tutor eval   --model m.pt --task mqar_gap --pairs 8 --gaps 64 256 1024
+    echo-tutor cliff  [--fast]          the KV-pairs x gap grid for ssm, ssm+attn, echo, ssm+ridge
+    echo-tutor transfer [--fast]        the transfer tasks and the NIAH length-generalisation table
+
+Bad arguments exit with status 2 and a message; every command prints what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+import torch
+
+from .models import PRESETS, build, count_parameters, load
+from .tasks import TASKS, make_task
+from .train import evaluate, save_records, train
+
+__all__ = ["main"]
+
+
+def _positive_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+    return v
+
+
+def task_from_args(args: argparse.Namespace, gaps: list[int] | None = None, pairs: list[int] | None = None):
+    """The task the flags describe (lists become per-batch mixtures)."""
+    gaps = gaps if gaps is not None else args.gaps
+    pairs = pairs if pairs is not None else args.pairs
+    one = lambda xs: xs[0] if len(xs) == 1 else list(xs)  # noqa: E731
+    V = args.vocab
+    if args.task == "mqar_gap":
+        return make_task("mqar_gap", vocab_size=V, num_kv_pairs=one(pairs), gap=one(gaps))
+    if args.task == "mqar":
+        return make_task("mqar", vocab_size=V, seq_len=one(args.seq_len), num_kv_pairs=one(pairs))
+    if args.task == "niah":
+        return make_task("niah", vocab_size=V, seq_len=one(args.seq_len))
+    from .experiments import transfer_task
+
+    return transfer_task(args.task, V, fast=False)
+
+
+def _add_task_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="mqar_gap", choices=list(TASKS), help="task name (default mqar_gap)")
+    p.add_argument("--vocab", type=_positive_int, default=128, help="vocabulary size (default 128)")
+    p.add_argument("--pairs", type=_positive_int, nargs="+", default=[8], help="KV pairs (several: a mixture)")
+    p.add_argument("--gaps", type=_nonneg_int, nargs="+", default=[64, 128, 256, 512, 1024],
+                   help="distractor gaps for mqar_gap (several: a mixture)")
+    p.add_argument("--seq-len", type=_positive_int, nargs="+", default=[256], help="length for mqar / niah")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    overrides: dict[str, Any] = {}
+    if args.d_model:
+        overrides["d_model"] = args.d_model
+    model = build(args.preset, vocab_size=args.vocab, **overrides)
+    task = task_from_args(args)
+    print(f"preset {args.preset}: {count_parameters(model):,d} parameters, layout {model.layout}")
+    print(f"task {task.describe()}; budget {args.steps} steps / {args.minutes} min; batch {args.batch_size}, lr {args.lr}")
+    res = train(model, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                eval_every=args.eval_every, eval_examples=args.eval_examples,
+                time_budget_s=None if args.minutes is None else 60 * args.minutes,
+                progress=not args.quiet and sys.stderr.isatty(),
+                callback=None if args.quiet else lambda r: print(
+                    f"  step {r['step']:>5}  loss {r['loss']:.3f}  train acc {r['acc']:.3f}  eval acc {r['eval_acc']:.3f}"
+                    f"  ({r['time_s']:.0f} s)", flush=True))
+    print(f"trained {res.steps_done} steps in {res.time_s:.0f} s; final eval accuracy {res.final_eval:.3f}")
+    if args.out:
+        out = pathlib.Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model.save(out, dtype=torch.float16 if args.half else None)
+        meta = {"preset": args.preset, "task": task.describe(), "steps": res.steps_done, "time_s": round(res.time_s, 1),
+                "final_eval": res.final_eval, "history": res.history[:: max(1, len(res.history) // 200)],
+                "evals": res.evals, "config": res.config, "argv": sys.argv[1:]}
+        out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+        print(f"saved {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from . import pretrained
+
+    model = pretrained(args.model) if not pathlib.Path(args.model).exists() else load(args.model)
+    rows = []
+    for pairs in args.pairs:
+        for gap in args.gaps:
+            task = task_from_args(args, gaps=[gap], pairs=[pairs])
+            acc = evaluate(model, task, args.eval_examples, batch_size=args.batch_size)
+            rows.append({"pairs": pairs, "gap": gap, "acc": acc})
+            print(f"pairs {pairs:>3}  gap {gap:>5}  accuracy {acc:.3f}", flush=True)
+            if args.task != "mqar_gap":
+                break
+        if args.task != "mqar_gap":
+            break
+    if args.out:
+        save_records(rows, args.out)
+    return 0
+
+
+def cmd_cliff(args: argparse.Namespace) -> int:
+    from .experiments import cliff
+
+    t0 = time.perf_counter()
+    cliff(fast=args.fast, out_dir=pathlib.Path(args.out_dir), examples=args.eval_examples, progress=not args.quiet)
+    print(f"cliff finished in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from .experiments import transfer
+
+    t0 = time.perf_counter()
+    transfer(fast=args.fast, out_dir=pathlib.Path(args.out_dir), progress=not args.quiet)
+    print(f"transfer finished in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="echo-tutor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,cliff,transfer}")
+
+    p = sub.add_parser("train", help="train a preset on a recall task and save it")
+    p.add_argument("--preset", default="echo", choices=list(PRESETS))
+    _add_task_flags(p)
+    p.add_argument("--steps", type=_positive_int, default=2000, help="maximum optimiser steps (default 2000)")
+    p.add_argument("--minutes", type=_positive_float, default=None, help="wall-clock training budget")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.add_argument("--lr", type=_positive_float, default=3e-3)
+    p.add_argument("--d-model", type=_positive_int, default=None, help="override the preset's width")
+    p.add_argument("--seed", type=_nonneg_int, default=0)
+    p.add_argument("--eval-every", type=_positive_int, default=100)
+    p.add_argument("--eval-examples", type=_positive_int, default=256)
+    p.add_argument("--out", default=None, help="where to save the model (.pt; a .json with the history beside it)")
+    p.add_argument("--half", action="store_true", help="store the weights as float16 (the shipped checkpoints)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a saved or shipped model")
+    p.add_argument("--model", required=True, help="a .pt file, or a shipped name such as 'echo'")
+    _add_task_flags(p)
+    p.add_argument("--eval-examples", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
+    p.add_argument("--out", default=None, help="write the records as .json or .csv")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("cliff", help="the memory-cliff grid: accuracy vs KV pairs x gap per preset")
+    p.add_argument("--fast", action="store_true", help="evaluate the shipped checkpoints only (minutes on a CPU)")
+    p.add_argument("--out-dir", default="runs/cliff")
+    p.add_argument("--eval-examples", type=_positive_int, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_cliff)
+
+    p = sub.add_parser("transfer", help="transfer tasks and NIAH length generalisation")
+    p.add_argument("--fast", action="store_true", help="small models, short training (minutes on a CPU)")
+    p.add_argument("--out-dir", default="runs/transfer")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_transfer)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as e:  # a library ValueError names the bad argument: show it without a trace
+        print(f"echo-tutor {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The paper's experiments at this project's scale: the memory cliff and the transfer tasks.
+
+``cliff(fast=True)`` evaluates the shipped checkpoints (one model per preset, trained on MQAR-gap with
+8 pairs and gaps 64..1024 for 15 CPU minutes each) over the grid KV pairs {4, 8, 16, 32} x gaps
+{64, ..., 4096}. ``cliff(fast=False)`` trains one model per (preset, pairs, gap) cell, as the paper
+does (a GPU job). ``transfer`` trains each preset on each transfer task and measures NIAH length
+generalisation. Both write tidy JSON records and an interactive HTML figure.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+import torch
+
+from .models import build, count_parameters, state_nbytes
+from .tasks import Task, make_task
+from .train import _progress, evaluate, save_records, train
+
+__all__ = ["CLIFF_PRESETS", "CLIFF_PAIRS", "CLIFF_GAPS", "PAPER", "cliff", "transfer", "transfer_task", "cliff_figure"]
+
+CLIFF_PRESETS = ["ssm", "ssm+attn", "echo", "ssm+ridge"]
+CLIFF_PAIRS = [4, 8, 16, 32]
+CLIFF_GAPS = [64, 128, 256, 512, 1024, 2048, 4096]
+VOCAB = 128
+
+# The paper's numbers (Sridhar & Johansen 2026), as recorded in shared/notes/ska.md.
+PAPER: dict[str, Any] = {
+    "mqar_50M": {"ssm": "~3% everywhere", "ssm+attn": "100% except the largest gap at 4 pairs", "echo": "100% everywhere"},
+    "transfer_mean_acc": {  # sub-million models, SSM / SSM+Attn / SSM+SKA
+        "mqar": (55.1, 76.0, 82.2), "system_prompt": (64.2, 81.3, 85.3), "tool_trace": (56.5, 76.2, 80.5),
+        "niah": (52.0, 81.1, 84.2), "multi_hop": (39.3, 71.1, 76.7), "common_word": (52.9, 68.2, 74.1),
+    },
+    "niah_length": {  # trained at 64; SSM / SSM+Attn / SSM+SKA
+        64: (88.6, 88.5, 94.5), 128: (82.1, 97.4, 89.4), 256: (75.8, 92.9, 93.3), 512: (66.9, 78.1, 95.6),
+        1024: (37.3, 64.8, 86.4), 2048: (2.0, 42.5, 81.2), 4096: (2.0, 5.0, 65.1),
+    },
+}
+
+
+def _model_state_bytes(model, context: int) -> int:
+    """Inference-state bytes after ``context`` tokens, measured on a real prefill (B=1)."""
+    with torch.inference_mode():
+        _, st = model(torch.zeros(1, context, dtype=torch.long))
+    return state_nbytes(st)
+
+
+def cliff(fast: bool = True, out_dir: str | pathlib.Path = "runs/cliff", examples: int | None = None,
+          presets: list[str] | None = None, pairs: list[int] | None = None, gaps: list[int] | None = None,
+          steps: int = 2000, progress: bool = True) -> list[dict[str, Any]]:
+    """Accuracy per (preset, KV pairs, gap); writes ``cliff.json`` and ``cliff.html`` to ``out_dir``.
+
+    fast: evaluate the shipped checkpoints (``echo_tutor.pretrained``); else train a fresh model per cell
+    for ``steps`` steps (the paper's protocol; hours on a CPU, meant for a GPU).
+    """
+    from .pretrained import load_pretrained
+
+    presets = presets or CLIFF_PRESETS
+    pairs, gaps = pairs or CLIFF_PAIRS, gaps or CLIFF_GAPS
+    examples = examples or (64 if fast else 512)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    bar = _progress(len(presets) * len(pairs) * len(gaps), "cliff", progress)
+    for preset in presets:
+        model = load_pretrained(preset) if fast else None
+        for n in pairs:
+            for gap in gaps:
+                task = make_task("mqar_gap", vocab_size=VOCAB, num_kv_pairs=n, gap=gap)
+                t0 = time.perf_counter()
+                if not fast:
+                    torch.manual_seed(0)
+                    model = build(preset, vocab_size=VOCAB)
+                    train(model, task, steps=steps, batch_size=16, lr=3e-3, progress=False, eval_every=steps)
+                acc = evaluate(model, task, examples, batch_size=16)
+                rec = {"preset": preset, "pairs": n, "gap": gap, "acc": acc, "examples": examples,
+                       "mode": "shipped checkpoint" if fast else f"trained per cell, {steps} steps",
+                       "state_bytes": _model_state_bytes(model, 4 * n + gap), "seconds": round(time.perf_counter() - t0, 2)}
+                records.append(rec)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(preset=preset, pairs=n, gap=gap, acc=f"{acc:.2f}")
+                else:
+                    print(f"{preset:<10} pairs {n:>3} gap {gap:>5}: acc {acc:.3f}", flush=True)
+    if bar is not None:
+        bar.close()
+    save_records(records, out_dir / "cliff.json")
+    try:
+        cliff_figure(records).write_html(out_dir / "cliff.html", include_plotlyjs=True)
+    except ImportError:  # plotly is in the lab extra
+        pass
+    _print_cliff_table(records)
+    return records
+
+
+def _print_cliff_table(records: list[dict[str, Any]]) -> None:
+    presets = list(dict.fromkeys(r["preset"] for r in records))
+    gaps = sorted({r["gap"] for r in records})
+    for n in sorted({r["pairs"] for r in records}):
+        print(f"\nKV pairs = {n}: accuracy by gap")
+        print(f"{'preset':<10}" + "".join(f"{g:>7}" for g in gaps))
+        for p in presets:
+            row = {r["gap"]: r["acc"] for r in records if r["preset"] == p and r["pairs"] == n}
+            print(f"{p:<10}" + "".join(f"{row.get(g, float('nan')):>7.2f}" for g in gaps))
+
+
+def cliff_figure(records: list[dict[str, Any]]):
+    """Accuracy vs gap per preset (one panel per KV-pairs value)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    pairs = sorted({r["pairs"] for r in records})
+    presets = list(dict.fromkeys(r["preset"] for r in records))
+    fig = make_subplots(rows=1, cols=len(pairs), subplot_titles=[f"{n} KV pairs" for n in pairs], shared_yaxes=True)
+    colors = {"ssm": "#d62728", "ssm+attn": "#1f77b4", "echo": "#2ca02c", "ssm+ridge": "#9467bd", "attn": "#7f7f7f"}
+    for j, n in enumerate(pairs):
+        for p in presets:
+            rs = sorted((r for r in records if r["preset"] == p and r["pairs"] == n), key=lambda r: r["gap"])
+            fig.add_scatter(x=[r["gap"] for r in rs], y=[r["acc"] for r in rs], mode="lines+markers", name=p,
+                            legendgroup=p, showlegend=j == 0, line=dict(color=colors.get(p)), row=1, col=j + 1)
+    fig.update_xaxes(type="log", title_text="gap (tokens)")
+    fig.update_yaxes(range=[0, 1.05], title_text="MQAR-gap accuracy", col=1)
+    fig.update_layout(height=380, title="The memory cliff: recall accuracy vs distractor gap")
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------ transfer
+def transfer_task(name: str, vocab_size: int = VOCAB, fast: bool = True) -> Task:
+    """The transfer tasks at this project's scale (lengths ~60-200 tokens)."""
+    V = vocab_size
+    specs = {
+        "mqar": dict(vocab_size=V, seq_len=128, num_kv_pairs=8),
+        "system_prompt": dict(vocab_size=V, num_vars=6, gap=[32, 64, 96], num_decoys=4),
+        "tool_trace": dict(vocab_size=V, num_vars=6, num_ops=16, num_queries=6),
+        "niah": dict(vocab_size=V, seq_len=64),
+        "multi_hop": dict(vocab_size=V, num_chains=4, gap=[16, 32, 64]),
+        "common_word": dict(vocab_size=V, seq_len=64, repeats=4),
+    }
+    if name not in specs:
+        raise ValueError(f"name must be one of the transfer tasks {list(specs)}, got {name!r}")
+    return make_task(name, **specs[name])
+
+
+TRANSFER_TASKS = ["mqar", "system_prompt", "tool_trace", "niah", "multi_hop", "common_word"]
+TRANSFER_PRESETS = ["ssm", "ssm+attn", "echo"]
+NIAH_LENGTHS = [64, 128, 256, 512, 1024, 2048, 4096]
+
+
+def transfer(fast: bool = True, out_dir: str | pathlib.Path = "runs/transfer", presets: list[str] | None = None,
+             tasks: list[str] | None = None, seconds: float | None = None, steps: int | None = None,
+             niah_lengths: list[int] | None = None, progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Train each preset on each transfer task (same budget), evaluate, and measure NIAH length
+    generalisation (trained at 64). Writes ``transfer.json`` (both tables) and ``transfer.html``."""
+    presets, tasks = presets or TRANSFER_PRESETS, tasks or TRANSFER_TASKS
+    seconds = seconds if seconds is not None else (45.0 if fast else None)
+    steps = steps or (2000 if fast else 6000)
+    niah_lengths = niah_lengths or (NIAH_LENGTHS[:5] if fast else NIAH_LENGTHS)
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table, niah_rows = [], []
+    for name in tasks:
+        task = transfer_task(name, fast=fast)
+        for preset in presets:
+            torch.manual_seed(0)
+            model = build(preset, vocab_size=VOCAB)
+            res = train(model, task, steps=steps, batch_size=16, lr=3e-3, time_budget_s=seconds,
+                        eval_every=steps, progress=progress, eval_examples=256)
+            row = {"task": name, "preset": preset, "acc": res.final_eval, "steps": res.steps_done,
+                   "train_seconds": round(res.time_s, 1), "params": count_parameters(model)}
+            paper = PAPER["transfer_mean_acc"][name][TRANSFER_PRESETS.index(preset)] if preset in TRANSFER_PRESETS else None
+            row["paper_acc"] = paper
+            table.append(row)
+            print(f"{name:<14} {preset:<9} acc {row['acc']:.3f} ({res.steps_done} steps, {res.time_s:.0f} s)"
+                  f"   paper {paper}%", flush=True)
+            if name == "niah":
+                for L in niah_lengths:
+                    acc = evaluate(model, make_task("niah", vocab_size=VOCAB, seq_len=L), 128 if fast else 512, batch_size=16)
+                    p_idx = TRANSFER_PRESETS.index(preset) if preset in TRANSFER_PRESETS else None
+                    niah_rows.append({"preset": preset, "length": L, "acc": acc,
+                                      "paper_acc": PAPER["niah_length"][L][p_idx] if p_idx is not None else None})
+                    print(f"  niah length {L:>5}: acc {acc:.3f}", flush=True)
+    out = {"table": table, "niah_length": niah_rows, "fast": fast, "seconds_per_model": seconds, "max_steps": steps}
+    (out_dir / "transfer.json").write_text(json.dumps(out, indent=1))
+    return out

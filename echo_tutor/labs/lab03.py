@@ -1,0 +1,97 @@
+"""Lab 03 (the memory cliff): exercises, checkers and solutions.
+
+1. ``answer_accuracy(logits [B, T, V], labels [B, T]) -> float``: accuracy at answer positions only
+   (labels != -100), the way every recall result of this project is counted.
+2. ``gap_example(keys [n], values [n], distractors [G], order [n]) -> (inputs [4n+G], labels [4n+G])``:
+   one MQAR-gap example, ``[k1 v1 ... kn vn][distractors][k_o1 v_o1 ...]``, label = value at each query key.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..tasks import IGNORE
+from . import ExerciseError, call_student, fresh_generator, passed
+
+__all__ = ["answer_accuracy_solution", "gap_example_solution", "check_answer_accuracy", "check_gap_example"]
+
+
+def answer_accuracy_solution(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    mask = labels != IGNORE
+    return (logits.argmax(-1)[mask] == labels[mask]).float().mean().item()
+
+
+def gap_example_solution(keys, values, distractors, order):
+    n = keys.shape[0]
+    kv = torch.stack([keys, values], dim=1).reshape(-1)  # k1 v1 k2 v2 ...
+    qa = torch.stack([keys[order], values[order]], dim=1).reshape(-1)
+    inputs = torch.cat([kv, distractors, qa])
+    labels = torch.full_like(inputs, IGNORE)
+    q0 = 2 * n + distractors.shape[0]
+    labels[q0::2] = values[order]  # predict the value at the query key
+    return inputs, labels
+
+
+def check_answer_accuracy(fn) -> bool:
+    """Check ``fn(logits [B, T, V], labels [B, T]) -> float``."""
+    name = "answer_accuracy"
+    g, seed = fresh_generator()
+    B, T, V = 4, 20, 11
+    logits = torch.randn(B, T, V, generator=g)
+    labels = torch.full((B, T), IGNORE)
+    pos = torch.rand(B, T, generator=g) < 0.3
+    pos[:, 0] = True
+    pred = logits.argmax(-1)
+    labels[pos] = torch.where(torch.rand(int(pos.sum()), generator=g) < 0.6, pred[pos], (pred[pos] + 1) % V)
+    out = call_student(name, fn, logits, labels)
+    if isinstance(out, torch.Tensor):
+        if out.numel() != 1:
+            raise ExerciseError(f"{name}: return one number (a float), got a tensor of shape {tuple(out.shape)}")
+        out = out.item()
+    if not isinstance(out, (float, int)):
+        raise ExerciseError(f"{name}: return a float, got {type(out).__name__}")
+    want = answer_accuracy_solution(logits, labels)
+    if abs(out - want) < 1e-6:
+        return passed(name)
+    everywhere = (pred == labels).float().mean().item()
+    hint = ""
+    if abs(out - everywhere) < 1e-6:
+        hint = " You averaged over every position: count only where labels != -100."
+    raise ExerciseError(f"{name}: got {out:.4f}, expected {want:.4f} (seed {seed}).{hint}")
+
+
+def check_gap_example(fn) -> bool:
+    """Check ``fn(keys, values, distractors, order) -> (inputs, labels)``."""
+    name = "gap_example"
+    g, seed = fresh_generator()
+    n, G = 5, 7
+    keys = torch.randperm(30, generator=g)[:n] + 1
+    values = torch.randint(32, 64, (n,), generator=g)
+    distractors = torch.randint(1, 64, (G,), generator=g)
+    order = torch.randperm(n, generator=g)
+    out = call_student(name, fn, keys, values, distractors, order)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ExerciseError(f"{name}: return a pair (inputs, labels)")
+    inputs, labels = out
+    L = 4 * n + G
+    for what, t in (("inputs", inputs), ("labels", labels)):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (L,):
+            raise ExerciseError(f"{name}: {what} should be a tensor of shape [4n + G] = ({L},), "
+                                f"got {getattr(t, 'shape', type(t).__name__)}")
+    want_in, want_lab = gap_example_solution(keys, values, distractors, order)
+    if not torch.equal(inputs.long(), want_in):
+        bad = int((inputs.long() != want_in).nonzero()[0])
+        part = "the key/value block" if bad < 2 * n else ("the distractors" if bad < 2 * n + G else "the queries")
+        raise ExerciseError(f"{name}: inputs differ first at position {bad} ({part}); expected {want_in.tolist()}, "
+                            f"got {inputs.tolist()} (seed {seed})")
+    if torch.equal(labels.long(), want_lab):
+        return passed(name)
+    shifted = torch.full_like(want_lab, IGNORE)
+    shifted[1:] = want_lab[:-1]
+    hint = ""
+    if torch.equal(labels.long(), shifted):
+        hint = (" Your labels sit on the value tokens. The label at position t is what the model must predict "
+                "*next*, so the value goes at the query key's position.")
+    elif (labels != IGNORE).sum() != n:
+        hint = f" There should be exactly n = {n} answer positions (one per query); the rest -100."
+    raise ExerciseError(f"{name}: wrong labels: expected {want_lab.tolist()}, got {labels.tolist()} (seed {seed}).{hint}")

@@ -1,0 +1,92 @@
+"""Lab 05 (transfer tasks): exercises, checkers and solutions.
+
+1. ``tool_trace_answers(tokens [L], SET, GET) -> list[int]``: the answer of every ``GET x`` in a tool
+   trace (``SET x v`` triples then ``GET x v``): the value of x's *latest* ``SET``.
+2. ``forgetting_readout(keys [T, r], values [T, P], query [r], decay, eps) -> [P]``: ridge regression on
+   exponentially forgotten statistics, ``G = eps I + sum_t decay^(T-1-t) k_t k_t^T`` and
+   ``C = sum_t decay^(T-1-t) v_t k_t^T``, read out as ``C G^-1 q``. ``decay = 1`` is SKA's never-forgetting
+   ridge (K = 0).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
+
+__all__ = ["tool_trace_answers_solution", "forgetting_readout_solution", "check_tool_trace_answers",
+           "check_forgetting_readout"]
+
+
+def tool_trace_answers_solution(tokens, SET: int, GET: int) -> list[int]:
+    latest: dict[int, int] = {}
+    answers = []
+    toks = [int(t) for t in tokens]
+    for i in range(0, len(toks) - 2, 3):
+        op, var, val = toks[i: i + 3]
+        if op == SET:
+            latest[var] = val  # a later SET overwrites
+        elif op == GET:
+            answers.append(latest[var])
+    return answers
+
+
+def forgetting_readout_solution(keys, values, query, decay: float, eps: float):
+    T, r = keys.shape
+    w = decay ** torch.arange(T - 1, -1, -1, dtype=keys.dtype)  # the newest token has weight 1
+    G = eps * torch.eye(r, dtype=keys.dtype) + (w[:, None] * keys).T @ keys
+    C = (w[:, None] * values).T @ keys
+    return C @ torch.linalg.solve(G, query)
+
+
+def check_tool_trace_answers(fn) -> bool:
+    """Check ``fn(tokens, SET, GET) -> list[int]`` on fresh traces with overwrites."""
+    from ..tasks import tool_trace
+
+    name = "tool_trace_answers"
+    g, seed = fresh_generator()
+    V = 32
+    x, y = tool_trace(V, 3, 12, 5, 1, seed=seed)
+    tokens = x[0]
+    out = call_student(name, fn, tokens, V - 1, V - 2)
+    try:
+        out = [int(v) for v in out]
+    except Exception:
+        raise ExerciseError(f"{name}: return a list of ints (one per GET), got {type(out).__name__}") from None
+    want = tool_trace_answers_solution(tokens, V - 1, V - 2)
+    if len(out) != len(want):
+        raise ExerciseError(f"{name}: expected one answer per GET ({len(want)}), got {len(out)}")
+    if out == want:
+        return passed(name)
+    first: dict[int, int] = {}
+    for i in range(0, len(tokens), 3):
+        if int(tokens[i]) == V - 1:
+            first.setdefault(int(tokens[i + 1]), int(tokens[i + 2]))
+    firsts = [first[int(tokens[i + 1])] for i in range(0, len(tokens), 3) if int(tokens[i]) == V - 2]
+    hint = " That is the *first* value written; a later SET overwrites it." if out == firsts else ""
+    raise ExerciseError(f"{name}: expected {want}, got {out} (seed {seed}).{hint}")
+
+
+def check_forgetting_readout(fn) -> bool:
+    """Check ``fn(keys [T, r], values [T, P], query [r], decay, eps) -> [P]``."""
+    name = "forgetting_readout"
+    for decay in (0.7, 1.0):
+        g, seed = fresh_generator()
+        T, r, P, eps = 9, 4, 3, 0.2
+        keys = torch.randn(T, r, generator=g, dtype=torch.float64)
+        values = torch.randn(T, P, generator=g, dtype=torch.float64)
+        q = torch.randn(r, generator=g, dtype=torch.float64)
+        out = expect_tensor(name, call_student(name, fn, keys, values, q, decay, eps), (P,), "[P]")
+        want = forgetting_readout_solution(keys, values, q, decay, eps)
+        if close(out, want):
+            continue
+        hint = ""
+        if close(out, forgetting_readout_solution(keys, values, q, 1.0, eps)):
+            hint = " The decay has no effect in your answer: weight token t by decay^(T-1-t)."
+        elif close(out, forgetting_readout_solution(keys.flip(0), values.flip(0), q, decay, eps)):
+            hint = " The weights run the wrong way: the *newest* token (t = T-1) has weight 1, older ones less."
+        elif close(out, forgetting_readout_solution(keys, values, q, decay, eps * decay ** T)):
+            hint = " Only the data terms decay; keep eps * I as it is."
+        raise ExerciseError(f"{name}: wrong values for decay={decay} (seed {seed}): "
+                            f"max abs error {(out - want).abs().max():.3g}.{hint}")
+    return passed(name)

@@ -1,0 +1,118 @@
+import json
+
+import pytest
+import torch
+
+from echo_tutor.cli import main
+from echo_tutor.models import build
+from echo_tutor.tasks import make_task
+from echo_tutor.train import answer_accuracy, evaluate, save_records, sweep, train
+
+TINY = dict(vocab_size=32, d_model=32, n_heads=4, d_state=8, ska_rank=6)
+
+
+def tiny(preset="echo"):
+    torch.manual_seed(0)
+    return build(preset, **TINY)
+
+
+def test_answer_accuracy_counts_only_answer_positions():
+    logits = torch.zeros(1, 4, 5)
+    logits[0, :, 2] = 1  # predicts 2 everywhere
+    labels = torch.tensor([[-100, 2, -100, 3]])
+    assert answer_accuracy(logits, labels) == (1, 2)
+
+
+def test_train_records_history_and_is_reproducible():
+    task = make_task("mqar_gap", vocab_size=32, num_kv_pairs=2, gap=[4, 8])
+    r1 = train(tiny(), task, steps=6, batch_size=4, eval_every=3, eval_examples=8, progress=False)
+    r2 = train(tiny(), task, steps=6, batch_size=4, eval_every=3, eval_examples=8, progress=False)
+    assert [h["loss"] for h in r1.history] == [h["loss"] for h in r2.history]
+    assert r1.steps_done == 6 and [e["step"] for e in r1.evals] == [3, 6]
+    assert 0 <= r1.final_eval <= 1
+
+
+def test_time_budget_stops_training():
+    task = make_task("mqar_gap", vocab_size=32, num_kv_pairs=2, gap=64)
+    r = train(tiny(), task, steps=10_000, batch_size=2, time_budget_s=0.5, eval_every=10_000, eval_examples=4,
+              progress=False)
+    assert r.steps_done < 10_000 and r.evals[-1]["step"] == r.steps_done
+
+
+def test_training_learns_a_simple_recall():
+    """Attention learns single-pair recall quickly: far above chance (1/16) after 150 steps."""
+    torch.manual_seed(0)
+    model = build("attn", vocab_size=32, d_model=32, n_heads=4)
+    task = make_task("mqar_gap", vocab_size=32, num_kv_pairs=1, gap=2)
+    r = train(model, task, steps=150, batch_size=32, lr=3e-3, eval_every=150, eval_examples=128, progress=False)
+    assert r.final_eval > 0.5, r.final_eval
+
+
+def test_train_rejects_bad_arguments():
+    task = make_task("niah", vocab_size=32, seq_len=8)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        train(tiny(), task, steps=0)
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        train(tiny(), task, steps=1, lr=-1.0)
+    with pytest.raises(ValueError, match="task must be an echo_tutor.tasks.Task"):
+        train(tiny(), "niah", steps=1)
+    with pytest.raises(ValueError, match="num_examples must be >= 1"):
+        evaluate(tiny(), task, 0)
+
+
+def test_sweep_and_save_records(tmp_path):
+    recs = sweep([{"a": 1}, {"a": 2}], lambda a: {"b": a * 10}, progress=False)
+    assert recs == [{"a": 1, "b": 10}, {"a": 2, "b": 20}]
+    assert json.loads(save_records(recs, tmp_path / "r.json").read_text()) == recs
+    assert (tmp_path / "r.csv").exists() is False
+    save_records(recs, tmp_path / "r.csv")
+    assert (tmp_path / "r.csv").read_text().splitlines()[0] == "a,b"
+    with pytest.raises(ValueError, match="must end in .json or .csv"):
+        save_records(recs, tmp_path / "r.txt")
+
+
+def test_cli_train_then_eval(tmp_path, capsys):
+    out = tmp_path / "m.pt"
+    rc = main(["train", "--preset", "ssm", "--vocab", "32", "--d-model", "32", "--pairs", "2", "--gaps", "4",
+               "--steps", "3", "--batch-size", "2", "--eval-examples", "4", "--out", str(out), "--quiet"])
+    assert rc == 0 and out.exists()
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["preset"] == "ssm" and meta["steps"] == 3
+    rc = main(["eval", "--model", str(out), "--vocab", "32", "--pairs", "2", "--gaps", "4", "8",
+               "--eval-examples", "4", "--out", str(tmp_path / "e.csv")])
+    assert rc == 0
+    assert "gap     8" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--preset", "transformer"],
+        ["train", "--steps", "0"],
+        ["train", "--lr", "-1"],
+        ["train", "--gaps", "-5"],
+        ["cliff", "--examples"],
+        ["nonsense"],
+        [],
+    ],
+)
+def test_cli_bad_arguments_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_cli_library_errors_are_reported_cleanly(capsys):
+    rc = main(["eval", "--model", "no-such-model", "--eval-examples", "2"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "name must be one of the shipped models" in err and "Traceback" not in err
+
+
+def test_cli_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert all(c in out for c in ("train", "eval", "cliff", "transfer"))
