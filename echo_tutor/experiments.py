@@ -144,6 +144,32 @@ def transfer_task(name: str, vocab_size: int = VOCAB, fast: bool = True) -> Task
     return make_task(name, **specs[name])
 
 
+@torch.no_grad()
+def tool_trace_by_writes(model, task: Task, num_examples: int = 256, seed: int = 20_000, batch_size: int = 32) -> dict[str, float]:
+    """Tool-trace accuracy split by how many times the queried variable was written (1, 2, 3+).
+
+    Statistics that never forget (SKA's G, C) hold every value ever bound to a variable, so a readout
+    should drift towards a blend of the old and new values as the number of writes grows."""
+    V = task.vocab_size
+    SET = V - 1
+    hits: dict[str, list[int]] = {"1": [0, 0], "2": [0, 0], "3+": [0, 0]}
+    model.eval()
+    for i, start in enumerate(range(0, num_examples, batch_size)):
+        x, y = task.sample(min(batch_size, num_examples - start), seed + i)
+        pred = model(x)[0].argmax(-1)
+        for b in range(x.shape[0]):
+            writes: dict[int, int] = {}
+            row = x[b].tolist()
+            for j in range(0, len(row), 3):
+                if row[j] == SET:
+                    writes[row[j + 1]] = writes.get(row[j + 1], 0) + 1
+                elif y[b, j + 1] != -100:
+                    key = str(min(writes[row[j + 1]], 3)) if writes[row[j + 1]] < 3 else "3+"
+                    hits[key][0] += int(pred[b, j + 1] == y[b, j + 1])
+                    hits[key][1] += 1
+    return {k: (c / n if n else float("nan")) for k, (c, n) in hits.items()}
+
+
 TRANSFER_TASKS = ["mqar", "system_prompt", "tool_trace", "niah", "multi_hop", "common_word"]
 TRANSFER_PRESETS = ["ssm", "ssm+attn", "echo"]
 NIAH_LENGTHS = [64, 128, 256, 512, 1024, 2048, 4096]
@@ -160,7 +186,7 @@ def transfer(fast: bool = True, out_dir: str | pathlib.Path = "runs/transfer", p
     niah_lengths = niah_lengths or (NIAH_LENGTHS[:5] if fast else NIAH_LENGTHS)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table, niah_rows = [], []
+    table, niah_rows, overwrite_rows = [], [], []
     for name in tasks:
         task = transfer_task(name, fast=fast)
         for preset in presets:
@@ -175,6 +201,10 @@ def transfer(fast: bool = True, out_dir: str | pathlib.Path = "runs/transfer", p
             table.append(row)
             print(f"{name:<14} {preset:<9} acc {row['acc']:.3f} ({res.steps_done} steps, {res.time_s:.0f} s)"
                   f"   paper {paper}%", flush=True)
+            if name == "tool_trace":
+                by = tool_trace_by_writes(model, task, 256)
+                overwrite_rows.append({"preset": preset, **{f"acc_writes_{k}": v for k, v in by.items()}})
+                print(f"  tool_trace by writes to the queried variable: {by}", flush=True)
             if name == "niah":
                 for L in niah_lengths:
                     acc = evaluate(model, make_task("niah", vocab_size=VOCAB, seq_len=L), 128 if fast else 512, batch_size=16)
@@ -182,6 +212,7 @@ def transfer(fast: bool = True, out_dir: str | pathlib.Path = "runs/transfer", p
                     niah_rows.append({"preset": preset, "length": L, "acc": acc,
                                       "paper_acc": PAPER["niah_length"][L][p_idx] if p_idx is not None else None})
                     print(f"  niah length {L:>5}: acc {acc:.3f}", flush=True)
-    out = {"table": table, "niah_length": niah_rows, "fast": fast, "seconds_per_model": seconds, "max_steps": steps}
+    out = {"table": table, "niah_length": niah_rows, "tool_trace_overwrites": overwrite_rows, "fast": fast,
+           "seconds_per_model": seconds, "max_steps": steps}
     (out_dir / "transfer.json").write_text(json.dumps(out, indent=1))
     return out

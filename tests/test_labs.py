@@ -8,7 +8,7 @@ import torch
 
 from echo_tutor import labs
 from echo_tutor.labs import ExerciseError
-from echo_tutor.labs import lab01, lab02, lab03, lab05
+from echo_tutor.labs import lab01, lab02, lab03, lab04, lab05
 
 
 def eye_like(K, eps):
@@ -31,6 +31,14 @@ def first_write_wins(tokens, SET, GET):
         else:
             out.append(first[toks[i + 1]])
     return out
+
+
+def radius_by_power_iteration(A, iters):
+    x = torch.ones(A.shape[1], dtype=A.dtype)
+    for _ in range(iters):
+        x = A @ x
+        x = x / x.norm()
+    return float((A @ x).norm())
 
 
 def scan_variant(i, x, a, b, c):
@@ -65,6 +73,11 @@ WRONG = [
     (lab03.check_answer_accuracy, lambda lo, la: torch.tensor([0.5, 0.5]), "one number"),
     (lab03.check_gap_example, labels_on_values, "value tokens"),
     (lab03.check_gap_example, lambda k, v, d, o: lab03.gap_example_solution(k, v, d, o)[0], "pair"),
+    (lab04.check_dmd_operator, lambda X, Y, e: lab04.dmd_operator_solution(X, Y, e).T, "transpose"),
+    (lab04.check_dmd_operator, lambda X, Y, e: lab04.dmd_operator_solution(X, Y, 0.0), "without ridge"),
+    (lab04.check_dmd_operator, lambda X, Y, e: lab04.dmd_operator_solution(Y, X, e), "swapped"),
+    (lab04.check_sigma_max_power, radius_by_power_iteration, "spectral radius"),
+    (lab04.check_sigma_max_power, lambda A, it: lab04.sigma_max_power_solution(A, it) ** 2, "squared"),
     (lab05.check_tool_trace_answers, first_write_wins, "first* value"),
     (lab05.check_forgetting_readout, lambda K, V, q, d, e: lab05.forgetting_readout_solution(K, V, q, 1.0, e), "no effect"),
     (lab05.check_forgetting_readout, lambda K, V, q, d, e: lab05.forgetting_readout_solution(K.flip(0), V.flip(0), q, d, e),
@@ -89,6 +102,8 @@ def test_checker_rejects_typical_wrong_answer(checker, wrong, msg):
         (lab01.check_ssd_quadratic, lab01.ssd_quadratic_solution),
         (lab03.check_answer_accuracy, lab03.answer_accuracy_solution),
         (lab03.check_gap_example, lab03.gap_example_solution),
+        (lab04.check_dmd_operator, lab04.dmd_operator_solution),
+        (lab04.check_sigma_max_power, lab04.sigma_max_power_solution),
         (lab05.check_tool_trace_answers, lab05.tool_trace_answers_solution),
         (lab05.check_forgetting_readout, lab05.forgetting_readout_solution),
     ],

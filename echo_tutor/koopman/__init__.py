@@ -18,7 +18,10 @@ import torch
 from .._checks import check_int, check_tensor
 from ..ska.reference import SKAState, safe_cholesky
 
-__all__ = ["KoopmanOperator", "DMDResult", "koopman_operator", "koopman_spectrum", "dmd"]
+__all__ = [
+    "KoopmanOperator", "DMDResult", "koopman_operator", "koopman_spectrum", "dmd",
+    "damped_rotation", "oscillators", "model_spectra", "mode_energies",
+]
 
 
 class KoopmanOperator(NamedTuple):
@@ -113,3 +116,98 @@ def dmd(X: torch.Tensor, Y: torch.Tensor, eps: float = 0.0, rank: int | None = N
         A = U @ A_tilde @ U.T
     order = ev.abs().argsort(descending=True)
     return DMDResult(A, ev[order], modes[:, order])
+
+
+# ------------------------------------------------------------------------------------- known systems
+def damped_rotation(theta: float, rho: float, steps: int, noise: float = 0.0, seed: int = 0,
+                    x0: tuple[float, float] = (1.0, 0.0)) -> torch.Tensor:
+    """A 2-D trajectory ``z_{t+1} = rho R(theta) z_t``, observed with Gaussian noise of std ``noise``.
+
+    Returns ``[steps, 2]`` (float64). The true eigenvalues are ``rho exp(+-i theta)``."""
+    check_int("steps", steps, min_value=2)
+    if not (rho > 0) or noise < 0:
+        raise ValueError(f"rho must be > 0 and noise >= 0, got rho={rho}, noise={noise}")
+    import math
+
+    R = rho * torch.tensor([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]], dtype=torch.float64)
+    z = [torch.tensor(x0, dtype=torch.float64)]
+    for _ in range(steps - 1):
+        z.append(R @ z[-1])
+    Z = torch.stack(z)
+    if noise:
+        Z = Z + noise * torch.randn(Z.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return Z
+
+
+def oscillators(thetas: list[float], rhos: list[float], steps: int, dim: int | None = None, noise: float = 0.0,
+                seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sum of decaying oscillators observed through a random linear map.
+
+    Each pair (theta_i, rho_i) is a 2-D damped rotation; together they form a ``2m``-dim linear system,
+    observed in ``dim`` (default ``2m``) dimensions as ``y_t = W z_t + noise``. Returns the observations
+    ``[steps, dim]`` and the true eigenvalues ``[2m]`` (complex128)."""
+    if len(thetas) != len(rhos) or not thetas:
+        raise ValueError(f"thetas and rhos must be non-empty lists of equal length, got {len(thetas)} and {len(rhos)}")
+    import math
+
+    m = len(thetas)
+    dim = dim or 2 * m
+    check_int("dim", dim, min_value=1)
+    g = torch.Generator().manual_seed(seed)
+    A = torch.zeros(2 * m, 2 * m, dtype=torch.float64)
+    eig = []
+    for i, (th, rh) in enumerate(zip(thetas, rhos)):
+        A[2 * i: 2 * i + 2, 2 * i: 2 * i + 2] = rh * torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+        eig += [rh * complex(math.cos(th), math.sin(th)), rh * complex(math.cos(th), -math.sin(th))]
+    W = torch.randn(dim, 2 * m, generator=g, dtype=torch.float64)
+    z = torch.randn(2 * m, generator=g, dtype=torch.float64)
+    Y = []
+    for _ in range(steps):
+        Y.append(W @ z)
+        z = A @ z
+    Y = torch.stack(Y)
+    if noise:
+        Y = Y + noise * torch.randn(Y.shape, generator=g, dtype=torch.float64)
+    return Y, torch.tensor(eig, dtype=torch.complex128)
+
+
+# --------------------------------------------------------------------------------- trained models
+@torch.no_grad()
+def model_spectra(model: torch.nn.Module, ids: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Feed a prompt through a ``HybridLM`` and return every SKA layer's Koopman spectrum.
+
+    Args:
+        model: a model whose blocks hold ``SpectralKoopmanAttention`` mixers.
+        ids: ``[T]`` or ``[1, T]`` token ids.
+    Returns:
+        ``{block index: eigenvalues [H, r] (complex128, by decreasing modulus)}``.
+    """
+    from ..ska import SpectralKoopmanAttention
+
+    if not isinstance(ids, torch.Tensor) or ids.ndim not in (1, 2) or (ids.ndim == 2 and ids.shape[0] != 1):
+        raise ValueError(f"ids must be a tensor of shape [T] or [1, T], got {getattr(ids, 'shape', type(ids).__name__)}")
+    ids = ids.reshape(1, -1)
+    _, states = model(ids)
+    out = {i: koopman_spectrum(st)[0] for i, st in enumerate(states)
+           if isinstance(getattr(model.blocks[i], "mixer", None), SpectralKoopmanAttention)}
+    if not out:
+        raise ValueError("model: no SKA mixer found (use a preset with 'ska' in its layout, e.g. 'echo')")
+    return out
+
+
+def mode_energies(eigenvalues: torch.Tensor, power_steps: int, gamma: float | torch.Tensor = 1.0,
+                  sigma: float | torch.Tensor | None = None) -> torch.Tensor:
+    """How much of each Koopman mode survives the power filter: ``(s |lambda|)^K``.
+
+    ``s = gamma / max(1, sigma)`` with ``sigma = sigma_max(A_w)``; when ``sigma`` is None the spectral
+    radius (the largest ``|lambda|``, a lower bound of sigma_max) stands in for it. Shapes: eigenvalues
+    ``[..., r]`` -> ``[..., r]``; gamma and sigma scalars or ``[...]``."""
+    check_int("power_steps", power_steps, min_value=0)
+    if not isinstance(eigenvalues, torch.Tensor):
+        raise ValueError(f"eigenvalues must be a tensor, got {type(eigenvalues).__name__}")
+    mod = eigenvalues.abs().double()
+    if sigma is None:
+        sigma = mod.amax(-1)
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    s = torch.as_tensor(gamma, dtype=torch.float64) / sigma.clamp_min(1.0)
+    return (s[..., None] * mod) ** power_steps if s.ndim else (s * mod) ** power_steps

@@ -29,7 +29,7 @@ from ..attention import CausalSelfAttention, LinearAttention
 from ..ska import SpectralKoopmanAttention
 from ..ssm import Mamba2
 
-__all__ = ["HybridLM", "MIXERS", "PRESETS", "build", "load", "state_nbytes", "count_parameters"]
+__all__ = ["HybridLM", "MIXERS", "PRESETS", "build", "load", "prefix_mask", "state_nbytes", "count_parameters"]
 
 MIXERS = ("mamba2", "ska", "attn", "linear_attn")
 
@@ -81,8 +81,11 @@ class Block(nn.Module):
         self.norm1, self.mixer = RMSNorm(d_model), mixer
         self.norm2, self.mlp = RMSNorm(d_model), SwiGLU(d_model, mlp_hidden)
 
-    def forward(self, x, state=None):
-        y, state = self.mixer(self.norm1(x), state)
+    def forward(self, x, state=None, mask=None):
+        if mask is not None and isinstance(self.mixer, SpectralKoopmanAttention):
+            y, state = self.mixer(self.norm1(x), state, mask=mask)
+        else:
+            y, state = self.mixer(self.norm1(x), state)
         x = x + y
         return x + self.mlp(self.norm2(x)), state
 
@@ -172,15 +175,20 @@ class HybridLM(nn.Module):
             raise ValueError(f"{name} must hold token ids in [0, {V}), got min {int(ids.min())}, max {int(ids.max())}")
         return ids
 
-    def forward(self, ids: torch.Tensor, state: list | None = None) -> tuple[torch.Tensor, list]:
-        """ids ``[B, T]`` -> logits ``[B, T, V]`` and the per-block states after the last token."""
+    def forward(
+        self, ids: torch.Tensor, state: list | None = None, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, list]:
+        """ids ``[B, T]`` -> logits ``[B, T, V]`` and the per-block states after the last token.
+
+        ``mask [B, T]``: SKA's prefix/action weights (1 = write to the statistics, 0 = read only), passed to
+        every SKA mixer and ignored by the others (see ``prefix_mask``)."""
         self._check_ids("ids", ids, 2, "[B, T]")
         if state is not None and len(state) != len(self.blocks):
             raise ValueError(f"state must hold one entry per block ({len(self.blocks)}), got {len(state)}")
         x = self.embed(ids)
         new_state = []
         for i, blk in enumerate(self.blocks):
-            x, s = blk(x, None if state is None else state[i])
+            x, s = blk(x, None if state is None else state[i], mask)
             new_state.append(s)
         return self.head(self.norm_f(x)), new_state
 
@@ -233,6 +241,18 @@ def build(preset: str, vocab_size: int = 128, **overrides: Any) -> HybridLM:
     for name, kw in extra.items():
         mk.setdefault(name, {}).update(kw)
     return HybridLM(vocab_size, mixer_kwargs=mk, **{**cfg, **overrides})
+
+
+def prefix_mask(labels: torch.Tensor) -> torch.Tensor:
+    """SKA's prefix mask from a task's labels ``[B, T]``: 1 on the context, 0 from the first query on.
+
+    The first query token is the one just before the first answer position (its label sits on the query
+    key, and for tool traces on the variable after ``GET``), so ``w_t = 1`` for ``t < first_answer - 1``."""
+    check_tensor("labels", labels, 2, layout="[B, T]", floating=False)
+    T = labels.shape[1]
+    has = labels != -100
+    first = torch.where(has.any(1), has.float().argmax(1), torch.full((labels.shape[0],), T, device=labels.device))
+    return (torch.arange(T, device=labels.device)[None] < (first - 1).clamp_min(0)[:, None]).float()
 
 
 def state_nbytes(state: Any) -> int:

@@ -75,10 +75,20 @@ class TrainResult:
         return self.evals[-1]["eval_acc"] if self.evals else None
 
 
+def _forward(model, x, y, use_mask: bool):
+    if use_mask:
+        from ..models import prefix_mask
+
+        return model(x, mask=prefix_mask(y))[0]
+    return model(x)[0]
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, task: Task, num_examples: int = 256, seed: int = 10_000,
-             batch_size: int = 64, device: torch.device | str | None = None) -> float:
-    """Accuracy at answer positions on ``num_examples`` fresh examples (seeds disjoint from training's)."""
+             batch_size: int = 64, device: torch.device | str | None = None, prefix_mask: bool = False) -> float:
+    """Accuracy at answer positions on ``num_examples`` fresh examples (seeds disjoint from training's).
+
+    ``prefix_mask``: pass SKA's prefix mask (context writes, queries only read) derived from the labels."""
     check_int("num_examples", num_examples, min_value=1)
     check_int("batch_size", batch_size, min_value=1)
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -87,8 +97,8 @@ def evaluate(model: torch.nn.Module, task: Task, num_examples: int = 256, seed: 
     correct = total = 0
     for i, start in enumerate(range(0, num_examples, batch_size)):
         x, y = task.sample(min(batch_size, num_examples - start), seed + i)
-        logits, _ = model(x.to(device))
-        c, t = answer_accuracy(logits, y.to(device))
+        x, y = x.to(device), y.to(device)
+        c, t = answer_accuracy(_forward(model, x, y, prefix_mask), y)
         correct, total = correct + c, total + t
     model.train(was_training)
     return correct / max(total, 1)
@@ -111,13 +121,15 @@ def train(
     time_budget_s: float | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    prefix_mask: bool = False,
     callback: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` (a ``HybridLM``-like ``ids -> (logits, state)`` module) on ``task``.
 
     Batch ``i`` is ``task.sample(batch_size, seed * 1_000_003 + i)``; evaluation uses disjoint seeds.
     Stops after ``steps`` or when ``time_budget_s`` of wall-clock training is spent (evaluation excluded),
-    whichever comes first; the learning-rate schedule is laid out over ``steps``.
+    whichever comes first; the learning-rate schedule is laid out over ``steps``. ``prefix_mask`` gives SKA
+    mixers the prefix mask (context writes, queries only read) in training and evaluation.
     Returns a :class:`TrainResult` with the loss/accuracy history and the evaluations.
     """
     check_int("steps", steps, min_value=1)
@@ -152,7 +164,7 @@ def train(
             group["lr"] = lr_at(i)
         x, y = task.sample(batch_size, seed * 1_000_003 + i)
         x, y = x.to(device), y.to(device)
-        logits, _ = model(x)
+        logits = _forward(model, x, y, prefix_mask)
         mask = y != IGNORE
         loss = F.cross_entropy(logits[mask], y[mask])
         opt.zero_grad(set_to_none=True)
@@ -170,7 +182,7 @@ def train(
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{acc:.2f}")
         last = i + 1 == steps or (time_budget_s is not None and spent >= time_budget_s)
         if (i + 1) % eval_every == 0 or last:
-            ev = evaluate(model, eval_task or task, eval_examples, device=device)
+            ev = evaluate(model, eval_task or task, eval_examples, device=device, prefix_mask=prefix_mask)
             res.evals.append({"step": i + 1, "eval_acc": ev, "time_s": spent})
             if callback is not None:
                 callback({**rec, "eval_acc": ev})
