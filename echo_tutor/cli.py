@@ -4,6 +4,7 @@
     echo-tutor eval   --model m.pt --task mqar_gap --pairs 8 --gaps 64 256 1024
     echo-tutor cliff  [--fast]          the KV-pairs x gap grid for ssm, ssm+attn, echo, ssm+ridge
     echo-tutor transfer [--fast]        the transfer tasks and the NIAH length-generalisation table
+    echo-tutor ablate [--fast]          power order K, spectral norm and prefix mask, same budget and seeds
 
 Bad arguments exit with status 2 and a message; every command prints what it measured.
 """
@@ -83,6 +84,8 @@ def _add_task_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     overrides: dict[str, Any] = {}
     if args.d_model:
@@ -90,7 +93,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build(args.preset, vocab_size=args.vocab, **overrides)
     task = task_from_args(args)
     print(f"preset {args.preset}: {count_parameters(model):,d} parameters, layout {model.layout}")
-    print(f"task {task.describe()}; budget {args.steps} steps / {args.minutes} min; batch {args.batch_size}, lr {args.lr}")
+    print(f"task {task.describe()}; budget {args.steps} steps / {args.minutes} min; batch {args.batch_size}, "
+          f"lr {args.lr}; {torch.get_num_threads()} thread(s)")
     res = train(model, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 eval_every=args.eval_every, eval_examples=args.eval_examples,
                 time_budget_s=None if args.minutes is None else 60 * args.minutes,
@@ -135,7 +139,8 @@ def cmd_cliff(args: argparse.Namespace) -> int:
     from .experiments import cliff
 
     t0 = time.perf_counter()
-    cliff(fast=args.fast, out_dir=pathlib.Path(args.out_dir), examples=args.eval_examples, progress=not args.quiet)
+    cliff(fast=args.fast, out_dir=pathlib.Path(args.out_dir), examples=args.eval_examples,
+          progress=not args.quiet and sys.stderr.isatty())
     print(f"cliff finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -144,14 +149,24 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from .experiments import transfer
 
     t0 = time.perf_counter()
-    transfer(fast=args.fast, out_dir=pathlib.Path(args.out_dir), progress=not args.quiet)
+    transfer(fast=args.fast, out_dir=pathlib.Path(args.out_dir), progress=not args.quiet and sys.stderr.isatty())
     print(f"transfer finished in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from .experiments import ablation
+
+    t0 = time.perf_counter()
+    ablation(fast=args.fast, out_dir=pathlib.Path(args.out_dir), seeds=args.seeds, steps=args.steps,
+             progress=not args.quiet and sys.stderr.isatty())
+    print(f"ablation finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="echo-tutor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,cliff,transfer}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,cliff,transfer,ablate}")
 
     p = sub.add_parser("train", help="train a preset on a recall task and save it")
     p.add_argument("--preset", default="echo", choices=list(PRESETS))
@@ -166,6 +181,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-examples", type=_positive_int, default=256)
     p.add_argument("--out", default=None, help="where to save the model (.pt; a .json with the history beside it)")
     p.add_argument("--half", action="store_true", help="store the weights as float16 (the shipped checkpoints)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -189,6 +205,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="runs/transfer")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_transfer)
+
+    p = sub.add_parser("ablate", help="power-filter ablation: K, spectral norm, prefix mask (MQAR-gap, tool trace)")
+    p.add_argument("--fast", action="store_true", help="d=64 models, short tasks, 500 steps (about 20 CPU minutes)")
+    p.add_argument("--seeds", type=_positive_int, default=3)
+    p.add_argument("--steps", type=_positive_int, default=None)
+    p.add_argument("--out-dir", default="runs/ablation")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_ablate)
     return ap
 
 

@@ -73,3 +73,54 @@ def test_ska_state_holds_the_dmd_operator():
     # whitened and plain operators are similar: same spectrum, A = L A_w L^-1
     assert torch.allclose(torch.linalg.eigvals(op.A).abs().sort().values, ev.abs().sort().values, atol=1e-8)
     assert torch.allclose(op.L @ op.A_w @ torch.linalg.inv(op.L), op.A, atol=1e-8)
+
+
+def test_dmd_with_ridge_shrinks_and_rank_truncates():
+    from echo_tutor.koopman import oscillators
+
+    Y, true = oscillators([0.25, 1.1], [0.98, 0.85], 200, dim=6, seed=0)
+    est = dmd(Y[:-1], Y[1:], rank=4).eigenvalues
+    for t in true:
+        assert (est - t).abs().min() < 1e-8
+    shrunk = dmd(Y[:-1], Y[1:], eps=1e3, rank=4).eigenvalues
+    assert shrunk.abs().max() < est.abs().max()
+
+
+def test_damped_rotation_generator():
+    from echo_tutor.koopman import damped_rotation
+
+    Z = damped_rotation(0.3, 0.9, 10)
+    assert Z.shape == (10, 2) and torch.allclose(Z[1].norm(), torch.tensor(0.9, dtype=torch.float64))
+    noisy = damped_rotation(0.3, 0.9, 10, noise=0.1, seed=1)
+    assert not torch.allclose(noisy, Z) and torch.equal(noisy, damped_rotation(0.3, 0.9, 10, noise=0.1, seed=1))
+    with pytest.raises(ValueError, match="rho must be > 0"):
+        damped_rotation(0.3, -1.0, 10)
+
+
+def test_model_spectra_per_head_and_errors():
+    from echo_tutor.koopman import model_spectra
+    from echo_tutor.models import build
+
+    m = build("echo", vocab_size=32, d_model=32, n_heads=4, d_state=8, ska_rank=6)
+    sp = model_spectra(m, torch.randint(0, 32, (40,)))
+    assert sorted(sp) == [2, 3]
+    assert all(v.shape == (4, 6) and v.is_complex() for v in sp.values())
+    assert (sp[2].abs()[:, :-1] >= sp[2].abs()[:, 1:] - 1e-12).all(), "sorted by decreasing modulus"
+    with pytest.raises(ValueError, match="no SKA mixer"):
+        model_spectra(build("ssm", vocab_size=32, d_model=32, n_heads=4, d_state=8), torch.randint(0, 32, (10,)))
+    with pytest.raises(ValueError, match=r"ids must be a tensor of shape \[T\]"):
+        model_spectra(m, torch.randint(0, 32, (2, 10)))
+
+
+def test_mode_energies():
+    from echo_tutor.koopman import mode_energies
+
+    ev = torch.tensor([0.9 + 0.1j, 0.5, 0.1j], dtype=torch.complex128)
+    e0 = mode_energies(ev, 0)
+    assert torch.allclose(e0, torch.ones(3, dtype=torch.float64))
+    e2 = mode_energies(ev, 2, gamma=1.0, sigma=1.2)
+    assert torch.allclose(e2, (ev.abs() / 1.2) ** 2)
+    # spectral radius stands in for sigma when not given (radius < 1 -> s = gamma)
+    assert torch.allclose(mode_energies(ev, 1, gamma=0.5), 0.5 * ev.abs())
+    with pytest.raises(ValueError, match="power_steps must be >= 0"):
+        mode_energies(ev, -1)

@@ -114,3 +114,22 @@ def test_bad_layouts_and_inputs():
         m(torch.tensor([1, 2]))
     with pytest.raises(ValueError, match="state must be the list"):
         m.step(torch.tensor([1]), None)
+
+
+def test_prefix_mask_from_labels_and_passed_to_ska():
+    from echo_tutor.models import prefix_mask
+    from echo_tutor.tasks import mqar_gap
+
+    x, y = mqar_gap(32, 3, 5, 2, seed=0)
+    w = prefix_mask(y)
+    q0 = 6 + 5  # first query key
+    assert torch.equal(w[:, : q0 - 1], torch.ones(2, q0 - 1)) and (w[:, q0 - 1:] == 0).all()
+    m = small("echo")
+    logits_masked, st_masked = m(x, mask=w)
+    logits_plain, _ = m(x)
+    assert not torch.allclose(logits_masked, logits_plain), "the mask changes what SKA writes"
+    # reading only: a masked tail leaves SKA statistics equal to those of the prefix alone
+    _, st_prefix = m(x[:, : q0 - 1])
+    for i, n in enumerate(m.layout):
+        if n == "ska":
+            assert torch.allclose(st_masked[i].C, st_prefix[i].C, atol=1e-10)

@@ -73,6 +73,17 @@ def test_mqar_gap_layout():
         assert all(bind[k] == v for k, v in zip(x[b, 112::2].tolist(), x[b, 113::2].tolist()))
 
 
+def test_mqar_gap_distractor_modes():
+    x, _ = mqar_gap(V, 6, 500, 8, seed=0)  # default: the gap holds value-half tokens only
+    gap = x[:, 12:512]
+    assert (gap >= V // 2).all(), "no key recurs in the gap"
+    xu, _ = mqar_gap(V, 6, 500, 8, seed=0, distractors="uniform")
+    gap_u = xu[:, 12:512]
+    assert (gap_u < V // 2).any() and (gap_u >= 1).all(), "uniform distractors include key tokens"
+    with pytest.raises(ValueError, match="distractors must be"):
+        mqar_gap(V, 6, 5, 1, 0, distractors="keys")
+
+
 def test_niah_layout():
     x, y = niah(V, 50, 64, seed=0)
     assert (y != IGNORE).sum() == 64 and (y[:, -2] != IGNORE).all()

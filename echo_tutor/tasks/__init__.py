@@ -101,18 +101,25 @@ def mqar(
 
 
 def mqar_gap(
-    vocab_size: int, num_kv_pairs: int, gap: int, num_examples: int, seed: int
+    vocab_size: int, num_kv_pairs: int, gap: int, num_examples: int, seed: int, distractors: str = "values"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MQAR with a distractor gap: ``[k1 v1 ... kn vn][gap random tokens][q v ...]``.
 
-    Every key is queried once, in random order, after ``gap`` uniform random distractor tokens from
-    ``[1, V)``; the value follows each query in the inputs and the label at the query is that value.
-    Length ``4 n + gap``.
+    Every key is queried once, in random order, after ``gap`` random distractor tokens; the value follows
+    each query in the inputs and the label at the query is that value. Length ``4 n + gap``.
+
+    ``distractors`` chooses what fills the gap:
+
+    * ``"values"`` (default): uniform tokens from the value half ``[V/2, V)``. No key recurs in the gap,
+      so the task measures what it is meant to: holding the bindings across ``gap`` tokens.
+    * ``"uniform"``: uniform tokens from ``[1, V)``. Then every key also recurs in the gap (about
+      ``gap / V`` times each), followed by a random token, and the label is the *first* binding: the task
+      then also demands positional disambiguation between conflicting bindings.
 
     Example:
         >>> x, y = mqar_gap(vocab_size=16, num_kv_pairs=2, gap=3, num_examples=1, seed=0)
-        >>> x  # [4 15 3 13][5 13 11][4 15 3 13]
-        tensor([[ 4, 15,  3, 13,  5, 13, 11,  4, 15,  3, 13]])
+        >>> x  # [4 15 3 13][10 14 13][4 15 3 13]
+        tensor([[ 4, 15,  3, 13, 10, 14, 13,  4, 15,  3, 13]])
         >>> y
         tensor([[-100, -100, -100, -100, -100, -100, -100,   15, -100,   13, -100]])
     """
@@ -122,6 +129,8 @@ def mqar_gap(
     N = _check_int("num_examples", num_examples, 1)
     if n > V // 2 - 1:
         raise ValueError(f"num_kv_pairs={n} needs at least {n} distinct keys in [1, {V // 2})")
+    if distractors not in ("values", "uniform"):
+        raise ValueError(f"distractors must be 'values' or 'uniform', got {distractors!r}")
     rng = np.random.default_rng(seed)
     keys = _distinct_rows(rng, N, n, 1, V // 2)
     values = rng.integers(V // 2, V, size=(N, n))
@@ -131,7 +140,8 @@ def mqar_gap(
     kv[:, 0::2], kv[:, 1::2] = keys, values
     qa = np.empty((N, 2 * n), dtype=np.int64)
     qa[:, 0::2], qa[:, 1::2] = keys[rows, order], values[rows, order]
-    inputs = np.concatenate([kv, rng.integers(1, V, size=(N, G)), qa], axis=1)
+    lo = V // 2 if distractors == "values" else 1
+    inputs = np.concatenate([kv, rng.integers(lo, V, size=(N, G)), qa], axis=1)
     labels = np.full(inputs.shape, IGNORE, dtype=np.int64)
     q0 = 2 * n + G
     labels[:, q0::2] = qa[:, 1::2]
