@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS ?= lab,test
 
-.PHONY: setup lab test test-unit test-labs notebooks bench checkpoints cliff clean
+.PHONY: setup lab test test-unit test-labs notebooks bench checkpoints cliff results clean
 
 setup:
 	bash scripts/setup.sh $(EXTRAS)
@@ -35,6 +35,17 @@ checkpoints:
 	bash scripts/train_checkpoints.sh
 cliff:
 	$(VENV)/bin/echo-tutor cliff --fast
+
+# The results the labs read (echo_tutor/pretrained/results_*.json): the cliff grid on the shipped
+# checkpoints (2 threads), then transfer and the two halves of the ablation side by side, one thread each.
+results:
+	$(VENV)/bin/echo-tutor cliff --fast --out-dir runs/cliff
+	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor transfer --fast --out-dir runs/transfer > runs/transfer.log 2>&1 & \
+	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor ablate --fast --tasks mqar_gap --out-dir runs/ablation_mqar > runs/ablation_mqar.log 2>&1 & \
+	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor ablate --fast --tasks tool_trace --out-dir runs/ablation_tool > runs/ablation_tool.log 2>&1; wait
+	cp runs/cliff/cliff.json echo_tutor/pretrained/results_cliff.json
+	cp runs/transfer/transfer.json echo_tutor/pretrained/results_transfer.json
+	$(PY) scripts/merge_ablation.py echo_tutor/pretrained/results_ablation.json runs/ablation_mqar/ablation.json runs/ablation_tool/ablation.json
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -27,34 +27,24 @@ from .train import evaluate, save_records, train
 __all__ = ["main"]
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _parser_of(cast, ok, what: str):
+    """An argparse ``type=`` that casts, checks ``ok(value)`` and says what was expected."""
+
+    def parse(s: str):
+        try:
+            v = cast(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
+        return v
+
+    return parse
 
 
-def _nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
-    return v
+_positive_int = _parser_of(int, lambda v: v >= 1, "a positive integer")
+_nonneg_int = _parser_of(int, lambda v: v >= 0, "an integer >= 0")
+_positive_float = _parser_of(float, lambda v: v > 0, "a positive number")
 
 
 def task_from_args(args: argparse.Namespace, gaps: list[int] | None = None, pairs: list[int] | None = None):
@@ -149,7 +139,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from .experiments import transfer
 
     t0 = time.perf_counter()
-    transfer(fast=args.fast, out_dir=pathlib.Path(args.out_dir), progress=not args.quiet and sys.stderr.isatty())
+    transfer(fast=args.fast, out_dir=pathlib.Path(args.out_dir), seconds=args.seconds,
+             progress=not args.quiet and sys.stderr.isatty())
     print(f"transfer finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -158,7 +149,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from .experiments import ablation
 
     t0 = time.perf_counter()
-    ablation(fast=args.fast, out_dir=pathlib.Path(args.out_dir), seeds=args.seeds, steps=args.steps,
+    ablation(fast=args.fast, out_dir=pathlib.Path(args.out_dir), seeds=args.seeds, steps=args.steps, tasks=args.tasks,
              progress=not args.quiet and sys.stderr.isatty())
     print(f"ablation finished in {time.perf_counter() - t0:.0f} s")
     return 0
@@ -201,7 +192,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cliff)
 
     p = sub.add_parser("transfer", help="transfer tasks and NIAH length generalisation")
-    p.add_argument("--fast", action="store_true", help="small models, short training (minutes on a CPU)")
+    p.add_argument("--fast", action="store_true", help="short training per model (60 s; minutes on a CPU)")
+    p.add_argument("--seconds", type=_positive_float, default=None, help="training seconds per (task, model)")
     p.add_argument("--out-dir", default="runs/transfer")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_transfer)
@@ -209,6 +201,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="power-filter ablation: K, spectral norm, prefix mask (MQAR-gap, tool trace)")
     p.add_argument("--fast", action="store_true", help="d=64 models, short tasks, 500 steps (about 20 CPU minutes)")
     p.add_argument("--seeds", type=_positive_int, default=3)
+    p.add_argument("--tasks", nargs="+", choices=["mqar_gap", "tool_trace"], default=None, help="default: both")
     p.add_argument("--steps", type=_positive_int, default=None)
     p.add_argument("--out-dir", default="runs/ablation")
     p.add_argument("--quiet", action="store_true")

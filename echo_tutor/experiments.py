@@ -60,7 +60,7 @@ def cliff(fast: bool = True, out_dir: str | pathlib.Path = "runs/cliff", example
 
     presets = presets or CLIFF_PRESETS
     pairs, gaps = pairs or CLIFF_PAIRS, gaps or CLIFF_GAPS
-    examples = examples or (64 if fast else 512)
+    examples = examples or (32 if fast else 512)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -178,11 +178,11 @@ NIAH_LENGTHS = [64, 128, 256, 512, 1024, 2048, 4096]
 def transfer(fast: bool = True, out_dir: str | pathlib.Path = "runs/transfer", presets: list[str] | None = None,
              tasks: list[str] | None = None, seconds: float | None = None, steps: int | None = None,
              niah_lengths: list[int] | None = None, progress: bool = True,
-             model_overrides: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
+             model_overrides: dict[str, Any] | None = None, eval_examples: int = 256) -> dict[str, list[dict[str, Any]]]:
     """Train each preset on each transfer task (same budget), evaluate, and measure NIAH length
     generalisation (trained at 64). Writes ``transfer.json`` (both tables) and ``transfer.html``."""
     presets, tasks = presets or TRANSFER_PRESETS, tasks or TRANSFER_TASKS
-    seconds = seconds if seconds is not None else (45.0 if fast else None)
+    seconds = seconds if seconds is not None else (60.0 if fast else None)
     steps = steps or (2000 if fast else 6000)
     niah_lengths = niah_lengths or (NIAH_LENGTHS[:5] if fast else NIAH_LENGTHS)
     out_dir = pathlib.Path(out_dir)
@@ -194,7 +194,7 @@ def transfer(fast: bool = True, out_dir: str | pathlib.Path = "runs/transfer", p
             torch.manual_seed(0)
             model = build(preset, vocab_size=VOCAB, **(model_overrides or {}))
             res = train(model, task, steps=steps, batch_size=16, lr=3e-3, time_budget_s=seconds,
-                        eval_every=steps, progress=progress, eval_examples=256)
+                        eval_every=steps, progress=progress, eval_examples=eval_examples)
             row = {"task": name, "preset": preset, "acc": res.final_eval, "steps": res.steps_done,
                    "train_seconds": round(res.time_s, 1), "params": count_parameters(model)}
             paper = PAPER["transfer_mean_acc"][name][TRANSFER_PRESETS.index(preset)] if preset in TRANSFER_PRESETS else None
@@ -203,12 +203,13 @@ def transfer(fast: bool = True, out_dir: str | pathlib.Path = "runs/transfer", p
             print(f"{name:<14} {preset:<9} acc {row['acc']:.3f} ({res.steps_done} steps, {res.time_s:.0f} s)"
                   f"   paper {paper}%", flush=True)
             if name == "tool_trace":
-                by = tool_trace_by_writes(model, task, 256)
+                by = tool_trace_by_writes(model, task, eval_examples)
                 overwrite_rows.append({"preset": preset, **{f"acc_writes_{k}": v for k, v in by.items()}})
                 print(f"  tool_trace by writes to the queried variable: {by}", flush=True)
             if name == "niah":
                 for L in niah_lengths:
-                    acc = evaluate(model, make_task("niah", vocab_size=VOCAB, seq_len=L), 128 if fast else 512, batch_size=16)
+                    n_eval = min(eval_examples, 128) if fast else 2 * eval_examples
+                    acc = evaluate(model, make_task("niah", vocab_size=VOCAB, seq_len=L), n_eval, batch_size=16)
                     p_idx = TRANSFER_PRESETS.index(preset) if preset in TRANSFER_PRESETS else None
                     niah_rows.append({"preset": preset, "length": L, "acc": acc,
                                       "paper_acc": PAPER["niah_length"][L][p_idx] if p_idx is not None else None})

@@ -117,7 +117,7 @@ fig.show()
 # %% [markdown]
 # ## 3. Accuracy vs gap: is there a cliff?
 #
-# `echo-tutor cliff --fast` evaluated every shipped model on the whole grid (64 examples per cell); the
+# `echo-tutor cliff --fast` evaluated every shipped model on the whole grid (32 examples per cell); the
 # results ship with the package. Below, accuracy vs gap for each number of pairs. The dashed line marks
 # the largest gap seen in training (1024).
 
@@ -136,6 +136,15 @@ def acc(preset, pairs, gap, recs=cl):
 print(f"{'preset':<10}" + "".join(f"{g:>7}" for g in CLIFF_GAPS) + "   <- 8 pairs")
 for p in CLIFF_PRESETS:
     print(f"{p:<10}" + "".join(f"{acc(p, 8, g):>7.2f}" for g in CLIFF_GAPS))
+# the key results of this run, checked: no cliff for SKA, and SKA well above pure Mamba-2 at every gap
+for n in CLIFF_PAIRS:
+    for p in ("ssm+ridge", "echo"):
+        assert acc(p, n, 4096) >= acc(p, n, 64) - 0.06, f"{p}, {n} pairs: accuracy falls with the gap"
+for g in CLIFF_GAPS:
+    assert acc("ssm+ridge", 8, g) > acc("ssm", 8, g) + 0.15 and acc("echo", 8, g) > acc("ssm", 8, g) + 0.04
+# and the shipped numbers agree with a live evaluation on other examples (section 1: gap 256, 8 pairs)
+for p in CLIFF_PRESETS:
+    assert abs(live[p] - acc(p, 8, 256)) < 0.12, (p, live[p], acc(p, 8, 256))
 
 # %% [markdown]
 # The heat-maps show the whole grid per preset (rows: KV pairs; columns: gap).
@@ -183,6 +192,20 @@ probe_now = probe(gap=256, pairs=8)
 print(probe_now)
 
 # %% [markdown]
+# ### What fills the gap matters
+#
+# Our first training run drew the gap's distractors from the *whole* vocabulary. Then every key also recurs
+# inside the gap, followed by a random token, and the right answer is the *first* of several conflicting
+# bindings: a question about position, not about memory over distance. Echo trained on that version for
+# 15 minutes stayed at 7% (details in `docs/results.md`). The generator keeps both versions
+# (`mqar_gap(..., distractors="values" | "uniform")`); here are the shipped models on both, at gap 512:
+
+# %%
+for dist in ("values", "uniform"):
+    task = make_task("mqar_gap", vocab_size=128, num_kv_pairs=8, gap=512, distractors=dist)
+    print(f"distractors={dist!r:<9}", {p: round(evaluate(m, task, 32, batch_size=32), 3) for p, m in models.items()})
+
+# %% [markdown]
 # ## 5. Recall against memory
 #
 # Zoology's lesson (the Based paper): compare recall with the **state size** a model needs at inference,
@@ -207,7 +230,27 @@ assert attn_bytes[-1] > attn_bytes[0] * 30, "the KV cache grows with the gap"
 # %% [markdown]
 # ## 6. Our numbers next to the paper's
 #
-# RESULTS_SUMMARY
+# What our runs show (the shipped `results_cliff.json`, 32 examples per cell; re-run with
+# `echo-tutor cliff --fast`):
+#
+# * **No cliff for the SKA models, within what they learned.** `ssm+ridge` and `echo` have the same
+#   accuracy at gap 4096 as at gap 64, four times past the longest gap they trained on: their statistics
+#   do not fade with distance. At 8 pairs: `ssm+ridge` 0.27 -> 0.25, `echo` 0.11 -> 0.08 (gap 64 -> 4096).
+# * **But they learned little in 15 CPU-minutes.** Accuracy times pairs is about 2 for `ssm+ridge` at
+#   every pair count (0.45 x 4, 0.27 x 8, 0.12 x 16, 0.05 x 32): it retrieves about two bindings per
+#   example, whatever the gap. The paper's 100% needs far more training (6000 steps at batch 16 for the
+#   sub-million models; 50M-parameter models for the grid).
+# * **Pure Mamba-2 stayed at chance** (1/64 = 1.6%) everywhere, as in the paper's "~3%" row, but here that
+#   is a statement about 15 minutes of training, not about a cliff: it never left chance even at gap 64.
+# * **The attention hybrid did not learn in this budget** (2-5%). Attention solves MQAR easily once it
+#   forms an induction circuit; in our 15 CPU-minutes it had not yet. The paper's 100% for Mamba-2 +
+#   attention is not contradicted, just not reached.
+# * **K = 0 beat K = 2 at equal budget**: `ssm+ridge` (plain causal ridge, no power filter) learned faster
+#   than `echo` (0.26 vs 0.11 on the training mixture after 15 minutes). The paper reports no `K = 0`
+#   baseline; lab 04's ablation measures this on smaller models with several seeds.
+#
+# The issue's target (echo >= 95% at 8 pairs for gaps 64/256/1024 within 15 minutes of CPU training) is
+# **not met**: we measured 0.11 / 0.13 / 0.11.
 
 # %%
 print("Paper (50M models, each cell trained separately):")
@@ -231,6 +274,6 @@ steps = 10 if FAST else 1500
 mine = build(preset_to_train, vocab_size=128)
 task = make_task("mqar_gap", vocab_size=128, num_kv_pairs=8, gap=[64, 128, 256, 512, 1024])
 t0 = time.perf_counter()
-run = train(mine, task, steps=steps, batch_size=16, lr=3e-3, eval_every=max(1, steps // 10), eval_examples=64)
+run = train(mine, task, steps=steps, batch_size=16, lr=3e-3, eval_every=steps if FAST else 100, eval_examples=64)
 print(f"{run.steps_done} steps in {time.perf_counter() - t0:.0f} s; eval accuracy {run.final_eval:.3f}")
 assert run.steps_done == steps and len(run.history) == steps

@@ -11,7 +11,8 @@ TINY = dict(d_model=32, n_heads=4, d_state=8, ska_rank=6)
 
 def test_transfer_writes_both_tables(tmp_path):
     out = transfer(fast=True, out_dir=tmp_path, presets=["ssm", "echo"], tasks=["niah", "tool_trace"], seconds=None,
-                   steps=2, niah_lengths=[64, 128], progress=False, model_overrides=TINY)
+                   steps=2, niah_lengths=[64, 128], progress=False, model_overrides=TINY,
+                   eval_examples=16)
     assert {(r["task"], r["preset"]) for r in out["table"]} == {(t, p) for t in ("niah", "tool_trace") for p in ("ssm", "echo")}
     assert all(r["paper_acc"] is not None and 0 <= r["acc"] <= 1 for r in out["table"])
     assert [(r["preset"], r["length"]) for r in out["niah_length"]] == [("ssm", 64), ("ssm", 128), ("echo", 64), ("echo", 128)]
