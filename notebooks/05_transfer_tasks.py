@@ -164,7 +164,7 @@ for row in ow:
 
 # %% [markdown]
 # **Read these bars with the table below in mind.** The shipped results come from
-# `echo-tutor transfer --fast`: 60 seconds of training per (task, model) on one CPU core, about 150-220
+# `echo-tutor transfer --fast`: 60 seconds of training per (task, model) on one CPU core, about 130-270
 # steps. In that budget no model left chance on any transfer task, so the split by number of writes is
 # noise around chance (about 2-6%) and says nothing yet about forgetting. The closed-form analysis above
 # is what we can state: with `decay = 1`, SKA's readout after `n` writes of the same variable is the
