@@ -4,6 +4,9 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS ?= lab,test
+# extra flags for JupyterLab, e.g. LAB_ARGS="--ip 0.0.0.0 --no-browser" on a remote GPU machine
+LAB_ARGS ?=
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: setup lab test test-unit test-labs notebooks bench checkpoints cliff results clean
 
@@ -11,7 +14,7 @@ setup:
 	bash scripts/setup.sh $(EXTRAS)
 
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/ $(ROOT_FLAG) $(LAB_ARGS)
 
 test: setup
 	ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
