@@ -121,8 +121,12 @@ def cliff_figure(records: list[dict[str, Any]]):
             rs = sorted((r for r in records if r["preset"] == p and r["pairs"] == n), key=lambda r: r["gap"])
             fig.add_scatter(x=[r["gap"] for r in rs], y=[r["acc"] for r in rs], mode="lines+markers", name=p,
                             legendgroup=p, showlegend=j == 0, line=dict(color=colors.get(p)), row=1, col=j + 1)
-    fig.update_xaxes(type="log", title_text="gap (tokens)")
+    gaps = sorted({r["gap"] for r in records})
+    ticks = gaps if len(gaps) <= 4 else gaps[::2]
+    fig.update_xaxes(type="log", title_text="gap (tokens)", tickvals=ticks, ticktext=[str(g) for g in ticks])
     fig.update_yaxes(range=[0, 1.05], title_text="MQAR-gap accuracy", col=1)
+    fig.add_hline(y=1 / (VOCAB // 2), line_dash="dot", line_color="gray", row="all", col="all",
+                  annotation_text="chance", annotation_position="top left")
     fig.update_layout(height=380, title="The memory cliff: recall accuracy vs distractor gap")
     return fig
 
