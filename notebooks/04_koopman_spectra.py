@@ -149,8 +149,9 @@ lab04.check_sigma_max_power(sigma_max_power)
 #
 # The shipped `echo` checkpoint (2 Mamba-2 + 2 SKA blocks, 4 heads, `r = 24`, trained on MQAR-gap) reads a
 # prompt; we take each SKA head's operator after the prompt and plot its 24 eigenvalues. Two prompts: an
-# MQAR-gap example (random tokens: little temporal structure) and a tool trace (`SET x v` triples: a
-# period-3 rhythm).
+# MQAR-gap example (key, value, key, value, then a gap of random value tokens) and a tool trace
+# (`SET x v` triples: a period-3 rhythm). Before you run it: where on the unit circle would a period-3
+# rhythm put its eigenvalues?
 
 # %%
 echo = pretrained("echo")
@@ -170,7 +171,11 @@ for i, b in enumerate(layers):
             fig.add_scatter(x=e.real.numpy(), y=e.imag.numpy(), mode="markers", name=f"head {h}", legendgroup=f"h{h}",
                             showlegend=(i == 0 and j == 0), marker=dict(size=6, color=colors[h % len(colors)]),
                             row=i + 1, col=j + 1)
-fig.update_layout(height=420 * len(layers), title="Koopman spectra of the trained SKA heads (unit circle in gray)")
+for i in range(len(layers)):
+    for j in range(2):
+        idx = 2 * i + j + 1
+        fig.update_yaxes(scaleanchor="x" if idx == 1 else f"x{idx}", row=i + 1, col=j + 1)  # circles stay round
+fig.update_layout(height=440 * len(layers), width=900, title="Koopman spectra of the trained SKA heads (unit circle in gray)")
 fig.show()
 for pname, sp in spectra.items():
     for b in layers:
@@ -182,18 +187,39 @@ for sp in spectra.values():
         assert sp[b].shape == (4, 24) and sp[b].is_complex()
 
 # %% [markdown]
-# **What we see in our checkpoint** (15 CPU-minutes of training; look at the numbers printed above and
-# below): in every head, about one eigenvalue sits near the unit circle and the rest near zero. The key
-# sequence the heads learned has almost no rotating or slowly decaying structure: one persistent direction
-# per head, and noise. For the power filter this means `A^K` with `K >= 1` keeps roughly *one* direction
-# of the query per head and discards the rest, which is one plausible reason why, at equal budget, the
-# `K = 0` model (`ssm+ridge`) learned faster than `echo` (`K = 2`) in lab 03. A better-trained model may
-# look different: re-run this cell on your own checkpoint.
+# **What we see in our checkpoint.** Most of each head's 24 eigenvalues sit near zero, but the few large
+# ones are telling, and they differ between the prompts:
+#
+# * on the **tool-trace** prompt, every head has a conjugate pair at about **+-120 degrees**: the cube roots
+#   of unity, i.e. a rhythm of period 3. That is the `SET x v` triple structure of the trace;
+# * on the **MQAR-gap** prompt, every head has a real eigenvalue near **-0.8** (180 degrees): a rhythm of
+#   period 2, the key / value alternation of the binding block; and one near **+1** (something persistent).
+#
+# The model was trained on MQAR-gap only. The operator is fitted *in context*, on the keys of the prompt
+# it is reading, so it picks up each prompt's own dynamics: this is the Koopman view of SKA at work. The
+# cell below lists, per head, the eigenvalues with `|lambda| > 0.5` as (modulus, angle in degrees), and
+# checks the two rhythms.
 
 # %%
+def large_modes(ev, threshold=0.5):
+    big = ev[ev.abs() > threshold]
+    return [(round(float(e.abs()), 2), round(math.degrees(float(e.angle())))) for e in big]
+
+
 for pname, sp in spectra.items():
-    big = {b: (sp[b].abs() > 0.5).sum(-1).tolist() for b in layers}
-    print(f"{pname:<18} modes with |lambda| > 0.5, per head: {big}")
+    for b in layers:
+        print(f"{pname:<18} block {b}: " + "  |  ".join(f"h{h} {large_modes(sp[b][h])}" for h in range(sp[b].shape[0])))
+
+
+def has_rhythm(ev, degrees, tol=12, min_modulus=0.5):
+    ang = ev.angle().rad2deg().abs()
+    return bool(((ev.abs() > min_modulus) & ((ang - degrees).abs() < tol)).any())
+
+
+for b in layers:
+    for h in range(4):
+        assert has_rhythm(spectra["tool-trace prompt"][b][h], 120), f"block {b} head {h}: no period-3 pair"
+        assert has_rhythm(spectra["MQAR-gap prompt"][b][h], 180), f"block {b} head {h}: no period-2 mode"
 
 # %% [markdown]
 # ## 4. What `A^K` keeps
