@@ -39,31 +39,42 @@ def forgetting_readout_solution(keys, values, query, decay: float, eps: float):
     return C @ torch.linalg.solve(G, query)
 
 
+def _first_write_answers(tokens, SET: int, GET: int) -> list[int]:
+    """The usual mistake: answer every GET with the variable's *first* value."""
+    first: dict[int, int] = {}
+    out = []
+    toks = [int(t) for t in tokens]
+    for i in range(0, len(toks) - 2, 3):
+        if toks[i] == SET:
+            first.setdefault(toks[i + 1], toks[i + 2])
+        elif toks[i] == GET:
+            out.append(first[toks[i + 1]])
+    return out
+
+
 def check_tool_trace_answers(fn) -> bool:
-    """Check ``fn(tokens, SET, GET) -> list[int]`` on fresh traces with overwrites."""
+    """Check ``fn(tokens, SET, GET) -> list[int]`` on fresh traces where overwrites change the answer."""
     from ..tasks import tool_trace
 
     name = "tool_trace_answers"
     g, seed = fresh_generator()
     V = 32
-    x, y = tool_trace(V, 3, 12, 5, 1, seed=seed)
-    tokens = x[0]
-    out = call_student(name, fn, tokens, V - 1, V - 2)
+    SET, GET = V - 1, V - 2
+    for attempt in range(100):  # a trace on which "first write wins" gives a different answer
+        tokens = tool_trace(V, 3, 12, 5, 1, seed=seed + attempt)[0][0]
+        want = tool_trace_answers_solution(tokens, SET, GET)
+        if _first_write_answers(tokens, SET, GET) != want:
+            break
+    out = call_student(name, fn, tokens, SET, GET)
     try:
         out = [int(v) for v in out]
     except Exception:
         raise ExerciseError(f"{name}: return a list of ints (one per GET), got {type(out).__name__}") from None
-    want = tool_trace_answers_solution(tokens, V - 1, V - 2)
     if len(out) != len(want):
         raise ExerciseError(f"{name}: expected one answer per GET ({len(want)}), got {len(out)}")
     if out == want:
         return passed(name)
-    first: dict[int, int] = {}
-    for i in range(0, len(tokens), 3):
-        if int(tokens[i]) == V - 1:
-            first.setdefault(int(tokens[i + 1]), int(tokens[i + 2]))
-    firsts = [first[int(tokens[i + 1])] for i in range(0, len(tokens), 3) if int(tokens[i]) == V - 2]
-    hint = " That is the *first* value written; a later SET overwrites it." if out == firsts else ""
+    hint = " That is the *first* value written; a later SET overwrites it." if out == _first_write_answers(tokens, SET, GET) else ""
     raise ExerciseError(f"{name}: expected {want}, got {out} (seed {seed}).{hint}")
 
 
