@@ -109,7 +109,6 @@ def _print_cliff_table(records: list[dict[str, Any]]) -> None:
 
 def cliff_figure(records: list[dict[str, Any]]):
     """Accuracy vs gap per preset (one panel per KV-pairs value)."""
-    import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     pairs = sorted({r["pairs"] for r in records})

@@ -33,6 +33,7 @@
 import time
 
 import ipywidgets as widgets
+from IPython.display import display
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
@@ -40,7 +41,7 @@ from plotly.subplots import make_subplots
 from echo_tutor import labs
 from echo_tutor.labs import lab01
 from echo_tutor.models import build, count_parameters, state_nbytes
-from echo_tutor.ssm import Mamba2, segsum, ssd_chunked, ssd_recurrent
+from echo_tutor.ssm import Mamba2, ssd_chunked
 
 FAST = labs.FAST
 print(f"FAST={FAST}  solutions={'on' if labs.SOLUTIONS else 'off'}  torch {torch.__version__}")

@@ -38,13 +38,14 @@
 import math
 
 import ipywidgets as widgets
+from IPython.display import display
 import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
 from echo_tutor import labs
 from echo_tutor.labs import lab02
-from echo_tutor.ska import SKAState, ska_chunked, ska_readout, ska_recurrent
+from echo_tutor.ska import ska_chunked, ska_readout, ska_recurrent
 
 FAST = labs.FAST  # small sizes on a laptop / in CI; full sizes on a GPU machine
 torch.set_default_dtype(torch.float64)  # exact arithmetic for the teaching sections

@@ -36,6 +36,7 @@
 import time
 
 import ipywidgets as widgets
+from IPython.display import display
 import numpy as np
 import plotly.graph_objects as go
 import torch
@@ -44,7 +45,7 @@ from plotly.subplots import make_subplots
 from echo_tutor import labs, pretrained
 from echo_tutor.experiments import CLIFF_GAPS, CLIFF_PAIRS, CLIFF_PRESETS, PAPER, cliff_figure
 from echo_tutor.labs import lab03
-from echo_tutor.models import build, count_parameters, state_nbytes
+from echo_tutor.models import build, count_parameters
 from echo_tutor.pretrained import info, results
 from echo_tutor.tasks import make_task, mqar_gap
 from echo_tutor.train import evaluate, train

@@ -29,6 +29,7 @@
 import math
 
 import ipywidgets as widgets
+from IPython.display import display
 import numpy as np
 import plotly.graph_objects as go
 import torch

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import assert_close
-from echo_tutor.ssm import Mamba2, Mamba2State, mamba_ssm_available, segsum, ssd_chunked, ssd_recurrent
+from echo_tutor.ssm import Mamba2, mamba_ssm_available, segsum, ssd_chunked, ssd_recurrent
 
 
 def make(T, B=2, H=3, P=4, N=5, seed=0, grad=False):

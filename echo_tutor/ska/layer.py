@@ -22,7 +22,6 @@ operators: in chunk mode a query sees the statistics of earlier chunks only.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
