@@ -8,6 +8,7 @@ falls back; layers record the path that ran in ``last_backend`` so tests can ass
 
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 
@@ -19,8 +20,11 @@ BACKENDS = ("auto", "reference", "triton")
 _warned: set[str] = set()
 
 
+@functools.lru_cache(maxsize=None)
 def triton_op(op: str):
-    """Return the Triton implementation ``kernels.<op>`` if it is installed and importable, else None."""
+    """Return the Triton implementation ``kernels.<op>`` if it is installed and importable, else None.
+
+    Cached: layers ask on every forward, and Python does not cache a failed import."""
     try:
         mod = importlib.import_module(f"kernels.{op}")
     except Exception:  # triton missing, kernels not built for this op, ...

@@ -18,3 +18,14 @@ def assert_close(name: str, ref: torch.Tensor, got: torch.Tensor, ratio: float =
     err = (ref - got).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30)
     assert torch.isfinite(got).all(), f"{name}: non-finite values"
     assert err <= ratio, f"{name}: rel-RMS {err:.3g} > {ratio:g}, max abs {(ref - got).abs().max():.3g}"
+
+
+def scan_steps(module, seq: torch.Tensor, state):
+    """Feed ``seq [B, T, ...]`` through ``module.step`` one position at a time.
+
+    Returns the outputs stacked on dim 1 and the final state (for step == forward tests)."""
+    outs = []
+    for t in range(seq.shape[1]):
+        out, state = module.step(seq[:, t], state)
+        outs.append(out)
+    return torch.stack(outs, 1), state

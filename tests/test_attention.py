@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import assert_close
+from conftest import assert_close, scan_steps
 from echo_tutor.attention import CausalSelfAttention, KVCache, LinearAttention, apply_rope
 
 
@@ -11,12 +11,8 @@ def test_step_scan_equals_forward(cls):
     m = cls(32, 4).double()
     x = torch.randn(2, 70, 32, dtype=torch.float64)
     y, _ = m(x)
-    st = m.init_state(2)
-    ys = []
-    for t in range(70):
-        yt, st = m.step(x[:, t], st)
-        ys.append(yt)
-    assert_close("y", y, torch.stack(ys, 1))
+    ys, _ = scan_steps(m, x, m.init_state(2))
+    assert_close("y", y, ys)
 
 
 @pytest.mark.parametrize("cls", [CausalSelfAttention, LinearAttention])

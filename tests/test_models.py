@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import assert_close
+from conftest import assert_close, scan_steps
 from echo_tutor.models import MIXERS, PRESETS, HybridLM, build, count_parameters, load, state_nbytes
 
 PAPER_PARAMS = {"ssm": 1_110_000, "ssm+attn": 998_000, "echo": 982_000}
@@ -39,12 +39,8 @@ def test_model_step_equals_forward(preset):
     m = small(preset)
     ids = torch.randint(0, 50, (2, 21), generator=torch.Generator().manual_seed(1))
     logits, _ = m(ids)
-    st = m.init_state(2)
-    outs = []
-    for t in range(ids.shape[1]):
-        lt, st = m.step(ids[:, t], st)
-        outs.append(lt)
-    assert_close("logits", logits, torch.stack(outs, 1))
+    outs, _ = scan_steps(m, ids, m.init_state(2))
+    assert_close("logits", logits, outs)
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

@@ -3,7 +3,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import assert_close
+from conftest import assert_close, scan_steps
 from echo_tutor import backends
 from echo_tutor.ska import SKAState, SpectralKoopmanAttention
 
@@ -31,12 +31,8 @@ def test_step_scan_equals_forward_token_mode(power_steps):
     m = layer64(mode="token", power_steps=power_steps)
     x = torch.randn(2, 37, 24, dtype=torch.float64)
     y, st_f = m(x)
-    st = m.init_state(2)
-    ys = []
-    for t in range(x.shape[1]):
-        yt, st = m.step(x[:, t], st)
-        ys.append(yt)
-    assert_close("y", y, torch.stack(ys, 1))
+    ys, st = scan_steps(m, x, m.init_state(2))
+    assert_close("y", y, ys)
     assert_close("G", st_f.G, st.G)
     assert st.count == 37
 

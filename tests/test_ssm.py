@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import assert_close
+from conftest import assert_close, scan_steps
 from echo_tutor.ssm import Mamba2, mamba_ssm_available, segsum, ssd_chunked, ssd_recurrent
 
 
@@ -50,12 +50,8 @@ def test_mamba2_step_scan_equals_forward():
     m = layer()
     u = torch.randn(2, 37, 32, dtype=torch.float64)
     y, st_f = m(u)
-    st = m.init_state(2)
-    ys = []
-    for t in range(u.shape[1]):
-        yt, st = m.step(u[:, t], st)
-        ys.append(yt)
-    assert_close("y", y, torch.stack(ys, 1))
+    ys, st = scan_steps(m, u, m.init_state(2))
+    assert_close("y", y, ys)
     assert_close("ssm state", st_f.ssm, st.ssm)
     assert_close("conv state", st_f.conv, st.conv)
 

@@ -21,11 +21,10 @@ def dmd_operator_solution(X, Y, eps):
 
 
 def sigma_max_power_solution(A, iters):
-    x = torch.ones(A.shape[1], dtype=A.dtype) / A.shape[1] ** 0.5
-    for _ in range(iters):
-        x = A.T @ (A @ x)
-        x = x / x.norm()
-    return float((A @ x).norm())
+    # exactly what SKA's spectral normalisation runs (ones / sqrt(r) start, iters steps on A^T A)
+    from ..ska import sigma_max
+
+    return float(sigma_max(A, iters))
 
 
 def _power_on_A(A, iters):
