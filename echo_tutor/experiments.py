@@ -263,6 +263,9 @@ def ablation(fast: bool = True, out_dir: str | pathlib.Path = "runs/ablation", s
     steps = steps or (500 if fast else 2000)
     all_tasks = ablation_tasks(fast)
     tasks = tasks or list(all_tasks)
+    unknown = [t for t in tasks if t not in all_tasks]
+    if unknown:
+        raise ValueError(f"tasks must be drawn from {list(all_tasks)}, got unknown {unknown}")
     size = {**(dict(d_model=64, n_heads=4, ska_rank=16, d_state=16) if fast else {}), **(model_overrides or {})}
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -104,3 +104,28 @@ def test_koopman_tools_reject_bad_input():
         dmd(torch.randn(10, 3), torch.randn(10, 3), rank=4)
     with pytest.raises(ValueError, match="state must be an SKAState"):
         koopman_operator(torch.eye(3))
+
+
+def test_more_public_functions_reject_bad_input():
+    from echo_tutor.attention import apply_rope
+    from echo_tutor.experiments import ablation
+    from echo_tutor.koopman import oscillators
+    from echo_tutor.models import prefix_mask
+    from echo_tutor.train import sweep
+
+    with pytest.raises(ValueError, match="tasks must be drawn from"):
+        ablation(tasks=["sorting"], seeds=1, steps=1, progress=False)
+    with pytest.raises(ValueError, match="even head size"):
+        apply_rope(torch.randn(1, 2, 3, 5), torch.arange(3))
+    with pytest.raises(ValueError, match="positions must be a 1-D tensor of length T=3"):
+        apply_rope(torch.randn(1, 2, 3, 4), torch.arange(4))
+    with pytest.raises(ValueError, match="thetas and rhos must be non-empty lists of equal length"):
+        oscillators([0.1, 0.2], [0.9], 10)
+    with pytest.raises(ValueError, match="labels must have 2 dims"):
+        prefix_mask(torch.tensor([1, -100]))
+    with pytest.raises(ValueError, match="run must return a dict"):
+        sweep([{"a": 1}], lambda a: a, progress=False)
+    with pytest.raises(ValueError, match="rank must be >= 1"):
+        SKAState.zeros(1, 2, 0, 3)
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        SKAState.zeros(1, 2, 3, 3, eps=0.0)

@@ -23,7 +23,13 @@ __all__ = ["KVCache", "CausalSelfAttention", "LinearAttention", "LinearAttention
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotary position embedding (rotate-half form). x ``[B, H, T, D]`` (D even), positions ``[T]``."""
+    check_tensor("x", x, 4, layout="[B, H, T, D]", finite=False)
     D = x.shape[-1]
+    if D % 2:
+        raise ValueError(f"x must have an even head size D for RoPE, got shape {tuple(x.shape)}")
+    if not isinstance(positions, torch.Tensor) or positions.ndim != 1 or positions.shape[0] != x.shape[2]:
+        raise ValueError(f"positions must be a 1-D tensor of length T={x.shape[2]}, "
+                         f"got {getattr(positions, 'shape', type(positions).__name__)}")
     fdt = torch.float64 if x.dtype == torch.float64 else torch.float32  # angles at least in float32
     inv_freq = 1.0 / (base ** (torch.arange(0, D, 2, device=x.device, dtype=fdt) / D))  # [D/2]
     ang = positions.to(fdt)[:, None] * inv_freq[None]  # [T, D/2]
