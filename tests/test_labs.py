@@ -8,7 +8,7 @@ import torch
 
 from echo_tutor import labs
 from echo_tutor.labs import ExerciseError
-from echo_tutor.labs import lab01, lab02, lab03, lab04, lab05
+from echo_tutor.labs import lab01, lab02, lab03, lab04, lab05, lab06
 
 
 def eye_like(K, eps):
@@ -44,6 +44,24 @@ def radius_by_power_iteration(A, iters):
 def scan_variant(i, x, a, b, c):
     """The i-th typical wrong recurrence: multiply by a_t, read before writing, never decay."""
     return list(lab01._scan_variants(x, a, b, c).values())[i]
+
+
+def ridge_penalised_intercept(X, Y, lam):
+    Z = torch.cat([X, torch.ones(X.shape[0], 1, dtype=X.dtype)], 1)
+    Wb = torch.linalg.solve(Z.T @ Z + lam * torch.eye(Z.shape[1], dtype=X.dtype), Z.T @ Y)
+    return Wb[:-1], Wb[-1]
+
+
+def ridge_no_intercept(X, Y, lam):
+    W = torch.linalg.solve(X.T @ X + lam * torch.eye(X.shape[1], dtype=X.dtype), X.T @ Y)
+    return W, torch.zeros(Y.shape[1], dtype=X.dtype)
+
+
+def naive_streaming_keep(T, sinks, window):
+    keep = torch.zeros(T, dtype=torch.bool)
+    keep[:sinks] = True
+    keep[-window:] = True          # window = 0 keeps everything
+    return keep
 
 
 WRONG = [
@@ -82,6 +100,15 @@ WRONG = [
     (lab05.check_forgetting_readout, lambda K, V, q, d, e: lab05.forgetting_readout_solution(K, V, q, 1.0, e), "no effect"),
     (lab05.check_forgetting_readout, lambda K, V, q, d, e: lab05.forgetting_readout_solution(K.flip(0), V.flip(0), q, d, e),
      "wrong way"),
+    (lab06.check_rope_rotate, lambda x, c, s: lab06.rope_rotate_solution(x, c, -s), "inverse rotation"),
+    (lab06.check_rope_rotate, lab06._rope_interleaved, "GPT-J"),
+    (lab06.check_rope_rotate, lambda x, c, s: x * c, "missing"),
+    (lab06.check_ridge_with_intercept, ridge_penalised_intercept, "intercept is penalised"),
+    (lab06.check_ridge_with_intercept, ridge_no_intercept, "without an intercept"),
+    (lab06.check_ridge_with_intercept, lambda X, Y, l: lab06.ridge_with_intercept_solution(X, Y, 0.0), "unregularised"),
+    (lab06.check_streaming_keep, lambda T, s, w: lab06.streaming_keep_solution(T, 0, w), "sinks"),
+    (lab06.check_streaming_keep, lambda T, s, w: lab06.streaming_keep_solution(T, s, w + 1), "Off by one"),
+    (lab06.check_streaming_keep, naive_streaming_keep, "window=0"),
 ]
 
 
@@ -106,6 +133,9 @@ def test_checker_rejects_typical_wrong_answer(checker, wrong, msg):
         (lab04.check_sigma_max_power, lab04.sigma_max_power_solution),
         (lab05.check_tool_trace_answers, lab05.tool_trace_answers_solution),
         (lab05.check_forgetting_readout, lab05.forgetting_readout_solution),
+        (lab06.check_rope_rotate, lab06.rope_rotate_solution),
+        (lab06.check_ridge_with_intercept, lab06.ridge_with_intercept_solution),
+        (lab06.check_streaming_keep, lab06.streaming_keep_solution),
     ],
 )
 def test_checker_accepts_solution(checker, solution):
