@@ -3,7 +3,7 @@
 #   make test   set up .venv and run the whole suite: unit tests + every lab under nbval (solutions on)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= lab,test,echokv
+EXTRAS ?= lab,test,echokv,triton
 # extra flags for JupyterLab, e.g. LAB_ARGS="--ip 0.0.0.0 --no-browser" on a remote GPU machine
 LAB_ARGS ?=
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)

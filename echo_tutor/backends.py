@@ -21,15 +21,15 @@ _warned: set[str] = set()
 
 
 @functools.lru_cache(maxsize=None)
-def triton_op(op: str):
-    """Return the Triton implementation ``kernels.<op>`` if it is installed and importable, else None.
+def triton_op(op: str, attr: str = "forward"):
+    """Return the Triton implementation ``kernels.<op>.<attr>`` if it is installed and importable, else None.
 
     Cached: layers ask on every forward, and Python does not cache a failed import."""
     try:
         mod = importlib.import_module(f"kernels.{op}")
     except Exception:  # triton missing, kernels not built for this op, ...
         return None
-    return getattr(mod, "forward", None)
+    return getattr(mod, attr, None)
 
 
 def resolve_backend(requested: str, op: str, device: torch.device) -> str:

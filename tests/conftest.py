@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# The Triton kernels (kernels/) run under the CPU interpreter where there is no GPU; the variable must be
+# set before any @triton.jit definition is executed, i.e. before `kernels` is first imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

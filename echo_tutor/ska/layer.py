@@ -209,8 +209,17 @@ class SpectralKoopmanAttention(nn.Module):
         x = x_t[:, None]
         q, k, v, beta = self._project(x)
         q, k, key_scale = self._normalise(q, k, state, causal=True)
-        self.last_backend = "reference"
-        y, new_state = ska_recurrent(q, k, v, beta, state=state, **self._ska_kwargs("token"))
+        self.last_backend = resolve_backend(self.backend, "ska", x.device)
+        decode = triton_op("ska", "decode") if self.last_backend == "triton" else None
+        if decode is not None:  # rank-1 updates + readout in one kernel; G^-1 rides along in the state
+            kw = self._ska_kwargs("token")
+            y, new_state, g_inv = decode(q, k, v, beta, state, state.G_inv, power_steps=kw["power_steps"],
+                                         eta=kw["eta"], gamma=kw["gamma"], spectral_norm=kw["spectral_norm"],
+                                         spectral_iters=kw["spectral_iters"])
+            new_state.G_inv = g_inv
+        else:
+            self.last_backend = "reference"
+            y, new_state = ska_recurrent(q, k, v, beta, state=state, **self._ska_kwargs("token"))
         new_state.key_scale = key_scale
         return self.w_o(y.reshape(x.shape[0], -1).to(x_t.dtype)), new_state
 

@@ -58,6 +58,8 @@ class SKAState:
         count: number of tokens absorbed so far (a Python int; aligns chunks across calls).
         key_scale: ``[B, H]`` or None: the running largest key norm, kept only by layers that use
             ``key_norm="seqmax"`` (the "optional scalar" of the paper's state).
+        G_inv: ``[B, H, r, r]`` or None: ``G^-1``, kept only by the Triton decode path
+            (``kernels.ska.decode``, Sherman-Morrison updates); the references ignore and drop it.
 
     Its size is ``(2 r^2 + P r + r) * H`` floats per sequence whatever the number of tokens read; a KV
     cache for the same heads holds ``T (r + P) H`` floats.
@@ -69,6 +71,7 @@ class SKAState:
     k_prev: torch.Tensor
     count: int = 0
     key_scale: torch.Tensor | None = None
+    G_inv: torch.Tensor | None = None
 
     @classmethod
     def zeros(

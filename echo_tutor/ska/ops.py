@@ -1,0 +1,154 @@
+"""The SKA building blocks that ``kernels/ska`` implements in Triton, as plain PyTorch "twins".
+
+Each function here has exactly the signature of its kernel (``kernels.ska.chunk_stats`` etc.): the
+kernels are tested against these, and :func:`ska_chunked_ops` composes them into the chunk-mode
+forward that ``kernels.ska.forward`` runs. Heads are flattened into the leading dim: ``N = B * H``.
+
+* :func:`chunk_stats` -- per-chunk G, M (the chunk-boundary term included through the lagged keys)
+  and C: ``[N, nc, r, r]`` / ``[N, nc, P, r]``.
+* :func:`exclusive_prefix` -- what chunk c reads: the state plus the sum over chunks before c.
+* :func:`readout_inverse` -- after the factorisation: ``y = scale * C G^-1 (M G^-1)^K q`` for a block
+  of queries, from ``G^-1`` (the K+2 products: A^T = G^-1 M^T and B^T = G^-1 C^T, then K + 1 applications).
+* :func:`decode_step` -- one token: rank-1 updates of G, M, C, k_prev and of ``G^-1`` (Sherman-Morrison),
+  then the readout, all matrix-vector work.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .reference import SKAState, _prepare, safe_cholesky, sigma_max
+
+
+def chunk_stats(ok: torch.Tensor, kk: torch.Tensor, k_lag: torch.Tensor, ov: torch.Tensor, chunk_size: int):
+    """Per-chunk statistics.
+
+    Args:
+        ok: ``[N, T, r]`` write-weighted keys ``beta_t w_t k_t``; kk: ``[N, T, r]`` keys;
+        k_lag: ``[N, T, r]`` lagged keys ``w_{t-1} k_{t-1}`` (the first from the state);
+        ov: ``[N, T, P]`` write-weighted values. ``T`` a multiple of ``chunk_size``.
+    Returns:
+        Gc, Mc ``[N, nc, r, r]`` and Cc ``[N, nc, P, r]`` (sums over each chunk's tokens).
+    """
+    N, T, r = kk.shape
+    nc = T // chunk_size
+    sh = lambda x: x.reshape(N, nc, chunk_size, x.shape[-1])  # noqa: E731
+    ok, kk, k_lag, ov = map(sh, (ok, kk, k_lag, ov))
+    Gc = torch.einsum("ncsi,ncsj->ncij", ok, kk)
+    Mc = torch.einsum("ncsi,ncsj->ncij", ok, k_lag)
+    Cc = torch.einsum("ncsp,ncsj->ncpj", ov, kk)
+    return Gc, Mc, Cc
+
+
+def exclusive_prefix(X0: torch.Tensor, Xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``X0 [N, a, b]`` + exclusive cumulative sum of ``Xc [N, nc, a, b]`` over chunks.
+
+    Returns (prefix ``[N, nc, a, b]``, total ``X0 + sum_c Xc`` ``[N, a, b]``)."""
+    csum = Xc.cumsum(1)
+    prefix = X0[:, None] + torch.cat([torch.zeros_like(Xc[:, :1]), csum[:, :-1]], 1)
+    return prefix, X0 + csum[:, -1]
+
+
+def readout_inverse(Ginv: torch.Tensor, M: torch.Tensor, C: torch.Tensor, q: torch.Tensor, power_steps: int,
+                    scale: torch.Tensor) -> torch.Tensor:
+    """``y = scale * C G^-1 (M G^-1)^K q`` from the inverse Gram.
+
+    Args:
+        Ginv, M: ``[N, r, r]``; C: ``[N, P, r]``; q: ``[N, n, r]`` (rows are queries); scale: ``[N]``.
+    Returns:
+        y: ``[N, n, P]``.
+    """
+    At = Ginv @ M.transpose(-1, -2)            # (M G^-1)^T = G^-1 M^T  (G symmetric)
+    Bt = Ginv @ C.transpose(-1, -2)            # (C G^-1)^T             [N, r, P]
+    u = q
+    for _ in range(power_steps):
+        u = u @ At
+    return (u @ Bt) * scale[:, None, None]
+
+
+def decode_step(G, Ginv, M, C, k_prev, q, k, v, omega, w, power_steps: int, scale):
+    """One token-causal SKA step on flattened heads.
+
+    Args:
+        G, Ginv, M: ``[N, r, r]``; C: ``[N, P, r]``; k_prev, q, k: ``[N, r]``; v: ``[N, P]``;
+        omega (``beta_t w_t``), w, scale: ``[N]``.
+    Returns:
+        ``(y [N, P], G, Ginv, M, C, k_prev)`` after absorbing the token; ``y`` reads the updated
+        statistics. ``Ginv`` follows by Sherman-Morrison, exact in exact arithmetic; in float32 it
+        drifts slowly over very long decodes (refresh it from G with :func:`inverse_gram`).
+    """
+    a = omega[:, None]
+    G = G + a[..., None] * k[:, :, None] * k[:, None, :]
+    M = M + a[..., None] * k[:, :, None] * k_prev[:, None, :]
+    C = C + a[..., None] * v[:, :, None] * k[:, None, :]
+    g = (Ginv @ k[:, :, None])[..., 0]                                  # G^-1 k
+    denom = 1.0 + a[:, 0] * (k * g).sum(-1)
+    Ginv = Ginv - (a[:, 0] / denom)[:, None, None] * g[:, :, None] * g[:, None, :]
+    k_prev = w[:, None] * k
+    u = q
+    for _ in range(power_steps):
+        u = (M @ (Ginv @ u[:, :, None]))[..., 0]
+    y = (C @ (Ginv @ u[:, :, None]))[..., 0] * scale[:, None]
+    return y, G, Ginv, M, C, k_prev
+
+
+def inverse_gram(G: torch.Tensor) -> torch.Tensor:
+    """``G^-1`` through a (jittered if needed) Cholesky factorisation."""
+    return torch.cholesky_inverse(safe_cholesky(G))
+
+
+def spectral_scale(G: torch.Tensor, M: torch.Tensor, power_steps: int, gamma, spectral_iters) -> torch.Tensor:
+    """``s^K`` with ``s = gamma / max(1, sigma_max(L^-1 M L^-T))``, per matrix: ``[...]``."""
+    L = safe_cholesky(G)
+    Lm = torch.linalg.solve_triangular(L, M, upper=False)
+    A_w = torch.linalg.solve_triangular(L, Lm.transpose(-1, -2), upper=False).transpose(-1, -2)
+    return (gamma / sigma_max(A_w, spectral_iters).clamp_min(1.0)) ** power_steps
+
+
+def _heads(x, B, H):
+    """Broadcast a float or [H] tensor to [B*H]."""
+    if isinstance(x, torch.Tensor):
+        return x.reshape(1, -1).expand(B, H).reshape(-1)
+    return torch.full((B * H,), float(x))
+
+
+def ska_chunked_ops(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gamma=1.0, spectral_norm=False,
+                    spectral_iters=6, mode="chunk", chunk_size=64, weights=None, state=None, ops=None):
+    """Chunk-mode SKA composed from the ops above (``ops`` = a module with the same four functions:
+    this module, or ``kernels.ska``). Same arguments and results as
+    :func:`~echo_tutor.ska.reference.ska_chunked` with ``mode="chunk"``; the readout uses ``G^-1``
+    instead of triangular solves, so results agree to rounding, not bit for bit."""
+    import sys
+
+    ops = ops or sys.modules[__name__]
+    if mode != "chunk":
+        raise ValueError(f"ska_chunked_ops implements mode='chunk' only, got mode={mode!r}")
+    p = _prepare(q, k, v, beta, weights, state, power_steps=power_steps, eps=eps, eta=eta, gamma=gamma,
+                 mode=mode, chunk_size=chunk_size, spectral_iters=spectral_iters)
+    st = p.state
+    B, T, H, r = p.k.shape
+    P = p.v.shape[-1]
+    S = chunk_size
+    kw = p.w[..., None] * p.k
+    k_lag = torch.cat([st.k_prev[:, None], kw[:, :-1]], dim=1)
+    ok = p.omega[..., None] * p.k
+    ov = p.omega[..., None] * p.v
+    pad = (-T) % S
+    flat = lambda x: torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad)).permute(0, 2, 1, 3).reshape(B * H, T + pad, x.shape[-1]).contiguous()  # noqa: E731
+    okf, kkf, klf, ovf, qf = map(flat, (ok, p.k, k_lag, ov, p.q))
+    nc = (T + pad) // S
+    Gc, Mc, Cc = ops.chunk_stats(okf, kkf, klf, ovf, S)
+    Gx, G_end = ops.exclusive_prefix(st.G.reshape(B * H, r, r), Gc)
+    Mx, M_end = ops.exclusive_prefix(st.M.reshape(B * H, r, r), Mc)
+    Cx, C_end = ops.exclusive_prefix(st.C.reshape(B * H, P, r), Cc)
+    Gx2, Mx2, Cx2 = Gx.reshape(-1, r, r), Mx.reshape(-1, r, r), Cx.reshape(-1, P, r)
+    Ginv = inverse_gram(Gx2)
+    scale = _heads(eta, B, H).to(Gx.dtype).to(Gx.device)[:, None].expand(B * H, nc).reshape(-1)
+    if spectral_norm and power_steps > 0:
+        g = _heads(gamma, B, H).to(Gx.dtype).to(Gx.device)[:, None].expand(B * H, nc).reshape(-1)
+        scale = scale * spectral_scale(Gx2, Mx2, power_steps, g, spectral_iters)
+    y = ops.readout_inverse(Ginv, Mx2, Cx2, qf.reshape(B * H * nc, S, r), power_steps, scale)  # [N*nc, S, P]
+    y = y.reshape(B, H, nc * S, P)[:, :, :T].permute(0, 2, 1, 3)
+    new = SKAState(G_end.reshape(B, H, r, r), M_end.reshape(B, H, r, r), C_end.reshape(B, H, P, r), kw[:, -1],
+                   st.count + T, st.key_scale)
+    return y.to(p.out_dtype), new
