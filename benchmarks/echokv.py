@@ -40,9 +40,14 @@ def main(argv=None) -> int:
     res = {}
     g = torch.Generator().manual_seed(0)
     with torch.inference_mode():
+        warm = torch.randint(0, 49152, (1, 64), generator=g)
+        for mode in ("full", "compressed"):  # warm-up (allocator, kernels' first calls)
+            c = EchoKVCache(model, rec, mode)
+            model(warm, cache=c, use_cache=True)
+            model(warm[:, :1], cache=c, use_cache=True)
         for T in args.contexts:
             ids = torch.randint(0, 49152, (1, T + args.steps), generator=g)
-            for mode in ("full", "compressed"):
+            for mode in ("full", "compressed", "full", "compressed"):  # interleaved twice: drift shows up
                 pre = []
                 for _ in range(args.repeats):
                     cache = EchoKVCache(model, rec, mode)
@@ -54,8 +59,11 @@ def main(argv=None) -> int:
                     t0 = time.perf_counter()
                     model(ids[:, t : t + 1], cache=cache, use_cache=True)
                     dec.append(time.perf_counter() - t0)
-                res[(mode, T)] = (statistics.median(pre), statistics.median(dec) * 1e3, cache.nbytes(), cache.full_nbytes())
-                p, d, nb, _ = res[(mode, T)]
+                cur = (statistics.median(pre), statistics.median(dec) * 1e3, cache.nbytes(), cache.full_nbytes())
+                if (mode, T) in res:  # keep the better (less disturbed) of the two passes
+                    cur = tuple(min(a, b) if i < 2 else a for i, (a, b) in enumerate(zip(cur, res[(mode, T)])))
+                res[(mode, T)] = cur
+                p, d, nb, _ = cur
                 print(f"{mode:<11} {T:>7} {p:>10.3f} {d:>14.2f} {nb:>12,}", flush=True)
     print("\ncompressed / full (this run):")
     for T in args.contexts:

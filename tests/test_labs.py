@@ -8,7 +8,7 @@ import torch
 
 from echo_tutor import labs
 from echo_tutor.labs import ExerciseError
-from echo_tutor.labs import lab01, lab02, lab03, lab04, lab05, lab06
+from echo_tutor.labs import lab01, lab02, lab03, lab04, lab05, lab06, lab07
 
 
 def eye_like(K, eps):
@@ -109,6 +109,11 @@ WRONG = [
     (lab06.check_streaming_keep, lambda T, s, w: lab06.streaming_keep_solution(T, 0, w), "sinks"),
     (lab06.check_streaming_keep, lambda T, s, w: lab06.streaming_keep_solution(T, s, w + 1), "Off by one"),
     (lab06.check_streaming_keep, naive_streaming_keep, "window=0"),
+    (lab07.check_chunk_gram, lambda ok, kk, S: lab07.chunk_gram_solution(ok, kk, S).cumsum(1), "running"),
+    (lab07.check_chunk_gram, lambda ok, kk, S: lab07.chunk_gram_solution(ok, kk, S).transpose(-1, -2), "Transposed"),
+    (lab07.check_sherman_morrison, lambda Gi, k, a: Gi + a * torch.outer(Gi @ k, Gi @ k) / (1 + a * k @ Gi @ k), "sign"),
+    (lab07.check_sherman_morrison, lambda Gi, k, a: Gi - a * torch.outer(Gi @ k, Gi @ k), "denominator"),
+    (lab07.check_sherman_morrison, lambda Gi, k, a: Gi - torch.outer(Gi @ k, Gi @ k) / (1 + k @ Gi @ k), "weight a"),
 ]
 
 
@@ -136,6 +141,8 @@ def test_checker_rejects_typical_wrong_answer(checker, wrong, msg):
         (lab06.check_rope_rotate, lab06.rope_rotate_solution),
         (lab06.check_ridge_with_intercept, lab06.ridge_with_intercept_solution),
         (lab06.check_streaming_keep, lab06.streaming_keep_solution),
+        (lab07.check_chunk_gram, lab07.chunk_gram_solution),
+        (lab07.check_sherman_morrison, lab07.sherman_morrison_solution),
     ],
 )
 def test_checker_accepts_solution(checker, solution):

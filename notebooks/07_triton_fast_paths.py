@@ -1,0 +1,264 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Lab 07: Triton fast paths, from the reference to the kernel
+#
+# The references in `echo_tutor` are written to be read. `kernels/` holds Triton versions of the hot
+# spots. Each kernel has a **PyTorch twin** with exactly its signature (`echo_tutor.ska.ops`,
+# `echo_tutor.echokv.ops`): the twin says what the kernel must compute, the tests hold them equal.
+#
+# The steps, for each kernel: the piece of the reference -> its twin -> the kernel -> the wrapper ->
+# a correctness check on an awkward size (nothing a power of two) -> a benchmark (GPU only).
+#
+# On a laptop or CI there is no GPU: Triton then runs kernels through its **interpreter**
+# (`TRITON_INTERPRET=1`, set below before any kernel is defined). Same code, numpy underneath: right
+# answers, no speed. Interpreter limits worth knowing: no bf16 arithmetic (load, cast to fp32, compute),
+# programs run one after another (races never show), and `tl.dot`'s GPU minimum of 16 is not enforced.
+
+# %%
+import inspect
+import os
+import time
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")   # must precede the first `import kernels.*`
+
+import numpy as np
+import plotly.graph_objects as go
+
+import kernels.echokv as kecho
+import kernels.ska as kska
+from echo_tutor import labs
+from echo_tutor.echokv.ops import rebuild_heads
+from echo_tutor.labs import lab07
+from echo_tutor.ska import SKAState, ska_chunked, ska_recurrent
+from echo_tutor.ska import ops as twin
+
+FAST = labs.FAST
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+INTERP = os.environ.get("TRITON_INTERPRET") == "1"
+print(f"FAST={FAST}  solutions={'on' if labs.SOLUTIONS else 'off'}  device={DEV}  interpreter={INTERP}")
+
+
+def kernel_source(kernel) -> str:
+    """The Python source of a @triton.jit function (compiled or interpreted)."""
+    return inspect.getsource(getattr(kernel, "fn", kernel))
+
+
+def rel_err(ref, got):
+    ref, got = ref.double().cpu(), got.double().cpu()
+    return ((ref - got).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+# %% [markdown]
+# ## 1. SKA's chunk mode, taken apart
+#
+# `ska_chunked(mode="chunk")` does four things: (a) per-chunk statistics `G_c = sum ok_s k_s^T`,
+# `M_c = sum ok_s k_{s-1}^T` (the lagged key of a chunk's first token is the previous chunk's last:
+# that is the chunk-boundary term), `C_c = sum ov_s k_s^T`; (b) an exclusive prefix over chunks;
+# (c) one factorisation of `G` per chunk; (d) the readout `C G^-1 (M G^-1)^K q` for every query of the
+# chunk. `ska_chunked_ops` composes the twins of (a), (b), (d); it must match the reference.
+
+# %%
+g = torch.Generator().manual_seed(0)
+B, T, H, r, P = 2, 53, 3, 5, 7          # awkward on purpose
+q = torch.randn(B, T, H, r, generator=g)
+k = torch.nn.functional.normalize(torch.randn(B, T, H, r, generator=g), dim=-1)
+v = torch.randn(B, T, H, P, generator=g)
+beta = torch.rand(B, T, H, generator=g)
+kw = dict(mode="chunk", chunk_size=16, spectral_norm=True, power_steps=2)
+y_ref, st_ref = ska_chunked(q, k, v, beta, **kw)
+y_twin, st_twin = twin.ska_chunked_ops(q, k, v, beta, **kw)
+print(f"twins composed vs reference: rel. error y {rel_err(y_ref, y_twin):.1e}, G {rel_err(st_ref.G, st_twin.G):.1e}")
+assert rel_err(y_ref, y_twin) < 1e-5
+
+# %% [markdown]
+# ### Your turn 1: `chunk_gram`
+# Write the per-chunk Gram term: `ok, kk [N, T, r]` (heads flattened into N, T a multiple of S) ->
+# `[N, T/S, r, r]` with entry `[n, c] = sum over the chunk's S tokens of ok_s kk_s^T`. Only the
+# chunk's own tokens: the prefix over chunks is step (b).
+
+# %%
+def chunk_gram(ok, kk, S):
+    """ok, kk [N, T, r] -> [N, T/S, r, r]"""
+    # YOUR CODE HERE
+    raise NotImplementedError
+
+
+chunk_gram = labs.exercise(chunk_gram, lab07.chunk_gram_solution)
+lab07.check_chunk_gram(chunk_gram)
+
+# %% [markdown]
+# ## 2. The kernel for (a)
+#
+# One Triton *program* per (head, chunk). It loads the chunk's `[S, r]` tiles (masked: rows past T and
+# columns past r read as 0, so a padded block changes nothing), and three `tl.dot`s give G, M, C.
+# Block sizes are powers of two and at least 16; `r = 5` lives in a 16-wide block.
+
+# %%
+print(kernel_source(kska._chunk_stats_kernel))
+
+# %%
+N, T2, S = 3, 48, 16
+ok, kk, kl = (torch.randn(N, T2, r, generator=g) for _ in range(3))
+ov = torch.randn(N, T2, P, generator=g)
+t0 = time.perf_counter()
+Gk, Mk, Ck = kska.chunk_stats(*(x.to(DEV) for x in (ok, kk, kl, ov)), S)
+dt = time.perf_counter() - t0
+Gt, Mt, Ct = twin.chunk_stats(ok, kk, kl, ov, S)
+print(f"kernel vs twin (N={N}, T={T2}, r={r}, P={P}): G {rel_err(Gt, Gk):.1e}, M {rel_err(Mt, Mk):.1e}, "
+      f"C {rel_err(Ct, Ck):.1e}  ({dt * 1e3:.0f} ms{' in the interpreter' if INTERP else ''})")
+print(f"your chunk_gram vs the kernel: {rel_err(chunk_gram(ok, kk, S), Gk):.1e}")
+assert max(rel_err(Gt, Gk), rel_err(Mt, Mk), rel_err(Ct, Ck)) < 1e-5
+
+# %% [markdown]
+# ## 3. The fused readout (d)
+#
+# After the factorisation (PyTorch: a batched r x r Cholesky per chunk, then `G^-1`), one program per
+# (head x chunk, block of queries) forms `A^T = G^-1 M^T` and `B^T = G^-1 C^T` in registers and applies
+# them: `K + 1` more products, `y = scale * (q A^T ... A^T) B^T`. Nothing of size r x r goes back to memory.
+
+# %%
+print(kernel_source(kska._readout_kernel))
+Nc, nq = 4, 19
+Gm = torch.randn(Nc, r, r, generator=g)
+Gm = Gm @ Gm.transpose(-1, -2) + torch.eye(r)
+Gi, Mm, Cm, qq = torch.linalg.inv(Gm), 0.5 * torch.randn(Nc, r, r, generator=g), torch.randn(Nc, P, r, generator=g), torch.randn(Nc, nq, r, generator=g)
+sc = torch.rand(Nc, generator=g)
+errs = {K: rel_err(twin.readout_inverse(Gi, Mm, Cm, qq, K, sc), kska.readout_inverse(*(x.to(DEV) for x in (Gi, Mm, Cm, qq)), K, sc.to(DEV)))
+        for K in (0, 1, 2, 4)}
+print("readout kernel vs twin, by power order K:", {K: f"{e:.1e}" for K, e in errs.items()})
+assert max(errs.values()) < 1e-5
+
+# %% [markdown]
+# The whole chunk-mode forward through the kernels (`kernels.ska.forward`, what a layer with
+# `backend="triton"` calls on a GPU), and its backward: **recomputation through the reference** (the
+# saved inputs are re-run through `ska_chunked` under autograd). Exact, simple, but a GPU training
+# step then costs a reference forward + backward on top of the kernel forward; a Triton backward is
+# the next step for speed.
+
+# %%
+qg, kg, vg, bg = (x.clone().to(DEV).requires_grad_() for x in (q, k, v, beta))
+y_k, st_k = kska.forward(qg, kg, vg, bg, **kw)
+y_r, _ = ska_chunked(qg, kg, vg, bg, **kw)
+gk = torch.autograd.grad(y_k.square().sum(), (qg, kg, vg, bg))
+gr = torch.autograd.grad(y_r.square().sum(), (qg, kg, vg, bg))
+print(f"forward: {rel_err(y_r, y_k):.1e}; grads: " + ", ".join(f"{n} {rel_err(a, b):.1e}" for n, a, b in zip(["q", "k", "v", "beta"], gr, gk)))
+assert rel_err(y_r, y_k) < 1e-4 and max(rel_err(a, b) for a, b in zip(gr, gk)) < 1e-4
+
+# %% [markdown]
+# ## 4. Decoding: rank-1 updates, and an inverse that follows along
+#
+# Each new token adds `a k k^T` to G (and rank-1 terms to M and C). Instead of refactorising G every
+# step, the decode kernel keeps `G^-1` up to date with the Sherman-Morrison formula, so one program per
+# head does the updates and the readout with matrix-vector products only.
+#
+# ### Your turn 2: `sherman_morrison`
+# Given `Ginv = G^-1`, a vector `k [r]` and a weight `a > 0`, return `(G + a k k^T)^-1`:
+# `G^-1 - a (G^-1 k)(G^-1 k)^T / (1 + a k^T G^-1 k)`.
+
+# %%
+def sherman_morrison(Ginv, k, a):
+    """Ginv [r, r], k [r], a -> [r, r]"""
+    # YOUR CODE HERE
+    raise NotImplementedError
+
+
+sherman_morrison = labs.exercise(sherman_morrison, lab07.sherman_morrison_solution)
+lab07.check_sherman_morrison(sherman_morrison)
+
+# %%
+n_steps = 60 if FAST else 400
+qd = torch.randn(1, n_steps, 2, r, generator=g)
+kd = torch.nn.functional.normalize(torch.randn(1, n_steps, 2, r, generator=g), dim=-1)
+vd = torch.randn(1, n_steps, 2, P, generator=g)
+y_rec, _ = ska_recurrent(qd, kd, vd, mode="token")
+state, g_inv, ys, drift = SKAState.zeros(1, 2, r, P, device=DEV), None, [], []
+Gi_mine = torch.eye(r, dtype=torch.float64) / 1e-3
+for t in range(n_steps):
+    y, state, g_inv = kska.decode(qd[:, t:t + 1].to(DEV), kd[:, t:t + 1].to(DEV), vd[:, t:t + 1].to(DEV), None, state, g_inv)
+    ys.append(y.cpu())
+    Gi_mine = sherman_morrison(Gi_mine, kd[0, t, 0].double(), 1.0)
+    exact = torch.linalg.inv(state.G.double().cpu())
+    drift.append(rel_err(exact, g_inv.cpu()))
+err_dec = rel_err(y_rec, torch.cat(ys, 1))
+print(f"decode kernel over {n_steps} tokens vs the token recurrence: rel. error {err_dec:.1e}")
+print(f"your Sherman-Morrison chain (float64) vs the exact inverse after {n_steps} steps: "
+      f"{rel_err(torch.linalg.inv(state.G[0, 0].double().cpu()), Gi_mine):.1e}")
+fig = go.Figure(go.Scatter(y=drift, mode="lines"))
+fig.update_layout(height=280, xaxis_title="decode step", yaxis_title="rel. error of G^-1 (float32)", yaxis_type="log",
+                  title="Sherman-Morrison in float32: how far the carried inverse drifts")
+fig.show()
+assert err_dec < 1e-3
+
+# %% [markdown]
+# ## 5. EchoKV's read path in one kernel
+#
+# A compressed EchoKV cache rebuilds a layer's discarded heads from retained ones at every read:
+# undo RoPE on the inputs, apply the maps, add the bias, re-apply RoPE. The kernel does it per
+# (batch x discarded head, block of tokens); RoPE pairs dim i with i + D/2, so it loads each tile as two
+# halves and rotates in registers. Inputs may be fp16/bf16 (cast to fp32 at load).
+
+# %%
+print(kernel_source(kecho._rebuild_kernel)[:1500] + "    ...")
+Tq, D, J, O = 37, 12, 3, 2
+x = torch.randn(2, J, Tq, D, generator=g)
+ang = torch.rand(Tq, D // 2, generator=g) * 6
+ang = torch.cat([ang, ang], -1)
+W, b = torch.randn(O, J, D, D, generator=g) / D**0.5, torch.randn(O, D, generator=g)
+for dtype in (torch.float32, torch.float16):
+    got = kecho.forward(*(t.to(DEV) for t in (x.to(dtype), ang.cos(), ang.sin(), W, b)), True)
+    e = rel_err(rebuild_heads(x.to(dtype).float(), ang.cos(), ang.sin(), W, b, True), got)
+    print(f"rebuild kernel vs twin, {dtype}: {e:.1e}")
+    assert e < (1e-5 if dtype == torch.float32 else 2e-3)
+
+# %% [markdown]
+# ## 6. Benchmark
+#
+# Speed only means something on a GPU; `benchmarks/kernels.py` is the full benchmark (T up to 32k,
+# r in {32, 64}, forward+backward, decode, bandwidth of the EchoKV kernel). Here a small version runs
+# when a GPU is present; on CPU this cell says so.
+
+# %%
+if DEV == "cuda":
+    def cuda_time(fn, reps=10):
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / reps
+
+    Ts = [1024, 4096] if FAST else [2048, 8192, 32768]
+    speed = []
+    for Tb in Ts:
+        qb = torch.randn(4, Tb, 8, 64, device="cuda")
+        kb = torch.nn.functional.normalize(torch.randn(4, Tb, 8, 64, device="cuda"), dim=-1)
+        vb = torch.randn(4, Tb, 8, 64, device="cuda")
+        with torch.no_grad():
+            tr = cuda_time(lambda: ska_chunked(qb, kb, vb, mode="chunk", chunk_size=64))
+            tk = cuda_time(lambda: kska.forward(qb, kb, vb, mode="chunk", chunk_size=64))
+        speed.append(tr / tk)
+        print(f"T={Tb}: reference {tr * 1e3:.2f} ms, kernels {tk * 1e3:.2f} ms, x{tr / tk:.2f}")
+    fig = go.Figure(go.Bar(x=[str(t) for t in Ts], y=speed))
+    fig.update_layout(height=300, xaxis_title="T", yaxis_title="speed-up (forward)", title=torch.cuda.get_device_name())
+    fig.show()
+else:
+    print("No GPU here: the kernels ran in Triton's interpreter, which checks correctness only.\n"
+          "On a GPU machine run `python benchmarks/kernels.py` (and this cell plots speed-ups).")
