@@ -32,6 +32,8 @@ notebooks:
 bench:
 	$(PY) benchmarks/ska_forward.py
 	$(PY) benchmarks/decode.py
+	$(PY) benchmarks/echokv.py
+	$(PY) benchmarks/kernels.py
 
 # Retrain the shipped checkpoints (15 CPU minutes per preset), then the memory-cliff grid on them.
 checkpoints:

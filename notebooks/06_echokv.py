@@ -66,9 +66,11 @@ print(f"FAST={FAST}  solutions={'on' if labs.SOLUTIONS else 'off'}  threads={tor
 
 t0 = time.time()
 model, tok = load_smollm2()
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+model = model.to(DEV)   # captures and statistics stay on the CPU; the model runs on the GPU when there is one
 layout = attention_layout(model)
 L, H, D = layout.n_layers, layout.n_kv_heads, layout.head_dim
-print(f"loaded in {time.time() - t0:.1f} s: {layout}")
+print(f"loaded in {time.time() - t0:.1f} s on {DEV}: {layout}")
 
 # %% [markdown]
 # ## 1. Capture keys and values
@@ -109,7 +111,7 @@ T = CALIB["length"]
 keys_post, _ = prefill(model, cal_ids[:1])
 cos, sin = rope_cos_sin(model, torch.arange(T))
 mine = rope_rotate(cap.keys[7, 1, 0], cos[0], sin[0])
-cached = keys_post[7][0, 1]
+cached = keys_post[7][0, 1].cpu()
 err = ((mine - cached).norm() / cached.norm()).item()
 print(f"layer 7, KV head 1: relative difference between rope_rotate(captured key) and the cached key: {err:.1e}")
 print("(the capture is stored in float16 on disk, hence ~1e-4 rather than 1e-7)")
@@ -351,7 +353,7 @@ fig.show()
 
 # %%
 prompt = "Write a Python function that returns the n-th Fibonacci number.\n"
-ids = tok(prompt, return_tensors="pt").input_ids
+ids = tok(prompt, return_tensors="pt").input_ids.to(DEV)
 plain = model.generate(ids, max_new_tokens=24, do_sample=False)
 cache = EchoKVCache(model, recs[0.5], mode="full")
 first = model.generate(ids, max_new_tokens=12, do_sample=False, cache=cache)

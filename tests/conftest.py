@@ -7,6 +7,9 @@ import torch
 # set before any @triton.jit definition is executed, i.e. before `kernels` is first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests never use the network: Hugging Face libraries fail fast instead of trying to download.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(config, items):

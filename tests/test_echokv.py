@@ -30,6 +30,7 @@ from echo_tutor.echokv import (  # noqa: E402
     select_slots,
     similarity_atlas,
     slot_errors,
+    train_mlp,
     tiny_gqa_model,
     undo_rope,
 )
@@ -389,3 +390,30 @@ def test_smollm2_compressed_bytes_at_2k_tokens(smol):
     frac = cache.nbytes() / cache.full_nbytes()
     assert abs(frac - rec.fraction_kept()) / rec.fraction_kept() < 0.02
     assert cache.full_nbytes() == 2 * 30 * 3 * 2048 * 64 * 4
+
+
+def test_train_mlp_lowers_the_reconstruction_loss(data):
+    cap = data[2]
+    rec = fit_reconstructor(cap, 0.5, rank=4)
+    losses = train_mlp(rec, cap, steps=40, lr=1e-2, batch=256)
+    assert len(losses) == 40 and sum(losses[-5:]) < sum(losses[:5])
+    with pytest.raises(ValueError, match="MLP branch"):
+        train_mlp(fit_reconstructor(cap, 0.5), cap, steps=1)
+
+
+def test_smollm2_compressed_with_every_slot_is_identical(smol):
+    model, tok = smol
+    kept = select_slots(layout=(30, 3), ratio=1.0, method="fixed")
+    rec = Reconstructor(ReconstructorSpec(30, 3, 64, kept))
+    ids = tok("The quick brown fox jumps over the lazy dog. " * 4, return_tensors="pt").input_ids
+    full = _two_phase(model, EchoKVCache(model), ids, 20)
+    comp = _two_phase(model, EchoKVCache(model, rec, "compressed"), ids, 20)
+    assert (full - comp).abs().max().item() == 0.0
+
+
+def test_cli_echokv_rejects_bad_flags(capsys):
+    from echo_tutor.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["echokv", "--stage2-steps", "-3"])
+    assert e.value.code == 2

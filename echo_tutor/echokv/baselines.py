@@ -97,7 +97,7 @@ def per_head_svd(capture: KVCapture, ratio: float) -> Method:
                 x = undo_rope(src, cos, sin) if kind == "K" else src
                 heads = []
                 for h in range(H):
-                    mu, U = bases[(kind, l * H + h)]
+                    mu, U = (t.to(x.device) for t in bases[(kind, l * H + h)])
                     xh = x[:, h].float()
                     heads.append(((xh - mu) @ U @ U.T + mu).to(src.dtype))
                 y = torch.stack(heads, 1)
@@ -131,7 +131,7 @@ def cross_layer_svd(capture: KVCapture, ratio: float, group: int = 2) -> Method:
                 xs = [undo_rope(src[l], cos, sin) if kind == "K" else src[l] for l in ls]
                 B, _, T_, _ = xs[0].shape
                 feats = torch.stack(xs, 0).permute(1, 3, 0, 2, 4).reshape(B, T_, -1).float()  # [B, T, F]
-                mu, U = bases[(kind, gi)]
+                mu, U = (t.to(feats.device) for t in bases[(kind, gi)])
                 rec = ((feats - mu) @ U @ U.T + mu).view(B, T_, len(ls), H, D).permute(2, 0, 3, 1, 4)
                 for j, l in enumerate(ls):
                     y = rec[j].to(src[l].dtype)

@@ -68,7 +68,7 @@ def rebuild_layer(
                 xs.append(src[:, rec.kept_heads(kind, l).index(h)])
             B_, _, T_, D_ = here.shape
             x = torch.stack(xs, 1) if xs else here.new_zeros(B_, 0, T_, D_)
-            rebuilt = fused(x, cos[0], sin[0], W.to(x.dtype) if x.dtype != torch.float32 else W, b, kind == "K")
+            rebuilt = fused(x, cos[0], sin[0], W.to(x.device), b.to(x.device), kind == "K")
             full = [None] * H
             for j, h in enumerate(rec.kept_heads(kind, layer)):
                 full[h] = here[:, j]

@@ -23,6 +23,10 @@ from .fit import Reconstructor, fit_reconstructor
 from .model import attention_layout
 
 
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 def _check_windows(ids: object, ctx_len: int) -> torch.Tensor:
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype != torch.int64:
         raise ValueError(f"ids must be an int64 tensor [W, T] of token windows, got {getattr(ids, 'shape', ids)!r}")
@@ -35,7 +39,7 @@ def _check_windows(ids: object, ctx_len: int) -> torch.Tensor:
 def prefill(model, ctx: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Full-cache prefill of ``ctx`` [B, C]: per-layer keys (post-RoPE) and values, [B, H, C, D]."""
     cache = DynamicCache()
-    model(ctx, cache=cache, use_cache=True)
+    model(ctx.to(_device(model)), cache=cache, use_cache=True)
     return [l.keys for l in cache.layers], [l.values for l in cache.layers]
 
 
@@ -43,6 +47,7 @@ def continuation_logits(model, keys, values, cont: torch.Tensor, keep: torch.Ten
     """Run ``cont`` [B, E] against a given context cache (per-layer [B, H, C, D]); ``keep`` [B, C]
     masks context tokens out. Returns logits [B, E, vocab]."""
     C = keys[0].shape[-2]
+    cont = cont.to(keys[0].device)
     cache = DynamicCache()
     for i, (k, v) in enumerate(zip(keys, values)):
         cache.update(k, v, i)
@@ -79,13 +84,14 @@ def perplexity(
         raise ValueError(f"method names must be unique, got {names}")
     totals = {m.name: 0.0 for m in methods}
     count = 0
-    cos, sin = rope_cos_sin(model, torch.arange(ctx_len))
+    dev = _device(model)
+    cos, sin = rope_cos_sin(model, torch.arange(ctx_len, device=dev))
     starts = range(0, ids.shape[0], batch_size)
     if progress:
         from tqdm.auto import tqdm
         starts = tqdm(starts, desc="perplexity", unit="batch")
     for s in starts:
-        chunk = ids[s : s + batch_size]
+        chunk = ids[s : s + batch_size].to(dev)
         ctx, cont = chunk[:, :ctx_len], chunk[:, ctx_len:]
         keys, values = prefill(model, ctx)
         for m in methods:
@@ -172,7 +178,9 @@ def distill(
     params = [p for p in rec.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed)
-    cos, sin = rope_cos_sin(model, torch.arange(ctx_len))
+    dev = _device(model)
+    rec.to(dev)
+    cos, sin = rope_cos_sin(model, torch.arange(ctx_len, device=dev))
     frozen = [p.requires_grad for p in model.parameters()]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -185,7 +193,7 @@ def distill(
     try:
         for _ in it:
             pick = torch.randperm(ids.shape[0], generator=g)[:batch_size]
-            chunk = ids[pick]
+            chunk = ids[pick].to(dev)
             ctx, cont = chunk[:, :ctx_len], chunk[:, ctx_len:]
             keys, values = prefill(model, ctx)
             with torch.no_grad():

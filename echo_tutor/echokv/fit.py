@@ -346,10 +346,12 @@ class Reconstructor(nn.Module):
         if not ins:
             ref = next(iter(retained.values()), None)
             shape = (*ref.shape[:-1], self.spec.head_dim) if ref is not None else (self.spec.head_dim,)
-            return m(None).to(ref.dtype if ref is not None else torch.float32).expand(shape)
+            out = m(None)
+            return out.to(ref.dtype).to(ref.device).expand(shape) if ref is not None else out
         x = torch.cat([retained[r] for r in ins], dim=-1)
-        w_dtype = m.linear.weight.dtype
-        return m(x.to(w_dtype)).to(x.dtype)
+        w = m.linear.weight
+        # inputs move to the maps' device and dtype, the result comes back (no-ops when they agree)
+        return m(x.to(device=w.device, dtype=w.dtype)).to(device=x.device, dtype=x.dtype)
 
     @torch.no_grad()
     def init_ridge(self, moments: dict[str, SlotMoments]) -> "Reconstructor":
@@ -422,7 +424,7 @@ def train_mlp(rec: Reconstructor, capture: KVCapture, *, steps: int = 200, lr: f
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 

@@ -51,6 +51,8 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, log=p
     t0 = time.time()
     timings: dict[str, float] = {}
     model, tok = load_smollm2()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)  # captures, moments and fits stay on the CPU
     timings["load_s"] = time.time() - t0
 
     calib_text, held_text = calibration_text("calib"), calibration_text("heldout")
@@ -109,6 +111,7 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, log=p
         "kept_greedy": {str(r): fits[("greedy", r)].kept for r in cfg.ratios},
         "slot_rel_err_greedy": {k: errs[k]["rel_err"].tolist() for k in KINDS},
         "timings": timings,
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "torch_threads": torch.get_num_threads(),
     }
     log(f"[echokv] done in {time.time() - t0:.0f} s")
