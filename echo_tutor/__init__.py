@@ -8,6 +8,7 @@ Subpackages:
     echo_tutor.models   HybridLM, presets (ssm, ssm+attn, echo, ssm+ridge, attn), state bytes
     echo_tutor.tasks    seeded recall task generators (MQAR, MQAR-gap, NIAH, tool trace, ...)
     echo_tutor.train    training / evaluation harness
+    echo_tutor.echokv   EchoKV-lite: KV-cache compression by rebuilding heads (needs the echokv extra)
     echo_tutor.labs     the lab switches (FAST, SOLUTIONS) and the exercise checkers
 
 ``echo_tutor.pretrained(name)`` loads a shipped trained model.
