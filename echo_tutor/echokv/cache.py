@@ -47,7 +47,6 @@ def rebuild_layer(
         get_kept: ``get_kept(kind, l)`` -> the retained heads of layer ``l`` as [B, h_kept, T, D]
             (keys post-RoPE), in the order of ``rec.kept_heads(kind, l)``.
         cos, sin: RoPE tables for the T positions, [B or 1, T, D].
-
         fused: an op with the signature of :func:`echo_tutor.echokv.ops.rebuild_heads` (the PyTorch
             twin or ``kernels.echokv.forward``), used for linear maps; None for the per-head path.
 
@@ -76,11 +75,10 @@ def rebuild_layer(
                 full[h] = rebuilt[:, j].to(here.dtype)
             out.append(torch.stack(full, dim=1))  # type: ignore[arg-type]
             continue
-        if kind == "K":
-            here_pre = undo_rope(here, cos, sin)
         if not missing:
             out.append(here)
             continue
+        here_pre = undo_rope(here, cos, sin) if kind == "K" else here
         retained: dict[int, torch.Tensor] = {}
         for l in range(max(0, layer - win), min(L - 1, layer + win) + 1):
             x = here if l == layer else get_kept(kind, l)
