@@ -249,7 +249,7 @@ widgets.interact(show_errors, ratio=widgets.SelectionSlider(options=RATIOS, valu
 
 # %%
 t0 = time.time()
-rope_ab = pre_vs_post_rope(model, cap, held_cap, 0.5, window=WINDOW, key_ratio=KEY_RATIO)
+rope_ab = pre_vs_post_rope(model, cap, held_cap, 0.5, window=WINDOW, key_ratio=KEY_RATIO, moments=moments)
 print(f"RoPE ablation in {time.time() - t0:.1f} s")
 fig = go.Figure()
 for name, e in rope_ab.items():

@@ -38,6 +38,7 @@ def rebuild_layer(
     cos: torch.Tensor,
     sin: torch.Tensor,
     fused: Callable | None = None,
+    stacks: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full K (post-RoPE) and V of ``layer`` from retained heads.
 
@@ -49,6 +50,7 @@ def rebuild_layer(
         cos, sin: RoPE tables for the T positions, [B or 1, T, D].
         fused: an op with the signature of :func:`echo_tutor.echokv.ops.rebuild_heads` (the PyTorch
             twin or ``kernels.echokv.forward``), used for linear maps; None for the per-head path.
+        stacks: an optional memo for :meth:`Reconstructor.linear_stack` (valid while the maps are frozen).
 
     Returns ``(K, V)``, each [B, H, T, D].
     """
@@ -57,7 +59,14 @@ def rebuild_layer(
     for kind in ("K", "V"):
         missing = rec.missing_heads(kind, layer)
         here = get_kept(kind, layer)
-        stack = rec.linear_stack(kind, layer) if (fused is not None and missing) else None
+        stack = None
+        if fused is not None and missing:
+            if stacks is None:
+                stack = rec.linear_stack(kind, layer)
+            else:
+                if (kind, layer) not in stacks:
+                    stacks[(kind, layer)] = rec.linear_stack(kind, layer)
+                stack = stacks[(kind, layer)]
         if stack is not None:
             ins, W, b, heads = stack
             xs = []
@@ -170,6 +179,7 @@ class EchoKVCache(DynamicCache):
         self.last_backend: str | None = None  # which rebuild path ran last: "reference" or "triton"
         self._cos: torch.Tensor | None = None
         self._sin: torch.Tensor | None = None
+        self._stacks: dict = {}  # stacked linear maps per (kind, layer), built on the first read
 
     # -- RoPE tables for positions 0..T-1, grown on demand --------------------------------------
     def _rope(self, T: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,7 +218,7 @@ class EchoKVCache(DynamicCache):
 
         self.last_backend = resolve_backend(self.backend, "echokv", key_states.device)
         fused = triton_op("echokv") if self.last_backend == "triton" else rebuild_heads
-        k_past, v_past = rebuild_layer(self.rec, layer_idx, get_kept, cos, sin, fused)  # type: ignore[arg-type]
+        k_past, v_past = rebuild_layer(self.rec, layer_idx, get_kept, cos, sin, fused, self._stacks)  # type: ignore[arg-type]
         return torch.cat([k_past, key_states], dim=-2), torch.cat([v_past, value_states], dim=-2)
 
     @torch.no_grad()

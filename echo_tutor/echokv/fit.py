@@ -302,18 +302,20 @@ class Reconstructor(nn.Module):
                 ins = [r for r in sorted(kept) if lo <= r // H <= hi]
                 spec.inputs[kind][s] = ins
                 self.maps[f"{kind}{s}"] = SlotMap(len(ins) * D, D, spec.rank)
+        # the per-layer head lists are read on every compressed-cache read: derive them once
+        self._kept_heads = {(k, l): [s % H for s in sorted(spec.kept[k]) if s // H == l] for k in KINDS for l in range(L)}
+        self._missing_heads = {key: [h for h in range(H) if h not in kept_h] for key, kept_h in self._kept_heads.items()}
 
     @property
     def kept(self) -> dict[str, list[int]]:
         return self.spec.kept
 
     def kept_heads(self, kind: str, layer: int) -> list[int]:
-        H = self.spec.n_kv_heads
-        return [s % H for s in self.spec.kept[kind] if s // H == layer]
+        """Retained heads of ``layer`` (ascending): the order a compressed cache stores them in."""
+        return self._kept_heads[(kind, layer)]
 
     def missing_heads(self, kind: str, layer: int) -> list[int]:
-        kept = set(self.kept_heads(kind, layer))
-        return [h for h in range(self.spec.n_kv_heads) if h not in kept]
+        return self._missing_heads[(kind, layer)]
 
     def linear_stack(self, kind: str, layer: int):
         """The linear maps of ``layer``'s discarded heads of one kind, stacked for the fused op:

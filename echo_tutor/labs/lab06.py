@@ -22,8 +22,10 @@ __all__ = [
 
 
 def rope_rotate_solution(x, cos, sin):
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    # exactly what EchoKV-lite applies to rebuilt keys
+    from ..echokv.capture import apply_rope
+
+    return apply_rope(x, cos, sin)
 
 
 def _rope_interleaved(x, cos, sin):

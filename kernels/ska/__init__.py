@@ -24,6 +24,8 @@ tensors, for tests; on a GPU the block sizes are at least 16 (``tl.dot``'s minim
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import triton
 import triton.language as tl
@@ -195,12 +197,6 @@ def decode_step(G, Ginv, M, C, k_prev, q, k, v, omega, w, power_steps: int, scal
 
 
 # ---------------------------------------------------------------------------------------------- layer entry points
-class _KernelOps:
-    chunk_stats = staticmethod(chunk_stats)
-    exclusive_prefix = staticmethod(exclusive_prefix)
-    readout_inverse = staticmethod(readout_inverse)
-
-
 class _SKAChunkFn(torch.autograd.Function):
     """Forward through the kernels; backward by recomputation through the PyTorch reference."""
 
@@ -209,7 +205,7 @@ class _SKAChunkFn(torch.autograd.Function):
         state = kw.pop("_state_meta")
         st = twin.SKAState(G, M, C, k_prev, state["count"], state["key_scale"])
         with torch.no_grad():
-            y, new = twin.ska_chunked_ops(q, k, v, beta, weights=weights, state=st, ops=_KernelOps, **kw)
+            y, new = twin.ska_chunked_ops(q, k, v, beta, weights=weights, state=st, ops=sys.modules[__name__], **kw)
         ctx.kw = kw
         ctx.meta = state
         ctx.save_for_backward(q, k, v, beta, weights, G, M, C, k_prev)
