@@ -31,6 +31,7 @@ from echo_tutor.echokv import (  # noqa: E402
     similarity_atlas,
     slot_errors,
     train_mlp,
+    text_windows,
     tiny_gqa_model,
     undo_rope,
 )
@@ -426,6 +427,27 @@ def test_cli_echokv_rejects_bad_flags(capsys):
     assert e.value.code == 2
 
 
+class _Tok:
+    def __call__(self, text, return_tensors=None):
+        return type("Enc", (), {"input_ids": torch.arange(len(text.split()))[None]})()
+
+
+def test_rebuild_heads_checks_shapes():
+    from echo_tutor.echokv.ops import rebuild_heads
+
+    x, cs = torch.randn(1, 2, 5, 8), torch.randn(5, 8)
+    W, b = torch.randn(3, 2, 8, 8), torch.randn(3, 8)
+    assert rebuild_heads(x, cs, cs, W, b).shape == (1, 3, 5, 8)
+    cases = [((torch.randn(2, 5, 8), cs, cs, W, b), "x must have 4 dims"),
+             ((torch.randn(1, 2, 5, 7), torch.randn(5, 7), torch.randn(5, 7), W, b), "even"),
+             ((x, torch.randn(4, 8), cs, W, b), "cos must have shape"),
+             ((x, cs, cs, torch.randn(3, 1, 8, 8), b), "W must have shape"),
+             ((x, cs, cs, W, torch.randn(2, 8)), "b must have shape")]
+    for args, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            rebuild_heads(*args)
+
+
 def test_more_bad_arguments_name_themselves(tiny, rec, data):
     cap = data[2]
     cases = [
@@ -439,6 +461,8 @@ def test_more_bad_arguments_name_themselves(tiny, rec, data):
         (lambda: distill(tiny, "rec", data[0], 40, steps=1), "Reconstructor"),
         (lambda: calibration_text("test"), "split"),
         (lambda: tiny_gqa_model(steps=-1), "steps"),
+        (lambda: capture_kv(tiny, data[0][:2], batch_size=0, cache=False), "batch_size"),
+        (lambda: text_windows(_Tok(), "a b c", 0, 1), "seq_len"),
     ]
     for fn, word in cases:
         with pytest.raises(ValueError, match=word):

@@ -228,6 +228,9 @@ def calibration_text(split: str = "calib", max_chars: int | None = None) -> str:
 
 def text_windows(tokenizer, text: str, seq_len: int, n_windows: int) -> torch.Tensor:
     """Tokenise ``text`` and cut it into ``n_windows`` non-overlapping windows: int64 [n, seq_len]."""
+    for name, val in (("seq_len", seq_len), ("n_windows", n_windows)):
+        if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {val!r}")
     ids = tokenizer(text, return_tensors="pt").input_ids[0]
     n_avail = ids.numel() // seq_len
     if n_avail < n_windows:

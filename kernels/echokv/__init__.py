@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from echo_tutor.echokv.ops import check_rebuild_args
+
 __all__ = ["forward"]
 
 
@@ -69,10 +71,9 @@ def forward(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, W: torch.Tens
 
     x ``[B, J, T, D]``, cos/sin ``[T, D]`` (the two halves equal, as in Llama), W ``[O, J, D, D]``,
     b ``[O, D]`` -> ``[B, O, T, D]``."""
+    check_rebuild_args(x, cos, sin, W, b)
     B, J, T, D = x.shape
     O = W.shape[0]
-    if D % 2:
-        raise ValueError(f"head size D must be even (RoPE pairs dims), got {D}")
     y = torch.empty(B, O, T, D, device=x.device, dtype=x.dtype)
     if O == 0 or T == 0:
         return y
