@@ -8,7 +8,7 @@ EXTRAS ?= lab,test,echokv,triton
 LAB_ARGS ?=
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup lab test test-unit test-labs notebooks bench checkpoints cliff results clean
+.PHONY: setup lab test test-unit test-labs notebooks bench checkpoints cliff kpower results clean
 
 setup:
 	bash scripts/setup.sh $(EXTRAS)
@@ -35,11 +35,17 @@ bench:
 	$(PY) benchmarks/echokv.py
 	$(PY) benchmarks/kernels.py
 
-# Retrain the shipped checkpoints (15 CPU minutes per preset), then the memory-cliff grid on them.
+# Retrain the shipped lab-scale checkpoints (every lab preset, LAB_RECIPE, one core each, two at a time:
+# about 13 minutes per model), then the memory-cliff grid on them.
 checkpoints:
 	bash scripts/train_checkpoints.sh
 cliff:
 	$(VENV)/bin/echo-tutor cliff --fast
+
+# The power-order table of lab 03 (K = 0, 1, 2 x 3 seeds at the lab scale, one thread per process).
+kpower:
+	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor ablate --scale lab --seeds 3 --threads 1 --out-dir runs/kpower
+	cp runs/kpower/ablation.json echo_tutor/pretrained/results_kpower.json
 
 # The results the labs read (echo_tutor/pretrained/results_*.json): the cliff grid on the shipped
 # checkpoints (2 threads), then transfer and the two halves of the ablation side by side, one thread each.

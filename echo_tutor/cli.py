@@ -1,7 +1,7 @@
 """``echo-tutor``: train, evaluate and reproduce the experiments from the command line.
 
-    echo-tutor train  --preset echo --task mqar_gap --pairs 8 --gaps 64 128 256 512 1024 --minutes 15 --out m.pt
-    echo-tutor eval   --model m.pt --task mqar_gap --pairs 8 --gaps 64 256 1024
+    echo-tutor train  --scale lab --preset echo --pairs 4 8 16 --gaps 0 16 32 64 128 256 512 1024 --out m.pt
+    echo-tutor eval   --model echo --pairs 8 16 --gaps 64 256 1024 4096
     echo-tutor cliff  [--fast]          the KV-pairs x gap grid for ssm, ssm+attn, echo, ssm+ridge
     echo-tutor transfer [--fast]        the transfer tasks and the NIAH length-generalisation table
     echo-tutor ablate [--fast]          power order K, spectral norm and prefix mask, same budget and seeds
@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .models import PRESETS, build, count_parameters, load
+from .models import LAB_PRESETS, PRESETS, build, count_parameters, load
 from .tasks import TASKS, make_task
 from .train import evaluate, save_records, train
 
@@ -54,7 +54,8 @@ def task_from_args(args: argparse.Namespace, gaps: list[int] | None = None, pair
     one = lambda xs: xs[0] if len(xs) == 1 else list(xs)  # noqa: E731
     V = args.vocab
     if args.task == "mqar_gap":
-        return make_task("mqar_gap", vocab_size=V, num_kv_pairs=one(pairs), gap=one(gaps))
+        return make_task("mqar_gap", vocab_size=V, num_kv_pairs=one(pairs), gap=one(gaps), queries=args.queries,
+                         show_values=args.values == "shown")
     if args.task == "mqar":
         return make_task("mqar", vocab_size=V, seq_len=one(args.seq_len), num_kv_pairs=one(pairs))
     if args.task == "niah":
@@ -71,6 +72,11 @@ def _add_task_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gaps", type=_nonneg_int, nargs="+", default=[64, 128, 256, 512, 1024],
                    help="distractor gaps for mqar_gap (several: a mixture)")
     p.add_argument("--seq-len", type=_positive_int, nargs="+", default=[256], help="length for mqar / niah")
+    p.add_argument("--values", choices=["hidden", "shown"], default="hidden",
+                   help="mqar_gap: is each query's value shown after it? (default hidden: the lab-scale recipe; "
+                        "'shown' is Zoology's layout, with its elimination shortcut)")
+    p.add_argument("--queries", choices=["once", "random"], default="once",
+                   help="mqar_gap: every key asked once (default) or keys drawn with replacement")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -80,9 +86,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     if args.d_model:
         overrides["d_model"] = args.d_model
-    model = build(args.preset, vocab_size=args.vocab, **overrides)
+    model = build(args.preset, vocab_size=args.vocab, scale=args.scale, **overrides)
     task = task_from_args(args)
-    print(f"preset {args.preset}: {count_parameters(model):,d} parameters, layout {model.layout}")
+    print(f"preset {args.preset} ({args.scale} scale): {count_parameters(model):,d} parameters, layout {model.layout}")
     print(f"task {task.describe()}; budget {args.steps} steps / {args.minutes} min; batch {args.batch_size}, "
           f"lr {args.lr}; {torch.get_num_threads()} thread(s)")
     res = train(model, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -97,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = pathlib.Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         model.save(out, dtype=torch.float16 if args.half else None)
-        meta = {"preset": args.preset, "task": task.describe(), "steps": res.steps_done, "time_s": round(res.time_s, 1),
+        meta = {"preset": args.preset, "scale": args.scale, "task": task.describe(), "steps": res.steps_done, "time_s": round(res.time_s, 1),
                 "final_eval": res.final_eval, "history": res.history[:: max(1, len(res.history) // 200)],
                 "evals": res.evals, "config": res.config, "argv": sys.argv[1:]}
         out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
@@ -149,8 +155,20 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from .experiments import ablation
 
     t0 = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configs = None
+    if args.powers is not None:
+        from .experiments import ABLATION_CONFIGS, LAB_ABLATION_CONFIGS
+
+        table = LAB_ABLATION_CONFIGS if args.scale == "lab" else ABLATION_CONFIGS
+        configs = [c for c in table if c[1] in args.powers]
+        if not configs:
+            raise ValueError(f"--powers: no {args.scale}-scale config has K in {args.powers} "
+                             f"(have {sorted({c[1] for c in table})})")
     ablation(fast=args.fast, out_dir=pathlib.Path(args.out_dir), seeds=args.seeds, steps=args.steps, tasks=args.tasks,
-             progress=not args.quiet and sys.stderr.isatty())
+             progress=not args.quiet and sys.stderr.isatty(), scale=args.scale, save_models=args.save_models,
+             configs=configs)
     print(f"ablation finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -183,7 +201,10 @@ def make_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,cliff,transfer,ablate,echokv}")
 
     p = sub.add_parser("train", help="train a preset on a recall task and save it")
-    p.add_argument("--preset", default="echo", choices=list(PRESETS))
+    p.add_argument("--preset", default="echo", choices=sorted(set(PRESETS) | set(LAB_PRESETS)),
+                   help="a preset of --scale (paper: %s; lab: %s)" % (", ".join(PRESETS), ", ".join(LAB_PRESETS)))
+    p.add_argument("--scale", choices=["paper", "lab"], default="lab",
+                   help="lab: the CPU lab scale (default); paper: the paper's sub-million models (a GPU job)")
     _add_task_flags(p)
     p.add_argument("--steps", type=_positive_int, default=2000, help="maximum optimiser steps (default 2000)")
     p.add_argument("--minutes", type=_positive_float, default=None, help="wall-clock training budget")
@@ -224,8 +245,16 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="power-filter ablation: K, spectral norm, prefix mask (MQAR-gap, tool trace)")
     p.add_argument("--fast", action="store_true", help="d=64 models, short tasks, 500 steps (about 20 CPU minutes)")
     p.add_argument("--seeds", type=_positive_int, default=3)
-    p.add_argument("--tasks", nargs="+", choices=["mqar_gap", "tool_trace"], default=None, help="default: both")
+    p.add_argument("--tasks", nargs="+", choices=["mqar_gap", "tool_trace"], default=None,
+                   help="default: both (scale small), mqar_gap (scale lab)")
+    p.add_argument("--scale", choices=["small", "lab"], default="small",
+                   help="small: d=64 4-block models on short tasks (the first ablation); lab: the lab-scale echo "
+                        "model on the lab recipe, K = 0, 1, 2")
     p.add_argument("--steps", type=_positive_int, default=None)
+    p.add_argument("--powers", type=_nonneg_int, nargs="+", default=None,
+                   help="only the configs with these power orders K (e.g. --powers 0 2)")
+    p.add_argument("--save-models", action="store_true", help="save every trained model into --out-dir")
+    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
     p.add_argument("--out-dir", default="runs/ablation")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_ablate)

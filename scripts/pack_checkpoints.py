@@ -1,8 +1,13 @@
 """Copy trained models into the package as float16 (with their training record).
 
     python scripts/pack_checkpoints.py SRC_DIR DST_DIR PRESET [PRESET ...]
+    python scripts/pack_checkpoints.py --ablation ABLATION_DIR DST_DIR
+
+The second form ships seed 0 of the lab-scale power-order runs (`echo-tutor ablate --scale lab --save-models`)
+as the `ssm+ridge` (K=0) and `echo-k2` (K=2) checkpoints, with a record built from ablation.json.
 """
 
+import json
 import pathlib
 import shutil
 import sys
@@ -11,8 +16,32 @@ import torch
 
 from echo_tutor.models import load
 
+ABLATION_NAMES = {0: "ssm+ridge", 2: "echo-k2"}
+
+
+def pack_ablation(src: pathlib.Path, dst: pathlib.Path) -> None:
+    recs = json.loads((src / "ablation.json").read_text())
+    cmd = json.loads((src / "command.json").read_text()) if (src / "command.json").exists() else None
+    for K, name in ABLATION_NAMES.items():
+        rec = next((r for r in recs if r["power_steps"] == K and r["seed"] == 0), None)
+        if rec is None:
+            print(f"skipped {name}: no K={K} seed-0 record in {src}")
+            continue
+        model = load(src / f"K{K}_seed0.pt")
+        out = dst / f"{name.replace('+', '_')}.pt"
+        model.save(out, dtype=torch.float16)
+        meta = {"preset": name, "scale": "lab", "task": "LAB_RECIPE task (echo_tutor.models)", "steps": rec["steps"],
+                "time_s": rec["train_seconds"], "final_eval": rec["acc"], "evals": rec["evals"], "seed": 0,
+                "argv": cmd or ["ablate", "--scale", "lab", "--seeds", "3", "--save-models"],
+                "note": "seed 0 of the lab-scale power-order runs (lab 03, section 10)"}
+        out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+        print(f"packed {name}: {out.stat().st_size / 1e6:.2f} MB")
+
 
 def main(argv):
+    if len(argv) == 3 and argv[0] == "--ablation":
+        pack_ablation(pathlib.Path(argv[1]), pathlib.Path(argv[2]))
+        return 0
     if len(argv) < 3:
         print(__doc__)
         return 2

@@ -124,3 +124,35 @@ def test_mode_energies():
     assert torch.allclose(mode_energies(ev, 1, gamma=0.5), 0.5 * ev.abs())
     with pytest.raises(ValueError, match="power_steps must be >= 0"):
         mode_energies(ev, -1)
+
+
+def test_readout_weights_rebuild_the_ska_output():
+    """sum_t a_t v_t (times eta) is the SKA block's output at a query, with the context's statistics."""
+    from echo_tutor.koopman import offset_profile, readout_weights
+    from echo_tutor.models import HybridLM
+
+    torch.manual_seed(0)
+    m = HybridLM(30, d_model=16, layout="mamba2,ska", n_heads=2, d_state=4, ska_rank=6,
+                 mixer_kwargs={"ska": {"mode": "token", "power_steps": 2, "spectral_norm": False}}).double()
+    ids = torch.randint(1, 30, (1, 14))
+    n = 9
+    w = readout_weights(m, ids, n)[1]  # [H, 5, 9]
+    mix = m.blocks[1].mixer
+    seen = {}
+    h = mix.register_forward_pre_hook(lambda _m, a: seen.setdefault("x", a[0]))
+    mask = (torch.arange(14) < n).double()[None]
+    m(ids, mask=mask)
+    h.remove()
+    q, k, v, beta = mix._project(seen["x"])
+    # the layer's output before W_O at the query positions, from the token-mode reference with the prefix mask
+    from echo_tutor.ska.reference import ska_recurrent
+
+    qn, kn = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    y, _ = ska_recurrent(qn, kn, v, beta, weights=mask[..., None].expand(1, 14, 2), power_steps=2, eps=mix.eps,
+                         eta=mix.eta, gamma=mix._gamma(), spectral_norm=False)
+    rebuilt = torch.einsum("hqt,thp->qhp", w, v[0, :n]) * mix.eta.detach().reshape(1, -1, 1)
+    assert torch.allclose(rebuilt, y[0, n:], atol=1e-9)
+    prof = offset_profile(w, ids[0, :n], ids[0, n:])
+    assert set(prof) == set(range(-2, 4))
+    with pytest.raises(ValueError, match="n_context must be < T"):
+        readout_weights(m, ids, 14)

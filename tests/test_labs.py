@@ -22,6 +22,14 @@ def labels_on_values(keys, values, distractors, order):
     return inputs, shifted
 
 
+def values_after_queries(keys, values, distractors, order):
+    inputs, labels = lab03.gap_example_solution(keys, values, distractors, order)
+    q0 = 2 * keys.shape[0] + distractors.shape[0]
+    inputs = inputs.clone()
+    inputs[q0 + 1::2] = values[order]
+    return inputs, labels
+
+
 def first_write_wins(tokens, SET, GET):
     first, out = {}, []
     toks = [int(t) for t in tokens]
@@ -91,6 +99,10 @@ WRONG = [
     (lab03.check_answer_accuracy, lambda lo, la: torch.tensor([0.5, 0.5]), "one number"),
     (lab03.check_gap_example, labels_on_values, "value tokens"),
     (lab03.check_gap_example, lambda k, v, d, o: lab03.gap_example_solution(k, v, d, o)[0], "pair"),
+    (lab03.check_gap_example, values_after_queries, "Zoology's layout"),
+    (lab03.check_elimination_accuracy, lambda n: [1.0 / n] * n, "ruled out"),
+    (lab03.check_elimination_accuracy, lambda n: [1.0 / (n - i + 1) for i in range(n)], "Off by one"),
+    (lab03.check_elimination_accuracy, lambda n: 1.0 / n, "list of n"),
     (lab04.check_dmd_operator, lambda X, Y, e: lab04.dmd_operator_solution(X, Y, e).T, "transpose"),
     (lab04.check_dmd_operator, lambda X, Y, e: lab04.dmd_operator_solution(X, Y, 0.0), "without ridge"),
     (lab04.check_dmd_operator, lambda X, Y, e: lab04.dmd_operator_solution(Y, X, e), "swapped"),
@@ -134,6 +146,7 @@ def test_checker_rejects_typical_wrong_answer(checker, wrong, msg):
         (lab01.check_ssd_quadratic, lab01.ssd_quadratic_solution),
         (lab03.check_answer_accuracy, lab03.answer_accuracy_solution),
         (lab03.check_gap_example, lab03.gap_example_solution),
+        (lab03.check_elimination_accuracy, lab03.elimination_accuracy_solution),
         (lab04.check_dmd_operator, lab04.dmd_operator_solution),
         (lab04.check_sigma_max_power, lab04.sigma_max_power_solution),
         (lab05.check_tool_trace_answers, lab05.tool_trace_answers_solution),

@@ -19,6 +19,7 @@ from .._checks import check_int, check_tensor
 from ..ska.reference import SKAState, safe_cholesky
 
 __all__ = [
+    "readout_weights", "offset_profile",
     "KoopmanOperator", "DMDResult", "koopman_operator", "koopman_spectrum", "dmd",
     "damped_rotation", "oscillators", "model_spectra", "mode_energies",
 ]
@@ -211,3 +212,82 @@ def mode_energies(eigenvalues: torch.Tensor, power_steps: int, gamma: float | to
     sigma = torch.as_tensor(sigma, dtype=torch.float64)
     s = torch.as_tensor(gamma, dtype=torch.float64) / sigma.clamp_min(1.0)
     return (s[..., None] * mod) ** power_steps if s.ndim else (s * mod) ** power_steps
+
+
+@torch.no_grad()
+def readout_weights(model: torch.nn.Module, ids: torch.Tensor, n_context: int) -> dict[int, torch.Tensor]:
+    """Which written token each query reads, for every SKA block of a ``HybridLM``.
+
+    SKA's output is a weighted sum of the values it stored: ``C G^-1 A^K q = sum_t a_t v_t`` with
+    ``a_t = beta_t k_t . G^-1 (M G^-1)^K q``. This returns those weights for the statistics of the first
+    ``n_context`` tokens of ``ids`` (the context, read in token order) and the queries at every later
+    position (the spectral scalar ``s^K`` and ``eta`` are left out: they rescale, they do not redirect).
+
+    Args:
+        model: a model whose blocks hold ``SpectralKoopmanAttention`` mixers (``key_norm="l2"``).
+        ids: ``[T]`` or ``[1, T]`` token ids.
+        n_context: how many leading tokens write the statistics (``1 <= n_context < T``).
+    Returns:
+        ``{block index: a [H, T - n_context, n_context]}``.
+    """
+    from ..ska import SpectralKoopmanAttention
+
+    if not isinstance(ids, torch.Tensor) or ids.ndim not in (1, 2) or (ids.ndim == 2 and ids.shape[0] != 1):
+        raise ValueError(f"ids must be a tensor of shape [T] or [1, T], got {getattr(ids, 'shape', type(ids).__name__)}")
+    ids = ids.reshape(1, -1)
+    check_int("n_context", n_context, min_value=1)
+    if n_context >= ids.shape[1]:
+        raise ValueError(f"n_context must be < T = {ids.shape[1]} (queries follow the context), got {n_context}")
+    mixers = {i: b.mixer for i, b in enumerate(getattr(model, "blocks", []))
+              if isinstance(b.mixer, SpectralKoopmanAttention)}
+    if not mixers:
+        raise ValueError("model: no SKA mixer found (use a preset with 'ska' in its layout, e.g. 'echo')")
+    seen: dict[int, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda _m, args, i=i: seen.__setitem__(i, args[0])) for i, m in mixers.items()]
+    try:
+        model(ids)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    n = n_context
+    for i, mix in mixers.items():
+        if mix.key_norm != "l2":
+            raise ValueError(f"readout_weights supports key_norm='l2' only (block {i} uses {mix.key_norm!r})")
+        q, k, _v, beta = mix._project(seen[i])  # [1, T, H, r], beta [1, T, H] | None
+        q, k = torch.nn.functional.normalize(q, dim=-1)[0], torch.nn.functional.normalize(k, dim=-1)[0]
+        b = beta[0] if beta is not None else torch.ones(k.shape[:2], dtype=k.dtype)
+        kc, bc = k[:n], b[:n]  # [n, H, r], [n, H]
+        r = kc.shape[-1]
+        G = mix.eps * torch.eye(r, dtype=k.dtype) + torch.einsum("th,thi,thj->hij", bc, kc, kc)
+        M = torch.einsum("th,thi,thj->hij", bc[1:], kc[1:], kc[:-1])
+        Ginv = torch.linalg.inv(G)
+        z = q[n:].permute(1, 2, 0)  # [H, r, Tq]
+        for _ in range(mix.power_steps):
+            z = M @ (Ginv @ z)
+        z = Ginv @ z
+        out[i] = torch.einsum("th,thr,hrq->hqt", bc, kc, z)  # [H, Tq, n]
+    return out
+
+
+def offset_profile(weights: torch.Tensor, context_ids: torch.Tensor, query_ids: torch.Tensor,
+                   offsets: range = range(-2, 4)) -> dict[int, float]:
+    """Share of a readout's weight at each offset from the queried key's position in the context.
+
+    weights ``[H, Tq, n]`` (from :func:`readout_weights`, one block), context_ids ``[n]``, query_ids ``[Tq]``.
+    For every query whose token occurs once in the context at position ``p``, the weights' absolute values
+    (summed over heads, normalised over the context) at ``p + offset``. Returns ``{offset: mean share}``.
+    ``+1`` is the token after the key (MQAR's value), ``+2`` the next binding's key."""
+    check_tensor("weights", weights, 3, layout="[H, Tq, n]")
+    mag = weights.abs().sum(0)  # [Tq, n]
+    mag = mag / mag.sum(-1, keepdim=True).clamp_min(1e-12)
+    ctx = context_ids.tolist()
+    shares: dict[int, list[float]] = {o: [] for o in offsets}
+    for j, tok in enumerate(query_ids.tolist()):
+        if ctx.count(tok) != 1:
+            continue
+        p = ctx.index(tok)
+        for o in offsets:
+            if 0 <= p + o < len(ctx):
+                shares[o].append(float(mag[j, p + o]))
+    return {o: (sum(v) / len(v) if v else float("nan")) for o, v in shares.items()}

@@ -8,9 +8,17 @@ where ``layout`` names each block's sequence mixer in order, e.g. ``"mamba2,mamb
     attn         echo_tutor.attention.CausalSelfAttention     state: KV cache, linear in T
     linear_attn  echo_tutor.attention.LinearAttention         state: C, constant in T
 
-Presets (``build(preset, vocab_size, **overrides)``) follow the paper's sub-million models (d=128,
-4 heads, Mamba-2 d_state 16, SKA r=24): ``ssm``, ``ssm+attn``, ``echo``, ``ssm+ridge`` (echo with K=0),
-``attn``.
+Two scales of presets, ``build(preset, vocab_size, scale=..., **overrides)``:
+
+* ``scale="paper"`` (``PRESETS``): the paper's sub-million models (d=128, 4 blocks, 4 heads, Mamba-2
+  d_state 16, SKA r=24): ``ssm``, ``ssm+attn``, ``echo``, ``ssm+ridge`` (echo with K=0), ``attn``. The
+  ``FULL`` (GPU) runs use these.
+* ``scale="lab"`` (``LAB_PRESETS``): the CPU lab scale of the recall experiments, chosen by measurement
+  (``docs/results.md``, "The lab scale"): d=64, 2 blocks (one Mamba-2, then the mixer under test), 2 heads,
+  SKA r=32, vocabulary 128. ``echo`` (K=1), ``echo-k2`` (the paper's K=2), ``ssm+ridge`` (K=0),
+  ``echo-r64`` (r=64), ``ssm+attn`` (full attention), ``ssm+swa`` (sliding-window attention, window 256),
+  ``ssm`` (two Mamba-2 blocks). The attention blocks use no rotary embedding (NoPE): with RoPE our 2-head
+  attention did not learn the long-gap mixture in the same budget (docs/results.md). They train in minutes on one CPU core with ``LAB_RECIPE``.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ from ..attention import CausalSelfAttention, LinearAttention
 from ..ska import SpectralKoopmanAttention
 from ..ssm import Mamba2
 
-__all__ = ["HybridLM", "MIXERS", "PRESETS", "build", "load", "prefix_mask", "state_nbytes", "count_parameters"]
+__all__ = ["HybridLM", "MIXERS", "PRESETS", "LAB_PRESETS", "LAB_SCALE", "LAB_RECIPE", "SCALES", "build", "load", "prefix_mask", "state_nbytes", "count_parameters"]
 
 MIXERS = ("mamba2", "ska", "attn", "linear_attn")
 
@@ -40,6 +48,27 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ssm+ridge": dict(layout="mamba2,mamba2,ska,ska", mixer_kwargs={"ska": {"power_steps": 0}}),
     "attn": dict(layout="attn,attn,attn,attn"),
 }
+
+# The CPU lab scale (see the module doc). Shared sizes, then what each preset changes.
+LAB_SCALE: dict[str, Any] = dict(d_model=64, n_heads=2, d_state=16, ska_rank=32)
+LAB_PRESETS: dict[str, dict[str, Any]] = {
+    "echo": dict(layout="mamba2,ska", mixer_kwargs={"ska": {"power_steps": 1}}),
+    "echo-k2": dict(layout="mamba2,ska", mixer_kwargs={"ska": {"power_steps": 2}}),
+    "ssm+ridge": dict(layout="mamba2,ska", mixer_kwargs={"ska": {"power_steps": 0}}),
+    "echo-r64": dict(layout="mamba2,ska", ska_rank=64, mixer_kwargs={"ska": {"power_steps": 1}}),
+    "ssm+attn": dict(layout="mamba2,attn", mixer_kwargs={"attn": {"rope": False}}),
+    "ssm+swa": dict(layout="mamba2,attn", mixer_kwargs={"attn": {"window": 256, "rope": False}}),
+    "ssm": dict(layout="mamba2,mamba2"),
+}
+SCALES = ("paper", "lab")
+# How every lab-scale checkpoint is trained (scripts/train_checkpoints.sh): the same MQAR-gap mixture for
+# every preset. Values are hidden after the queries (``show_values=False``): with them shown, models stall
+# on an elimination shortcut (docs/results.md).
+LAB_RECIPE: dict[str, Any] = dict(
+    task=dict(name="mqar_gap", vocab_size=128, num_kv_pairs=[4, 8, 16], gap=[0, 16, 32, 64, 128, 256, 512, 1024],
+              show_values=False),
+    steps=2000, batch_size=32, lr=3e-3,
+)
 
 
 class RMSNorm(nn.Module):
@@ -220,22 +249,43 @@ class HybridLM(nn.Module):
 
 
 def load(path: str | pathlib.Path, map_location: str | torch.device = "cpu") -> HybridLM:
-    """Load a model saved with ``HybridLM.save``."""
-    blob = torch.load(path, map_location=map_location, weights_only=True)
+    """Load a model saved with ``HybridLM.save``.
+
+    Raises ``ValueError`` (one line, naming ``path``) for a missing file, a file torch cannot read (text,
+    a truncated download), a torch file that is not a HybridLM checkpoint, or one whose weights do not
+    fit its recorded config."""
+    p = pathlib.Path(path)
+    if not p.is_file():
+        raise ValueError(f"path: {path} is not a file (expected a HybridLM checkpoint saved by HybridLM.save)")
+    try:
+        blob = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types (UnpicklingError, RuntimeError, EOFError, ...)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"path: {path} is not a readable torch checkpoint ({type(e).__name__}: {first[:120]})") from None
     if not isinstance(blob, dict) or blob.get("format") != "echo_tutor.HybridLM/1":
-        raise ValueError(f"path: {path} is not an echo_tutor HybridLM checkpoint")
-    model = HybridLM(**blob["config"])
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+        raise ValueError(f"path: {path} is not an echo_tutor HybridLM checkpoint (no 'format': 'echo_tutor.HybridLM/1')")
+    try:
+        model = HybridLM(**blob["config"])
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+    except (KeyError, TypeError, RuntimeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"path: {path} is a damaged HybridLM checkpoint ({type(e).__name__}: {first[:120]})") from None
     return model.eval()
 
 
-def build(preset: str, vocab_size: int = 128, **overrides: Any) -> HybridLM:
-    """A preset model (see ``PRESETS``) with any ``HybridLM`` argument overridden.
+def build(preset: str, vocab_size: int = 128, scale: str = "paper", **overrides: Any) -> HybridLM:
+    """A preset model (``PRESETS`` for ``scale="paper"``, ``LAB_PRESETS`` with ``LAB_SCALE`` for
+    ``scale="lab"``) with any ``HybridLM`` argument overridden.
 
     ``mixer_kwargs`` overrides are merged per mixer with the preset's."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {list(PRESETS)}, got {preset!r}")
-    cfg = copy.deepcopy(PRESETS[preset])
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")
+    table = PRESETS if scale == "paper" else LAB_PRESETS
+    if preset not in table:
+        raise ValueError(f"preset must be one of {list(table)} at scale={scale!r}, got {preset!r}")
+    cfg = copy.deepcopy(table[preset])
+    if scale == "lab":
+        cfg = {**LAB_SCALE, **cfg}
     extra = overrides.pop("mixer_kwargs", None) or {}
     mk = cfg.pop("mixer_kwargs", {})
     for name, kw in extra.items():

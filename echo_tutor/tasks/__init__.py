@@ -101,12 +101,25 @@ def mqar(
 
 
 def mqar_gap(
-    vocab_size: int, num_kv_pairs: int, gap: int, num_examples: int, seed: int, distractors: str = "values"
+    vocab_size: int, num_kv_pairs: int, gap: int, num_examples: int, seed: int, distractors: str = "values",
+    queries: str = "once", show_values: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """MQAR with a distractor gap: ``[k1 v1 ... kn vn][gap random tokens][q v ...]``.
 
-    Every key is queried once, in random order, after ``gap`` random distractor tokens; the value follows
-    each query in the inputs and the label at the query is that value. Length ``4 n + gap``.
+    ``n`` queries follow ``gap`` random distractor tokens; the value follows each query in the inputs and the
+    label at the query is that value. Length ``4 n + gap``.
+
+    ``queries`` chooses which keys are asked:
+
+    * ``"once"`` (default, as in Zoology): every key once, in random order. The values shown after earlier
+      queries then give a shortcut: a model that only knows *which values were bound* can rule out the
+      ones already shown, and the last query is answered without any recall.
+    * ``"random"``: ``n`` keys drawn *with replacement* from the bound keys. Nothing in the query region says
+      which bindings are left; but a repeated query can be answered by copying its earlier answer.
+
+    ``show_values=False`` puts the pad token 0 after each query instead of its value, so nothing in the query
+    region reveals an answer: no elimination, no copying. A model that knows the bound values but not their
+    keys then scores about ``1/n``; one that has lost the bindings, about ``2/V`` (chance among the values).
 
     ``distractors`` chooses what fills the gap:
 
@@ -131,20 +144,28 @@ def mqar_gap(
         raise ValueError(f"num_kv_pairs={n} needs at least {n} distinct keys in [1, {V // 2})")
     if distractors not in ("values", "uniform"):
         raise ValueError(f"distractors must be 'values' or 'uniform', got {distractors!r}")
+    if queries not in ("once", "random"):
+        raise ValueError(f"queries must be 'once' or 'random', got {queries!r}")
     rng = np.random.default_rng(seed)
     keys = _distinct_rows(rng, N, n, 1, V // 2)
     values = rng.integers(V // 2, V, size=(N, n))
-    order = np.argsort(rng.random((N, n)), axis=1)
+    if queries == "once":
+        order = np.argsort(rng.random((N, n)), axis=1)
+    else:
+        order = rng.integers(0, n, size=(N, n))
     rows = np.arange(N)[:, None]
     kv = np.empty((N, 2 * n), dtype=np.int64)
     kv[:, 0::2], kv[:, 1::2] = keys, values
     qa = np.empty((N, 2 * n), dtype=np.int64)
     qa[:, 0::2], qa[:, 1::2] = keys[rows, order], values[rows, order]
     lo = V // 2 if distractors == "values" else 1
+    answers = qa[:, 1::2].copy()
+    if not show_values:
+        qa[:, 1::2] = 0
     inputs = np.concatenate([kv, rng.integers(lo, V, size=(N, G)), qa], axis=1)
     labels = np.full(inputs.shape, IGNORE, dtype=np.int64)
     q0 = 2 * n + G
-    labels[:, q0::2] = qa[:, 1::2]
+    labels[:, q0::2] = answers
     return _out(inputs, labels)
 
 
