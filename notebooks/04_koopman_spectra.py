@@ -148,14 +148,14 @@ lab04.check_sigma_max_power(sigma_max_power)
 # %% [markdown]
 # ## 3. The spectra of trained SKA heads
 #
-# The shipped `echo` checkpoint (2 Mamba-2 + 2 SKA blocks, 4 heads, `r = 24`, trained on MQAR-gap) reads a
+# The shipped `echo-d128` checkpoint (the paper-size echo preset: 2 Mamba-2 + 2 SKA blocks, d = 128, 4 heads, `r = 24`, `K = 2`, 15 CPU-minutes on MQAR-gap) reads a
 # prompt; we take each SKA head's operator after the prompt and plot its 24 eigenvalues. Two prompts: an
 # MQAR-gap example (key, value, key, value, then a gap of random value tokens) and a tool trace
 # (`SET x v` triples: a period-3 rhythm). Before you run it: where on the unit circle would a period-3
 # rhythm put its eigenvalues?
 
 # %%
-echo = pretrained("echo")
+echo = pretrained("echo-d128")
 V = 128
 x_mqar, _ = mqar_gap(V, 8, 256, 1, seed=3)
 x_tool, _ = tool_trace(V, 6, 40, 6, 1, seed=3)

@@ -5,14 +5,16 @@
 # (capped at MINUTES of training), then packed as float16.
 #
 # Two models train at a time, one CPU thread each (the project's machines have 2 cores), so every model
-# gets the same budget under the same conditions.
+# gets the same budget under the same conditions. `ssm+swa` is not trained: it is the `ssm+attn` weights
+# read through the preset's 256-token window (pack_checkpoints.py --swa). `ssm+ridge` (K=0) and `echo-k2`
+# come from the power-order runs (`make kpower`, then pack_checkpoints.py --ablation).
 #
-#   scripts/train_checkpoints.sh [PRESET ...]     default: every lab preset
+#   scripts/train_checkpoints.sh [PRESET ...]     default: echo ssm+attn ssm echo-r64
 #   STEPS=4000 MINUTES=15 scripts/train_checkpoints.sh echo ssm+attn
 set -euo pipefail
 cd "$(dirname "$0")/.."
 presets=("$@")
-[ ${#presets[@]} -gt 0 ] || presets=(echo ssm+attn ssm+swa ssm echo-r64 echo-k2 ssm+ridge)
+[ ${#presets[@]} -gt 0 ] || presets=(echo ssm+attn ssm echo-r64)
 mkdir -p runs/ckpt
 run() {
   local p=$1 f="runs/ckpt/${1/+/_}"
@@ -26,6 +28,10 @@ for ((i = 0; i < ${#presets[@]}; i += 2)); do
   if [ $((i + 1)) -lt ${#presets[@]} ]; then run "${presets[i + 1]}" & fi
   wait
 done
+if [[ " ${presets[*]} " == *" ssm+attn "* ]]; then
+  .venv/bin/python scripts/pack_checkpoints.py --swa runs/ckpt
+  presets+=(ssm+swa)
+fi
 if [ -z "${NO_PACK:-}" ]; then
   .venv/bin/python scripts/pack_checkpoints.py runs/ckpt echo_tutor/pretrained "${presets[@]}"
 fi
