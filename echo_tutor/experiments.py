@@ -193,7 +193,7 @@ def cliff_cell(spec: dict[str, Any]) -> dict[str, Any]:
 
     Returns ``acc``, ``bound_wrong``, ``other_wrong``, ``first_query_acc`` (:func:`recall_breakdown` on
     ``examples`` fresh examples), ``state_bytes`` (after the ``4n + g`` prompt tokens, B=1), ``device``, and
-    for mode "train" ``steps`` and ``train_seconds``.
+    for mode "train" ``steps``, ``train_seconds`` and ``final_loss`` (the last training batch's).
     """
     torch.manual_seed(spec["seed"])
     device = default_device()
@@ -211,7 +211,7 @@ def cliff_cell(spec: dict[str, Any]) -> dict[str, Any]:
         model = build(spec["preset"], vocab_size=spec["vocab_size"], scale=spec["scale"])
         res = train(model, task, steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
                     eval_every=spec["steps"], device=device, progress=False)
-        out = {"steps": res.steps_done, "train_seconds": round(res.time_s, 1)}
+        out = {"steps": res.steps_done, "train_seconds": round(res.time_s, 1), "final_loss": res.history[-1]["loss"]}
     else:
         raise ValueError(f"spec['mode'] must be 'checkpoint' or 'train', got {spec['mode']!r}")
     n, gap = spec["task"]["num_kv_pairs"], spec["task"]["gap"]
@@ -420,9 +420,9 @@ def transfer_cell(spec: dict[str, Any]) -> dict[str, Any]:
          "niah_lengths": [64, 128, ...], "niah_examples": 128}
 
     Returns ``acc`` (final evaluation), ``steps`` (done, <= ``steps`` under a time budget),
-    ``train_seconds``, ``params``, ``device``; for ``tool_trace`` also ``tool_trace_by_writes`` (accuracy by
-    writes to the queried variable, :func:`tool_trace_by_writes`), for ``niah`` also ``niah_length`` (a list
-    of ``{"length", "acc"}``).
+    ``train_seconds``, ``final_loss`` (the last training batch's), ``params``, ``device``; for
+    ``tool_trace`` also ``tool_trace_by_writes`` (accuracy by writes to the queried variable,
+    :func:`tool_trace_by_writes`), for ``niah`` also ``niah_length`` (a list of ``{"length", "acc"}``).
     """
     torch.manual_seed(spec["seed"])
     device = default_device()
@@ -432,7 +432,7 @@ def transfer_cell(spec: dict[str, Any]) -> dict[str, Any]:
                 time_budget_s=spec["time_budget_s"], eval_every=spec["steps"], eval_examples=spec["eval_examples"],
                 device=device, progress=False)
     out: dict[str, Any] = {"acc": res.final_eval, "steps": res.steps_done, "train_seconds": round(res.time_s, 1),
-                           "params": count_parameters(model)}
+                           "final_loss": res.history[-1]["loss"], "params": count_parameters(model)}
     if task.name == "tool_trace":
         out["tool_trace_by_writes"] = tool_trace_by_writes(model, task, spec["eval_examples"])
     if task.name == "niah":
@@ -566,7 +566,8 @@ def ablation_cell(spec: dict[str, Any]) -> dict[str, Any]:
          "save_as": "/abs/out_dir/K2_seed0.pt" or None}
 
     Returns ``acc`` (the final accuracy: ``train``'s last evaluation at scale "small", a fresh 256-example
-    evaluation at scale "lab"), ``steps``, ``train_seconds``, ``device``; at scale "lab" also
+    evaluation at scale "lab"), ``steps``, ``train_seconds``, ``final_loss`` (the last training batch's),
+    ``device``; at scale "lab" also
     ``acc_16pairs_gap1024``, the :func:`recall_breakdown` at 8 pairs and gap 256 (``*_8pairs_gap256``) and
     ``evals`` (the evaluation history).
     """
@@ -583,6 +584,9 @@ def ablation_cell(spec: dict[str, Any]) -> dict[str, Any]:
     lab = spec["scale"] == "lab"
     final = evaluate(model, task, 256, batch_size=16) if lab else res.final_eval
     out: dict[str, Any] = {"acc": final, "steps": res.steps_done, "train_seconds": round(res.time_s, 1)}
+    # bookkeeping kept in records.jsonl only (not in ablation.json): the last training loss depends on every
+    # weight, so equal losses mean the same training, whichever executor ran the cell
+    out["final_loss"] = res.history[-1]["loss"]
     if lab:
         out["acc_16pairs_gap1024"] = evaluate(model, _lab_task(16, 1024), 64, batch_size=16)
         out.update({f"{k}_8pairs_gap256": v for k, v in recall_breakdown(model, _lab_task(8, 256), 64).items()})
@@ -677,7 +681,7 @@ def ablation(fast: bool = True, out_dir: str | pathlib.Path = "runs/ablation", s
         s = r["spec"]
         records.append({"task": s["task"]["name"], "config": s["config"], "power_steps": s["power_steps"],
                         "spectral_norm": s["spectral_norm"], "prefix_mask": s["prefix_mask"], "seed": s["seed"],
-                        **_cell_result(r, "device")})
+                        **_cell_result(r, "device", "final_loss")})
     if not progress:
         for rec in records:
             print(f"{rec['task']:<11} {rec['config']:<24} seed {rec['seed']}: acc {rec['acc']:.3f} "

@@ -176,6 +176,8 @@ def test_ablation_grid_same_records_local_and_ray_and_rerun_trains_nothing(tmp_p
     assert untimed(remote) == untimed(local) and len(local) == 2
     by_hash = lambda rs: sorted(rs, key=lambda r: r["spec_hash"])  # noqa: E731 - Ray records in finishing order
     assert untimed(by_hash(load_records(tmp_path / "ray"))) == untimed(by_hash(load_records(tmp_path / "local")))
+    losses = [r["result"]["final_loss"] for r in load_records(tmp_path / "local")]
+    assert len(set(losses)) == 2  # the configs trained differently (and each the same way under Ray)
     assert (tmp_path / "ray" / "ablation.md").read_text().splitlines()[2:] == \
         (tmp_path / "local" / "ablation.md").read_text().splitlines()[2:]
 
