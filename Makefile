@@ -3,12 +3,12 @@
 #   make test   set up .venv and run the whole suite: unit tests + every lab under nbval (solutions on)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-EXTRAS ?= lab,test,echokv,triton
+EXTRAS ?= lab,test,echokv,triton,cluster
 # extra flags for JupyterLab, e.g. LAB_ARGS="--ip 0.0.0.0 --no-browser" on a remote GPU machine
 LAB_ARGS ?=
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: setup lab test test-unit test-labs notebooks bench checkpoints cliff kpower results clean
+.PHONY: setup lab test test-unit test-labs gpu-check notebooks bench checkpoints cliff kpower results clean
 
 setup:
 	bash scripts/setup.sh $(EXTRAS)
@@ -24,6 +24,14 @@ test-unit:
 	$(PY) -m pytest tests -p no:cacheprovider
 test-labs:
 	ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# On a CUDA machine (docs/gpu.md): the GPU tests, the Triton kernel benchmark, and every lab in FULL mode
+# under nbval. Stops first if nvidia-smi cannot list a GPU.
+gpu-check:
+	@nvidia-smi -L || { echo "gpu-check: nvidia-smi -L failed: no usable NVIDIA GPU/driver here; this target is for a CUDA machine (docs/gpu.md)" >&2; exit 1; }
+	$(PY) -m pytest tests -m gpu -p no:cacheprovider
+	$(PY) benchmarks/kernels.py
+	ECHO_TUTOR_FAST=0 ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 # Regenerate the output-free .ipynb twins after editing a lab's .py source.
 notebooks:

@@ -6,12 +6,19 @@
     echo-tutor transfer [--fast]        the transfer tasks and the NIAH length-generalisation table
     echo-tutor ablate [--fast]          power order K, spectral norm and prefix mask, same budget and seeds
 
-Bad arguments exit with status 2 and a message; every command prints what it measured.
+cliff, transfer and ablate run their grid cell by cell (--executor local, the default) or as Ray tasks
+(--executor ray; --address auto joins a cluster started with `ray start`), recording every cell in
+<out-dir>/records.jsonl: rerunning the same command into the same --out-dir only runs the cells not recorded
+yet (see docs/gpu.md).
+
+Bad arguments exit with status 2 and a message; every command prints what it measured. A grid whose
+cells failed exits with status 1 after listing them (one per line: spec, error).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import pathlib
 import sys
@@ -20,11 +27,14 @@ from typing import Any
 
 import torch
 
+from .grid import GridError
 from .models import LAB_PRESETS, PRESETS, build, count_parameters, load
 from .tasks import TASKS, make_task
 from .train import evaluate, save_records, train
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_CELLS_FAILED"]
+
+EXIT_CELLS_FAILED = 1  # some cells of a grid failed (argparse and bad arguments exit with 2)
 
 
 def _parser_of(cast, ok, what: str):
@@ -45,6 +55,39 @@ def _parser_of(cast, ok, what: str):
 _positive_int = _parser_of(int, lambda v: v >= 1, "a positive integer")
 _nonneg_int = _parser_of(int, lambda v: v >= 0, "an integer >= 0")
 _positive_float = _parser_of(float, lambda v: v > 0, "a positive number")
+_nonneg_float = _parser_of(float, lambda v: 0 <= v < float("inf"), "a number >= 0")
+
+
+def _add_grid_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of the grid commands (cliff, transfer, ablate): where and how the cells run."""
+    g = p.add_argument_group("grid", "where the cells run; every cell is recorded in <out-dir>/records.jsonl and "
+                                     "a rerun into the same --out-dir skips the recorded ones")
+    g.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: one cell after the other in this process (default); ray: every cell a Ray task")
+    g.add_argument("--address", default=None,
+                   help="ray only: 'auto' or HOST:PORT joins a running cluster (`ray start`); default: an embedded "
+                        "Ray on this machine")
+    g.add_argument("--cpus-per-cell", type=_positive_float, default=1.0,
+                   help="ray only: CPUs reserved per cell (default 1)")
+    g.add_argument("--gpus-per-cell", type=_nonneg_float, default=0.0,
+                   help="ray only: GPUs reserved per cell (default 0; 1 on a GPU cluster, 0.5 packs two per GPU)")
+    g.add_argument("--max-retries", type=_nonneg_int, default=2,
+                   help="ray only: reruns of a cell whose worker died (default 2; a cell that raises is not retried)")
+
+
+def _grid_args(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(executor=args.executor, address=args.address, cpus_per_cell=args.cpus_per_cell,
+                gpus_per_cell=args.gpus_per_cell, max_retries=args.max_retries)
+
+
+def _check_grid_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Flag combinations argparse cannot check: exit 2 with a one-line message."""
+    if getattr(args, "executor", None) is None:
+        return
+    if args.address is not None and args.executor != "ray":
+        ap.error(f"--address needs --executor ray (got --executor {args.executor})")
+    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
+        ap.error("--executor ray needs Ray: pip install 'echo_tutor[cluster]'")
 
 
 def task_from_args(args: argparse.Namespace, gaps: list[int] | None = None, pairs: list[int] | None = None):
@@ -135,8 +178,8 @@ def cmd_cliff(args: argparse.Namespace) -> int:
     from .experiments import cliff
 
     t0 = time.perf_counter()
-    cliff(fast=args.fast, out_dir=pathlib.Path(args.out_dir), examples=args.eval_examples,
-          progress=not args.quiet and sys.stderr.isatty())
+    cliff(fast=args.fast, out_dir=pathlib.Path(args.out_dir), examples=args.eval_examples, progress=not args.quiet,
+          **_grid_args(args))
     print(f"cliff finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -145,8 +188,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from .experiments import transfer
 
     t0 = time.perf_counter()
-    transfer(fast=args.fast, out_dir=pathlib.Path(args.out_dir), seconds=args.seconds,
-             progress=not args.quiet and sys.stderr.isatty())
+    transfer(fast=args.fast, out_dir=pathlib.Path(args.out_dir), seconds=args.seconds, progress=not args.quiet,
+             **_grid_args(args))
     print(f"transfer finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -167,8 +210,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
             raise ValueError(f"--powers: no {args.scale}-scale config has K in {args.powers} "
                              f"(have {sorted({c[1] for c in table})})")
     ablation(fast=args.fast, out_dir=pathlib.Path(args.out_dir), seeds=args.seeds, steps=args.steps, tasks=args.tasks,
-             progress=not args.quiet and sys.stderr.isatty(), scale=args.scale, save_models=args.save_models,
-             configs=configs)
+             progress=not args.quiet, scale=args.scale, save_models=args.save_models, configs=configs,
+             **_grid_args(args))
     print(f"ablation finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -233,6 +276,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="runs/cliff")
     p.add_argument("--eval-examples", type=_positive_int, default=None)
     p.add_argument("--quiet", action="store_true")
+    _add_grid_flags(p)
     p.set_defaults(func=cmd_cliff)
 
     p = sub.add_parser("transfer", help="transfer tasks and NIAH length generalisation")
@@ -240,6 +284,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=_positive_float, default=None, help="training seconds per (task, model)")
     p.add_argument("--out-dir", default="runs/transfer")
     p.add_argument("--quiet", action="store_true")
+    _add_grid_flags(p)
     p.set_defaults(func=cmd_transfer)
 
     p = sub.add_parser("ablate", help="power-filter ablation: K, spectral norm, prefix mask (MQAR-gap, tool trace)")
@@ -254,9 +299,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--powers", type=_nonneg_int, nargs="+", default=None,
                    help="only the configs with these power orders K (e.g. --powers 0 2)")
     p.add_argument("--save-models", action="store_true", help="save every trained model into --out-dir")
-    p.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads of this process (the cells of --executor local)")
     p.add_argument("--out-dir", default="runs/ablation")
     p.add_argument("--quiet", action="store_true")
+    _add_grid_flags(p)
     p.set_defaults(func=cmd_ablate)
 
     p = sub.add_parser("echokv", help="EchoKV-lite on SmolLM2: perplexity vs cache bytes for it and the baselines")
@@ -270,9 +317,14 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    ap = make_parser()
+    args = ap.parse_args(argv)
+    _check_grid_args(ap, args)
     try:
         return args.func(args)
+    except GridError as e:  # the summary of the other cells is written; list the failed ones, one per line
+        print(f"echo-tutor {args.command}: {e}", file=sys.stderr)
+        return EXIT_CELLS_FAILED
     except ValueError as e:  # a library ValueError names the bad argument: show it without a trace
         print(f"echo-tutor {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ._checks import check_choice, check_int, check_positive
 
-__all__ = ["RECORDS_FILE", "spec_hash", "run_cell", "load_records", "run_grid", "failed"]
+__all__ = ["RECORDS_FILE", "GridError", "spec_hash", "run_cell", "load_records", "run_grid", "failed"]
 
 RECORDS_FILE = "records.jsonl"
 EXECUTORS = ("local", "ray")
@@ -108,6 +108,25 @@ def run_cell(fn: CellFn, spec: dict) -> dict:
 def failed(records: Iterable[dict]) -> list[dict]:
     """The records whose cell failed (``record["error"]`` set), in the order given."""
     return [r for r in records if r.get("error")]
+
+
+class GridError(RuntimeError):
+    """Some cells of a grid failed: raised by the experiment drivers after they wrote what the other cells
+    gave.
+
+    ``failed``: the failed cells' records; ``total``: the number of cells in the grid; ``out_dir``: where
+    ``records.jsonl`` is. ``str(err)`` is one header line, then one line per failed cell: its spec (as
+    compact JSON) and its error.
+    """
+
+    def __init__(self, failed_records: Sequence[dict], total: int, out_dir: str | os.PathLike | None = None):
+        self.failed, self.total, self.out_dir = list(failed_records), total, out_dir
+        where = f" (records in {_records_path(out_dir)}; rerun the same command to retry them)" if out_dir else ""
+        lines = [f"{len(self.failed)} of {total} cells failed{where}:"]
+        for r in self.failed:
+            spec = json.dumps(r.get("spec"), sort_keys=True, separators=(",", ":"), default=str)
+            lines.append(f"  {spec}: {r.get('error')}")
+        super().__init__("\n".join(lines))
 
 
 def _describe_exception(exc: BaseException) -> str:

@@ -121,3 +121,129 @@ def test_lab_ablation_records(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["K0_seed0.pt", "K1_seed0.pt", "K2_seed0.pt"]
     with pytest.raises(ValueError, match="scale must be"):
         ablation(scale="huge")
+
+
+# ------------------------------------------------------------------------------------ the drivers as grids
+import os  # noqa: E402
+import pathlib  # noqa: E402
+
+import echo_tutor  # noqa: E402
+from echo_tutor import experiments  # noqa: E402
+from echo_tutor.experiments import cliff  # noqa: E402
+from echo_tutor.grid import RECORDS_FILE, GridError, load_records  # noqa: E402
+from echo_tutor.pretrained import available  # noqa: E402
+
+REPO = str(pathlib.Path(echo_tutor.__file__).resolve().parent.parent)
+RAY_REASON = "the Ray executor needs ray: pip install 'echo_tutor[cluster]'"
+TIMING = ("seconds", "train_seconds", "time_s")  # wall-clock fields: the only ones local and Ray may differ in
+
+
+def untimed(x):
+    """``x`` (records, nested) without its wall-clock fields."""
+    if isinstance(x, dict):
+        return {k: untimed(v) for k, v in x.items() if k not in TIMING}
+    if isinstance(x, list):
+        return [untimed(v) for v in x]
+    return x
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """An embedded local Ray (2 CPUs at most) whose workers import this checkout's echo_tutor; shut down after
+    this module's tests."""
+    ray = pytest.importorskip("ray", reason=RAY_REASON)
+    if ray.is_initialized():
+        ray.shutdown()
+    path = os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(num_cpus=min(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1"}})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("a recorded cell was trained again")
+
+
+def test_ablation_grid_same_records_local_and_ray_and_rerun_trains_nothing(tmp_path, monkeypatch, ray_local):
+    cfgs = [("K=0", 0, True, False), ("K=2, prefix mask", 2, True, True)]
+    kw = dict(fast=True, seeds=1, steps=2, configs=cfgs, tasks=["mqar_gap"], progress=False, model_overrides=TINY)
+    local = ablation(out_dir=tmp_path / "local", **kw)
+    remote = ablation(out_dir=tmp_path / "ray", executor="ray", **kw)
+    assert ray_local.is_initialized()  # the drivers leave a Ray they did not start running
+    assert untimed(remote) == untimed(local) and len(local) == 2
+    by_hash = lambda rs: sorted(rs, key=lambda r: r["spec_hash"])  # noqa: E731 - Ray records in finishing order
+    assert untimed(by_hash(load_records(tmp_path / "ray"))) == untimed(by_hash(load_records(tmp_path / "local")))
+    losses = [r["result"]["final_loss"] for r in load_records(tmp_path / "local")]
+    assert len(set(losses)) == 2  # the configs trained differently (and each the same way under Ray)
+    assert (tmp_path / "ray" / "ablation.md").read_text().splitlines()[2:] == \
+        (tmp_path / "local" / "ablation.md").read_text().splitlines()[2:]
+
+    # the same call into the same out_dir trains nothing and rebuilds the same files
+    files = {name: (tmp_path / "local" / name).read_text() for name in (RECORDS_FILE, "ablation.json", "ablation.md")}
+    monkeypatch.setattr(experiments, "train", _no_training)
+    again = ablation(out_dir=tmp_path / "local", **kw)
+    assert again == local
+    assert {name: (tmp_path / "local" / name).read_text() for name in files} == files
+
+
+def _failing_for_seed(seed):
+    real = experiments.train
+
+    def train(model, task, *args, **kwargs):
+        if kwargs.get("seed") == seed:
+            raise RuntimeError(f"no luck with seed {seed}")
+        return real(model, task, *args, **kwargs)
+
+    return train
+
+
+def test_ablation_failed_cell_is_raised_after_the_rest_is_written(tmp_path, monkeypatch):
+    kw = dict(fast=True, seeds=2, steps=2, configs=[("K=1", 1, True, False)], tasks=["mqar_gap"], progress=False,
+              model_overrides=TINY)
+    monkeypatch.setattr(experiments, "train", _failing_for_seed(1))
+    with pytest.raises(GridError) as e:
+        ablation(out_dir=tmp_path, **kw)
+    assert [r["spec"]["seed"] for r in e.value.failed] == [1] and e.value.total == 2
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith("1 of 2 cells failed") and RECORDS_FILE in lines[0]
+    assert len(lines) == 2 and '"seed":1' in lines[1] and lines[1].endswith("RuntimeError: no luck with seed 1")
+    assert [r["seed"] for r in json.loads((tmp_path / "ablation.json").read_text())] == [0]
+    assert "(1/2 seeds)" in (tmp_path / "ablation.md").read_text()
+
+    monkeypatch.undo()  # the rerun trains only the failed cell
+    recs = ablation(out_dir=tmp_path, **kw)
+    assert [r["seed"] for r in recs] == [0, 1]
+    assert [(r["spec"]["seed"], bool(r["error"])) for r in load_records(tmp_path)] == [(0, False), (1, True), (1, False)]
+    assert "seeds)" not in (tmp_path / "ablation.md").read_text().splitlines()[2]
+
+
+def test_cliff_grid_on_a_shipped_checkpoint(tmp_path, monkeypatch):
+    """One cell per (preset, pairs, gap); a failing cell is listed, the others are written."""
+    preset = sorted(available())[0]
+    real = experiments.recall_breakdown
+
+    def breakdown(model, task, *args, **kwargs):
+        if task.kwargs["gap"] == 16:
+            raise RuntimeError("gap 16 is cursed")
+        return real(model, task, *args, **kwargs)
+
+    monkeypatch.setattr(experiments, "recall_breakdown", breakdown)
+    kw = dict(fast=True, examples=4, presets=[preset], pairs=[2], gaps=[8, 16], progress=False)
+    with pytest.raises(GridError, match="gap 16 is cursed") as e:
+        cliff(out_dir=tmp_path, **kw)
+    assert [r["spec"]["task"]["gap"] for r in e.value.failed] == [16]
+    assert e.value.failed[0]["spec"]["checkpoint"]["sha1"]  # the spec pins the checkpoint's contents
+    written = json.loads((tmp_path / "cliff.json").read_text())
+    assert [(r["preset"], r["pairs"], r["gap"]) for r in written] == [(preset, 2, 8)]
+    monkeypatch.undo()
+    recs = cliff(out_dir=tmp_path, **kw)
+    assert [(r["gap"], r["state_bytes"] > 0) for r in recs] == [(8, True), (16, True)] and recs[0] == written[0]
+    with pytest.raises(ValueError, match="presets must be drawn from the shipped checkpoints"):
+        cliff(out_dir=tmp_path, presets=["no-such-model"], pairs=[2], gaps=[8], progress=False)
+    with pytest.raises(ValueError, match="gaps must hold ints >= 0"):
+        cliff(out_dir=tmp_path, presets=[preset], pairs=[2], gaps=[-1], progress=False)
+    with pytest.raises(ValueError, match="executor must be one of"):
+        cliff(out_dir=tmp_path / "x", presets=[preset], pairs=[2], gaps=[8], progress=False, executor="slurm")

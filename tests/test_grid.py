@@ -15,7 +15,7 @@ import time
 import pytest
 
 import grid_cells  # tests/ is on sys.path (pytest's rootdir-relative import); Ray workers get it via PYTHONPATH
-from echo_tutor.grid import RECORDS_FILE, failed, load_records, run_cell, run_grid, spec_hash
+from echo_tutor.grid import RECORDS_FILE, GridError, failed, load_records, run_cell, run_grid, spec_hash
 
 TESTS_DIR = str(pathlib.Path(__file__).resolve().parent)
 RAY_REASON = "the Ray executor needs ray: pip install 'echo_tutor[cluster]'"
@@ -194,6 +194,17 @@ def test_failing_cell_is_recorded_and_retried_on_rerun(tmp_path):
     grid_cells.CALLS.clear()
     run_grid(specs, grid_cells.flaky_cell, tmp_path, progress=False)
     assert grid_cells.CALLS == []  # the latest record of x=2 is a success
+
+
+def test_grid_error_lists_the_failed_cells(tmp_path):
+    grid_cells.BROKEN.update({1, 3})
+    records = run_grid([{"x": x} for x in range(4)], grid_cells.flaky_cell, tmp_path, progress=False)
+    err = GridError(failed(records), len(records), tmp_path)
+    assert isinstance(err, RuntimeError) and err.total == 4 and [r["spec"] for r in err.failed] == [{"x": 1}, {"x": 3}]
+    assert str(err).splitlines() == [
+        f"2 of 4 cells failed (records in {tmp_path / RECORDS_FILE}; rerun the same command to retry them):",
+        '  {"x":1}: ValueError: cell x=1 is broken', '  {"x":3}: ValueError: cell x=3 is broken']
+    assert str(GridError(failed(records)[:1], 4)).splitlines()[0] == "1 of 4 cells failed:"
 
 
 def test_progress_without_tqdm_prints_lines(tmp_path, monkeypatch, capsys):
