@@ -41,11 +41,10 @@ __all__ = ["ablation", "ablation_cell", "ABLATION_CONFIGS", "LAB_ABLATION_CONFIG
 
 # The memory-cliff grid at the lab scale: what each preset is for
 #   echo      Mamba-2 + SKA (K=1, r=32)      fixed state
-#   echo-r64  Mamba-2 + SKA (K=1, r=64)      fixed state, 4x the statistics
 #   ssm+attn  Mamba-2 + full attention       state grows with the context (positive control)
 #   ssm+swa   Mamba-2 + window-256 attention fixed state that forgets past its window
 #   ssm       Mamba-2 + Mamba-2              fixed state with a learned decay (the paper's baseline)
-CLIFF_PRESETS = ["echo", "echo-r64", "ssm+attn", "ssm+swa", "ssm"]
+CLIFF_PRESETS = ["echo", "ssm+attn", "ssm+swa", "ssm"]
 CLIFF_PAIRS = [4, 8, 16, 32]
 CLIFF_GAPS = [0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
 TRAINED_GAP_MAX = max(LAB_RECIPE["task"]["gap"])

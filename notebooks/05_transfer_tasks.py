@@ -169,7 +169,8 @@ for row in ow:
 # noise around chance (about 2-6%) and says nothing yet about forgetting. The closed-form analysis above
 # is what we can state: with `decay = 1`, SKA's readout after `n` writes of the same variable is the
 # *mean* of the `n` values. Whether a trained Echo model works around that (its Mamba-2 blocks can forget;
-# its write gate cannot see the future) needs the full run: `echo-tutor transfer` on a GPU.
+# its write gate cannot see the future) needs the full run on a GPU:
+# `echo-tutor transfer --executor ray --gpus-per-cell 1 --out-dir runs/transfer-paper` (recipe: `docs/gpu.md`).
 #
 # ## 4. The transfer table, next to the paper
 #
@@ -225,4 +226,5 @@ assert all(0 <= r["acc"] <= 1 for r in nl) and all(r["paper_acc"] is not None fo
 # generalisation yet; it only shows that the pipeline runs and that sub-million models need far more than a
 # minute of CPU. The paper's numbers (dotted) are for models trained to convergence; an independent
 # student reproduction of the NIAH table plateaued at 13-18% for SSM+SKA. To measure it properly:
-# `echo-tutor transfer` (full mode: 6000 steps per model, lengths up to 4096) on a GPU machine.
+# `echo-tutor transfer` (full mode: 6000 steps per model, lengths up to 4096) on a GPU machine:
+# `echo-tutor transfer --executor ray --gpus-per-cell 1 --out-dir runs/transfer-paper` (see `docs/gpu.md`).

@@ -231,7 +231,8 @@ for dtype in (torch.float32, torch.float16):
 #
 # Speed only means something on a GPU; `benchmarks/kernels.py` is the full benchmark (T up to 32k,
 # r in {32, 64}, forward+backward, decode, bandwidth of the EchoKV kernel). Here a small version runs
-# when a GPU is present; on CPU this cell says so.
+# when a GPU is present; on CPU this cell says so. On a GPU machine, `make gpu-check` runs the benchmark,
+# every GPU-marked test and the labs in FULL mode (`docs/gpu.md`).
 
 # %%
 if DEV == "cuda":

@@ -39,3 +39,15 @@ def scan_steps(module, seq: torch.Tensor, state):
         out, state = module.step(seq[:, t], state)
         outs.append(out)
     return torch.stack(outs, 1), state
+
+
+TIMING = ("seconds", "train_seconds", "time_s")  # wall-clock fields: the only ones local and Ray may differ in
+
+
+def untimed(x):
+    """``x`` (records, nested) without its wall-clock fields."""
+    if isinstance(x, dict):
+        return {k: untimed(v) for k, v in x.items() if k not in TIMING}
+    if isinstance(x, list):
+        return [untimed(v) for v in x]
+    return x

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import untimed
 
 import echo_tutor
 from echo_tutor import experiments
@@ -15,18 +16,9 @@ from echo_tutor.grid import RECORDS_FILE, load_records
 
 REPO = str(pathlib.Path(echo_tutor.__file__).resolve().parent.parent)
 RAY_REASON = "the Ray executor needs ray: pip install 'echo_tutor[cluster]'"
-TIMING = ("seconds", "train_seconds", "time_s")
 # The lab-scale K ablation (K = 0, 1, 2: three cells), two training steps each.
 ABLATE = ["ablate", "--scale", "lab", "--steps", "2", "--seeds", "1"]
 
-
-def untimed(x):
-    """``x`` (records, nested) without its wall-clock fields."""
-    if isinstance(x, dict):
-        return {k: untimed(v) for k, v in x.items() if k not in TIMING}
-    if isinstance(x, list):
-        return [untimed(v) for v in x]
-    return x
 
 
 def cli(args: list[str], tmp_path: pathlib.Path, name: str) -> tuple[int, str, str]:

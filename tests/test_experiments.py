@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from conftest import untimed
 
 from echo_tutor.experiments import ablation, transfer, transfer_task
 
@@ -135,16 +136,7 @@ from echo_tutor.pretrained import available  # noqa: E402
 
 REPO = str(pathlib.Path(echo_tutor.__file__).resolve().parent.parent)
 RAY_REASON = "the Ray executor needs ray: pip install 'echo_tutor[cluster]'"
-TIMING = ("seconds", "train_seconds", "time_s")  # wall-clock fields: the only ones local and Ray may differ in
 
-
-def untimed(x):
-    """``x`` (records, nested) without its wall-clock fields."""
-    if isinstance(x, dict):
-        return {k: untimed(v) for k, v in x.items() if k not in TIMING}
-    if isinstance(x, list):
-        return [untimed(v) for v in x]
-    return x
 
 
 @pytest.fixture(scope="module")
