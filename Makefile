@@ -51,9 +51,11 @@ cliff:
 	$(VENV)/bin/echo-tutor cliff --fast
 
 # The power-order table of lab 03 (K = 0, 1, 2 x 3 seeds at the lab scale, one thread per process).
+# Seed 0 of K=0 and K=2 then ships as the ssm+ridge and echo-k2 checkpoints.
 kpower:
-	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor ablate --scale lab --seeds 3 --threads 1 --out-dir runs/kpower
+	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor ablate --scale lab --seeds 3 --threads 1 --save-models --out-dir runs/kpower
 	cp runs/kpower/ablation.json echo_tutor/pretrained/results_kpower.json
+	$(PY) scripts/pack_checkpoints.py --ablation runs/kpower echo_tutor/pretrained
 
 # The results the labs read (echo_tutor/pretrained/results_*.json): the cliff grid on the shipped
 # checkpoints (2 threads), then transfer and the two halves of the ablation side by side, one thread each.

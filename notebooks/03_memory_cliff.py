@@ -524,11 +524,14 @@ assert swa_bytes[-1] == swa_bytes[CLIFF_GAPS.index(256)] > swa_bytes[0], "the wi
 kp = results("kpower")
 configs = list(dict.fromkeys(r["config"] for r in kp))
 by = {c: [r for r in sorted(kp, key=lambda r: r["seed"]) if r["config"] == c] for c in configs}
-print(f"{'config':<20}{'mixture acc per seed':<28}{'16 pairs, gap 1024':<22}steps")
+print(f"{'config':<20}{'mixture acc per seed':<24}{'16 pairs, gap 1024':<22}{'bound-wrong (8 pairs, gap 256)':<32}steps")
 for c in configs:
     mix = " ".join(f"{r['acc']:.3f}" for r in by[c])
     far = " ".join(f"{r['acc_16pairs_gap1024']:.2f}" for r in by[c])
-    print(f"{c:<20}{mix:<28}{far:<22}{by[c][0]['steps']}")
+    bw = " ".join(f"{r['bound_wrong_8pairs_gap256']:.2f}" for r in by[c])
+    print(f"{c:<20}{mix:<24}{far:<22}{bw:<32}{by[c][0]['steps']}")
+learned = {c: sum(r["acc_16pairs_gap1024"] > 0.5 for r in by[c]) for c in configs}
+print("seeds that learned (above 0.5 at 16 pairs, gap 1024):", learned)
 mix_pairs, mix_gaps = LAB_RECIPE["task"]["num_kv_pairs"], LAB_RECIPE["task"]["gap"]
 blind = sum(4 * n + gp <= 64 for n in mix_pairs for gp in mix_gaps)
 print(f"{blind} of the mixture's {len(mix_pairs) * len(mix_gaps)} (pairs, gap) draws fit in SKA's first chunk (section 6): "
@@ -580,16 +583,19 @@ fig.show()
 for name, prof in profiles.items():
     top = max(prof, key=prof.get)
     print(f"{name:<16} most weight at offset {top:+d} ({prof[top]:.2f}); at +1 (the value): {prof[1]:.2f}, at +2 (next key): {prof[2]:.2f}")
-mean_acc = {c: float(np.mean(accs[c])) for c in configs}
-assert mean_acc[k1] > max(mean_acc[k0], mean_acc[k2]) + 0.3, mean_acc
+assert learned[k0] == 0 and learned[k2] == 0 and learned[k1] >= 1, learned
+assert verdict(*paired(accs[k1], accs[k0])) == "better"
+assert min(r["bound_wrong_8pairs_gap256"] for c in (k0, k2) for r in by[c]) > 2 * 7 / 64
 assert max(profiles["K=1 (echo)"], key=profiles["K=1 (echo)"].get) == 1, "K=1 reads the token after the key"
 assert profiles["K=0 (ssm+ridge)"][1] < 0.2 and profiles["K=2 (echo-k2)"][1] < 0.2, "the others do not single it out"
 
 # %% [markdown]
-# **Reading the table and the bars.** Only `K = 1` learned the recipe in this budget; `K = 0` and `K = 2`
-# stayed at the level of guessing among the bound values in every seed (the paired verdicts above). The
-# trained `K = 1` model reads the token right after the queried key (`+1`), which is that key's value. Our
-# reading of why the other two are slower to learn:
+# **Reading the table and the bars.** In 1,500 steps only `K = 1` learned the recipe, and not in every
+# seed (the count above); `K = 0` and `K = 2` learned *which values* were bound, in every seed (their
+# answers are bound values of the wrong key far more often than a blind guess's 7/64 = 0.11), but not to
+# which key. The paired verdicts follow from that. The trained
+# `K = 1` model reads the token right after the queried key (`+1`), which is that key's value. Our reading
+# of why the other two are slower to learn:
 #
 # * `K = 0` (plain ridge) reads the tokens whose own key matches the query. The key token itself is one,
 #   but its value vector was computed *at* the key, before the value arrived: a causal model cannot put the
