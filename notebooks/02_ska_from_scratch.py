@@ -47,7 +47,7 @@ from echo_tutor import labs
 from echo_tutor.labs import lab02
 from echo_tutor.ska import ska_chunked, ska_readout, ska_recurrent
 
-FAST = labs.FAST  # small sizes on a laptop / in CI; full sizes on a GPU machine
+FAST = labs.FAST  # small sizes on a laptop / in CI; full sizes on a GPU machine (`ECHO_TUTOR_FAST=0 make lab`, docs/gpu.md)
 torch.set_default_dtype(torch.float64)  # exact arithmetic for the teaching sections
 print(f"FAST={FAST}  solutions={'on' if labs.SOLUTIONS else 'off'}  torch {torch.__version__}")
 

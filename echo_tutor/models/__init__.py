@@ -71,7 +71,7 @@ SCALES = ("paper", "lab")
 LAB_RECIPE: dict[str, Any] = dict(
     task=dict(name="mqar_gap", vocab_size=128, num_kv_pairs=[4, 8, 16], gap=[0, 16, 32, 64, 128, 256, 512, 1024],
               show_values=False),
-    steps=2000, batch_size=32, lr=3e-3,
+    steps=4000, batch_size=16, lr=3e-3, minutes=15,
 )
 
 
