@@ -530,7 +530,8 @@ assert swa_bytes[-1] == swa_bytes[CLIFF_GAPS.index(256)] > swa_bytes[0], "the wi
 # ## 10. The paper's K = 2, honestly
 #
 # The paper reads out through `A^K` with `K = 2`. Our shipped `echo` uses `K = 1`. Same lab scale, same
-# recipe, three seeds each for `K = 0` (plain ridge), `1` and `2`, trained with
+# recipe, three seeds each for `K = 0` (plain causal ridge regression, the "mesa layer" of von Oswald et
+# al. 2023), `1` and `2`, trained with
 # `echo-tutor ablate --scale lab --seeds 3` (1,500 steps each, fewer than the checkpoints' 4,000; the
 # shipped `echo` passed 0.9 at step 500). A seed counts as *learned* when it scores above 0.5 at 16 pairs
 # and gap 1024:
