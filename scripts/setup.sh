@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Create (or reuse) the project's virtual environment in .venv and install echo_tutor into it.
 #
-#   scripts/setup.sh [EXTRAS]      EXTRAS defaults to "lab,test,echokv,triton" (see pyproject.toml)
+#   scripts/setup.sh [EXTRAS]      EXTRAS defaults to "lab,test,echokv,triton,cluster" (see pyproject.toml)
 #
 # On a machine without CUDA the CPU build of torch is installed *before* the package: an unpinned
 # `torch>=2.4` in a fresh venv would otherwise resolve to a multi-GB CUDA build.
 # Override with TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0") and PIP_EXTRA_INDEX_URL as usual.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-lab,test,echokv,triton}"
+extras="${1:-lab,test,echokv,triton,cluster}"
 py="${PYTHON:-python3}"
 venv="${VENV:-.venv}"
 
