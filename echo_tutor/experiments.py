@@ -36,7 +36,7 @@ from .tasks import IGNORE, Task, make_task
 from .train import default_device, evaluate, save_records, train
 
 __all__ = ["ablation", "ablation_cell", "ABLATION_CONFIGS", "LAB_ABLATION_CONFIGS", "CLIFF_PRESETS", "CLIFF_PAIRS",
-           "CLIFF_GAPS", "PAPER", "PRESET_COLORS", "cliff", "cliff_cell", "cliff_figure", "state_figure",
+           "CLIFF_GAPS", "PAPER", "PRESET_COLORS", "lab_task", "cliff", "cliff_cell", "cliff_figure", "state_figure",
            "recall_breakdown", "transfer", "transfer_cell", "transfer_task", "verdict", "paired"]
 
 # The memory-cliff grid at the lab scale: what each preset is for
@@ -106,6 +106,10 @@ def recall_breakdown(model, task: Task, num_examples: int = 64, seed: int = 10_0
     to another key (the model knows *which values* were bound, not *which key* each belongs to);
     ``other_wrong``: any other wrong token; ``first_query_acc``: accuracy at the first query only.
     The model runs on its own device; the bookkeeping is done on the CPU."""
+    if not isinstance(task, Task):
+        raise ValueError(f"task must be an echo_tutor.tasks.Task (make_task(...)), got {type(task).__name__}")
+    check_int("num_examples", num_examples, min_value=1)
+    check_int("batch_size", batch_size, min_value=1)
     model.eval()
     device = _device_of(model)
     hit = bound = other = first_hit = n_first = total = 0
@@ -132,8 +136,9 @@ def _lab_task_args(n: int, gap: int) -> dict[str, Any]:
     return {**kw, "num_kv_pairs": n, "gap": gap}
 
 
-def _lab_task(n: int, gap: int, fast: bool = True) -> Task:
-    return make_task(**_lab_task_args(n, gap))
+def lab_task(pairs: int, gap: int) -> Task:
+    """The lab recipe's MQAR-gap (vocab 128, value-half distractors, values hidden) at one grid point."""
+    return make_task(**_lab_task_args(pairs, gap))
 
 
 def _check_int_list(name: str, xs: Any, min_value: int) -> list[int]:
@@ -587,8 +592,8 @@ def ablation_cell(spec: dict[str, Any]) -> dict[str, Any]:
     # weight, so equal losses mean the same training, whichever executor ran the cell
     out["final_loss"] = res.history[-1]["loss"]
     if lab:
-        out["acc_16pairs_gap1024"] = evaluate(model, _lab_task(16, 1024), 64, batch_size=16)
-        out.update({f"{k}_8pairs_gap256": v for k, v in recall_breakdown(model, _lab_task(8, 256), 64).items()})
+        out["acc_16pairs_gap1024"] = evaluate(model, lab_task(16, 1024), 64, batch_size=16)
+        out.update({f"{k}_8pairs_gap256": v for k, v in recall_breakdown(model, lab_task(8, 256), 64).items()})
         out["evals"] = res.evals
     if spec["save_as"]:
         pathlib.Path(spec["save_as"]).parent.mkdir(parents=True, exist_ok=True)
@@ -736,6 +741,8 @@ def ssm_decay(model, ids: torch.Tensor) -> dict[int, torch.Tensor]:
     A Mamba-2 head multiplies its state by ``exp(A dt_t)`` at token ``t`` (``A < 0``; ``dt_t`` is chosen by
     the token, the selective part), so what was written ``g`` tokens ago is scaled by the product of the
     next ``g`` factors. ids ``[B, T]``."""
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.is_floating_point():
+        raise ValueError(f"ids must be an integer tensor of shape [B, T], got {getattr(ids, 'shape', type(ids).__name__)}")
     from .ssm import Mamba2
 
     out: dict[int, torch.Tensor] = {}

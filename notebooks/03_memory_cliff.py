@@ -51,9 +51,9 @@ from plotly.subplots import make_subplots
 
 from echo_tutor import labs, pretrained
 from echo_tutor.experiments import (CLIFF_GAPS, CLIFF_PAIRS, CLIFF_PRESETS, PAPER, PRESET_COLORS, TRAINED_GAP_MAX,
-                                    ablate_mixer, cliff_figure, paired, recall_breakdown, ssm_decay, state_figure, verdict)
+                                    ablate_mixer, cliff_figure, lab_task, paired, ssm_decay, state_figure, verdict)
 from echo_tutor.labs import lab03
-from echo_tutor.memories import horizon, recall_accuracy, state_floats
+from echo_tutor.memories import horizon, recall_accuracy
 from echo_tutor.models import LAB_RECIPE, build, count_parameters
 from echo_tutor.pretrained import info, results
 from echo_tutor.tasks import make_task, mqar_gap
@@ -69,11 +69,6 @@ for p, m in models.items():
            f"trained {i['steps']} steps in {i['time_s'] / 60:.1f} min on one core")
     last = "-" if i.get("source") else f"{i['final_eval']:.3f}"
     print(f"{p:<9} {count_parameters(m):>8,d} params | {how} | last eval during training {last}")
-
-
-def lab_task(pairs, gap, **kw):
-    """The lab's MQAR-gap: vocab 128, value-half distractors, values hidden after the queries."""
-    return make_task("mqar_gap", vocab_size=128, num_kv_pairs=pairs, gap=gap, show_values=False, **kw)
 
 
 # %% [markdown]

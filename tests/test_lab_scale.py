@@ -209,3 +209,21 @@ def test_closed_form_memories_reject_bad_input():
         horizon(1.0)
     assert horizon(0.5, 0.25) == pytest.approx(2.0)
     assert state_floats("window", window=64, context=1000) == 64 * 64 and state_floats("ridge") == 32 * 32 + 32 * 32
+
+
+def test_lab_tools_reject_bad_input():
+    from echo_tutor.experiments import lab_task, recall_breakdown, ssm_decay
+    from echo_tutor.koopman import offset_profile
+
+    m = build("ssm", scale="lab")
+    with pytest.raises(ValueError, match="task must be an echo_tutor.tasks.Task"):
+        recall_breakdown(m, "mqar_gap")
+    with pytest.raises(ValueError, match="num_examples"):
+        recall_breakdown(m, lab_task(4, 8), num_examples=0)
+    with pytest.raises(ValueError, match=r"ids must be an integer tensor of shape \[B, T\]"):
+        ssm_decay(m, torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="context_ids must be a 1-D tensor of length 4"):
+        offset_profile(torch.zeros(2, 3, 4), torch.arange(5), torch.arange(3))
+    with pytest.raises(ValueError, match="show_values must be True or False"):
+        mqar_gap(64, 4, 8, 2, seed=0, show_values="no")
+    assert lab_task(8, 256).kwargs["show_values"] is False

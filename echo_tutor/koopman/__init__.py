@@ -279,6 +279,11 @@ def offset_profile(weights: torch.Tensor, context_ids: torch.Tensor, query_ids: 
     (summed over heads, normalised over the context) at ``p + offset``. Returns ``{offset: mean share}``.
     ``+1`` is the token after the key (MQAR's value), ``+2`` the next binding's key."""
     check_tensor("weights", weights, 3, layout="[H, Tq, n]")
+    H, Tq, n = weights.shape
+    for name, ids, want in (("context_ids", context_ids, n), ("query_ids", query_ids, Tq)):
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 1 or ids.shape[0] != want:
+            raise ValueError(f"{name} must be a 1-D tensor of length {want} (from weights [H, Tq, n]), "
+                             f"got {getattr(ids, 'shape', type(ids).__name__)}")
     mag = weights.abs().sum(0)  # [Tq, n]
     mag = mag / mag.sum(-1, keepdim=True).clamp_min(1e-12)
     ctx = context_ids.tolist()

@@ -146,6 +146,8 @@ def mqar_gap(
         raise ValueError(f"distractors must be 'values' or 'uniform', got {distractors!r}")
     if queries not in ("once", "random"):
         raise ValueError(f"queries must be 'once' or 'random', got {queries!r}")
+    if not isinstance(show_values, bool):
+        raise ValueError(f"show_values must be True or False, got {show_values!r}")
     rng = np.random.default_rng(seed)
     keys = _distinct_rows(rng, N, n, 1, V // 2)
     values = rng.integers(V // 2, V, size=(N, n))
