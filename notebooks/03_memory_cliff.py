@@ -118,7 +118,7 @@ elim = elimination_accuracy(8)
 shortcut_mean = float(np.mean(elim))
 fig = go.Figure(go.Bar(x=[f"query {i + 1}" for i in range(8)], y=elim, text=[f"{a:.2f}" for a in elim],
                        textposition="outside", marker_color="#7f7f7f"))
-fig.add_hline(y=shortcut_mean, line_dash="dash", annotation_text=f"mean {shortcut_mean:.2f}")
+fig.add_hline(y=shortcut_mean, line_dash="dash", annotation_text=f"mean {shortcut_mean:.2f}", annotation_position="top left")
 fig.update_layout(height=300, yaxis_range=[0, 1.15], yaxis_title="expected accuracy", xaxis_title="query (in order asked)",
                   title="The elimination shortcut at 8 pairs, with values shown after queries")
 fig.show()
@@ -296,8 +296,10 @@ assert attn_min >= 0.90 and swa_in >= 0.90 and swa_out < 0.10
 # Read the figure panel by panel:
 #
 # * **`echo` is flat from gap 64 on**: the printed minima above say how close to 1.00 it stays from gap 64
-#   to 4096 at 4, 8 and 16 pairs. Its state does not fade, so the gap does not matter. At gaps 0-32 it is
-#   at chance: the whole prompt then sits in SKA's first chunk (section 6).
+#   to 4096 at 4, 8 and 16 pairs. Its state does not fade, so the gap does not matter. Where the whole
+#   prompt fits in SKA's first 64-token chunk (4 and 8 pairs at gaps 0-32, 16 pairs at gap 0) it is at
+#   chance, and at 16 pairs and gap 16 only part of it fits (section 6). At 32 pairs the bindings alone
+#   fill the first chunk, so the queries can read them at every gap.
 # * **`ssm+swa` falls off a cliff at its window**: near-perfect while the bindings are inside the last 256
 #   tokens, near chance once the gap alone reaches 256. Its weights are `ssm+attn`'s: the only difference
 #   is the cache, a fixed budget that keeps the *most recent* tokens. This is the memory cliff in its
@@ -419,9 +421,11 @@ for blk, d in decay.items():
     for h in range(d.shape[-1]):
         cum = torch.exp(torch.cumsum(logs[:, h], 0))
         survive[(blk, h)] = cum
-        fig.add_scatter(x=np.arange(1, 1025), y=cum.numpy(), mode="lines", name=f"block {blk}, head {h}")
+        fig.add_scatter(x=np.arange(1, 1025), y=cum.numpy(), mode="lines", name=f"block {blk}, head {h}",
+                        line=dict(dash=("solid", "dash")[h % 2], width=3 - h % 2))
 fig.update_layout(height=340, xaxis_type="log", yaxis_type="log", xaxis_title="tokens into the gap",
-                  yaxis_title="retention of a pre-gap write", title="How much of a binding survives the gap (ssm)",
+                  yaxis_title="retention of a pre-gap write", yaxis_range=[-4, 0.05],
+                  title="How much of a binding survives the gap (ssm; below 1e-4 is cut off)",
                   yaxis_exponentformat="power")
 fig.show()
 for (blk, h), cum in survive.items():
