@@ -65,7 +65,7 @@ def ssm_scan(x, a, b, c):
     raise NotImplementedError
 
 
-ssm_scan = labs.exercise(ssm_scan, lab01.ssm_scan_solution)
+ssm_scan = labs.exercise(ssm_scan, "lab01")
 lab01.check_ssm_scan(ssm_scan)
 
 # %% [markdown]
@@ -88,7 +88,7 @@ def decay_mask(a):
     raise NotImplementedError
 
 
-decay_mask = labs.exercise(decay_mask, lab01.decay_mask_solution)
+decay_mask = labs.exercise(decay_mask, "lab01")
 lab01.check_decay_mask(decay_mask)
 
 # %% [markdown]
@@ -102,7 +102,7 @@ def ssd_quadratic(x, a, b, c):
     raise NotImplementedError
 
 
-ssd_quadratic = labs.exercise(ssd_quadratic, lab01.ssd_quadratic_solution)
+ssd_quadratic = labs.exercise(ssd_quadratic, "lab01")
 lab01.check_ssd_quadratic(ssd_quadratic)
 
 # %% [markdown]

@@ -86,7 +86,7 @@ def ridge_readout(keys, values, query, eps):
     raise NotImplementedError
 
 
-ridge_readout = labs.exercise(ridge_readout, lab02.ridge_readout_solution)
+ridge_readout = labs.exercise(ridge_readout, "lab02")
 lab02.check_ridge_readout(ridge_readout)
 
 # %%
@@ -112,7 +112,7 @@ def causal_ridge(keys, values, queries, eps):
     raise NotImplementedError
 
 
-causal_ridge = labs.exercise(causal_ridge, lab02.causal_ridge_solution)
+causal_ridge = labs.exercise(causal_ridge, "lab02")
 lab02.check_causal_ridge(causal_ridge)
 
 # %% [markdown]
@@ -149,7 +149,7 @@ def koopman_from_stats(G, M):
     raise NotImplementedError
 
 
-koopman_from_stats = labs.exercise(koopman_from_stats, lab02.koopman_from_stats_solution)
+koopman_from_stats = labs.exercise(koopman_from_stats, "lab02")
 lab02.check_koopman_from_stats(koopman_from_stats)
 
 # %% [markdown]

@@ -94,7 +94,7 @@ def gap_example(keys, values, distractors, order):
     raise NotImplementedError
 
 
-gap_example = labs.exercise(gap_example, lab03.gap_example_solution)
+gap_example = labs.exercise(gap_example, "lab03")
 _ = lab03.check_gap_example(gap_example)
 
 # %% [markdown]
@@ -110,7 +110,7 @@ def elimination_accuracy(n):
     raise NotImplementedError
 
 
-elimination_accuracy = labs.exercise(elimination_accuracy, lab03.elimination_accuracy_solution)
+elimination_accuracy = labs.exercise(elimination_accuracy, "lab03")
 _ = lab03.check_elimination_accuracy(elimination_accuracy)
 
 # %%

@@ -70,7 +70,7 @@ def dmd_operator(X, Y, eps):
     raise NotImplementedError
 
 
-dmd_operator = labs.exercise(dmd_operator, lab04.dmd_operator_solution)
+dmd_operator = labs.exercise(dmd_operator, "lab04")
 lab04.check_dmd_operator(dmd_operator)
 
 # %%
@@ -142,7 +142,7 @@ def sigma_max_power(A, iters):
     raise NotImplementedError
 
 
-sigma_max_power = labs.exercise(sigma_max_power, lab04.sigma_max_power_solution)
+sigma_max_power = labs.exercise(sigma_max_power, "lab04")
 lab04.check_sigma_max_power(sigma_max_power)
 
 # %% [markdown]

@@ -62,7 +62,7 @@ def tool_trace_answers(tokens, SET, GET):
     raise NotImplementedError
 
 
-tool_trace_answers = labs.exercise(tool_trace_answers, lab05.tool_trace_answers_solution)
+tool_trace_answers = labs.exercise(tool_trace_answers, "lab05")
 lab05.check_tool_trace_answers(tool_trace_answers)
 
 # %%
@@ -95,7 +95,7 @@ def forgetting_readout(keys, values, query, decay, eps):
     raise NotImplementedError
 
 
-forgetting_readout = labs.exercise(forgetting_readout, lab05.forgetting_readout_solution)
+forgetting_readout = labs.exercise(forgetting_readout, "lab05")
 lab05.check_forgetting_readout(forgetting_readout)
 
 # %%

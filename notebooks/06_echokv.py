@@ -102,7 +102,7 @@ def rope_rotate(x, cos, sin):
     raise NotImplementedError
 
 
-rope_rotate = labs.exercise(rope_rotate, lab06.rope_rotate_solution)
+rope_rotate = labs.exercise(rope_rotate, "lab06")
 lab06.check_rope_rotate(rope_rotate)
 
 # %%
@@ -187,7 +187,7 @@ def ridge_with_intercept(X, Y, lam):
     raise NotImplementedError
 
 
-ridge_with_intercept = labs.exercise(ridge_with_intercept, lab06.ridge_with_intercept_solution)
+ridge_with_intercept = labs.exercise(ridge_with_intercept, "lab06")
 lab06.check_ridge_with_intercept(ridge_with_intercept)
 
 # %%
@@ -277,7 +277,7 @@ def streaming_keep(T, sinks, window):
     raise NotImplementedError
 
 
-streaming_keep = labs.exercise(streaming_keep, lab06.streaming_keep_solution)
+streaming_keep = labs.exercise(streaming_keep, "lab06")
 lab06.check_streaming_keep(streaming_keep)
 
 # %%

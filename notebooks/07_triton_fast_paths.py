@@ -99,7 +99,7 @@ def chunk_gram(ok, kk, S):
     raise NotImplementedError
 
 
-chunk_gram = labs.exercise(chunk_gram, lab07.chunk_gram_solution)
+chunk_gram = labs.exercise(chunk_gram, "lab07")
 lab07.check_chunk_gram(chunk_gram)
 
 # %% [markdown]
@@ -178,7 +178,7 @@ def sherman_morrison(Ginv, k, a):
     raise NotImplementedError
 
 
-sherman_morrison = labs.exercise(sherman_morrison, lab07.sherman_morrison_solution)
+sherman_morrison = labs.exercise(sherman_morrison, "lab07")
 lab07.check_sherman_morrison(sherman_morrison)
 
 # %%

@@ -15,6 +15,7 @@ student's function on fresh random inputs and raises :class:`ExerciseError` sayi
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from typing import Callable
 
@@ -57,14 +58,30 @@ def fresh_generator() -> tuple[torch.Generator, int]:
     return torch.Generator().manual_seed(seed), seed
 
 
-def exercise(student: Callable, solution: Callable) -> Callable:
-    """The function a lab uses for an exercise: the student's, or the solution in instructor mode."""
+def exercise(student: Callable, lab: str | Callable) -> Callable:
+    """The function a lab uses for an exercise: the student's, or the solution in instructor mode.
+
+    ``lab`` names the lab module whose private ``_<name>_solution`` is the solution of the exercise
+    ``student.__name__`` (e.g. ``exercise(ssm_scan, "lab01")``), so that the exercise cell does not hand
+    the solution to the student; a callable is used as the solution itself."""
+    if callable(lab):
+        solution = lab
+    else:
+        import importlib
+
+        if not isinstance(lab, str) or not re.fullmatch(r"lab\d\d", lab):
+            raise ValueError(f"lab must be a lab module name such as 'lab01', got {lab!r}")
+        name = getattr(student, "__name__", None)
+        solution = getattr(importlib.import_module(f"echo_tutor.labs.{lab}"), f"_{name}_solution", None)
+        if solution is None:
+            raise ValueError(f"student must be the exercise's function (def {name or '...'}) of {lab}; "
+                             f"{lab} has no exercise {name!r}")
     return solution if solutions_enabled() else student
 
 
-def passed(name: str) -> bool:
+def passed(name: str) -> None:
+    """Print the checker's success line (returns None, so the cell shows no ``Out: True``)."""
     print(f"\N{WHITE HEAVY CHECK MARK} {name}: correct on fresh random inputs.")
-    return True
 
 
 def call_student(name: str, fn: Callable, *args, **kwargs):

@@ -14,13 +14,13 @@ import torch
 from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
 
 __all__ = [
-    "ssm_scan_solution", "decay_mask_solution", "ssd_quadratic_solution",
+    "_ssm_scan_solution", "_decay_mask_solution", "_ssd_quadratic_solution",
     "check_ssm_scan", "check_decay_mask", "check_ssd_quadratic",
 ]
 
 
 # ---------------------------------------------------------------------------------------------- solutions
-def ssm_scan_solution(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+def _ssm_scan_solution(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     h = torch.zeros(x.shape[1], b.shape[1], dtype=x.dtype)
     ys = []
     for t in range(x.shape[0]):
@@ -29,14 +29,14 @@ def ssm_scan_solution(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torc
     return torch.stack(ys)
 
 
-def decay_mask_solution(a: torch.Tensor) -> torch.Tensor:
+def _decay_mask_solution(a: torch.Tensor) -> torch.Tensor:
     cs = torch.cumsum(a, 0)
     L = torch.exp(cs[:, None] - cs[None, :])  # exp(a_{j+1} + ... + a_i)
     return torch.tril(L)
 
 
-def ssd_quadratic_solution(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    return ((c @ b.T) * decay_mask_solution(a)) @ x
+def _ssd_quadratic_solution(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return ((c @ b.T) * _decay_mask_solution(a)) @ x
 
 
 # ---------------------------------------------------------------------------------------------- checkers
@@ -87,19 +87,19 @@ def _scan_variants(x, a, b, c):
     }
 
 
-def check_ssm_scan(fn) -> bool:
+def check_ssm_scan(fn) -> None:
     """Check ``fn(x [T, P], a [T], b [T, N], c [T, N]) -> [T, P]`` against the SSM recurrence."""
-    return _check_sequence_fn("ssm_scan", fn, ssm_scan_solution, _scan_variants)
+    return _check_sequence_fn("ssm_scan", fn, _ssm_scan_solution, _scan_variants)
 
 
-def check_decay_mask(fn) -> bool:
+def check_decay_mask(fn) -> None:
     """Check ``fn(a [T]) -> L [T, T]``, ``L[i, j] = exp(a_{j+1} + ... + a_i)`` on and below the diagonal."""
     name = "decay_mask"
     g, seed = fresh_generator()
     T = 7
     a = -torch.rand(T, generator=g, dtype=torch.float64)
     out = expect_tensor(name, call_student(name, fn, a), (T, T), "[T, T]")
-    want = decay_mask_solution(a)
+    want = _decay_mask_solution(a)
     if torch.triu(out, 1).abs().max() > 1e-12:
         raise ExerciseError(f"{name}: entries above the diagonal must be 0 (a token cannot read later tokens); "
                             f"seed {seed}")
@@ -117,11 +117,11 @@ def check_decay_mask(fn) -> bool:
     raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
 
 
-def check_ssd_quadratic(fn) -> bool:
+def check_ssd_quadratic(fn) -> None:
     """Check ``fn(x, a, b, c) -> [T, P]`` equals the recurrence through ``((C B^T) o L) x``."""
 
     def typical(x, a, b, c):
-        L = decay_mask_solution(a)
+        L = _decay_mask_solution(a)
         return {
             " That is B C^T: scores[i, j] = c_i . b_j (token i reads with c_i what token j wrote with b_j).":
                 ((b @ c.T) * L) @ x,
@@ -129,4 +129,4 @@ def check_ssd_quadratic(fn) -> bool:
                 torch.tril(c @ b.T) @ x,
         }
 
-    return _check_sequence_fn("ssd_quadratic", fn, ssd_quadratic_solution, typical)
+    return _check_sequence_fn("ssd_quadratic", fn, _ssd_quadratic_solution, typical)

@@ -14,20 +14,20 @@ import torch
 from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
 
 __all__ = [
-    "ridge_readout_solution", "causal_ridge_solution", "koopman_from_stats_solution",
+    "_ridge_readout_solution", "_causal_ridge_solution", "_koopman_from_stats_solution",
     "check_ridge_readout", "check_causal_ridge", "check_koopman_from_stats",
 ]
 
 
 # ---------------------------------------------------------------------------------------------- solutions
-def ridge_readout_solution(keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor, eps: float) -> torch.Tensor:
+def _ridge_readout_solution(keys: torch.Tensor, values: torch.Tensor, query: torch.Tensor, eps: float) -> torch.Tensor:
     r = keys.shape[1]
     G = keys.T @ keys + eps * torch.eye(r, dtype=keys.dtype)  # [r, r]
     C = values.T @ keys  # [P, r]
     return C @ torch.linalg.solve(G, query)  # [P]
 
 
-def causal_ridge_solution(keys: torch.Tensor, values: torch.Tensor, queries: torch.Tensor, eps: float) -> torch.Tensor:
+def _causal_ridge_solution(keys: torch.Tensor, values: torch.Tensor, queries: torch.Tensor, eps: float) -> torch.Tensor:
     return _causal_ridge(keys, values, queries, eps, inclusive=True)
 
 
@@ -46,7 +46,7 @@ def _causal_ridge(keys, values, queries, eps, inclusive: bool) -> torch.Tensor:
     return torch.stack(out)
 
 
-def koopman_from_stats_solution(G: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+def _koopman_from_stats_solution(G: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve(G, M.T).T  # M G^-1 (G is symmetric)
 
 
@@ -57,7 +57,7 @@ def _kv(g: torch.Generator, n: int, r: int, P: int):
     return keys, values
 
 
-def check_ridge_readout(fn) -> bool:
+def check_ridge_readout(fn) -> None:
     """Check ``fn(keys [n, r], values [n, P], query [r], eps) -> [P]`` against the closed form."""
     name = "ridge_readout"
     for n, r, P, eps in [(12, 6, 4, 0.5), (5, 8, 3, 0.1), (1, 4, 2, 1.0)]:
@@ -65,7 +65,7 @@ def check_ridge_readout(fn) -> bool:
         keys, values = _kv(g, n, r, P)
         query = torch.randn(r, generator=g, dtype=torch.float64)
         out = expect_tensor(name, call_student(name, fn, keys, values, query, eps), (P,), "[P]")
-        want = ridge_readout_solution(keys, values, query, eps)
+        want = _ridge_readout_solution(keys, values, query, eps)
         if close(out, want):
             continue
         typical = {  # what a typical wrong answer computes -> what to say
@@ -80,7 +80,7 @@ def check_ridge_readout(fn) -> bool:
     return passed(name)
 
 
-def check_causal_ridge(fn) -> bool:
+def check_causal_ridge(fn) -> None:
     """Check ``fn(keys [T, r], values [T, P], queries [T, r], eps) -> [T, P]``: values and causality."""
     name = "causal_ridge"
     T, r, P, eps = 11, 4, 3, 0.3
@@ -98,7 +98,7 @@ def check_causal_ridge(fn) -> bool:
         bad = int(((out[: t0 + 1] - out2[: t0 + 1]).abs().amax(-1) > 1e-9).nonzero()[0])
         raise ExerciseError(f"{name}: not causal: output {bad} changed when only tokens after {t0} changed "
                             f"(seed {seed}). Position t may only use statistics of tokens 0..t.")
-    want = causal_ridge_solution(keys, values, queries, eps)
+    want = _causal_ridge_solution(keys, values, queries, eps)
     if close(out, want):
         return passed(name)
     hint = ""
@@ -107,7 +107,7 @@ def check_causal_ridge(fn) -> bool:
     raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
 
 
-def check_koopman_from_stats(fn) -> bool:
+def check_koopman_from_stats(fn) -> None:
     """Check ``fn(G [r, r], M [r, r]) -> A [r, r]`` with ``A = M G^-1``."""
     name = "koopman_from_stats"
     for r in (3, 6):
@@ -116,7 +116,7 @@ def check_koopman_from_stats(fn) -> bool:
         G = X.T @ X + 0.1 * torch.eye(r, dtype=torch.float64)
         M = torch.randn(r, r, generator=g, dtype=torch.float64)
         out = expect_tensor(name, call_student(name, fn, G, M), (r, r), "[r, r]")
-        want = koopman_from_stats_solution(G, M)
+        want = _koopman_from_stats_solution(G, M)
         if close(out, want):
             continue
         Ginv = torch.linalg.inv(G)

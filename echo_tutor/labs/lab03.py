@@ -17,16 +17,16 @@ import torch
 from ..tasks import IGNORE
 from . import ExerciseError, call_student, fresh_generator, passed
 
-__all__ = ["answer_accuracy_solution", "gap_example_solution", "elimination_accuracy_solution", "check_answer_accuracy",
+__all__ = ["_answer_accuracy_solution", "_gap_example_solution", "_elimination_accuracy_solution", "check_answer_accuracy",
            "check_gap_example", "check_elimination_accuracy"]
 
 
-def answer_accuracy_solution(logits: torch.Tensor, labels: torch.Tensor) -> float:
+def _answer_accuracy_solution(logits: torch.Tensor, labels: torch.Tensor) -> float:
     mask = labels != IGNORE
     return (logits.argmax(-1)[mask] == labels[mask]).float().mean().item()
 
 
-def gap_example_solution(keys, values, distractors, order):
+def _gap_example_solution(keys, values, distractors, order):
     n = keys.shape[0]
     kv = torch.stack([keys, values], dim=1).reshape(-1)  # k1 v1 k2 v2 ...
     qa = torch.stack([keys[order], torch.zeros_like(keys)], dim=1).reshape(-1)  # k_o1 0 k_o2 0 ...
@@ -37,7 +37,7 @@ def gap_example_solution(keys, values, distractors, order):
     return inputs, labels
 
 
-def check_answer_accuracy(fn) -> bool:
+def check_answer_accuracy(fn) -> None:
     """Check ``fn(logits [B, T, V], labels [B, T]) -> float``."""
     name = "answer_accuracy"
     g, seed = fresh_generator()
@@ -55,7 +55,7 @@ def check_answer_accuracy(fn) -> bool:
         out = out.item()
     if not isinstance(out, (float, int)):
         raise ExerciseError(f"{name}: return a float, got {type(out).__name__}")
-    want = answer_accuracy_solution(logits, labels)
+    want = _answer_accuracy_solution(logits, labels)
     if abs(out - want) < 1e-6:
         return passed(name)
     everywhere = (pred == labels).float().mean().item()
@@ -65,7 +65,7 @@ def check_answer_accuracy(fn) -> bool:
     raise ExerciseError(f"{name}: got {out:.4f}, expected {want:.4f} (seed {seed}).{hint}")
 
 
-def check_gap_example(fn) -> bool:
+def check_gap_example(fn) -> None:
     """Check ``fn(keys, values, distractors, order) -> (inputs, labels)``."""
     name = "gap_example"
     g, seed = fresh_generator()
@@ -83,7 +83,7 @@ def check_gap_example(fn) -> bool:
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != (L,):
             raise ExerciseError(f"{name}: {what} should be a tensor of shape [4n + G] = ({L},), "
                                 f"got {getattr(t, 'shape', type(t).__name__)}")
-    want_in, want_lab = gap_example_solution(keys, values, distractors, order)
+    want_in, want_lab = _gap_example_solution(keys, values, distractors, order)
     if not torch.equal(inputs.long(), want_in):
         bad = int((inputs.long() != want_in).nonzero()[0])
         part = "the key/value block" if bad < 2 * n else ("the distractors" if bad < 2 * n + G else "the queries")
@@ -107,11 +107,11 @@ def check_gap_example(fn) -> bool:
     raise ExerciseError(f"{name}: wrong labels: expected {want_lab.tolist()}, got {labels.tolist()} (seed {seed}).{hint}")
 
 
-def elimination_accuracy_solution(n: int) -> list[float]:
+def _elimination_accuracy_solution(n: int) -> list[float]:
     return [1.0 / (n - i) for i in range(n)]  # query i: n - i values not yet shown
 
 
-def check_elimination_accuracy(fn) -> bool:
+def check_elimination_accuracy(fn) -> None:
     """Check ``fn(n) -> list of n expected accuracies`` for several fresh ``n``."""
     name = "elimination_accuracy"
     g, seed = fresh_generator()
@@ -122,7 +122,7 @@ def check_elimination_accuracy(fn) -> bool:
         if not isinstance(out, (list, tuple)) or len(out) != n:
             raise ExerciseError(f"{name}({n}): return a list of n = {n} numbers (one per query), "
                                 f"got {type(out).__name__} of length {len(out) if hasattr(out, '__len__') else '?'}")
-        want = elimination_accuracy_solution(n)
+        want = _elimination_accuracy_solution(n)
         if all(abs(float(a) - b) < 1e-9 for a, b in zip(out, want)):
             continue
         hint = ""

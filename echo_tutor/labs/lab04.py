@@ -12,15 +12,15 @@ import torch
 
 from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
 
-__all__ = ["dmd_operator_solution", "sigma_max_power_solution", "check_dmd_operator", "check_sigma_max_power"]
+__all__ = ["_dmd_operator_solution", "_sigma_max_power_solution", "check_dmd_operator", "check_sigma_max_power"]
 
 
-def dmd_operator_solution(X, Y, eps):
+def _dmd_operator_solution(X, Y, eps):
     d = X.shape[1]
     return torch.linalg.solve(X.T @ X + eps * torch.eye(d, dtype=X.dtype), X.T @ Y).T  # (Y^T X)(X^T X + eps I)^-1
 
 
-def sigma_max_power_solution(A, iters):
+def _sigma_max_power_solution(A, iters):
     # exactly what SKA's spectral normalisation runs (ones / sqrt(r) start, iters steps on A^T A)
     from ..ska import sigma_max
 
@@ -36,7 +36,7 @@ def _power_on_A(A, iters):
     return float((A @ x).norm())
 
 
-def check_dmd_operator(fn) -> bool:
+def check_dmd_operator(fn) -> None:
     """Check ``fn(X [N, d], Y [N, d], eps) -> A [d, d]``."""
     name = "dmd_operator"
     g, seed = fresh_generator()
@@ -44,20 +44,20 @@ def check_dmd_operator(fn) -> bool:
     X = torch.randn(N, d, generator=g, dtype=torch.float64)
     Y = X @ torch.randn(d, d, generator=g, dtype=torch.float64).T + 0.1 * torch.randn(N, d, generator=g, dtype=torch.float64)
     out = expect_tensor(name, call_student(name, fn, X, Y, eps), (d, d), "[d, d]")
-    want = dmd_operator_solution(X, Y, eps)
+    want = _dmd_operator_solution(X, Y, eps)
     if close(out, want):
         return passed(name)
     typical = {
         " You have the transpose: rows of X and Y are snapshots, and y_i ~ A x_i means A = (Y^T X)(X^T X + eps I)^-1.":
             want.T,
-        " It matches the fit without ridge: add eps * I to X^T X.": dmd_operator_solution(X, Y, 0.0),
-        " That fits x_i from y_i (X and Y swapped).": dmd_operator_solution(Y, X, eps),
+        " It matches the fit without ridge: add eps * I to X^T X.": _dmd_operator_solution(X, Y, 0.0),
+        " That fits x_i from y_i (X and Y swapped).": _dmd_operator_solution(Y, X, eps),
     }
     hint = next((h for h, w in typical.items() if close(out, w)), "")
     raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
 
 
-def check_sigma_max_power(fn) -> bool:
+def check_sigma_max_power(fn) -> None:
     """Check ``fn(A [r, r], iters) -> float`` against power iteration on A^T A (and, for many
     iterations, against the exact sigma_max)."""
     name = "sigma_max_power"
@@ -76,10 +76,10 @@ def check_sigma_max_power(fn) -> bool:
     exact = float(torch.linalg.matrix_norm(A, ord=2))
     if abs(out - exact) < 1e-6 * exact:
         few = call_student(name, fn, A, 2)
-        if abs(float(few) - sigma_max_power_solution(A, 2)) < 1e-9 * exact:
+        if abs(float(few) - _sigma_max_power_solution(A, 2)) < 1e-9 * exact:
             return passed(name)
         raise ExerciseError(f"{name}: right after 60 iterations but not after 2 ({float(few):.6g} vs "
-                            f"{sigma_max_power_solution(A, 2):.6g}): start from ones/sqrt(r) and use iters steps.")
+                            f"{_sigma_max_power_solution(A, 2):.6g}): start from ones/sqrt(r) and use iters steps.")
     radius = float(torch.linalg.eigvals(A).abs().max())
     on_A = _power_on_A(A, 60)
     hint = ""

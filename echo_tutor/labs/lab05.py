@@ -14,11 +14,11 @@ import torch
 
 from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
 
-__all__ = ["tool_trace_answers_solution", "forgetting_readout_solution", "check_tool_trace_answers",
+__all__ = ["_tool_trace_answers_solution", "_forgetting_readout_solution", "check_tool_trace_answers",
            "check_forgetting_readout"]
 
 
-def tool_trace_answers_solution(tokens, SET: int, GET: int) -> list[int]:
+def _tool_trace_answers_solution(tokens, SET: int, GET: int) -> list[int]:
     latest: dict[int, int] = {}
     answers = []
     toks = [int(t) for t in tokens]
@@ -31,7 +31,7 @@ def tool_trace_answers_solution(tokens, SET: int, GET: int) -> list[int]:
     return answers
 
 
-def forgetting_readout_solution(keys, values, query, decay: float, eps: float):
+def _forgetting_readout_solution(keys, values, query, decay: float, eps: float):
     T, r = keys.shape
     w = decay ** torch.arange(T - 1, -1, -1, dtype=keys.dtype)  # the newest token has weight 1
     G = eps * torch.eye(r, dtype=keys.dtype) + (w[:, None] * keys).T @ keys
@@ -52,7 +52,7 @@ def _first_write_answers(tokens, SET: int, GET: int) -> list[int]:
     return out
 
 
-def check_tool_trace_answers(fn) -> bool:
+def check_tool_trace_answers(fn) -> None:
     """Check ``fn(tokens, SET, GET) -> list[int]`` on fresh traces where overwrites change the answer."""
     from ..tasks import tool_trace
 
@@ -62,7 +62,7 @@ def check_tool_trace_answers(fn) -> bool:
     SET, GET = V - 1, V - 2
     for attempt in range(100):  # a trace on which "first write wins" gives a different answer
         tokens = tool_trace(V, 3, 12, 5, 1, seed=seed + attempt)[0][0]
-        want = tool_trace_answers_solution(tokens, SET, GET)
+        want = _tool_trace_answers_solution(tokens, SET, GET)
         if _first_write_answers(tokens, SET, GET) != want:
             break
     out = call_student(name, fn, tokens, SET, GET)
@@ -78,7 +78,7 @@ def check_tool_trace_answers(fn) -> bool:
     raise ExerciseError(f"{name}: expected {want}, got {out} (seed {seed}).{hint}")
 
 
-def check_forgetting_readout(fn) -> bool:
+def check_forgetting_readout(fn) -> None:
     """Check ``fn(keys [T, r], values [T, P], query [r], decay, eps) -> [P]``."""
     name = "forgetting_readout"
     for decay in (0.7, 1.0):
@@ -88,15 +88,15 @@ def check_forgetting_readout(fn) -> bool:
         values = torch.randn(T, P, generator=g, dtype=torch.float64)
         q = torch.randn(r, generator=g, dtype=torch.float64)
         out = expect_tensor(name, call_student(name, fn, keys, values, q, decay, eps), (P,), "[P]")
-        want = forgetting_readout_solution(keys, values, q, decay, eps)
+        want = _forgetting_readout_solution(keys, values, q, decay, eps)
         if close(out, want):
             continue
         hint = ""
-        if close(out, forgetting_readout_solution(keys, values, q, 1.0, eps)):
+        if close(out, _forgetting_readout_solution(keys, values, q, 1.0, eps)):
             hint = " The decay has no effect in your answer: weight token t by decay^(T-1-t)."
-        elif close(out, forgetting_readout_solution(keys.flip(0), values.flip(0), q, decay, eps)):
+        elif close(out, _forgetting_readout_solution(keys.flip(0), values.flip(0), q, decay, eps)):
             hint = " The weights run the wrong way: the *newest* token (t = T-1) has weight 1, older ones less."
-        elif close(out, forgetting_readout_solution(keys, values, q, decay, eps * decay ** T)):
+        elif close(out, _forgetting_readout_solution(keys, values, q, decay, eps * decay ** T)):
             hint = " Only the data terms decay; keep eps * I as it is."
         raise ExerciseError(f"{name}: wrong values for decay={decay} (seed {seed}): "
                             f"max abs error {(out - want).abs().max():.3g}.{hint}")

@@ -16,12 +16,12 @@ import torch
 from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
 
 __all__ = [
-    "rope_rotate_solution", "ridge_with_intercept_solution", "streaming_keep_solution",
+    "_rope_rotate_solution", "_ridge_with_intercept_solution", "_streaming_keep_solution",
     "check_rope_rotate", "check_ridge_with_intercept", "check_streaming_keep",
 ]
 
 
-def rope_rotate_solution(x, cos, sin):
+def _rope_rotate_solution(x, cos, sin):
     # exactly what EchoKV-lite applies to rebuilt keys
     from ..echokv.capture import apply_rope
 
@@ -34,14 +34,14 @@ def _rope_interleaved(x, cos, sin):
     return x * cos + xr * sin
 
 
-def ridge_with_intercept_solution(X, Y, lam):
+def _ridge_with_intercept_solution(X, Y, lam):
     mx, my = X.mean(0), Y.mean(0)
     Xc, Yc = X - mx, Y - my
     W = torch.linalg.solve(Xc.T @ Xc + lam * torch.eye(X.shape[1], dtype=X.dtype), Xc.T @ Yc)
     return W, my - mx @ W
 
 
-def streaming_keep_solution(T, sinks, window):
+def _streaming_keep_solution(T, sinks, window):
     keep = torch.zeros(T, dtype=torch.bool)
     keep[:sinks] = True
     if window > 0:
@@ -57,7 +57,7 @@ def _tables(T, D, g):
     return ang.cos(), ang.sin()
 
 
-def check_rope_rotate(fn) -> bool:
+def check_rope_rotate(fn) -> None:
     """Check ``fn(x [T, D], cos [T, D], sin [T, D]) -> [T, D]`` (Llama's half-split pairing)."""
     name = "rope_rotate"
     g, seed = fresh_generator()
@@ -65,7 +65,7 @@ def check_rope_rotate(fn) -> bool:
     x = torch.randn(T, D, generator=g, dtype=torch.float64)
     cos, sin = _tables(T, D, g)
     out = expect_tensor(name, call_student(name, fn, x, cos, sin), (T, D), "[T, D]")
-    want = rope_rotate_solution(x, cos, sin)
+    want = _rope_rotate_solution(x, cos, sin)
     if close(out, want):
         if not close(out.norm(dim=-1), x.norm(dim=-1)):
             raise ExerciseError(f"{name}: a rotation keeps each vector's length; yours does not (seed {seed})")
@@ -83,7 +83,7 @@ def check_rope_rotate(fn) -> bool:
     raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
 
 
-def check_ridge_with_intercept(fn) -> bool:
+def check_ridge_with_intercept(fn) -> None:
     """Check ``fn(X [N, a], Y [N, b], lam) -> (W [a, b], c [b])``."""
     name = "ridge_with_intercept"
     g, seed = fresh_generator()
@@ -95,14 +95,14 @@ def check_ridge_with_intercept(fn) -> bool:
         raise ExerciseError(f"{name}: return a pair (W [a, b], c [b]), got {type(out).__name__}")
     W = expect_tensor(name + " W", out[0], (a, b), "W [a, b]")
     c = expect_tensor(name + " c", out[1], (b,), "c [b]")
-    Ws, cs = ridge_with_intercept_solution(X, Y, lam)
+    Ws, cs = _ridge_with_intercept_solution(X, Y, lam)
     if close(W, Ws) and close(c, cs):
         return passed(name)
     hint = ""
     Z = torch.cat([X, torch.ones(N, 1, dtype=X.dtype)], 1)
     both = torch.linalg.solve(Z.T @ Z + lam * torch.eye(a + 1, dtype=X.dtype), Z.T @ Y)
     no_b = torch.linalg.solve(X.T @ X + lam * torch.eye(a, dtype=X.dtype), X.T @ Y)
-    if close(W, ridge_with_intercept_solution(X, Y, 0.0)[0]):
+    if close(W, _ridge_with_intercept_solution(X, Y, 0.0)[0]):
         hint = " W is the unregularised fit: add lam * I to the centred X^T X."
     elif close(W, both[:a]) and close(c, both[a]):
         hint = " The intercept is penalised too: centre X and Y first (or leave c out of the penalty)."
@@ -113,7 +113,7 @@ def check_ridge_with_intercept(fn) -> bool:
     )
 
 
-def check_streaming_keep(fn) -> bool:
+def check_streaming_keep(fn) -> None:
     """Check ``fn(T, sinks, window) -> bool [T]`` on several (T, sinks, window), edge cases included."""
     name = "streaming_keep"
     g, seed = fresh_generator()
@@ -122,7 +122,7 @@ def check_streaming_keep(fn) -> bool:
     for T, s, w in cases:
         out = call_student(name, fn, T, s, w)
         out = expect_tensor(name, out.bool() if isinstance(out, torch.Tensor) else out, (T,), "[T]")
-        want = streaming_keep_solution(T, s, w)
+        want = _streaming_keep_solution(T, s, w)
         if torch.equal(out, want):
             continue
         got_n, want_n = int(out.sum()), int(want.sum())

@@ -12,22 +12,22 @@ import torch
 
 from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
 
-__all__ = ["chunk_gram_solution", "sherman_morrison_solution", "check_chunk_gram", "check_sherman_morrison"]
+__all__ = ["_chunk_gram_solution", "_sherman_morrison_solution", "check_chunk_gram", "check_sherman_morrison"]
 
 
-def chunk_gram_solution(ok, kk, S):
+def _chunk_gram_solution(ok, kk, S):
     # G's part of the twin that kernels.ska.chunk_stats is tested against
     from ..ska.ops import chunk_stats
 
     return chunk_stats(ok, kk, kk, ok, S)[0]
 
 
-def sherman_morrison_solution(Ginv, k, a):
+def _sherman_morrison_solution(Ginv, k, a):
     g = Ginv @ k
     return Ginv - a * torch.outer(g, g) / (1.0 + a * (k @ g))
 
 
-def check_chunk_gram(fn) -> bool:
+def check_chunk_gram(fn) -> None:
     """Check ``fn(ok [N, T, r], kk [N, T, r], S) -> [N, T/S, r, r]``."""
     name = "chunk_gram"
     g, seed = fresh_generator()
@@ -35,7 +35,7 @@ def check_chunk_gram(fn) -> bool:
     ok = torch.randn(N, nc * S, r, generator=g, dtype=torch.float64)
     kk = torch.randn(N, nc * S, r, generator=g, dtype=torch.float64)
     out = expect_tensor(name, call_student(name, fn, ok, kk, S), (N, nc, r, r), "[N, T/S, r, r]")
-    want = chunk_gram_solution(ok, kk, S)
+    want = _chunk_gram_solution(ok, kk, S)
     if close(out, want):
         return passed(name)
     typical = {
@@ -49,7 +49,7 @@ def check_chunk_gram(fn) -> bool:
     raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
 
 
-def check_sherman_morrison(fn) -> bool:
+def check_sherman_morrison(fn) -> None:
     """Check ``fn(Ginv [r, r], k [r], a) -> (G + a k k^T)^-1`` against an explicit inverse."""
     name = "sherman_morrison"
     g, seed = fresh_generator()
