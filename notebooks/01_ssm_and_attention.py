@@ -39,6 +39,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from echo_tutor import labs
+from echo_tutor.experiments import PRESET_COLORS
 from echo_tutor.labs import lab01
 from echo_tutor.models import build, count_parameters, state_nbytes
 from echo_tutor.ssm import Mamba2, ssd_chunked
@@ -79,7 +80,14 @@ lab01.check_ssm_scan(ssm_scan)
 # of the 0/1 mask of softmax attention, and no softmax.
 #
 # ### Your turn 2: `decay_mask`
-# Write `decay_mask(a [T]) -> L [T, T]`. Hint: with `s = cumsum(a)`, `a_{j+1} + ... + a_i = s_i - s_j`.
+# Write `decay_mask(a [T]) -> L [T, T]`.
+#
+# Hint: build the segment sums `S[i, j] = a_{j+1} + ... + a_i` *directly*: a tensor holding `a_i` in row `i`
+# of every column `j < i` (0 elsewhere), summed down the rows with `cumsum(dim=0)`; then `L = exp(S)` with
+# the entries above the diagonal set to 0. This is how the package's `echo_tutor.ssm.segsum` builds
+# Mamba-2's mask. Avoid the shortcut `S[i, j] = cumsum(a)_i - cumsum(a)_j`: on a long, strongly decaying
+# sequence the cumulative sums grow large, and their difference loses the digits of the small sums near the
+# diagonal (the largest entries of `L`). The checker also tests your mask on a 512-token float32 sequence.
 
 # %%
 def decay_mask(a):
@@ -90,6 +98,20 @@ def decay_mask(a):
 
 decay_mask = labs.exercise(decay_mask, "lab01")
 lab01.check_decay_mask(decay_mask)
+
+# %% [markdown]
+# Why the hint insists: the same long float32 sequence, both ways, against a float64 reference.
+
+# %%
+a_long = -2 * torch.rand(512, generator=torch.Generator().manual_seed(0))  # float32, a_t in [-2, 0]
+reference = decay_mask(a_long.double())
+cs_long = torch.cumsum(a_long, 0)
+by_difference = torch.tril(torch.exp(cs_long[:, None] - cs_long[None, :]))
+err_direct = (decay_mask(a_long).double() - reference).abs().max().item()
+err_difference = (by_difference.double() - reference).abs().max().item()
+print(f"cumsum(a) reaches {cs_long[-1]:.0f}; max |error| of L in float32: "
+      f"segment sums {err_direct:.1e}, cumsum difference {err_difference:.1e}")
+assert err_direct < 1e-6 < err_difference
 
 # %% [markdown]
 # ### Your turn 3: `ssd_quadratic`
@@ -132,9 +154,12 @@ fig.add_trace(go.Heatmap(z=L_mask.numpy(), colorscale="Viridis", showscale=False
 fig.add_trace(go.Heatmap(z=scores.numpy(), colorscale="RdBu", zmid=0, showscale=False), row=1, col=2)
 fig.update_yaxes(autorange="reversed", title_text="output t")
 fig.update_xaxes(title_text="input s")
-fig.update_layout(height=360, title="The token at t=20 forgets: nothing before it reaches later outputs")
+through_gate = L_mask[20:, :20].max().item()  # the most any token before 20 weighs in an output from 20 on
+fig.update_layout(height=360, title=f"The token at t=20 forgets: earlier inputs reach later outputs with weight "
+                                    f"<= {through_gate:.3f}")
 fig.show()
-assert L_mask[30, :20].max() < torch.exp(torch.tensor(-4.0)), "the forget gate at t=20 cuts the mask"
+print(f"largest weight of a token s < 20 in an output t >= 20: {through_gate:.4f} (exp(a_20) = {a[20].exp():.4f})")
+assert through_gate <= torch.exp(a[20]).item(), "the forget gate at t=20 cuts the mask"
 
 # %% [markdown]
 # ## 3. The Mamba-2 mixer
@@ -162,7 +187,8 @@ assert torch.allclose(y_fwd, torch.stack(y_steps, 1), atol=1e-10)
 # %% [markdown]
 # ## 4. Streaming through four models
 #
-# The project's presets, at the paper's sub-million size (d=128, 4 blocks, vocab 128):
+# The project's presets at the paper's size (d=128, 4 blocks, vocab 128: about a million parameters each,
+# printed below with each model's layout):
 #
 # | preset | mixers | memory |
 # |---|---|---|
@@ -178,14 +204,16 @@ assert torch.allclose(y_fwd, torch.stack(y_steps, 1), atol=1e-10)
 presets = ["ssm", "ssm+attn", "echo", "attn"]
 models = {p: build(p, vocab_size=128).eval() for p in presets}
 for p, m in models.items():
-    print(f"{p:<9} {count_parameters(m):>9,d} parameters   layout {m.layout}")
+    cfg = m.config
+    print(f"{p:<9} {count_parameters(m):>9,d} parameters   d={cfg['d_model']}   layout {m.layout}"
+          + (f"   SKA r={cfg['ska_rank']}" if "ska" in m.layout else ""))
 
 stream_len = 256 if FAST else 4096
 every = 16 if FAST else 128
 live = go.FigureWidget(layout=dict(height=380, xaxis_title="tokens streamed", yaxis_title="state bytes",
                                    yaxis_type="log", title="Inference state while streaming (measured)"))
 for p in presets:
-    live.add_scatter(x=[], y=[], mode="lines", name=p)
+    live.add_scatter(x=[], y=[], mode="lines", name=p, line=dict(color=PRESET_COLORS[p]))
 display(live)
 
 tokens = torch.randint(0, 128, (1, stream_len), generator=g)
@@ -215,45 +243,55 @@ assert final["ssm+attn"] > final["echo"]
 # ## 5. Where the KV cache overtakes a fixed state
 #
 # Move the slider: each model is *prefilled* with that many tokens (the chunked forward pass) and its state
-# measured. Per token, `attn` adds `4 layers x 2 x 128 x 4 B = 4 KiB`; Echo's state stays at about 100 KB.
+# measured. Per token, `attn` should add `4 layers x 2 (K and V) x 128 x 4 B = 4 KiB` while Echo's state
+# stays put; the cell after the figure measures both.
 
 # %%
-bars = go.FigureWidget(go.Bar(x=presets, y=[1] * len(presets), text=[""] * len(presets), textposition="outside"))
-bars.update_layout(height=360, yaxis_type="log", yaxis_title="state bytes", yaxis_range=[4, 8.5])
+def state_sizes(n_tokens):
+    """Bytes of each preset's state after prefilling n_tokens tokens: {preset: bytes}."""
+    ids = torch.randint(0, 128, (1, n_tokens), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        return {p: state_nbytes(models[p](ids)[1]) for p in presets}
+
+
+bars = go.FigureWidget(go.Bar(x=presets, y=[1] * len(presets), text=[""] * len(presets), textposition="outside",
+                              marker_color=[PRESET_COLORS[p] for p in presets]))
+bars.update_layout(height=360, yaxis_type="log", yaxis_title="state bytes", yaxis_range=[4, 8.5],
+                   xaxis_title="preset")
 context = widgets.IntSlider(value=1024, min=16, max=4096 if FAST else 65536, step=16, description="context",
                             continuous_update=False)
 
 
-def measure(n_tokens):
-    ids = torch.randint(0, 128, (1, n_tokens), generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        sizes = [state_nbytes(models[p](ids)[1]) for p in presets]
+def draw(n_tokens):
+    """The slider's observer: the only code that draws into `bars`."""
+    sizes = list(state_sizes(n_tokens).values())
     with bars.batch_update():
         bars.data[0].y = sizes
         bars.data[0].text = [f"{s / 1024:,.0f} KiB" for s in sizes]
         bars.layout.title = f"state bytes after {n_tokens:,d} tokens"
-    return dict(zip(presets, sizes))
 
 
-widgets.interactive_output(measure, {"n_tokens": context})
-display(widgets.VBox([context, bars]))
+drawn = widgets.interactive_output(draw, {"n_tokens": context})  # shows the observer's errors, if any
+display(widgets.VBox([context, bars, drawn]))
 
 # %%
-sizes_short, sizes_long = measure(16), measure(2048)
+sizes_short, sizes_long = state_sizes(16), state_sizes(2048)  # numbers only: the figure follows the slider
 per_token_attn = (sizes_long["attn"] - sizes_short["attn"]) / (2048 - 16)
-crossover = sizes_short["echo"] / per_token_attn
-print(f"attn grows {per_token_attn:,.0f} B/token; it passes Echo's fixed {sizes_short['echo']:,d} B at "
-      f"~{crossover:.0f} tokens")
+crossover = 16 + (sizes_short["echo"] - sizes_short["attn"]) / per_token_attn  # where attn's line meets echo's
+print(f"attn grows {per_token_attn:,.0f} B/token; Echo stays at {sizes_short['echo']:,d} B "
+      f"({sizes_short['echo'] / 1024:.1f} KiB) from 16 to 2,048 tokens; attn passes it at ~{crossover:.0f} tokens")
+print(f"at 2,048 tokens attn holds {sizes_long['attn'] / sizes_long['echo']:.0f}x Echo's state")
 assert sizes_short["echo"] == sizes_long["echo"] and per_token_attn == 4096
 assert sizes_long["attn"] / sizes_long["echo"] > 50
+assert bars.layout.title.text == f"state bytes after {context.value:,d} tokens", "the figure follows the slider"
 
 # %% [markdown]
 # ## Summary
 #
 # * Mamba-2's recurrence and its quadratic "attention with a decaying mask" are the same computation; the
 #   chunked SSD algorithm mixes the two for speed.
-# * Attention's memory grows with the context; Mamba-2's and Echo's do not. After ~25 tokens the 4-layer
-#   attention model already holds more state than Echo. Per-token decode latency follows the same pattern:
-#   `python benchmarks/decode.py` (numbers in `docs/results.md`).
+# * Attention's memory grows with the context (4 KiB per token here); Mamba-2's and Echo's do not. After
+#   ~25 tokens (section 5) the 4-layer attention model already holds more state than Echo. Per-token
+#   decode latency follows the same pattern: `python benchmarks/decode.py` (numbers in `docs/results.md`).
 # * A fixed state must *choose* what to keep. Lab 03 measures what that costs on recall as the gap between
 #   a fact and its question grows.
