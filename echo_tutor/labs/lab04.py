@@ -1,7 +1,9 @@
 """Lab 04 (Koopman spectra): exercises, checkers and solutions.
 
 1. ``dmd_operator(X [N, d], Y [N, d], eps) -> A [d, d]``: the ridge DMD fit ``y_i ~ A x_i``,
-   ``A = (Y^T X)(X^T X + eps I)^-1``.
+   ``A = (Y^T X)(X^T X + eps I)^-1``. (SKA's ``M G^-1`` is this fit only approximately: its ``M`` is the
+   gate-weighted ``Y^T X``, but its ``G`` is the gate-weighted Gram of the keys themselves, last key
+   included, not of the previous keys; the lab checks this on ``ska_recurrent``.)
 2. ``sigma_max_power(A [r, r], iters) -> float``: the largest singular value of A by power iteration on
    ``A^T A`` (what SKA's spectral normalisation divides by), from the start vector ``ones / sqrt(r)``.
 """
