@@ -189,7 +189,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     transfer(fast=args.fast, out_dir=pathlib.Path(args.out_dir), seconds=args.seconds, progress=not args.quiet,
-             **_grid_args(args))
+             scale=args.scale, presets=args.presets, tasks=args.tasks, steps=args.steps, **_grid_args(args))
     print(f"transfer finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -280,7 +280,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cliff)
 
     p = sub.add_parser("transfer", help="transfer tasks and NIAH length generalisation")
-    p.add_argument("--fast", action="store_true", help="short training per model (60 s; minutes on a CPU)")
+    p.add_argument("--fast", action="store_true",
+                   help="short training per model (paper scale: 60 s; lab scale: 1,500 steps)")
+    p.add_argument("--scale", choices=["paper", "lab"], default="paper",
+                   help="paper-size presets (default) or the CPU lab scale (LAB_PRESETS, SKA chunks of 16, fixed steps)")
+    p.add_argument("--presets", nargs="+", default=None, help="presets to train (default: ssm ssm+attn echo)")
+    p.add_argument("--tasks", nargs="+", default=None, help="transfer tasks (default: all six)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="training steps per (task, model)")
     p.add_argument("--seconds", type=_positive_float, default=None, help="training seconds per (task, model)")
     p.add_argument("--out-dir", default="runs/transfer")
     p.add_argument("--quiet", action="store_true")

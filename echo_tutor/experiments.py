@@ -22,6 +22,7 @@ then raises :class:`echo_tutor.grid.GridError` listing the failed cells.
 from __future__ import annotations
 
 import hashlib
+import copy
 import json
 import pathlib
 import statistics
@@ -31,7 +32,7 @@ import torch
 
 from ._checks import check_int, check_positive
 from .grid import GridError, failed, run_grid
-from .models import LAB_RECIPE, PRESETS, build, count_parameters, state_nbytes
+from .models import LAB_PRESETS, LAB_RECIPE, PRESETS, SCALES, build, count_parameters, state_nbytes
 from .tasks import IGNORE, Task, make_task
 from .train import default_device, evaluate, save_records, train
 
@@ -358,11 +359,16 @@ def state_figure(records: list[dict[str, Any]], pairs: int = 8):
 
 
 # ------------------------------------------------------------------------------------------------ transfer
-def _transfer_task_args(name: str, vocab_size: int = VOCAB) -> dict[str, Any]:
-    """``make_task`` arguments of the transfer task ``name`` at this project's scale."""
+def _transfer_task_args(name: str, vocab_size: int = VOCAB, scale: str = "paper") -> dict[str, Any]:
+    """``make_task`` arguments of the transfer task ``name`` at this project's scale.
+
+    At ``scale="lab"`` MQAR's filler is 0 rather than uniform random tokens: at vocabulary 128 half the
+    random filler tokens are keys, each followed by a random token, so the context writes about 50 false
+    bindings next to the 8 true ones into statistics that never forget (Zoology uses a vocabulary of 8,192,
+    where this is rare)."""
     V = vocab_size
     specs = {
-        "mqar": dict(vocab_size=V, seq_len=128, num_kv_pairs=8),
+        "mqar": dict(vocab_size=V, seq_len=128, num_kv_pairs=8, **({"random_non_queries": False} if scale == "lab" else {})),
         "system_prompt": dict(vocab_size=V, num_vars=6, gap=[32, 64, 96], num_decoys=4),
         "tool_trace": dict(vocab_size=V, num_vars=6, num_ops=16, num_queries=6),
         "niah": dict(vocab_size=V, seq_len=64),
@@ -374,9 +380,11 @@ def _transfer_task_args(name: str, vocab_size: int = VOCAB) -> dict[str, Any]:
     return {"name": name, **specs[name]}
 
 
-def transfer_task(name: str, vocab_size: int = VOCAB, fast: bool = True) -> Task:
-    """The transfer tasks at this project's scale (lengths ~60-200 tokens)."""
-    return make_task(**_transfer_task_args(name, vocab_size))
+def transfer_task(name: str, vocab_size: int = VOCAB, fast: bool = True, scale: str = "paper") -> Task:
+    """The transfer tasks at this project's scale (lengths ~60-200 tokens); ``scale="lab"``: MQAR with 0 filler."""
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")
+    return make_task(**_transfer_task_args(name, vocab_size, scale))
 
 
 @torch.no_grad()
@@ -408,6 +416,11 @@ def tool_trace_by_writes(model, task: Task, num_examples: int = 256, seed: int =
 
 TRANSFER_TASKS = ["mqar", "system_prompt", "tool_trace", "niah", "multi_hop", "common_word"]
 TRANSFER_PRESETS = ["ssm", "ssm+attn", "echo"]
+# The lab scale's transfer recipe: LAB_PRESETS models (d=64, 2 blocks), a fixed number of steps (so the
+# table does not depend on the machine's load), and SKA chunks of 16 rather than 64: these prompts are
+# 60-200 tokens long, and in chunk mode a query reads only the statistics of earlier chunks, so with
+# chunks of 64 a 64-token NIAH prompt would never reach SKA at all.
+LAB_TRANSFER = dict(steps_fast=1500, steps_full=4000, model_overrides={"mixer_kwargs": {"ska": {"chunk_size": 16}}})
 NIAH_LENGTHS = [64, 128, 256, 512, 1024, 2048, 4096]
 
 
@@ -431,7 +444,11 @@ def transfer_cell(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(spec["seed"])
     device = default_device()
     task = make_task(**spec["task"])
-    model = build(spec["preset"], vocab_size=spec["vocab_size"], **spec["model_overrides"])
+    scale = spec.get("scale", "paper")
+    overrides = copy.deepcopy(spec["model_overrides"])
+    if "ska" not in (LAB_PRESETS if scale == "lab" else PRESETS)[spec["preset"]]["layout"]:
+        overrides.get("mixer_kwargs", {}).pop("ska", None)  # e.g. the lab's SKA chunk size, for an SKA-free preset
+    model = build(spec["preset"], vocab_size=spec["vocab_size"], scale=scale, **overrides)
     res = train(model, task, steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
                 time_budget_s=spec["time_budget_s"], eval_every=spec["steps"], eval_examples=spec["eval_examples"],
                 device=device, progress=False)
@@ -453,9 +470,14 @@ def transfer(fast: bool = True, out_dir: str | pathlib.Path = "runs/transfer", p
              niah_lengths: list[int] | None = None, progress: bool = True,
              model_overrides: dict[str, Any] | None = None, eval_examples: int = 256, *, executor: str = "local",
              address: str | None = None, cpus_per_cell: float = 1.0, gpus_per_cell: float = 0.0,
-             max_retries: int = 2) -> dict[str, list[dict[str, Any]]]:
+             max_retries: int = 2, scale: str = "paper") -> dict[str, list[dict[str, Any]]]:
     """Train each preset on each transfer task (same budget), evaluate, and measure NIAH length
     generalisation (trained at 64). Writes ``records.jsonl`` and ``transfer.json`` (both tables).
+
+    ``scale="paper"``: the paper-size presets under a time budget (60 s a cell with ``fast``).
+    ``scale="lab"``: the lab-scale presets (``LAB_PRESETS``) for a fixed number of steps (1,500 with
+    ``fast``, 4,000 without; ``seconds`` defaults to no time budget), SKA chunks of 16 and MQAR with 0
+    filler (``LAB_TRANSFER``, :func:`_transfer_task_args`).
 
     One grid cell per (task, preset) (:func:`transfer_cell`; the NIAH lengths and the tool-trace split are
     part of their cell's result), run through :func:`echo_tutor.grid.run_grid` (``executor``, ``address``,
@@ -464,22 +486,37 @@ def transfer(fast: bool = True, out_dir: str | pathlib.Path = "runs/transfer", p
     with ``fast``), so how many steps a cell gets depends on the machine. Raises
     :class:`~echo_tutor.grid.GridError` (after writing the other cells' results) if some cells failed.
     """
-    presets = _check_names("presets", presets or TRANSFER_PRESETS, list(PRESETS), "the paper-size presets")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {list(SCALES)}, got {scale!r}")
+    lab = scale == "lab"
+    table = LAB_PRESETS if lab else PRESETS
+    presets = _check_names("presets", presets or TRANSFER_PRESETS, list(table), f"the {scale}-scale presets")
     tasks = _check_names("tasks", tasks or TRANSFER_TASKS, TRANSFER_TASKS, "the transfer tasks")
-    seconds = seconds if seconds is not None else (60.0 if fast else None)
+    seconds = seconds if seconds is not None else (60.0 if fast and not lab else None)
     if seconds is not None:
         check_positive("seconds", seconds)
-    steps = steps or (2000 if fast else 6000)
+    if lab:
+        steps = steps or (LAB_TRANSFER["steps_fast"] if fast else LAB_TRANSFER["steps_full"])
+    else:
+        steps = steps or (2000 if fast else 6000)
     check_int("steps", steps, min_value=1)
     check_int("eval_examples", eval_examples, min_value=1)
-    niah_lengths = _check_int_list("niah_lengths", niah_lengths or (NIAH_LENGTHS[:5] if fast else NIAH_LENGTHS), 1)
-    overrides = dict(model_overrides or {})
+    niah_lengths = _check_int_list("niah_lengths", niah_lengths or (NIAH_LENGTHS[:5] if fast and not lab else NIAH_LENGTHS), 1)
+    overrides = copy.deepcopy(LAB_TRANSFER["model_overrides"]) if lab else {}
+    for mixer, kw in (model_overrides or {}).items():
+        if mixer == "mixer_kwargs":
+            for m, mkw in kw.items():
+                overrides.setdefault("mixer_kwargs", {}).setdefault(m, {}).update(mkw)
+        else:
+            overrides[mixer] = kw
     specs = []
     for name in tasks:
         for preset in presets:
-            spec = {"experiment": "transfer", "preset": preset, "task": _transfer_task_args(name), "vocab_size": VOCAB,
-                    "model_overrides": overrides, "steps": steps, "time_budget_s": seconds, "batch_size": 16,
-                    "lr": 3e-3, "seed": 0, "eval_examples": eval_examples}
+            spec = {"experiment": "transfer", "preset": preset, "task": _transfer_task_args(name, VOCAB, scale),
+                    "vocab_size": VOCAB, "model_overrides": overrides, "steps": steps, "time_budget_s": seconds,
+                    "batch_size": 16, "lr": 3e-3, "seed": 0, "eval_examples": eval_examples}
+            if lab:
+                spec["scale"] = "lab"
             if name == "niah":
                 niah_examples = min(eval_examples, 128) if fast else 2 * eval_examples
                 spec.update(niah_lengths=niah_lengths, niah_examples=niah_examples)
@@ -489,7 +526,7 @@ def transfer(fast: bool = True, out_dir: str | pathlib.Path = "runs/transfer", p
                     gpus_per_cell=gpus_per_cell, max_retries=max_retries, progress=progress,
                     describe=lambda r: (f"{r['spec']['task']['name']} {r['spec']['preset']} "
                                         f"acc={r['result']['acc']:.2f}"))
-    table, niah_rows, overwrite_rows = [], [], []
+    rows, niah_rows, overwrite_rows = [], [], []
     for r in grid:
         if r["error"]:
             continue
@@ -498,7 +535,7 @@ def transfer(fast: bool = True, out_dir: str | pathlib.Path = "runs/transfer", p
         paper = PAPER["transfer_mean_acc"][name][p_idx] if p_idx is not None else None
         row = {"task": name, "preset": preset, "acc": res["acc"], "steps": res["steps"],
                "train_seconds": res["train_seconds"], "params": res["params"], "paper_acc": paper}
-        table.append(row)
+        rows.append(row)
         print(f"{name:<14} {preset:<9} acc {row['acc']:.3f} ({row['steps']} steps, {row['train_seconds']:.0f} s)"
               f"   paper {paper}%", flush=True)
         if "tool_trace_by_writes" in res:
@@ -511,8 +548,9 @@ def transfer(fast: bool = True, out_dir: str | pathlib.Path = "runs/transfer", p
             niah_rows.append({"preset": preset, "length": L, "acc": pt["acc"],
                               "paper_acc": paper_niah[p_idx] if p_idx is not None and paper_niah else None})
             print(f"  niah length {L:>5}: acc {pt['acc']:.3f}", flush=True)
-    out = {"table": table, "niah_length": niah_rows, "tool_trace_overwrites": overwrite_rows, "fast": fast,
-           "seconds_per_model": seconds, "max_steps": steps}
+    out = {"table": rows, "niah_length": niah_rows, "tool_trace_overwrites": overwrite_rows, "fast": fast,
+           "scale": scale, "seconds_per_model": seconds, "max_steps": steps,
+           "model_overrides": overrides}
     (out_dir / "transfer.json").write_text(json.dumps(out, indent=1))
     _finish(grid, out_dir)
     return out

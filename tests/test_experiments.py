@@ -239,3 +239,62 @@ def test_cliff_grid_on_a_shipped_checkpoint(tmp_path, monkeypatch):
         cliff(out_dir=tmp_path, presets=[preset], pairs=[2], gaps=[-1], progress=False)
     with pytest.raises(ValueError, match="executor must be one of"):
         cliff(out_dir=tmp_path / "x", presets=[preset], pairs=[2], gaps=[8], progress=False, executor="slurm")
+
+
+# --------------------------------------------------------------------------------- lab-scale transfer
+from echo_tutor.experiments import LAB_TRANSFER, transfer_cell  # noqa: E402
+
+
+def test_transfer_at_lab_scale_uses_lab_presets_chunks_and_zero_filler(tmp_path, monkeypatch):
+    built = []
+    import echo_tutor.experiments as ex
+
+    real_build = ex.build
+
+    def spy(preset, **kw):
+        m = real_build(preset, **kw)
+        built.append((preset, kw.get("scale"), m))
+        return m
+
+    monkeypatch.setattr(ex, "build", spy)
+    out = transfer(fast=True, out_dir=tmp_path, presets=["ssm", "echo"], tasks=["mqar", "niah"], steps=2,
+                   niah_lengths=[64], progress=False, eval_examples=8, scale="lab")
+    assert out["scale"] == "lab" and out["seconds_per_model"] is None and out["max_steps"] == 2
+    assert {(p, s) for p, s, _ in built} == {("ssm", "lab"), ("echo", "lab")}
+    echo = next(m for p, _, m in built if p == "echo")
+    assert echo.blocks[1].mixer.chunk_size == LAB_TRANSFER["model_overrides"]["mixer_kwargs"]["ska"]["chunk_size"] == 16
+    assert echo.config["d_model"] == 64
+    spec = json.loads((tmp_path / "records.jsonl").read_text().splitlines()[0])["spec"]
+    assert spec["task"]["random_non_queries"] is False and spec["scale"] == "lab"
+    x, _ = transfer_task("mqar", scale="lab").sample(4, 0)
+    assert (x[:, 16:] == 0).float().mean() > 0.7  # filler 0 (queries and their values are the rest)
+
+
+def test_transfer_scale_is_checked():
+    with pytest.raises(ValueError, match="scale must be one of"):
+        transfer(scale="huge", progress=False)
+    with pytest.raises(ValueError, match="presets"):
+        transfer(scale="lab", presets=["attn"], progress=False)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        transfer_task("niah", scale="tiny")
+
+
+def test_grow_ska_rank_keeps_the_function_and_checks_its_arguments():
+    from echo_tutor.models import grow_ska_rank
+
+    torch.manual_seed(0)
+    small = build("echo", scale="lab")
+    for p in small.parameters():  # a non-trivial SKA output (w_o starts at zero)
+        torch.nn.init.normal_(p, std=0.1) if p.dim() > 1 else None
+    x = torch.randint(1, 128, (2, 150))
+    grown = grow_ska_rank(small.eval(), 48, noise=0.0)
+    assert grown.blocks[1].mixer.rank == 48 and grown.config["ska_rank"] == 48
+    torch.testing.assert_close(grown.eval()(x)[0], small(x)[0], atol=1e-4, rtol=1e-4)
+    noisy = grow_ska_rank(small, 48, noise=0.5).eval()
+    assert not torch.allclose(noisy(x)[0], small(x)[0], atol=1e-4)
+    with pytest.raises(ValueError, match="rank must be larger"):
+        grow_ska_rank(small, 32)
+    with pytest.raises(ValueError, match="no SKA mixer"):
+        grow_ska_rank(build("ssm", scale="lab"), 64)
+    with pytest.raises(ValueError, match="noise"):
+        grow_ska_rank(small, 64, noise=-1.0)

@@ -1,7 +1,9 @@
 """Lab 05 (transfer tasks): exercises, checkers and solutions.
 
 1. ``tool_trace_answers(tokens [L], SET, GET) -> list[int]``: the answer of every ``GET x`` in a tool
-   trace (``SET x v`` triples then ``GET x v``): the value of x's *latest* ``SET``.
+   trace (``SET x v`` triples then ``GET x ?`` triples): the value of x's *latest* ``SET``. The checker
+   blanks the third token of every ``GET`` triple (to ``0``): in the task's inputs it is the answer itself,
+   teacher-forced, and copying it would pass without any logic.
 2. ``forgetting_readout(keys [T, r], values [T, P], query [r], decay, eps) -> [P]``: ridge regression on
    exponentially forgotten statistics, ``G = eps I + sum_t decay^(T-1-t) k_t k_t^T`` and
    ``C = sum_t decay^(T-1-t) v_t k_t^T``, read out as ``C G^-1 q``. ``decay = 1`` is SKA's never-forgetting
@@ -52,8 +54,24 @@ def _first_write_answers(tokens, SET: int, GET: int) -> list[int]:
     return out
 
 
+def _blank_gets(tokens, GET: int) -> torch.Tensor:
+    """The trace with the answer slot of every ``GET x v`` triple set to 0 (``GET x 0``)."""
+    out = torch.as_tensor(tokens).clone()
+    for i in range(0, len(out) - 2, 3):
+        if int(out[i]) == GET:
+            out[i + 2] = 0
+    return out
+
+
+def _copied_answers(tokens, GET: int) -> list[int]:
+    """The shortcut: read each GET's answer off the token after ``GET x``."""
+    toks = [int(t) for t in tokens]
+    return [toks[i + 2] for i in range(0, len(toks) - 2, 3) if toks[i] == GET]
+
+
 def check_tool_trace_answers(fn) -> None:
-    """Check ``fn(tokens, SET, GET) -> list[int]`` on fresh traces where overwrites change the answer."""
+    """Check ``fn(tokens, SET, GET) -> list[int]`` on fresh traces where overwrites change the answer and
+    the answer slot of every ``GET`` triple is blanked to 0."""
     from ..tasks import tool_trace
 
     name = "tool_trace_answers"
@@ -61,11 +79,11 @@ def check_tool_trace_answers(fn) -> None:
     V = 32
     SET, GET = V - 1, V - 2
     for attempt in range(100):  # a trace on which "first write wins" gives a different answer
-        tokens = tool_trace(V, 3, 12, 5, 1, seed=seed + attempt)[0][0]
+        tokens = _blank_gets(tool_trace(V, 3, 12, 5, 1, seed=seed + attempt)[0][0], GET)
         want = _tool_trace_answers_solution(tokens, SET, GET)
         if _first_write_answers(tokens, SET, GET) != want:
             break
-    out = call_student(name, fn, tokens, SET, GET)
+    out = call_student(name, fn, tokens.clone(), SET, GET)
     try:
         out = [int(v) for v in out]
     except Exception:
@@ -74,7 +92,12 @@ def check_tool_trace_answers(fn) -> None:
         raise ExerciseError(f"{name}: expected one answer per GET ({len(want)}), got {len(out)}")
     if out == want:
         return passed(name)
-    hint = " That is the *first* value written; a later SET overwrites it." if out == _first_write_answers(tokens, SET, GET) else ""
+    hint = ""
+    if out == _first_write_answers(tokens, SET, GET):
+        hint = " That is the *first* value written; a later SET overwrites it."
+    elif out == _copied_answers(tokens, GET):
+        hint = (" You copied the token after `GET x`: here that slot is blanked (0); in the task's inputs it is"
+                " the answer itself, teacher-forced. Find the answer in the SET triples.")
     raise ExerciseError(f"{name}: expected {want}, got {out} (seed {seed}).{hint}")
 
 

@@ -37,7 +37,7 @@ from ..attention import CausalSelfAttention, LinearAttention
 from ..ska import SpectralKoopmanAttention
 from ..ssm import Mamba2
 
-__all__ = ["HybridLM", "MIXERS", "PRESETS", "LAB_PRESETS", "LAB_SCALE", "LAB_RECIPE", "SCALES", "build", "load", "prefix_mask", "state_nbytes", "count_parameters"]
+__all__ = ["HybridLM", "MIXERS", "PRESETS", "LAB_PRESETS", "LAB_SCALE", "LAB_RECIPE", "SCALES", "build", "load", "grow_ska_rank", "prefix_mask", "state_nbytes", "count_parameters"]
 
 MIXERS = ("mamba2", "ska", "attn", "linear_attn")
 
@@ -275,6 +275,51 @@ def load(path: str | pathlib.Path, map_location: str | torch.device = "cpu") -> 
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"path: {path} is a damaged HybridLM checkpoint ({type(e).__name__}: {first[:120]})") from None
     return model.eval()
+
+
+@torch.no_grad()
+def grow_ska_rank(model: HybridLM, rank: int, noise: float = 1e-2, seed: int = 0) -> HybridLM:
+    """A copy of ``model`` whose SKA mixers have rank ``rank`` (> their current r), for warm-starting a
+    larger-r model from a trained smaller one.
+
+    Each head's query and key projections ``[r, d]`` keep their trained rows and get ``rank - r`` new rows
+    drawn from ``N(0, noise^2 / d)``; every other weight is copied. With ``noise=0`` the new key
+    coordinates are zero, so ``G``, ``M`` and ``C`` are block-diagonal with the old statistics in one block
+    and the grown model computes exactly what ``model`` does (the spectral norm and the power filter see the
+    same operator); small noise lets training start using the new directions. The statistics grow from
+    ``O(r^2)`` to ``O(rank^2)`` per head.
+
+    Raises ``ValueError`` if ``model`` has no SKA mixer or ``rank`` is not larger than every SKA mixer's."""
+    if not isinstance(model, HybridLM):
+        raise ValueError(f"model must be a HybridLM, got {type(model).__name__}")
+    check_int("rank", rank, min_value=1)
+    if not (isinstance(noise, (int, float)) and noise >= 0):
+        raise ValueError(f"noise must be a number >= 0, got {noise!r}")
+    skas = [b.mixer for b in model.blocks if isinstance(b.mixer, SpectralKoopmanAttention)]
+    if not skas:
+        raise ValueError(f"model has no SKA mixer (layout {model.config['layout']!r}); nothing to grow")
+    old = {m.rank for m in skas}
+    if rank <= max(old):
+        raise ValueError(f"rank must be larger than the SKA rank(s) {sorted(old)} of model, got {rank}")
+    cfg = copy.deepcopy(model.config)
+    cfg["ska_rank"] = rank
+    cfg["mixer_kwargs"].get("ska", {}).pop("rank", None)
+    new = HybridLM(**cfg)
+    sd = model.state_dict()
+    gen = torch.Generator().manual_seed(seed)
+    for name, t in new.state_dict().items():
+        src = sd[name]
+        if src.shape == t.shape:
+            t.copy_(src)
+            continue
+        # an SKA w_q / w_k: [H * r, d] -> [H * rank, d], per head
+        mixer = new.get_submodule(name.rsplit(".", 2)[0])
+        H, d = mixer.n_heads, t.shape[1]
+        r = src.shape[0] // H
+        grown = torch.randn(H, rank, d, generator=gen) * (noise / d ** 0.5)
+        grown[:, :r] = src.view(H, r, d)
+        t.copy_(grown.view(H * rank, d))
+    return new.train(model.training)
 
 
 def build(preset: str, vocab_size: int = 128, scale: str = "paper", **overrides: Any) -> HybridLM:
