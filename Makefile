@@ -1,29 +1,39 @@
 # The two commands of the README:
 #   make lab    set up .venv (CPU torch first where there is no CUDA) and start JupyterLab on notebooks/
-#   make test   set up .venv and run the whole suite: unit tests + every lab under nbval (solutions on)
+#   make test   set up .venv and run the whole suite: unit tests + every lab under nbval (solutions on), then
+#               every lab in JupyterLab in headless Chromium (tests/browser, after nbval; skips without chromium)
+# Setup is skipped when .venv is current (a stamp in .venv: scripts/setup.sh), so both start offline.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 EXTRAS ?= lab,test,echokv,triton,cluster
 # extra flags for JupyterLab, e.g. LAB_ARGS="--ip 0.0.0.0 --no-browser" on a remote GPU machine
 LAB_ARGS ?=
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+# .jupyter/ (this repo) on Jupyter's config path: saving a lab keeps it output-free and its .py header as
+# committed, so opening and running a lab leaves git clean; .py labs open as notebooks.
+LAB_ENV := JUPYTER_CONFIG_PATH="$(CURDIR)/.jupyter$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}"
+# the labs tests/browser opens, e.g. BROWSER_LABS=01,07 (default: all)
+BROWSER_LABS ?=
 
-.PHONY: setup lab test test-unit test-labs gpu-check notebooks bench checkpoints cliff kpower results clean
+.PHONY: setup lab test test-unit test-labs test-browser gpu-check notebooks bench checkpoints cliff kpower results clean
 
 setup:
 	bash scripts/setup.sh $(EXTRAS)
 
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/ $(ROOT_FLAG) $(LAB_ARGS)
+	$(LAB_ENV) $(VENV)/bin/jupyter lab notebooks/ $(ROOT_FLAG) $(LAB_ARGS)
 
 test: setup
 	ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
 # Pieces of `make test`, for a set-up environment.
 test-unit:
-	$(PY) -m pytest tests -p no:cacheprovider
+	$(PY) -m pytest tests -m "not browser" -p no:cacheprovider
 test-labs:
 	ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+# Screenshots: ECHO_TUTOR_SCREENSHOTS=DIR (default: a pytest temporary folder, printed at the end).
+test-browser:
+	ECHO_TUTOR_BROWSER_LABS=$(BROWSER_LABS) $(PY) -m pytest tests/browser -v -p no:cacheprovider
 
 # On a CUDA machine (docs/gpu.md): the GPU tests, the Triton kernel benchmark, and every lab in FULL mode
 # under nbval. Stops first if nvidia-smi cannot list a GPU.
@@ -33,9 +43,10 @@ gpu-check:
 	$(PY) benchmarks/kernels.py
 	ECHO_TUTOR_FAST=0 ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 
-# Regenerate the output-free .ipynb twins after editing a lab's .py source.
+# Regenerate the output-free .ipynb twins after editing a lab's .py source (--update keeps the cell ids
+# of the existing .ipynb, so only edited cells show in its diff).
 notebooks:
-	$(VENV)/bin/jupytext --to ipynb notebooks/[0-9]*.py
+	$(VENV)/bin/jupytext --update --to ipynb notebooks/[0-9]*.py
 
 bench:
 	$(PY) benchmarks/ska_forward.py
