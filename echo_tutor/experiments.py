@@ -53,7 +53,7 @@ VOCAB = 128
 
 # One colour per preset, in every figure of the package and the labs.
 PRESET_COLORS: dict[str, str] = {
-    "echo": "#2ca02c", "echo-r64": "#17becf", "echo-k2": "#bcbd22", "ssm+ridge": "#9467bd",
+    "echo": "#2ca02c", "echo-r64": "#17becf", "echo-ft": "#8c564b", "echo-k2": "#bcbd22", "ssm+ridge": "#9467bd",
     "ssm+attn": "#1f77b4", "ssm+swa": "#ff7f0e", "ssm": "#d62728", "attn": "#7f7f7f",
 }
 

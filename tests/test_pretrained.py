@@ -18,13 +18,16 @@ def test_every_cliff_preset_is_shipped_small_and_documented():
         # 15 minutes of an idle core; runs that shared the 2 cores with others took longer (docs/results.md)
         assert meta["preset"] == name and meta["steps"] > 0 and meta["time_s"] <= 30 * 60
         assert meta["argv"][0] in ("train", "ablate") and "--scale" in meta["argv"]
+    for name in ("echo-r64", "echo-ft"):  # grown / fine-tuned from echo by scripts/train_grown.py
+        meta = info(name)
+        assert meta["preset"] == name and meta["steps"] > 0 and meta["argv"][0] == "scripts/train_grown.py"
 
 
-@pytest.mark.parametrize("name", CLIFF_PRESETS + ["ssm+ridge", "echo-k2"])
+@pytest.mark.parametrize("name", CLIFF_PRESETS + ["ssm+ridge", "echo-k2", "echo-r64", "echo-ft"])
 def test_shipped_lab_models_are_the_lab_presets(name):
     m = echo_tutor.pretrained(name)
     assert not m.training and next(m.parameters()).dtype == torch.float32
-    want = build(name, scale="lab")
+    want = build("echo" if name == "echo-ft" else name, scale="lab")
     same = ("vocab_size", "d_model", "layout", "n_heads", "d_state", "ska_rank", "mlp_hidden", "tie_embeddings")
     assert {k: m.config[k] for k in same} == {k: want.config[k] for k in same}
     assert count_parameters(m) == count_parameters(want)
