@@ -65,6 +65,17 @@ def ridge_no_intercept(X, Y, lam):
     return W, torch.zeros(Y.shape[1], dtype=X.dtype)
 
 
+def rope_rotate_half_swapped(x, cos, sin):
+    """rotate_half written as (x2, -x1): the same numbers as the inverse rotation."""
+    h = x.shape[-1] // 2
+    return x * cos + torch.cat((x[..., h:], -x[..., :h]), -1) * sin
+
+
+def ridge_centred_no_c(X, Y, lam):
+    W, _ = lab06._ridge_with_intercept_solution(X, Y, lam)
+    return W, torch.zeros(Y.shape[1], dtype=X.dtype)
+
+
 def naive_streaming_keep(T, sinks, window):
     keep = torch.zeros(T, dtype=torch.bool)
     keep[:sinks] = True
@@ -117,9 +128,12 @@ WRONG = [
     (lab06.check_rope_rotate, lambda x, c, s: lab06._rope_rotate_solution(x, c, -s), "inverse rotation"),
     (lab06.check_rope_rotate, lab06._rope_interleaved, "GPT-J"),
     (lab06.check_rope_rotate, lambda x, c, s: x * c, "missing"),
+    (lab06.check_rope_rotate, rope_rotate_half_swapped, "(x2, -x1)"),
+    (lab06.check_rope_rotate, lambda x, c, s: x * c + x * s, "keeps each vector's length"),
     (lab06.check_ridge_with_intercept, ridge_penalised_intercept, "intercept is penalised"),
     (lab06.check_ridge_with_intercept, ridge_no_intercept, "without an intercept"),
     (lab06.check_ridge_with_intercept, lambda X, Y, l: lab06._ridge_with_intercept_solution(X, Y, 0.0), "unregularised"),
+    (lab06.check_ridge_with_intercept, ridge_centred_no_c, "W is right but c"),
     (lab06.check_streaming_keep, lambda T, s, w: lab06._streaming_keep_solution(T, 0, w), "sinks"),
     (lab06.check_streaming_keep, lambda T, s, w: lab06._streaming_keep_solution(T, s, w + 1), "Off by one"),
     (lab06.check_streaming_keep, naive_streaming_keep, "window=0"),

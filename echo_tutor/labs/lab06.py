@@ -67,19 +67,19 @@ def check_rope_rotate(fn) -> None:
     out = expect_tensor(name, call_student(name, fn, x, cos, sin), (T, D), "[T, D]")
     want = _rope_rotate_solution(x, cos, sin)
     if close(out, want):
-        if not close(out.norm(dim=-1), x.norm(dim=-1)):
-            raise ExerciseError(f"{name}: a rotation keeps each vector's length; yours does not (seed {seed})")
         return passed(name)
+    # (x * cos - rotate_half(x) * sin and x * cos + (x2, -x1) * sin are the same numbers: one hint)
     typical = {
-        " That is the inverse rotation (by -angle): rotate_half(x) is multiplied by +sin.":
+        " That is the inverse rotation (by -angle): rotate_half(x) = (-x2, x1) is multiplied by +sin"
+        " (a rotate_half giving (x2, -x1), or a minus before the sin term, rotates the other way).":
             x * cos - torch.cat((-x[:, D // 2:], x[:, : D // 2]), -1) * sin,
         " That pairs neighbouring dims (2i, 2i+1) (the GPT-J convention); Llama pairs i with i + D/2.":
             _rope_interleaved(x, cos, sin),
         " Only x * cos: the rotate_half(x) * sin term is missing.": x * cos,
-        " rotate_half must give (-x2, x1), not (x2, -x1).":
-            x * cos + torch.cat((x[:, D // 2:], -x[:, : D // 2]), -1) * sin,
     }
     hint = next((h for h, w in typical.items() if close(out, w)), "")
+    if not hint and not close(out.norm(dim=-1), x.norm(dim=-1)):
+        hint = " A rotation keeps each vector's length; yours does not (check that each cos pairs with its sin)."
     raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
 
 
@@ -108,6 +108,8 @@ def check_ridge_with_intercept(fn) -> None:
         hint = " The intercept is penalised too: centre X and Y first (or leave c out of the penalty)."
     elif close(W, no_b):
         hint = " W is fitted without an intercept: centre X and Y, then c = mean(Y) - mean(X) @ W."
+    elif close(W, Ws):
+        hint = " W is right but c is not: c = mean(Y) - mean(X) @ W (with the W you solved for)."
     raise ExerciseError(
         f"{name}: wrong values (seed {seed}): max abs error W {(W - Ws).abs().max():.3g}, c {(c - cs).abs().max():.3g}.{hint}"
     )
@@ -126,7 +128,7 @@ def check_streaming_keep(fn) -> None:
         if torch.equal(out, want):
             continue
         got_n, want_n = int(out.sum()), int(want.sum())
-        if want[:s].all() and not out[:s].all():
+        if not out[:s].all():
             hint = " The first `sinks` tokens (attention sinks) must always be kept."
         elif got_n == want_n + 1 or got_n == want_n - 1:
             hint = " Off by one at the window's edge: keep exactly the last `window` tokens."
