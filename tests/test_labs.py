@@ -122,6 +122,7 @@ WRONG = [
     (lab04.check_sigma_max_power, radius_by_power_iteration, "spectral radius"),
     (lab04.check_sigma_max_power, lambda A, it: lab04._sigma_max_power_solution(A, it) ** 2, "squared"),
     (lab05.check_tool_trace_answers, first_write_wins, "first* value"),
+    (lab05.check_tool_trace_answers, lambda toks, S, G: [int(toks[i + 2]) for i in range(0, len(toks) - 2, 3) if toks[i] == G], "copied"),
     (lab05.check_forgetting_readout, lambda K, V, q, d, e: lab05._forgetting_readout_solution(K, V, q, 1.0, e), "no effect"),
     (lab05.check_forgetting_readout, lambda K, V, q, d, e: lab05._forgetting_readout_solution(K.flip(0), V.flip(0), q, d, e),
      "wrong way"),
