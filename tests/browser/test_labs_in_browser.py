@@ -1,4 +1,4 @@
-"""Every lab, opened in JupyterLab in headless Chromium, runs clean, draws its figures, follows its sliders,
+"""Every lab, opened in JupyterLab in headless Chromium, runs clean, draws its figures, follows its controls,
 and saves back to exactly what git has.
 
 For each lab (``notebooks/0*.ipynb``, on a temporary git copy of ``notebooks/``), ``test_lab_in_browser``:
@@ -9,9 +9,9 @@ For each lab (``notebooks/0*.ipynb``, on a temporary git copy of ``notebooks/``)
    "Error displaying widget";
 3. checks every plotly figure is drawn (plotly outputs and the cells that display a ``FigureWidget``), with
    finite, sane axis ranges (no NaN/inf, nothing like 1e56 on a log axis);
-4. for every slider displayed with a figure: moving it one step (arrow key on its handle) changes the
-   figure, and moving it back restores the figure as Run All drew it (so the figure showed the slider's
-   value);
+4. for every slider (and toggle-buttons group, dropdown) displayed with a figure: moving it one step (arrow
+   key on its handle; the next option of the others) changes the figure, and moving it back
+   restores the figure exactly as Run All drew it (so after Run All the figure showed the control's value);
 5. saves (Ctrl+S), closes, and asserts ``git status --porcelain`` of the copy is empty: the saved ``.ipynb``
    and ``.py`` are byte for byte as committed (the pre-save hook and jupytext filter in ``.jupyter/``), and
    running the lab left no new files.
@@ -119,7 +119,21 @@ JS_DOM = r"""() => {
               now: h ? h.getAttribute('aria-valuenow') : null, min: h ? h.getAttribute('aria-valuemin') : null,
               max: h ? h.getAttribute('aria-valuemax') : null, disabled: s.classList.contains('mod-disabled') || !h};
     });
-    out.cells.push({cell: i, head, figureWidget: /FigureWidget\(/.test(src),
+    const toggles = [...node.querySelectorAll('.widget-toggle-buttons')].map((t, j) => {
+      t.setAttribute('data-bt-toggle', String(j));
+      const label = t.querySelector('.widget-label');
+      const buttons = [...t.querySelectorAll('button')];
+      return {label: label && label.innerText.trim() ? label.innerText.trim() : `toggle ${j}`,
+              options: buttons.map(b => b.innerText.trim()), active: buttons.findIndex(b => b.classList.contains('mod-active')),
+              disabled: buttons.some(b => b.disabled)};
+    });
+    const dropdowns = [...node.querySelectorAll('.widget-dropdown')].filter(d => d.querySelector('select')).map((d, j) => {
+      d.setAttribute('data-bt-dropdown', String(j));
+      const label = d.querySelector('.widget-label'); const sel = d.querySelector('select');
+      return {label: label && label.innerText.trim() ? label.innerText.trim() : `dropdown ${j}`,
+              options: [...sel.options].map(o => o.text.trim()), active: sel.selectedIndex, disabled: sel.disabled};
+    });
+    out.cells.push({cell: i, head, figureWidget: /FigureWidget\(/.test(src), toggles, dropdowns,
       plotlyMime: mimes.filter(m => m === 'application/vnd.plotly.v1+json').length,
       widgetViews: mimes.filter(m => m === 'application/vnd.jupyter.widget-view+json').length,
       widgetError: text.includes('Error displaying widget'), loading: text.includes('Loading widget'),
@@ -141,6 +155,16 @@ JS_FINGERPRINT = r"""(i) => {
     return {data: (el.data || []).map(trace),
             title: lay.title, annotations: lay.annotations, shapes: lay.shapes, axes};
   }), round);
+}"""
+
+JS_TOGGLE = """([i, j]) => {
+  const b = document.querySelector(`[data-bt-cell="${i}"] [data-bt-toggle="${j}"] button.mod-active`);
+  return {readout: b ? b.innerText.trim() : ''};
+}"""
+
+JS_DROPDOWN = """([i, j]) => {
+  const sel = document.querySelector(`[data-bt-cell="${i}"] [data-bt-dropdown="${j}"] select`);
+  return {readout: sel && sel.selectedIndex >= 0 ? sel.options[sel.selectedIndex].text.trim() : ''};
 }"""
 
 JS_SLIDER = """([i, j]) => {
@@ -177,10 +201,14 @@ def _settle(page, seconds=2.0, timeout=90.0):
         time.sleep(0.25)
 
 
-def _shoot_notebook(page, path, max_height=9000):
+def _shoot_notebook(page, path, max_height=15000):
     """The whole notebook: the viewport grown to the notebook's height (in parts past max_height)."""
     scroller = "window.__lab.content.node.querySelector('.jp-WindowedPanel-outer')"
-    total = page.evaluate(f"() => {scroller}.scrollHeight")
+    # down to the end of the last cell (the notebook adds blank space below it)
+    total = page.evaluate(f"""() => {{ const s = {scroller}; const cells = s.querySelectorAll('.jp-Cell');
+      const last = cells[cells.length - 1];
+      return last ? Math.min(s.scrollHeight, last.getBoundingClientRect().bottom - s.getBoundingClientRect().top + s.scrollTop + 40)
+                  : s.scrollHeight; }}""")
     view = page.viewport_size
     files = []
     try:
@@ -240,6 +268,75 @@ def _first_difference(a, b, path="figure"):
     return "" if a == b else f"{path}: {json.dumps(a)[:120]} != {json.dumps(b)[:120]}"
 
 
+def _slug(text, fallback):
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", str(text).replace("\u2212", "-")).strip("_")[:40] or fallback
+
+
+def _check_control(page, cell, kind, j, info, *, shots, problems) -> int:
+    """Move one slider a step (arrow key on its handle) or pick the next option of toggle buttons or a
+    dropdown; the figures of the cell must change; undo it; they must come back to exactly what Run All drew. Returns 1 if checked."""
+    i = cell["cell"]
+    if info["disabled"]:
+        return 0
+    where = f"cell {i} ({cell['head'][:50]!r}) {kind} {info['label']!r}"
+    slug = _slug(info["label"], f"{kind}{j}")
+    if kind == "slider":
+        handle = page.locator(f'[data-bt-cell="{i}"] [data-bt-slider="{j}"] .noUi-handle')
+        at_max = info["now"] is not None and info["max"] is not None and float(info["now"]) >= float(info["max"])
+        keys = ("ArrowLeft", "ArrowRight") if at_max else ("ArrowRight", "ArrowLeft")
+        go_there, go_back = (lambda: handle.press(keys[0])), (lambda: handle.press(keys[1]))
+        read = lambda: page.evaluate(JS_SLIDER, [i, j])  # noqa: E731
+        start = info["readout"]
+    elif kind == "dropdown":
+        if len(info["options"]) < 2 or info["active"] < 0:
+            return 0
+        select = page.locator(f'[data-bt-cell="{i}"] [data-bt-dropdown="{j}"] select')
+        other = (info["active"] + 1) % len(info["options"])
+        go_there = lambda: select.select_option(index=other)  # noqa: E731
+        go_back = lambda: select.select_option(index=info["active"])  # noqa: E731
+        read = lambda: page.evaluate(JS_DROPDOWN, [i, j])  # noqa: E731
+        start = info["options"][info["active"]]
+    else:
+        if len(info["options"]) < 2 or info["active"] < 0:
+            return 0
+        buttons = page.locator(f'[data-bt-cell="{i}"] [data-bt-toggle="{j}"] button')
+        other = (info["active"] + 1) % len(info["options"])
+        go_there, go_back = (lambda: buttons.nth(other).click()), (lambda: buttons.nth(info["active"]).click())
+        read = lambda: page.evaluate(JS_TOGGLE, [i, j])  # noqa: E731
+        start = info["options"][info["active"]]
+    before = page.evaluate(JS_FINGERPRINT, i)
+    go_there()
+    there = read()
+    if (there["now"] == info["now"]) if kind == "slider" else (there["readout"] == start):
+        problems.append(f"{where}: could not move it (value {start})")
+        return 0
+    try:
+        _wait(page, f"(i) => ({JS_FINGERPRINT})(i) !== {json.dumps(before)}", SLIDER_TIMEOUT, "figure unchanged", arg=i)
+        _settle(page, seconds=1.0)
+    except TimeoutError:
+        problems.append(f"{where}: moved {start} -> {there['readout']}, the figure did not change in {SLIDER_TIMEOUT:.0f} s")
+        page.locator(f'[data-bt-cell="{i}"]').screenshot(path=str(shots / f"cell{i:02d}-{slug}-no-change.png"))
+        go_back()
+        _settle(page, seconds=1.0)
+        return 0
+    page.locator(f'[data-bt-cell="{i}"] .jp-Cell-outputWrapper').screenshot(
+        path=str(shots / f"cell{i:02d}-{slug}-moved-{_slug(there['readout'], 'x')}.png"))
+    go_back()
+    try:
+        _wait(page, f"(i) => ({JS_FINGERPRINT})(i) === {json.dumps(before)}", SLIDER_TIMEOUT, "figure not restored", arg=i)
+        _settle(page, seconds=1.0)
+    except TimeoutError:
+        now = read()
+        diff = _first_difference(json.loads(before), json.loads(page.evaluate(JS_FINGERPRINT, i)))
+        problems.append(
+            f"{where}: moved {start} -> {there['readout']} -> {now['readout']}: the figure did not return to what "
+            f"Run All drew, so after Run All it did not show this value (or the redraw is not deterministic); "
+            f"first difference, after Run All vs now: {diff}")
+        page.locator(f'[data-bt-cell="{i}"] .jp-Cell-outputWrapper').screenshot(
+            path=str(shots / f"cell{i:02d}-{slug}-not-restored.png"))
+    return 1
+
+
 def _git(root, *args):
     return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
 
@@ -274,9 +371,12 @@ def test_lab_in_browser(lab, lab_server, browser, screenshot_dir):
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
         deadline = t0 + RUN_TIMEOUT
         status = None
+        slowest = 0.0
         while True:
             time.sleep(1.0)
+            t_eval = time.monotonic()
             status = page.evaluate(JS_STATUS)
+            slowest = max(slowest, time.monotonic() - t_eval)
             idle = status["kernel"] == "idle"
             if idle and (status["pending"] == 0 or status["errors"]):
                 time.sleep(1.0)  # idle between two queued cells? look again
@@ -290,6 +390,8 @@ def test_lab_in_browser(lab, lab_server, browser, screenshot_dir):
                 problems.append(f"Run All did not finish in {RUN_TIMEOUT:.0f} s: {status['pending']} of {status['code']} code cells not run")
                 break
         timings["run_all_s"] = round(time.monotonic() - t0, 1)
+        if slowest > 10:
+            notes.append(f"the page took {slowest:.0f} s to answer one status check during Run All (busy renderer)")
         for e in status["errors"]:
             problems.append(f"cell {e['cell']} ({e['head'][:70]!r}) raised {e['what']}\n{e['traceback']}")
         if status["pending"] and not status["errors"]:
@@ -301,7 +403,7 @@ def test_lab_in_browser(lab, lab_server, browser, screenshot_dir):
         _settle(page)
         dom = page.evaluate(JS_DOM)
         shot_files = _shoot_notebook(page, shots / f"{lab}-after-run-all.png")
-        n_plots = n_sliders = 0
+        n_plots = n_controls = 0
         for cell in dom["cells"]:
             where = f"cell {cell['cell']} ({cell['head'][:60]!r})"
             if cell["widgetError"]:
@@ -320,60 +422,22 @@ def test_lab_in_browser(lab, lab_server, browser, screenshot_dir):
                 if not plot["drawn"] or plot["width"] <= 0 or plot["height"] <= 0:
                     problems.append(f"{where}: figure {k} not drawn ({plot['width']}x{plot['height']})")
                 problems.extend(_axis_problems(cell, k, plot))
-            n_sliders += len(cell["sliders"])
+            n_controls += len(cell["sliders"]) + len(cell["toggles"]) + len(cell["dropdowns"])
             if cell["plots"]:
                 page.locator(f'[data-bt-cell="{cell["cell"]}"] .jp-Cell-outputWrapper').screenshot(
                     path=str(shots / f"cell{cell['cell']:02d}-figures.png"))
 
-        # 4. sliders next to a figure
+        # 4. sliders (and toggle buttons, dropdowns) next to a figure
         t0 = time.monotonic()
         moved = 0
         for cell in dom["cells"]:
-            if not cell["plots"] or not cell["sliders"]:
+            if not cell["plots"]:
                 continue
-            i = cell["cell"]
-            for j, s in enumerate(cell["sliders"]):
-                if s["disabled"]:
-                    continue
-                where = f"cell {i} ({cell['head'][:50]!r}) slider {s['label']!r}"
-                slug = re.sub(r"[^A-Za-z0-9]+", "_", s["label"]).strip("_") or f"s{j}"
-                handle = page.locator(f'[data-bt-cell="{i}"] [data-bt-slider="{j}"] .noUi-handle')
-                at_max = s["now"] is not None and s["max"] is not None and float(s["now"]) >= float(s["max"])
-                there, back = ("ArrowLeft", "ArrowRight") if at_max else ("ArrowRight", "ArrowLeft")
-                before = page.evaluate(JS_FINGERPRINT, i)
-                handle.press(there)
-                after_slider = page.evaluate(JS_SLIDER, [i, j])
-                if after_slider["now"] == s["now"]:
-                    problems.append(f"{where}: the arrow key did not move the slider (value {s['readout']})")
-                    continue
-                try:
-                    _wait(page, f"(i) => ({JS_FINGERPRINT})(i) !== {json.dumps(before)}", SLIDER_TIMEOUT,
-                          "figure unchanged", arg=i)
-                    _settle(page, seconds=1.0)
-                except TimeoutError:
-                    problems.append(f"{where}: moved {s['readout']} -> {after_slider['readout']}, the figure did not change in {SLIDER_TIMEOUT:.0f} s")
-                    page.locator(f'[data-bt-cell="{i}"]').screenshot(path=str(shots / f"cell{i:02d}-{slug}-no-change.png"))
-                    handle.press(back)
-                    _settle(page, seconds=1.0)
-                    continue
-                moved += 1
-                page.locator(f'[data-bt-cell="{i}"] .jp-Cell-outputWrapper').screenshot(
-                    path=str(shots / f"cell{i:02d}-{slug}-moved-{after_slider['readout'] or 'x'}.png".replace("/", "_")))
-                handle.press(back)
-                try:
-                    _wait(page, f"(i) => ({JS_FINGERPRINT})(i) === {json.dumps(before)}", SLIDER_TIMEOUT,
-                          "figure not restored", arg=i)
-                    _settle(page, seconds=1.0)
-                except TimeoutError:
-                    now = page.evaluate(JS_SLIDER, [i, j])
-                    diff = _first_difference(json.loads(before), json.loads(page.evaluate(JS_FINGERPRINT, i)))
-                    problems.append(
-                        f"{where}: moved {s['readout']} -> {after_slider['readout']} -> {now['readout']}: the figure did not "
-                        f"return to what Run All drew, so after Run All it did not show the slider's value "
-                        f"(or the redraw is not deterministic); first difference, after Run All vs now: {diff}")
-                    page.locator(f'[data-bt-cell="{i}"] .jp-Cell-outputWrapper').screenshot(
-                        path=str(shots / f"cell{i:02d}-{slug}-not-restored.png"))
-        timings["sliders_s"] = round(time.monotonic() - t0, 1)
+            for control in [("slider", j, s) for j, s in enumerate(cell["sliders"])] + \
+                           [("toggle", j, t) for j, t in enumerate(cell["toggles"])] + \
+                           [("dropdown", j, d) for j, d in enumerate(cell["dropdowns"])]:
+                moved += _check_control(page, cell, *control, shots=shots, problems=problems)
+        timings["controls_s"] = round(time.monotonic() - t0, 1)
 
         after = page.evaluate(JS_STATUS)
         for e in after["errors"]:
@@ -420,8 +484,8 @@ def test_lab_in_browser(lab, lab_server, browser, screenshot_dir):
         raise
     finally:
         timings["total_s"] = round(time.monotonic() - t_start, 1)
-        record(lab, **timings, figures=locals().get("n_plots", "?"), sliders=locals().get("n_sliders", "?"),
-               slider_moves=locals().get("moved", "?"), problems=len(problems), warnings=notes)
+        record(lab, **timings, figures=locals().get("n_plots", "?"), controls=locals().get("n_controls", "?"),
+               controls_checked=locals().get("moved", "?"), problems=len(problems), warnings=notes)
         context.close()
         # leave the copy clean for the next lab, whatever happened
         _git(repo, "checkout", "--", ".")
