@@ -48,6 +48,12 @@ gpu-check:
 notebooks:
 	$(VENV)/bin/jupytext --update --to ipynb notebooks/[0-9]*.py
 
+# The README's figures (docs/figures/*.png) from the shipped results: no training, offline (plotly + kaleido,
+# driving Chromium: BROWSER_PATH, else chromium on PATH).
+.PHONY: figures
+figures:
+	$(PY) scripts/make_figures.py
+
 bench:
 	$(PY) benchmarks/ska_forward.py
 	$(PY) benchmarks/decode.py
