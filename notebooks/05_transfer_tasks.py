@@ -17,9 +17,10 @@
 #
 # The Echo paper reports that SKA helps on five more retrieval tasks (system prompts, tool traces,
 # needle-in-a-haystack, multi-hop, common word) and that it generalises far beyond its training length on
-# NIAH. This lab runs the project's versions of those tasks, puts our measurements next to the paper's,
-# and looks hard at one task where SKA's design should struggle: **tool traces with overwrites**, because
-# SKA's statistics never forget.
+# NIAH. This lab runs the project's versions of those tasks at the **lab scale** (the small models of
+# lab 03, trained on one CPU core), puts our measurements next to the paper's, and looks hard at one task
+# where SKA's design should struggle: **tool traces with overwrites**, because SKA's statistics never
+# forget.
 
 # %%
 import numpy as np
@@ -27,7 +28,7 @@ import plotly.graph_objects as go
 import torch
 
 from echo_tutor import labs
-from echo_tutor.experiments import PAPER, TRANSFER_PRESETS, transfer_task
+from echo_tutor.experiments import PAPER, PRESET_COLORS, TRANSFER_PRESETS, TRANSFER_TASKS, transfer_task
 from echo_tutor.labs import lab05
 from echo_tutor.pretrained import results
 from echo_tutor.ska import ska_chunked, ska_readout
@@ -35,29 +36,57 @@ from echo_tutor.tasks import tool_trace
 
 FAST = labs.FAST
 tr = results("transfer")
-print(f"FAST={FAST}; shipped transfer results: {'fast' if tr['fast'] else 'full'} run, "
-      f"{tr['seconds_per_model']} s of training per (task, model), at most {tr['max_steps']} steps")
+print(f"FAST={FAST}; shipped transfer results: scale={tr['scale']}, {tr['max_steps']} training steps per "
+      f"(task, model), batch 16, model overrides {tr['model_overrides']}")
+steps_run = sorted({r["steps"] for r in tr["table"]})
+print("steps actually run per cell:", steps_run)
+
+# %% [markdown]
+# **The recipe, and why.** The paper-size presets (d=128, 4 blocks) trained for 60 seconds per task on a
+# CPU reach only a few hundred steps and stay at chance everywhere (`docs/results.md`, "Transfer tasks").
+# So the table below uses the lab scale of lab 03 (`LAB_PRESETS`: d=64, one Mamba-2 block, then the mixer
+# under test; attention without rotary embedding), a fixed number of steps per (task, model) rather than a
+# time budget, and two changes the short prompts need:
+#
+# * **SKA chunks of 16 tokens instead of 64.** In chunk mode a query reads only the statistics of
+#   *earlier* chunks (lab 02). These prompts are 56-128 tokens long: with chunks of 64 a 64-token NIAH
+#   prompt never reaches SKA at all.
+# * **MQAR with filler 0.** Zoology's MQAR fills the query region with uniform random tokens. At our
+#   vocabulary of 128, half of those are keys, each followed by a random token, so about 50 false bindings
+#   are written next to the 8 true ones into statistics that never forget. Zoology's vocabulary is 8,192,
+#   where this almost never happens.
+#
+# The full run (`ECHO_TUTOR_FAST=0`'s command, `echo-tutor transfer --scale lab`) trains 4,000 steps per cell.
 
 # %% [markdown]
 # ## 1. The tasks
 #
-# Each is a seeded generator in `echo_tutor.tasks` with a worked example in its docstring. One example each:
+# Each is a seeded generator in `echo_tutor.tasks` with a worked example in its docstring. One example
+# each, and the chance level of each task: one over the number of distinct answers in 512 examples.
 
 # %%
-for name in ["system_prompt", "tool_trace", "niah", "multi_hop", "common_word"]:
-    x, y = transfer_task(name).sample(1, seed=0)
+def chance_level(name: str) -> float:
+    _, y = transfer_task(name, scale="lab").sample(512, seed=0)
+    return 1.0 / len(y[y != -100].unique())
+
+
+chance = {name: chance_level(name) for name in TRANSFER_TASKS}
+for name in TRANSFER_TASKS:
+    x, y = transfer_task(name, scale="lab").sample(1, seed=0)
     ans = (y[0] != -100).nonzero()[:, 0].tolist()
     print(f"{name:<14} length {x.shape[1]:>4}, {len(ans)} answers; first answer at position {ans[0]}: "
-          f"label {y[0, ans[0]].item()}")
+          f"label {y[0, ans[0]].item():>3}; chance {100 * chance[name]:.1f}%")
 
 # %% [markdown]
 # ### Your turn 1: `tool_trace_answers`
-# A tool trace is a list of `SET x v` triples followed by `GET x v` triples. Write
+# A tool trace is a list of `SET x v` triples followed by `GET x v` triples. In the task's inputs the `v`
+# of a `GET` is the answer itself (the model predicts it at `x` and is then shown it), so the checker blanks
+# it: it passes traces where every `GET` triple reads `GET x 0`. Write
 # `tool_trace_answers(tokens, SET, GET) -> list[int]`: for each `GET x`, the value of x's **latest** `SET`.
 
 # %%
 def tool_trace_answers(tokens, SET, GET):
-    """tokens [L] (triples), SET, GET token ids -> the answer of every GET, in order"""
+    """tokens [L] (triples; each GET's third token is 0), SET, GET token ids -> the answer of every GET, in order"""
     # YOUR CODE HERE
     raise NotImplementedError
 
@@ -72,17 +101,43 @@ assert oracle == y[0][y[0] != -100].tolist(), "the generator's labels are the la
 print("trace:", x[0].tolist(), "\nanswers:", oracle)
 
 # %% [markdown]
-# ## 2. Statistics that never forget
+# ## 2. Statistics that never forget, and what a write gate can do
 #
-# SKA's `C = sum_t v_t k_t^T` keeps every binding ever written. If variable `x` is written twice, `C` holds
-# both `v_old k_x^T` and `v_new k_x^T`, and the ridge readout for `k_x` returns a **blend** of the two values,
-# not the latest one. A learned write gate can lower `beta_t` for old writes only if it knows, at write time,
-# that an overwrite will come: it cannot.
+# SKA writes `G = eps I + sum_t beta_t k_t k_t^T` and `C = sum_t beta_t v_t k_t^T` and keeps every binding.
+# If variable `x` (key `k_x`, unit norm) is written `n` times and nothing else shares its key direction,
+# the ridge readout for `k_x` is
 #
-# The closed-form demo below (no training): 6 variables with random unit keys and values; variable 0 is
-# written `n` times with different values; we read it out and measure how close the readout is to the
-# newest value vs the oldest one.
+# $$ \hat v = \frac{\sum_i \beta_i v_i}{\varepsilon + \sum_i \beta_i}, $$
 #
+# a **beta-weighted mean** of the `n` values. With a constant gate (`beta = 1`) that is the plain mean: a
+# blend, not the latest value. But the gate does not need to know the future to do better: if every write's
+# `beta` is large compared with the sum of the earlier writes' (a gate that rises with position, say), the
+# mean is dominated by the newest value. `beta_t` proportional to `rho^(-t)` gives exactly the forgetting
+# readout of "Your turn 2" below, up to the `eps` term. The limits: `beta` is a sigmoid in (0, 1) and must
+# stay well above `eps`, so the range of weights, and with it the number of overwrites it can rank, is
+# bounded; and the gate sees only the current token's features (after the Mamba-2 block), so it must learn
+# a signal that rises with position or with the number of writes.
+#
+# The closed-form check below (no training): one variable written three times, read by the exact SKA code
+# (`ska_chunked`, `power_steps=0`) with a constant gate and with a rising one.
+
+# %%
+r = 16
+g = torch.Generator().manual_seed(1)
+key = torch.nn.functional.normalize(torch.randn(r, generator=g, dtype=torch.float64), dim=0)
+vals = torch.nn.functional.normalize(torch.randn(3, r, generator=g, dtype=torch.float64), dim=-1)
+k_seq = key.expand(3, r)[None, :, None]  # the same variable written three times: [B=1, T=3, H=1, r]
+cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
+for name, beta in [("constant gate beta = 1", torch.ones(3)), ("rising gate beta = 0.02, 0.1, 1", torch.tensor([0.02, 0.1, 1.0]))]:
+    b = beta.to(torch.float64)[None, :, None]
+    _, st = ska_chunked(k_seq, k_seq, vals[None, :, None], b, power_steps=0, eps=1e-3)
+    y_ska = ska_readout(st.G, st.M, st.C, key[None, None, None], power_steps=0)[0, 0, 0]
+    mean = (b[0, :, 0, None] * vals).sum(0) / (1e-3 + b.sum())
+    assert torch.allclose(y_ska, mean, atol=1e-6), "SKA's readout is the beta-weighted mean"
+    print(f"{name:<32}: readout = beta-weighted mean (checked); cos with the newest value {cos(y_ska, vals[2]):.2f}, "
+          f"with the oldest {cos(y_ska, vals[0]):.2f}")
+
+# %% [markdown]
 # ### Your turn 2: `forgetting_readout`
 # The fix used by gated linear-attention models (Gated DeltaNet, MesaNet's forgetting gates): statistics
 # that decay. Write `forgetting_readout(keys [T, r], values [T, P], query [r], decay, eps) -> [P]`, ridge
@@ -97,6 +152,11 @@ def forgetting_readout(keys, values, query, decay, eps):
 
 forgetting_readout = labs.exercise(forgetting_readout, "lab05")
 lab05.check_forgetting_readout(forgetting_readout)
+
+# %% [markdown]
+# Now many variables with random keys, variable 0 overwritten `n` times, everything else written once:
+# how close is the readout of variable 0 to its newest value, without forgetting (`decay = 1`, SKA with a
+# constant gate) and with `decay = 0.7`?
 
 # %%
 def overwrite_demo(writes, decay, r=16, n_vars=6, seed=0):
@@ -113,7 +173,6 @@ def overwrite_demo(writes, decay, r=16, n_vars=6, seed=0):
                     history.append(v)
     K, Vv = torch.stack(ks), torch.stack(vs)
     y = forgetting_readout(K, Vv, var_keys[0], decay, 1e-3)
-    cos = lambda a, b: float(a @ b / (a.norm() * b.norm()))  # noqa: E731
     return cos(y, history[-1]), cos(y, history[0])
 
 
@@ -129,71 +188,76 @@ assert never[1] > 0.99 and never[3] < 0.8, "never-forgetting statistics blend ol
 assert forget[3] > never[3] + 0.1, "a forgetting factor favours the newest write"
 
 # %% [markdown]
-# Check what the exact SKA code does on the same situation: `ska_chunked` with `power_steps=0` is the
-# `decay = 1` case, token by token.
-
-# %%
-r = 16
-g = torch.Generator().manual_seed(1)
-key = torch.nn.functional.normalize(torch.randn(r, generator=g, dtype=torch.float64), dim=0)
-vals = torch.nn.functional.normalize(torch.randn(3, r, generator=g, dtype=torch.float64), dim=-1)
-k_seq = key.expand(3, r)[None, :, None]  # the same variable written three times
-_, st = ska_chunked(k_seq, k_seq, vals[None, :, None], power_steps=0, eps=1e-3)
-y_ska = ska_readout(st.G, st.M, st.C, key[None, None, None], power_steps=0)[0, 0, 0]
-print("SKA readout after 3 writes = mean of the 3 values?", torch.allclose(y_ska, vals.mean(0), atol=1e-3))
-assert torch.allclose(y_ska, vals.mean(0), atol=1e-3)
-
-# %% [markdown]
 # ## 3. What trained models do on tool traces
 #
-# The prediction above is for the SKA layer alone. A trained Echo model also has two Mamba-2 blocks (which
-# *can* forget) and a learned write gate. `echo-tutor transfer` measured tool-trace accuracy split by how
-# many times the queried variable had been written:
+# The analysis above is for the SKA layer alone. A trained Echo model also has a Mamba-2 block (which *can*
+# forget) and a learned write gate. `echo-tutor transfer --scale lab` measured tool-trace accuracy split
+# by how many times the queried variable had been written:
 
 # %%
 ow = tr["tool_trace_overwrites"]
 fig = go.Figure()
 for row in ow:
     ks = [k for k in ("1", "2", "3+") if not np.isnan(row[f"acc_writes_{k}"])]
-    fig.add_bar(name=row["preset"], x=[f"{k} write(s)" for k in ks], y=[row[f"acc_writes_{k}"] for k in ks])
+    fig.add_bar(name=row["preset"], x=[f"{k} write(s)" for k in ks], y=[row[f"acc_writes_{k}"] for k in ks],
+                marker_color=PRESET_COLORS[row["preset"]])
+fig.add_hline(y=chance["tool_trace"], line_dash="dot", line_color="gray")
 fig.update_layout(barmode="group", height=360, yaxis_range=[0, 1.05], yaxis_title="accuracy",
-                  title="Tool-trace accuracy by number of writes to the queried variable")
+                  xaxis_title="writes to the queried variable before the GET",
+                  title="Tool-trace accuracy by number of writes to the queried variable (dotted: chance)")
 fig.show()
-for row in ow:
-    print(row)
+by_writes = {row["preset"]: row for row in ow}
+for p, row in by_writes.items():
+    print(f"{p:<9} 1 write {row['acc_writes_1']:.3f}   2 writes {row['acc_writes_2']:.3f}   3+ writes {row['acc_writes_3+']:.3f}")
+e = by_writes["echo"]
+drop = e["acc_writes_1"] - e["acc_writes_3+"]
+print(f"echo: accuracy after 1 write minus after 3+ writes = {drop:+.3f} "
+      f"({'no overwrite cost beyond 0.05' if abs(drop) <= 0.05 else ('a cost' if drop > 0 else 'better after overwrites')}); "
+      f"overall tool-trace accuracy {next(r['acc'] for r in tr['table'] if r['task'] == 'tool_trace' and r['preset'] == 'echo'):.3f}")
+assert abs(drop) <= 0.05, "the text below reads the shipped run as showing no overwrite cost"
 
 # %% [markdown]
-# **Read these bars with the table below in mind.** The shipped results come from
-# `echo-tutor transfer --fast`: 60 seconds of training per (task, model) on one CPU core, about 130-270
-# steps. In that budget no model left chance on any transfer task, so the split by number of writes is
-# noise around chance (about 2-6%) and says nothing yet about forgetting. The closed-form analysis above
-# is what we can state: with `decay = 1`, SKA's readout after `n` writes of the same variable is the
-# *mean* of the `n` values. Whether a trained Echo model works around that (its Mamba-2 blocks can forget;
-# its write gate cannot see the future) needs the full run on a GPU:
-# `echo-tutor transfer --executor ray --gpus-per-cell 1 --out-dir runs/transfer-paper` (recipe: `docs/gpu.md`).
+# Read the echo bars against section 2. If the blend predicted for never-forgetting statistics were what
+# limits the trained model, its accuracy would fall with the number of writes. In the shipped run it does
+# not (the printed difference is within 0.05 of zero): at this training budget echo gets about two answers
+# in five right *whatever* the number of overwrites, so what limits it here is something else, and the run
+# cannot show the blending cost. Two readings, both open: the gate and the Mamba-2 block may already
+# favour the newest write (section 2 shows a rising gate is enough), or the model has not yet learned the
+# binding well enough for the blend to matter. A longer run (`echo-tutor transfer --scale lab`, 4,000
+# steps) or a probe of the learned gate `beta_t` on traces with overwrites would tell them apart.
 #
 # ## 4. The transfer table, next to the paper
 #
-# Each (task, model) pair trained from scratch with the same budget (see the header of this lab), then
-# evaluated on 256 fresh examples. Paper numbers are sub-million models with much longer training.
+# Each (task, model) pair trained from scratch with the same number of steps, then evaluated on 256 fresh
+# examples. The paper's numbers are for sub-million-parameter models trained much longer, on its own
+# versions of these tasks: compare the ordering, not the values.
 
 # %%
 tab = tr["table"]
 tasks_run = list(dict.fromkeys(r["task"] for r in tab))
-print(f"{'task':<14}" + "".join(f"{p:>12}" for p in TRANSFER_PRESETS) + "   | paper: " + " / ".join(TRANSFER_PRESETS))
+acc = {(r["task"], r["preset"]): r["acc"] for r in tab}
+print(f"{'task':<14}{'chance':>8}" + "".join(f"{p:>10}" for p in TRANSFER_PRESETS) + "   | paper: " + " / ".join(TRANSFER_PRESETS))
 for t in tasks_run:
-    ours = {r["preset"]: r["acc"] for r in tab if r["task"] == t}
     paper = PAPER["transfer_mean_acc"][t]
-    print(f"{t:<14}" + "".join(f"{100 * ours[p]:>11.1f}%" for p in TRANSFER_PRESETS) + "   | " + " / ".join(f"{v}" for v in paper))
+    print(f"{t:<14}{100 * chance[t]:>7.1f}%" + "".join(f"{100 * acc[t, p]:>9.1f}%" for p in TRANSFER_PRESETS)
+          + "   | " + " / ".join(f"{v}" for v in paper))
 fig = go.Figure()
 for p in TRANSFER_PRESETS:
-    fig.add_bar(name=f"{p} (ours)", x=tasks_run, y=[100 * next(r["acc"] for r in tab if r["task"] == t and r["preset"] == p)
-                                                     for t in tasks_run])
+    fig.add_bar(name=f"{p} (ours)", x=tasks_run, y=[100 * acc[t, p] for t in tasks_run], marker_color=PRESET_COLORS[p])
 for i, p in enumerate(TRANSFER_PRESETS):
     fig.add_scatter(name=f"{p} (paper)", x=tasks_run, y=[PAPER["transfer_mean_acc"][t][i] for t in tasks_run],
-                    mode="markers", marker=dict(symbol="diamond-open", size=12))
-fig.update_layout(barmode="group", height=400, yaxis_title="accuracy (%)", title="Transfer tasks: ours (bars) vs paper (diamonds)")
+                    mode="markers", marker=dict(symbol="diamond-open", size=12, color=PRESET_COLORS[p]))
+fig.add_scatter(name="chance", x=tasks_run, y=[100 * chance[t] for t in tasks_run], mode="markers",
+                marker=dict(symbol="line-ew-open", size=30, color="gray"))
+fig.update_layout(barmode="group", height=420, xaxis_title="task", yaxis_title="accuracy (%)",
+                  title="Transfer tasks: ours (bars) vs paper (diamonds); gray ticks: chance")
 fig.show()
+above = {p: [t for t in tasks_run if acc[t, p] > 2 * chance[t]] for p in TRANSFER_PRESETS}
+for p in TRANSFER_PRESETS:
+    print(f"{p:<9} above twice chance on {len(above[p])}/{len(tasks_run)} tasks: {', '.join(above[p]) or '-'}")
+order = {t: sorted(TRANSFER_PRESETS, key=lambda p: -acc[t, p]) for t in tasks_run}
+print("best preset per task (ours):", {t: o[0] for t, o in order.items()})
+assert all(t in above["echo"] for t in ("mqar", "tool_trace", "niah")), "SKA above chance on MQAR, tool trace, NIAH"
 
 # %% [markdown]
 # ## 5. NIAH: trained at length 64, tested up to 4096
@@ -204,27 +268,60 @@ fig.show()
 # %%
 nl = tr["niah_length"]
 lengths = sorted({r["length"] for r in nl})
+niah = {(r["preset"], r["length"]): r["acc"] for r in nl}
 fig = go.Figure()
 for i, p in enumerate(TRANSFER_PRESETS):
-    fig.add_scatter(x=lengths, y=[100 * next(r["acc"] for r in nl if r["preset"] == p and r["length"] == L) for L in lengths],
-                    mode="lines+markers", name=f"{p} (ours)")
-    fig.add_scatter(x=lengths, y=[PAPER["niah_length"][L][i] for L in lengths], mode="lines", line=dict(dash="dot"),
-                    name=f"{p} (paper)")
-fig.update_layout(height=400, xaxis_type="log", xaxis_title="haystack length", yaxis_title="accuracy (%)",
-                  title="NIAH length generalisation (trained at 64)")
+    fig.add_scatter(x=lengths, y=[100 * niah[p, L] for L in lengths], mode="lines+markers", name=f"{p} (ours)",
+                    line=dict(color=PRESET_COLORS[p]))
+    fig.add_scatter(x=lengths, y=[PAPER["niah_length"][L][i] for L in lengths], mode="lines",
+                    line=dict(dash="dot", color=PRESET_COLORS[p]), name=f"{p} (paper)")
+fig.add_scatter(x=lengths, y=[100 * chance["niah"]] * len(lengths), mode="lines", name="chance",
+                line=dict(color="gray", width=1))
+fig.update_layout(height=420, xaxis_type="log", xaxis_title="haystack length (tokens, log scale)",
+                  yaxis_title="accuracy (%)", yaxis_range=[-2, 102],
+                  title="NIAH length generalisation (trained at 64): ours (solid) vs paper (dotted)")
 fig.show()
-print(f"{'length':>7}" + "".join(f"{p:>12}" for p in TRANSFER_PRESETS) + "   | paper")
+print(f"{'length':>7}" + "".join(f"{p:>10}" for p in TRANSFER_PRESETS) + "   | paper: " + " / ".join(TRANSFER_PRESETS))
 for L in lengths:
-    print(f"{L:>7}" + "".join(f"{100 * next(r['acc'] for r in nl if r['preset'] == p and r['length'] == L):>11.1f}%"
-                              for p in TRANSFER_PRESETS) + "   | " + " / ".join(str(v) for v in PAPER["niah_length"][L]))
-assert {r["preset"] for r in nl} == set(TRANSFER_PRESETS) and 64 in lengths
+    print(f"{L:>7}" + "".join(f"{100 * niah[p, L]:>9.1f}%" for p in TRANSFER_PRESETS) + "   | "
+          + " / ".join(str(v) for v in PAPER["niah_length"][L]))
+assert {r["preset"] for r in nl} == set(TRANSFER_PRESETS) and max(lengths) == 4096
 assert all(0 <= r["acc"] <= 1 for r in nl) and all(r["paper_acc"] is not None for r in nl)
+longest = max(lengths)
+print(f"at {longest} tokens: " + ", ".join(f"{p} {100 * niah[p, longest]:.1f}%" for p in TRANSFER_PRESETS)
+      + f" (chance {100 * chance['niah']:.1f}%)")
+assert niah["echo", longest] > 2 * chance["niah"], "SKA keeps the needle far beyond its training length"
 
 # %% [markdown]
-# **What this run shows, and what it does not.** Trained for 60 s per model, every preset is at chance on
-# NIAH at every length, including the training length 64, so this table cannot say anything about length
-# generalisation yet; it only shows that the pipeline runs and that sub-million models need far more than a
-# minute of CPU. The paper's numbers (dotted) are for models trained to convergence; an independent
-# student reproduction of the NIAH table plateaued at 13-18% for SSM+SKA. To measure it properly:
-# `echo-tutor transfer` (full mode: 6000 steps per model, lengths up to 4096) on a GPU machine:
-# `echo-tutor transfer --executor ray --gpus-per-cell 1 --out-dir runs/transfer-paper` (see `docs/gpu.md`).
+# ## 6. What this lab measured
+#
+# The cell below prints each claim of this section from the tables above.
+
+# %%
+first, last = min(lengths), max(lengths)
+print(f"NIAH, trained at {first}: ssm {100 * niah['ssm', first]:.0f}% -> {100 * niah['ssm', last]:.0f}% at {last}; "
+      f"echo {100 * niah['echo', first]:.0f}% -> {100 * niah['echo', last]:.0f}% (lowest beyond {first}: "
+      f"{100 * min(niah['echo', L] for L in lengths if L > first):.0f}%); ssm+attn at least {100 * min(niah['ssm+attn', L] for L in lengths):.0f}% at every length")
+best_task = {t: max(TRANSFER_PRESETS, key=lambda p: acc[t, p]) for t in tasks_run}
+print("echo is the best of the three on:", [t for t in tasks_run if best_task[t] == "echo"],
+      "| ssm+attn on:", [t for t in tasks_run if best_task[t] == "ssm+attn"])
+assert niah["ssm", last] < 0.5 * niah["ssm", first], "pure Mamba-2 loses the needle as the haystack grows"
+assert min(niah["echo", L] for L in lengths if L > first) >= niah["echo", first] - 0.05, "echo does not lose it"
+assert best_task["common_word"] == "ssm+attn"
+
+# %% [markdown]
+# * **NIAH length generalisation has the paper's shape for the two fixed states.** Pure Mamba-2 (`ssm`)
+#   finds the needle in most 64-token haystacks and loses it as the haystack grows: a cliff, the one the
+#   paper describes. Echo holds it at every length we tried, up to 64 times its training length, and is
+#   *more* accurate on long haystacks than at 64, because a needle in the last 16 tokens shares the query's
+#   SKA chunk and only the Mamba-2 block can carry it (lab 03, section 6). Our attention hybrid differs
+#   from the paper's: it does not degrade with length at all (it uses no positional encoding, NoPE; the
+#   Mamba-2 block before it supplies order), where the paper's attention falls off on long haystacks
+#   (dotted).
+# * **On the transfer table echo is the best of the three on most tasks** (printed above), the paper's
+#   ordering, but not on `common_word`, where full attention wins clearly: counting which word recurs most
+#   is not a key-value lookup, and there our small SKA model is far behind attention.
+# * **Scale.** These are 2-block, d = 64 models trained 1,500 steps on one CPU core each; the paper's are
+#   larger and trained to convergence on its own versions of the tasks. Compare orderings and shapes, not
+#   values: on several tasks our numbers are above the paper's, on others far below.
+
