@@ -75,10 +75,16 @@ kpower:
 	$(PY) scripts/pack_checkpoints.py --ablation runs/kpower echo_tutor/pretrained
 
 # The results the labs read (echo_tutor/pretrained/results_*.json): the cliff grid on the shipped
-# checkpoints (2 threads), then transfer and the two halves of the ablation side by side, one thread each.
+# checkpoints (2 threads); the lab-scale transfer grid as two halves side by side, one thread each (about
+# 25 minutes on an idle 2-core machine), merged by rerunning on the joined records; then the two halves of
+# the small-scale ablation (lab 04's secondary table). The power-order table is `make kpower`.
 results:
+	mkdir -p runs
 	$(VENV)/bin/echo-tutor cliff --fast --out-dir runs/cliff
-	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor transfer --fast --out-dir runs/transfer > runs/transfer.log 2>&1 & \
+	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor transfer --scale lab --fast --tasks mqar tool_trace niah --out-dir runs/transfer_a > runs/transfer_a.log 2>&1 & \
+	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor transfer --scale lab --fast --tasks system_prompt multi_hop common_word --out-dir runs/transfer_b > runs/transfer_b.log 2>&1; wait
+	mkdir -p runs/transfer && cat runs/transfer_a/records.jsonl runs/transfer_b/records.jsonl > runs/transfer/records.jsonl
+	$(VENV)/bin/echo-tutor transfer --scale lab --fast --out-dir runs/transfer --quiet
 	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor ablate --fast --tasks mqar_gap --out-dir runs/ablation_mqar > runs/ablation_mqar.log 2>&1 & \
 	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor ablate --fast --tasks tool_trace --out-dir runs/ablation_tool > runs/ablation_tool.log 2>&1; wait
 	cp runs/cliff/cliff.json echo_tutor/pretrained/results_cliff.json
