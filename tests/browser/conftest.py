@@ -219,6 +219,8 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def browser():
     exe = chromium_path()
+    if exe is None and os.environ.get("ECHO_TUTOR_CHROMIUM"):
+        pytest.skip(f"ECHO_TUTOR_CHROMIUM={os.environ['ECHO_TUTOR_CHROMIUM']} is not an executable browser")
     if exe is None:
         pytest.skip("no Chromium at /usr/bin/chromium or on PATH (scripts/setup.sh installs Debian's `chromium` "
                     "as root; or set ECHO_TUTOR_CHROMIUM)")

@@ -22,6 +22,7 @@ to ``$ECHO_TUTOR_SCREENSHOTS`` or a pytest temporary folder, printed at the end 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from .conftest import record, selected_labs
 pytestmark = pytest.mark.browser
 
 RUN_TIMEOUT = float(os.environ.get("ECHO_TUTOR_BROWSER_TIMEOUT", "420"))
-SLIDER_TIMEOUT = 60.0
+SLIDER_TIMEOUT = 90.0
 LOG_AXIS_LIMIT = 30.0  # |log10| of a log axis end: 1e30 is already absurd for these labs
 LINEAR_AXIS_LIMIT = 1e15
 
@@ -157,6 +158,14 @@ JS_FINGERPRINT = r"""(i) => {
   }), round);
 }"""
 
+# The same, hashed (FNV-1a) with its length: cheap to poll.
+JS_FINGERPRINT_HASH = f"""(i) => {{
+  const s = ({JS_FINGERPRINT})(i);
+  let h = 2166136261;
+  for (let k = 0; k < s.length; k++) {{ h ^= s.charCodeAt(k); h = Math.imul(h, 16777619); }}
+  return (h >>> 0).toString(16) + ':' + s.length;
+}}"""
+
 JS_TOGGLE = """([i, j]) => {
   const b = document.querySelector(`[data-bt-cell="${i}"] [data-bt-toggle="${j}"] button.mod-active`);
   return {readout: b ? b.innerText.trim() : ''};
@@ -183,6 +192,23 @@ def _wait(page, fn, timeout, what, arg=None, every=0.25):
         if time.monotonic() > deadline:
             raise TimeoutError(what)
         time.sleep(every)
+
+
+def _figure_settles(page, i, *, changed_from=None, equal_to=None, quiet=2.0, timeout=SLIDER_TIMEOUT):
+    """Poll the figures of cell i until they differ from `changed_from` (or equal `equal_to`) and then stay
+    the same for `quiet` seconds with the kernel idle. (The kernel's status alone is no signal: it reads
+    idle between the messages of a streaming redraw.) Returns the final hash; TimeoutError if never."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        h = page.evaluate(JS_FINGERPRINT_HASH, i)
+        if h != last:
+            last, since = h, time.monotonic()
+        target = (h != changed_from) if changed_from is not None else (h == equal_to)
+        if target and time.monotonic() - since >= quiet and page.evaluate(JS_KERNEL_IDLE):
+            return h
+        time.sleep(0.5)
+    raise TimeoutError(f"figure of cell {i} did not settle")
 
 
 def _settle(page, seconds=2.0, timeout=90.0):
@@ -212,7 +238,7 @@ def _shoot_notebook(page, path, max_height=15000):
     view = page.viewport_size
     files = []
     try:
-        page.set_viewport_size({"width": view["width"], "height": min(total + 250, max_height)})
+        page.set_viewport_size({"width": view["width"], "height": int(min(total + 250, max_height))})
         time.sleep(0.5)
         visible = page.evaluate(f"() => {scroller}.clientHeight")
         step = max(visible - 40, 100)
@@ -305,26 +331,26 @@ def _check_control(page, cell, kind, j, info, *, shots, problems) -> int:
         read = lambda: page.evaluate(JS_TOGGLE, [i, j])  # noqa: E731
         start = info["options"][info["active"]]
     before = page.evaluate(JS_FINGERPRINT, i)
+    before_hash = page.evaluate(JS_FINGERPRINT_HASH, i)
     go_there()
     there = read()
     if (there["now"] == info["now"]) if kind == "slider" else (there["readout"] == start):
         problems.append(f"{where}: could not move it (value {start})")
         return 0
     try:
-        _wait(page, f"(i) => ({JS_FINGERPRINT})(i) !== {json.dumps(before)}", SLIDER_TIMEOUT, "figure unchanged", arg=i)
-        _settle(page, seconds=1.0)
+        _figure_settles(page, i, changed_from=before_hash)
     except TimeoutError:
-        problems.append(f"{where}: moved {start} -> {there['readout']}, the figure did not change in {SLIDER_TIMEOUT:.0f} s")
+        problems.append(f"{where}: moved {start} -> {there['readout']}, the figure did not change (and settle) in {SLIDER_TIMEOUT:.0f} s")
         page.locator(f'[data-bt-cell="{i}"]').screenshot(path=str(shots / f"cell{i:02d}-{slug}-no-change.png"))
         go_back()
-        _settle(page, seconds=1.0)
+        with contextlib.suppress(TimeoutError):
+            _figure_settles(page, i, equal_to=before_hash)
         return 0
     page.locator(f'[data-bt-cell="{i}"] .jp-Cell-outputWrapper').screenshot(
         path=str(shots / f"cell{i:02d}-{slug}-moved-{_slug(there['readout'], 'x')}.png"))
     go_back()
     try:
-        _wait(page, f"(i) => ({JS_FINGERPRINT})(i) === {json.dumps(before)}", SLIDER_TIMEOUT, "figure not restored", arg=i)
-        _settle(page, seconds=1.0)
+        _figure_settles(page, i, equal_to=before_hash, quiet=1.0)
     except TimeoutError:
         now = read()
         diff = _first_difference(json.loads(before), json.loads(page.evaluate(JS_FINGERPRINT, i)))
@@ -342,7 +368,7 @@ def _git(root, *args):
 
 
 @pytest.mark.parametrize("lab", selected_labs())
-def test_lab_in_browser(lab, lab_server, browser, screenshot_dir):
+def test_lab_in_browser(lab, browser, lab_server, screenshot_dir):  # browser first: skip before starting a server
     repo = lab_server.root.parent
     assert _git(repo, "status", "--porcelain") == "", "the temporary copy is not clean before the test"
     shots = screenshot_dir / lab
@@ -487,6 +513,12 @@ def test_lab_in_browser(lab, lab_server, browser, screenshot_dir):
         record(lab, **timings, figures=locals().get("n_plots", "?"), controls=locals().get("n_controls", "?"),
                controls_checked=locals().get("moved", "?"), problems=len(problems), warnings=notes)
         context.close()
+        # whatever happened: no kernel left running (one lab at a time, so every session is this lab's)
+        try:
+            for sess in lab_server.api("/api/sessions") or []:
+                lab_server.api(f"/api/sessions/{sess['id']}", method="DELETE")
+        except Exception as err:  # noqa: BLE001
+            print(f"[browser] {lab}: could not shut the kernel down: {err}")
         # leave the copy clean for the next lab, whatever happened
         _git(repo, "checkout", "--", ".")
         _git(repo, "clean", "-fdq")
