@@ -396,8 +396,9 @@ assert curves["ridge (K=0)"][-1] == max(acc[-1] for acc in curves.values()), "pa
 # %%
 def explore(rank=16, log10_eps=-4.0, K=0, pairs=12, seed=0):
     g = torch.Generator().manual_seed(seed)
-    k = torch.nn.functional.normalize(torch.randn(1, pairs, 1, rank, generator=g), dim=-1)
-    v = torch.nn.functional.normalize(torch.randn(1, pairs, 1, rank, generator=g), dim=-1)
+    # float64 explicitly: the slider redraws this after the lab has set the default dtype back to float32
+    k = torch.nn.functional.normalize(torch.randn(1, pairs, 1, rank, generator=g, dtype=torch.float64), dim=-1)
+    v = torch.nn.functional.normalize(torch.randn(1, pairs, 1, rank, generator=g, dtype=torch.float64), dim=-1)
     _, st = ska_chunked(k, k, v, eps=10.0**log10_eps)
     y = ska_readout(st.G, st.M, st.C, k.transpose(1, 2), power_steps=K)[0, 0]  # [pairs, rank]
     sim = y @ v[0, :, 0].T

@@ -237,7 +237,7 @@ for r_ in (8, 16, 32):
 #   cache policy. Trained from scratch with the window, the same recipe stayed at the bound-value level
 #   (0.12 after 3,400 steps): on the 3 of 8 training gaps past the window the answer is out of sight,
 #   which leaves less signal to learn from. Same weights, two caches: the cliff below is the cache's.
-
+#
 # The evaluation during training draws from the mixture batch by batch: its 128 examples are two draws
 # (16 pairs at gap 128, then 8 pairs at gap 128), the same at every point of the curve. A learning signal,
 # not the grid: section 4 has the grid.
