@@ -444,11 +444,9 @@ def transfer_cell(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(spec["seed"])
     device = default_device()
     task = make_task(**spec["task"])
-    scale = spec.get("scale", "paper")
-    overrides = copy.deepcopy(spec["model_overrides"])
-    if "ska" not in (LAB_PRESETS if scale == "lab" else PRESETS)[spec["preset"]]["layout"]:
-        overrides.get("mixer_kwargs", {}).pop("ska", None)  # e.g. the lab's SKA chunk size, for an SKA-free preset
-    model = build(spec["preset"], vocab_size=spec["vocab_size"], scale=scale, **overrides)
+    # mixer_kwargs for a mixer the preset does not use (the lab's SKA chunk size for `ssm`) are ignored
+    model = build(spec["preset"], vocab_size=spec["vocab_size"], scale=spec.get("scale", "paper"),
+                  **copy.deepcopy(spec["model_overrides"]))
     res = train(model, task, steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
                 time_budget_s=spec["time_budget_s"], eval_every=spec["steps"], eval_examples=spec["eval_examples"],
                 device=device, progress=False)
@@ -502,13 +500,14 @@ def transfer(fast: bool = True, out_dir: str | pathlib.Path = "runs/transfer", p
     check_int("steps", steps, min_value=1)
     check_int("eval_examples", eval_examples, min_value=1)
     niah_lengths = _check_int_list("niah_lengths", niah_lengths or (NIAH_LENGTHS[:5] if fast and not lab else NIAH_LENGTHS), 1)
+    # the caller's overrides on top of the lab scale's, merged per mixer as build() merges them
     overrides = copy.deepcopy(LAB_TRANSFER["model_overrides"]) if lab else {}
-    for mixer, kw in (model_overrides or {}).items():
-        if mixer == "mixer_kwargs":
-            for m, mkw in kw.items():
-                overrides.setdefault("mixer_kwargs", {}).setdefault(m, {}).update(mkw)
+    for key, value in (model_overrides or {}).items():
+        if key == "mixer_kwargs":
+            for mixer, kw in value.items():
+                overrides.setdefault("mixer_kwargs", {}).setdefault(mixer, {}).update(kw)
         else:
-            overrides[mixer] = kw
+            overrides[key] = value
     specs = []
     for name in tasks:
         for preset in presets:

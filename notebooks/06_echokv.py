@@ -323,42 +323,19 @@ assert live["EchoKV-lite ridge (greedy)"]["ppl"] < live["random-drop (mean)"]["p
 # the window / K-V ablations at 0.5 only). Hover a point for its method.
 
 # %%
-from echo_tutor.echokv.study import format_table
+from echo_tutor.echokv.study import METHOD_FAMILIES, format_table, method_family
 
 full = results("echokv")
 display(Markdown(f"**Shipped run, methods at 50% of the bytes**: {full['model']}, {full['config']['eval_windows']} held-out windows\n\n"
                  + format_table(full, 0.5)))
 
-# each family of methods: (substring of the method names, legend name, colour); first match wins
-FAMILIES = [
-    ("stage 2", "EchoKV-lite stage 2 (greedy)", "#d62728"),
-    ("window 1, equal K/V", "EchoKV-lite ridge, window 1, equal K/V", "#c49c94"),
-    ("window 2, equal K/V", "EchoKV-lite ridge, window 2, equal K/V", "#e377c2"),
-    ("ridge, greedy @", "EchoKV-lite ridge, greedy slots", "#1f77b4"),
-    ("ridge, fixed @", "EchoKV-lite ridge, fixed slot pattern", "#17becf"),
-    ("ridge, random @", "EchoKV-lite ridge, random slots", "#9467bd"),
-    ("random-drop", "random slot dropping (mean fill)", "#7f7f7f"),
-    ("per-head SVD", "per-head SVD (Palu-like)", "#bcbd22"),
-    ("cross-layer SVD", "cross-layer SVD (xKV-like)", "#8c564b"),
-    ("KIVI", "KIVI quantisation (2 / 4 / 8 bits)", "#ff7f0e"),
-    ("StreamingLLM", "StreamingLLM (4 sinks + recent)", "#2ca02c"),
-    ("full", "full cache", "#000000"),
-]
-
-
-def family(name):
-    fam = next((f for f in FAMILIES if f[0] in name), None)
-    if fam is None:
-        raise KeyError(f"no family (legend name, colour) for method {name!r}: add it to FAMILIES")
-    return fam
-
-
+# each family of methods has one legend name and one colour (METHOD_FAMILIES in echo_tutor.echokv.study)
 groups = {}
 for name, r in full["perplexity"].items():
-    groups.setdefault(family(name), []).append((r["fraction"], r["ppl"], name))
+    groups.setdefault(method_family(name), []).append((r["fraction"], r["ppl"], name))
 assert len({f[2] for f in groups}) == len(groups), "two series share a colour"
 fig = go.Figure()
-for (_, legend, colour), pts in sorted(groups.items(), key=lambda g: FAMILIES.index(g[0])):
+for (_, legend, colour), pts in sorted(groups.items(), key=lambda g: METHOD_FAMILIES.index(g[0])):
     pts.sort()
     fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], text=[p[2] for p in pts], mode="markers+lines",
                     name=legend, line=dict(color=colour), marker=dict(color=colour, size=8),

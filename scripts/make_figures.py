@@ -50,42 +50,20 @@ def recall_vs_state():
     return fig, 1000, 450
 
 
-# lab 06's families of methods: (substring of the method names, legend name, colour); first match wins
-ECHOKV_FAMILIES = [
-    ("stage 2", "EchoKV-lite stage 2 (greedy)", "#d62728"),
-    ("window 1, equal K/V", "EchoKV-lite ridge, window 1, equal K/V", "#c49c94"),
-    ("window 2, equal K/V", "EchoKV-lite ridge, window 2, equal K/V", "#e377c2"),
-    ("ridge, greedy @", "EchoKV-lite ridge, greedy slots", "#1f77b4"),
-    ("ridge, fixed @", "EchoKV-lite ridge, fixed slot pattern", "#17becf"),
-    ("ridge, random @", "EchoKV-lite ridge, random slots", "#9467bd"),
-    ("random-drop", "random slot dropping (mean fill)", "#7f7f7f"),
-    ("per-head SVD", "per-head SVD (Palu-like)", "#bcbd22"),
-    ("cross-layer SVD", "cross-layer SVD (xKV-like)", "#8c564b"),
-    ("KIVI", "KIVI quantisation (2 / 4 / 8 bits)", "#ff7f0e"),
-    ("StreamingLLM", "StreamingLLM (4 sinks + recent)", "#2ca02c"),
-    ("full", "full cache", "#000000"),
-]
-
-
 def echokv_perplexity():
     """Lab 06, section 6: held-out perplexity against the fraction of KV-cache bytes kept (the shipped run),
     and beside it the change in perplexity of every method at 50% of the bytes (lab 06's table)."""
     from plotly.subplots import make_subplots
 
+    from echo_tutor.echokv.study import METHOD_FAMILIES, method_family
     from echo_tutor.pretrained import results
 
     full = results("echokv")
     ppl = full["perplexity"]
 
-    def family(name):
-        fam = next((f for f in ECHOKV_FAMILIES if f[0] in name), None)
-        if fam is None:
-            raise KeyError(f"no family for method {name!r}: add it to ECHOKV_FAMILIES")
-        return fam
-
     groups: dict[tuple, list] = {}
     for name, r in ppl.items():
-        groups.setdefault(family(name), []).append((r["fraction"], r["ppl"], name))
+        groups.setdefault(method_family(name), []).append((r["fraction"], r["ppl"], name))
     vs = next(c for c in full["paired"] if "StreamingLLM" in c["b"])  # stage 2 vs StreamingLLM, window by window
     lo, hi = vs["ci95"]
     significant = not lo < 0 < hi
@@ -95,14 +73,14 @@ def echokv_perplexity():
     fig = make_subplots(rows=1, cols=2, column_widths=[0.56, 0.44], horizontal_spacing=0.25,
                         subplot_titles=["perplexity vs bytes kept (every ratio run)",
                                         f"change in perplexity at 50% of the bytes<br><sup>{paired}</sup><br> "])
-    for (_, legend, colour), pts in sorted(groups.items(), key=lambda g: ECHOKV_FAMILIES.index(g[0])):
+    for (_, legend, colour), pts in sorted(groups.items(), key=lambda g: METHOD_FAMILIES.index(g[0])):
         pts.sort()
         fig.add_scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="markers+lines", name=legend,
                         line=dict(color=colour), marker=dict(color=colour, size=8), row=1, col=1)
     fig.add_hline(y=ppl["full"]["ppl"], line=dict(color="#000000", dash="dot", width=1), row=1, col=1)
     half = sorted(((r["delta_ppl"], name) for name, r in ppl.items() if name.endswith("@0.5")), reverse=True)
     fig.add_bar(x=[d for d, _ in half], y=[n.replace("echokv-lite", "EchoKV-lite") for _, n in half], orientation="h",
-                marker_color=[family(n)[2] for _, n in half], text=[f"+{d:.2f}" for d, _ in half],
+                marker_color=[method_family(n)[2] for _, n in half], text=[f"+{d:.2f}" for d, _ in half],
                 textposition="outside", showlegend=False, row=1, col=2)
     cfg = full["config"]
     fig.update_layout(title=dict(text=f"EchoKV-lite on SmolLM2-135M, shipped run: held-out perplexity "

@@ -467,3 +467,13 @@ def test_more_bad_arguments_name_themselves(tiny, rec, data):
     for fn, word in cases:
         with pytest.raises(ValueError, match=word):
             fn()
+
+
+def test_method_family_gives_one_colour_per_family_and_names_unknown_methods():
+    from echo_tutor.echokv.study import METHOD_FAMILIES, method_family
+
+    assert len({c for _, _, c in METHOD_FAMILIES}) == len(METHOD_FAMILIES)
+    assert method_family("echokv-lite stage 2, greedy @0.5")[1] == "EchoKV-lite stage 2 (greedy)"
+    assert method_family("full")[2] == "#000000"
+    with pytest.raises(ValueError, match="name: no family"):
+        method_family("h2o @0.5")

@@ -44,6 +44,34 @@ class StudyConfig:
                    ratios=[0.5], stage2_steps=5, distill_windows=8)
 
 
+# The families of methods in a study's results, for plotting: (substring of the method names, legend name,
+# colour); the first match wins. One colour per family in lab 06 and the README figure.
+METHOD_FAMILIES: list[tuple[str, str, str]] = [
+    ("stage 2", "EchoKV-lite stage 2 (greedy)", "#d62728"),
+    ("window 1, equal K/V", "EchoKV-lite ridge, window 1, equal K/V", "#c49c94"),
+    ("window 2, equal K/V", "EchoKV-lite ridge, window 2, equal K/V", "#e377c2"),
+    ("ridge, greedy @", "EchoKV-lite ridge, greedy slots", "#1f77b4"),
+    ("ridge, fixed @", "EchoKV-lite ridge, fixed slot pattern", "#17becf"),
+    ("ridge, random @", "EchoKV-lite ridge, random slots", "#9467bd"),
+    ("random-drop", "random slot dropping (mean fill)", "#7f7f7f"),
+    ("per-head SVD", "per-head SVD (Palu-like)", "#bcbd22"),
+    ("cross-layer SVD", "cross-layer SVD (xKV-like)", "#8c564b"),
+    ("KIVI", "KIVI quantisation (2 / 4 / 8 bits)", "#ff7f0e"),
+    ("StreamingLLM", "StreamingLLM (4 sinks + recent)", "#2ca02c"),
+    ("full", "full cache", "#000000"),
+]
+
+
+def method_family(name: str) -> tuple[str, str, str]:
+    """The ``METHOD_FAMILIES`` entry ``(substring, legend name, colour)`` of the method ``name``.
+
+    Raises ``ValueError`` for a method no family matches (add it to ``METHOD_FAMILIES``)."""
+    fam = next((f for f in METHOD_FAMILIES if f[0] in name), None)
+    if fam is None:
+        raise ValueError(f"name: no family (legend name, colour) for method {name!r}; add it to METHOD_FAMILIES")
+    return fam
+
+
 def run_study(config: StudyConfig | None = None, *, progress: bool = True, log=print) -> dict:
     """Run the study and return a JSON-ready dict (see module docstring)."""
     cfg = config or StudyConfig()
