@@ -1,7 +1,8 @@
 """Argument checks shared by the public functions.
 
-Every public entry point validates what the user passed and raises a ``ValueError`` that names the
-argument and says what was expected, instead of letting a shape error surface from deep in torch.
+Every public entry point validates what the user passed and raises a ``BadArgumentError`` (a
+``ValueError``, see ``echo_tutor.errors``) that names the argument and says what was expected, instead of
+letting a shape error surface from deep in torch.
 """
 
 from __future__ import annotations
@@ -9,7 +10,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
+
+from .errors import BadArgumentError
 
 
 def check_tensor(
@@ -25,13 +29,13 @@ def check_tensor(
     for the error message, e.g. ``"[B, T, H, r]"``."""
     what = f" {layout}" if layout else (f" with {ndim} dims" if ndim is not None else "")
     if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor{what}, got {type(x).__name__}")
+        raise BadArgumentError(f"{name} must be a torch.Tensor{what}, got {type(x).__name__}")
     if ndim is not None and x.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dims{what}, got shape {tuple(x.shape)}")
+        raise BadArgumentError(f"{name} must have {ndim} dims{what}, got shape {tuple(x.shape)}")
     if floating and not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+        raise BadArgumentError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if finite and x.numel() and not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf values")
+        raise BadArgumentError(f"{name} contains NaN or Inf values")
     return x
 
 
@@ -39,31 +43,32 @@ def check_same(name: str, x: torch.Tensor, dims: Sequence[int], expected: Sequen
     """Check that ``x.shape[d] == expected[i]`` for the listed dims."""
     got = [x.shape[d] for d in dims]
     if list(got) != list(expected):
-        raise ValueError(
+        raise BadArgumentError(
             f"{name} has shape {tuple(x.shape)}, expected {layout} matching the other inputs "
             f"(dims {list(dims)} should be {list(expected)})"
         )
 
 
 def check_int(name: str, x: object, *, min_value: int | None = None) -> int:
-    if isinstance(x, bool) or not isinstance(x, int):
-        raise ValueError(f"{name} must be an int, got {x!r}")
+    """``x`` as a Python int (numpy integers accepted, bools refused), at least ``min_value``."""
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+        raise BadArgumentError(f"{name} must be an int, got {x!r}")
     if min_value is not None and x < min_value:
-        raise ValueError(f"{name} must be >= {min_value}, got {x}")
-    return x
+        raise BadArgumentError(f"{name} must be >= {min_value}, got {x}")
+    return int(x)
 
 
 def check_positive(name: str, x: object) -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)):
-        raise ValueError(f"{name} must be a positive number, got {x!r}")
+        raise BadArgumentError(f"{name} must be a positive number, got {x!r}")
     if not math.isfinite(x) or x <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {x}")
+        raise BadArgumentError(f"{name} must be a finite number > 0, got {x}")
     return float(x)
 
 
 def check_choice(name: str, x: object, choices: Sequence[str]) -> str:
     if x not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {x!r}")
+        raise BadArgumentError(f"{name} must be one of {list(choices)}, got {x!r}")
     return x  # type: ignore[return-value]
 
 
@@ -71,9 +76,9 @@ def check_per_head(name: str, x: object, n_heads: int) -> torch.Tensor | float:
     """A scalar, or a tensor of shape [] or [H]."""
     if isinstance(x, torch.Tensor):
         if x.ndim > 1 or (x.ndim == 1 and x.shape[0] != n_heads):
-            raise ValueError(f"{name} must be a float or a tensor of shape [] or [H={n_heads}], got {tuple(x.shape)}")
+            raise BadArgumentError(f"{name} must be a float or a tensor of shape [] or [H={n_heads}], got {tuple(x.shape)}")
         check_tensor(name, x)
         return x
     if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-        raise ValueError(f"{name} must be a finite float or a tensor of shape [H], got {x!r}")
+        raise BadArgumentError(f"{name} must be a finite float or a tensor of shape [H], got {x!r}")
     return float(x)

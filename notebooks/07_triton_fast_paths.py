@@ -15,7 +15,7 @@
 # %% [markdown]
 # # Lab 07: Triton fast paths, from the reference to the kernel
 #
-# The references in `echo_tutor` are written to be read. `kernels/` holds Triton versions of the hot
+# The references in `echo_tutor` are written to be read. `echo_kernels/` holds Triton versions of the hot
 # spots. Each kernel has a **PyTorch twin** with exactly its signature (`echo_tutor.ska.ops`,
 # `echo_tutor.echokv.ops`): the twin says what the kernel must compute, the tests hold them equal.
 #
@@ -35,13 +35,15 @@ import time
 import torch
 
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")   # must precede the first `import kernels.*`
+    os.environ.setdefault("TRITON_INTERPRET", "1")   # must precede the first `import echo_kernels.*`
 
 import numpy as np
 import plotly.graph_objects as go
 
-import kernels.echokv as kecho
-import kernels.ska as kska
+import echo_kernels.echokv as kecho
+import echo_kernels.ska as kska
+from echo_kernels.echokv import rebuild as kecho_rebuild
+from echo_kernels.ska import chunk as kska_chunk
 from echo_tutor import labs
 from echo_tutor.echokv.ops import rebuild_heads
 from echo_tutor.labs import lab07
@@ -110,7 +112,7 @@ lab07.check_chunk_gram(chunk_gram)
 # Block sizes are powers of two and at least 16; `r = 5` lives in a 16-wide block.
 
 # %%
-print(kernel_source(kska._chunk_stats_kernel))
+print(kernel_source(kska_chunk._chunk_stats_kernel))
 
 # %%
 N, T2, S = 3, 48, 16
@@ -133,7 +135,7 @@ assert max(rel_err(Gt, Gk), rel_err(Mt, Mk), rel_err(Ct, Ck)) < 1e-5
 # them: `K + 1` more products, `y = scale * (q A^T ... A^T) B^T`. Nothing of size r x r goes back to memory.
 
 # %%
-print(kernel_source(kska._readout_kernel))
+print(kernel_source(kska_chunk._readout_kernel))
 Nc, nq = 4, 19
 Gm = torch.randn(Nc, r, r, generator=g)
 Gm = Gm @ Gm.transpose(-1, -2) + torch.eye(r)
@@ -145,7 +147,7 @@ print("readout kernel vs twin, by power order K:", {K: f"{e:.1e}" for K, e in er
 assert max(errs.values()) < 1e-5
 
 # %% [markdown]
-# The whole chunk-mode forward through the kernels (`kernels.ska.forward`, what a layer with
+# The whole chunk-mode forward through the kernels (`echo_kernels.ska.forward`, what a layer with
 # `backend="triton"` calls on a GPU), and its backward: **recomputation through the reference** (the
 # saved inputs are re-run through `ska_chunked` under autograd). Exact, simple, but a GPU training
 # step then costs a reference forward + backward on top of the kernel forward; a Triton backward is
@@ -214,7 +216,7 @@ assert err_dec < 1e-3
 # halves and rotates in registers. Inputs may be fp16/bf16 (cast to fp32 at load).
 
 # %%
-print(kernel_source(kecho._rebuild_kernel)[:1500] + "    ...")
+print(kernel_source(kecho_rebuild._rebuild_kernel)[:1500] + "    ...")
 Tq, D, J, O = 37, 12, 3, 2
 x = torch.randn(2, J, Tq, D, generator=g)
 ang = torch.rand(Tq, D // 2, generator=g) * 6

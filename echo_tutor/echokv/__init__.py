@@ -12,19 +12,16 @@ each design choice a knob. Needs the ``echokv`` extra (transformers, gguf, accel
     cache = EchoKVCache(model, rec, mode="full")          # ... later: cache.compress_now()
 """
 
-from .atlas import layer_summary, pairwise_cka, pairwise_cosine, pairwise_r2, similarity_atlas
+from .atlas import (
+    layer_summary,
+    pairwise_cka,
+    pairwise_cosine,
+    pairwise_r2,
+    similarity_atlas,
+)
 from .cache import MODES, EchoKVCache, rebuild_layer, simulate
 from .capture import KVCapture, apply_rope, capture_kv, rope_cos_sin, undo_rope
-from .fit import (
-    Reconstructor,
-    SlotMoments,
-    fit_reconstructor,
-    kept_counts,
-    light_keys,
-    select_slots,
-    slot_errors,
-    train_mlp,
-)
+from .fit import fit_reconstructor, slot_errors, train_mlp
 from .model import (
     AttentionLayout,
     attention_layout,
@@ -34,6 +31,8 @@ from .model import (
     text_windows,
     tiny_gqa_model,
 )
+from .reconstructor import Reconstructor
+from .slots import SlotMoments, kept_counts, light_keys, select_slots
 
 __all__ = [
     "AttentionLayout", "EchoKVCache", "KVCapture", "MODES", "Reconstructor", "SlotMoments",

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import BadArgumentError
 from .capture import KVCapture
 
 
 def _check_kind(kind: str) -> str:
     if kind not in ("K", "V"):
-        raise ValueError(f"kind must be 'K' or 'V', got {kind!r}")
+        raise BadArgumentError(f"kind must be 'K' or 'V', got {kind!r}")
     return kind
 
 
@@ -30,8 +31,8 @@ def pairwise_r2(capture: KVCapture | None = None, kind: str = "K", *, lam: float
     """Held-out ridge R^2 of predicting slot j from slot i: float32 [S, S] (row = source).
 
     Fitted on the first ``fit_frac`` of the windows, scored on the rest, all from the second moments
-    of :class:`~echo_tutor.echokv.fit.SlotMoments` (pass ``moments`` to reuse them)."""
-    from .fit import SlotMoments
+    of :class:`~echo_tutor.echokv.slots.SlotMoments` (pass ``moments`` to reuse them)."""
+    from .slots import SlotMoments
 
     _check_kind(kind)
     mom = moments if moments is not None else SlotMoments(capture, kind, lam=lam, fit_frac=fit_frac)
@@ -60,7 +61,7 @@ def pairwise_cosine(capture: KVCapture, kind: str = "K") -> torch.Tensor:
 def pairwise_cka(capture: KVCapture | None = None, kind: str = "K", *, moments=None) -> torch.Tensor:
     """Linear CKA between slots (on the fit part of the windows): float32 [S, S], symmetric, 1 on
     the diagonal."""
-    from .fit import SlotMoments
+    from .slots import SlotMoments
 
     _check_kind(kind)
     mom = moments if moments is not None else SlotMoments(capture, kind)
@@ -73,7 +74,7 @@ def pairwise_cka(capture: KVCapture | None = None, kind: str = "K", *, moments=N
 
 def similarity_atlas(capture: KVCapture, kind: str = "K", *, lam: float = 1e-3, moments=None) -> dict[str, torch.Tensor]:
     """All three [S, S] matrices for one kind: ``{"r2", "cosine", "cka"}``."""
-    from .fit import SlotMoments
+    from .slots import SlotMoments
 
     _check_kind(kind)
     mom = moments if moments is not None else SlotMoments(capture, kind, lam=lam)
@@ -88,10 +89,10 @@ def layer_summary(mat: torch.Tensor, n_heads: int, reduce: str = "max") -> torch
     """Collapse an [S, S] slot matrix to [L, L] over the H x H blocks (``reduce`` = "max" or "mean";
     on the diagonal blocks the trivial i == j entries are left out)."""
     if reduce not in ("max", "mean"):
-        raise ValueError(f"reduce must be 'max' or 'mean', got {reduce!r}")
+        raise BadArgumentError(f"reduce must be 'max' or 'mean', got {reduce!r}")
     S = mat.shape[0]
     if mat.ndim != 2 or mat.shape[1] != S or S % n_heads:
-        raise ValueError(f"mat must be [S, S] with S divisible by n_heads={n_heads}, got {tuple(mat.shape)}")
+        raise BadArgumentError(f"mat must be [S, S] with S divisible by n_heads={n_heads}, got {tuple(mat.shape)}")
     L = S // n_heads
     m = mat.clone().float()
     eye = torch.eye(S, dtype=torch.bool)

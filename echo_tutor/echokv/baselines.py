@@ -6,7 +6,7 @@ Every method is a :class:`Method`: ``apply(keys, values, cos, sin)`` takes the f
 the full cache in the same dtype (fixed per-model overheads -- bases, reconstructor weights -- are
 listed in ``overhead_bytes`` and not amortised).
 
-* :func:`echokv_method` -- EchoKV-lite (any fitted :class:`~echo_tutor.echokv.fit.Reconstructor`).
+* :func:`echokv_method` -- EchoKV-lite (any fitted :class:`~echo_tutor.echokv.reconstructor.Reconstructor`).
 * :func:`random_drop` -- random slots kept, the rest filled with their calibration mean (or zeros).
 * :func:`per_head_svd` -- Palu-like: a rank-r PCA basis per (layer, head, kind), pre-RoPE keys.
 * :func:`cross_layer_svd` -- xKV-like: one PCA basis shared by the heads of adjacent layer pairs.
@@ -21,9 +21,11 @@ from typing import Callable
 
 import torch
 
+from ..errors import BadArgumentError
 from .cache import simulate
 from .capture import KVCapture, apply_rope, undo_rope
-from .fit import Reconstructor, _check_ratio
+from .reconstructor import Reconstructor
+from .slots import _check_ratio
 
 Transform = Callable[[list, list, torch.Tensor, torch.Tensor], tuple[list, list, "torch.Tensor | None"]]
 
@@ -52,10 +54,11 @@ def echokv_method(rec: Reconstructor, name: str = "echokv-lite") -> Method:
 def random_drop(capture: KVCapture, ratio: float, *, fill: str = "mean", seed: int = 0) -> Method:
     """Keep a random ``ratio`` of the slots (K and V alike); fill the others with the slot's
     calibration mean (pre-RoPE, then rotated) or zeros."""
-    from .fit import ReconstructorSpec, select_slots
+    from .reconstructor import ReconstructorSpec
+    from .slots import select_slots
 
     if fill not in ("mean", "zeros"):
-        raise ValueError(f"fill must be 'mean' or 'zeros', got {fill!r}")
+        raise BadArgumentError(f"fill must be 'mean' or 'zeros', got {fill!r}")
     kept = select_slots(capture, ratio, method="random", seed=seed)
     L, H, W, T, D = capture.keys.shape
     rec = Reconstructor(ReconstructorSpec(L, H, D, kept, window=-1))  # window -1: no inputs at all
@@ -115,7 +118,7 @@ def cross_layer_svd(capture: KVCapture, ratio: float, group: int = 2) -> Method:
     round(ratio * group * H * D) per kind (calibration-fitted; keys pre-RoPE)."""
     ratio = _check_ratio("ratio", ratio)
     if isinstance(group, bool) or not isinstance(group, int) or group < 1:
-        raise ValueError(f"group must be an int >= 1 (layers sharing a basis), got {group!r}")
+        raise BadArgumentError(f"group must be an int >= 1 (layers sharing a basis), got {group!r}")
     L, H, W, T, D = capture.keys.shape
     groups = [list(range(i, min(L, i + group))) for i in range(0, L, group)]
     bases = {}
@@ -167,10 +170,10 @@ def kivi(bits: int = 2, group: int = 32, residual: int = 0, *, ref_bits: int = 1
     ``residual`` tokens stay in full precision. ``fraction`` assumes a ``ref_bits`` (16) cache and
     T >> residual: (bits + 32 / group) / ref_bits."""
     if bits not in (1, 2, 3, 4, 8):
-        raise ValueError(f"bits must be one of 1, 2, 3, 4, 8, got {bits!r}")
+        raise BadArgumentError(f"bits must be one of 1, 2, 3, 4, 8, got {bits!r}")
     for name, val, lo in (("group", group, 1), ("residual", residual, 0)):
         if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
+            raise BadArgumentError(f"{name} must be an int >= {lo}, got {val!r}")
 
     def apply(keys, values, cos, sin):
         nk, nv = [], []
@@ -193,7 +196,7 @@ def streaming_llm(ctx_len: int, ratio: float, sinks: int = 4) -> Method:
     ratio = _check_ratio("ratio", ratio)
     for name, val, lo in (("ctx_len", ctx_len, 1), ("sinks", sinks, 0)):
         if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-            raise ValueError(f"{name} must be an int >= {lo}, got {val!r}")
+            raise BadArgumentError(f"{name} must be an int >= {lo}, got {val!r}")
     keep_n = max(sinks + 1, round(ratio * ctx_len))
     window = keep_n - sinks
 

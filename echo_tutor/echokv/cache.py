@@ -19,14 +19,30 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from .._checks import check_choice
 from ..backends import BACKENDS, resolve_backend, triton_op
+from ..errors import BadArgumentError
 from .capture import apply_rope, rope_cos_sin, undo_rope
-from .fit import Reconstructor
 from .model import attention_layout
 from .ops import rebuild_heads
+from .reconstructor import Reconstructor
+
+_NEEDS_EXTRA = "EchoKVCache needs the echokv extra: pip install 'echo_tutor[echokv]'"
+
+try:
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+except ImportError:
+    # transformers is the optional ``echokv`` extra. Fitting, the rebuild op and the Triton kernel
+    # (which imports echo_tutor.echokv.ops) do not need it, so importing this package must work
+    # without it; only building a cache does. The placeholder fails at construction time instead.
+    class _NeedsTransformers:
+        """Placeholder base of EchoKVCache and its layers: constructing a subclass raises."""
+
+        def __new__(cls, *args, **kwargs):
+            raise ImportError(_NEEDS_EXTRA)
+
+    DynamicCache = DynamicLayer = _NeedsTransformers  # type: ignore[misc,assignment]
 
 MODES = ("full", "compressed", "simulated")
 
@@ -49,7 +65,7 @@ def rebuild_layer(
             (keys post-RoPE), in the order of ``rec.kept_heads(kind, l)``.
         cos, sin: RoPE tables for the T positions, [B or 1, T, D].
         fused: an op with the signature of :func:`echo_tutor.echokv.ops.rebuild_heads` (the PyTorch
-            twin or ``kernels.echokv.forward``), used for linear maps; None for the per-head path.
+            twin or ``echo_kernels.echokv.forward``), used for linear maps; None for the per-head path.
         stacks: an optional memo for :meth:`Reconstructor.linear_stack` (valid while the maps are frozen).
 
     Returns ``(K, V)``, each [B, H, T, D].
@@ -144,10 +160,10 @@ class EchoKVCache(DynamicCache):
 
     Args:
         model: the causal LM (checked with :func:`~echo_tutor.echokv.model.attention_layout`).
-        reconstructor: a fitted :class:`~echo_tutor.echokv.fit.Reconstructor` (needed unless
+        reconstructor: a fitted :class:`~echo_tutor.echokv.reconstructor.Reconstructor` (needed unless
             ``mode="full"``; with it, ``compress_now()`` can switch later).
         mode: "full" | "compressed" | "simulated".
-        backend: how compressed reads rebuild heads: "auto" (the Triton kernel ``kernels.echokv`` on
+        backend: how compressed reads rebuild heads: "auto" (the Triton kernel ``echo_kernels.echokv`` on
             CUDA when installed, else the PyTorch op), "reference" or "triton" (warns once and falls
             back where it cannot run). ``last_backend`` records the path that ran.
 
@@ -158,15 +174,15 @@ class EchoKVCache(DynamicCache):
     def __init__(self, model, reconstructor: Reconstructor | None = None, mode: str = "full", *,
                  backend: str = "auto"):
         if mode not in MODES:
-            raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+            raise BadArgumentError(f"mode must be one of {list(MODES)}, got {mode!r}")
         check_choice("backend", backend, BACKENDS)
         layout = attention_layout(model)
         if mode != "full" and reconstructor is None:
-            raise ValueError(f"mode={mode!r} needs a reconstructor (fit one with echo_tutor.echokv.fit_reconstructor)")
+            raise BadArgumentError(f"mode={mode!r} needs a reconstructor (fit one with echo_tutor.echokv.fit_reconstructor)")
         if reconstructor is not None:
             spec = reconstructor.spec
             if (spec.n_layers, spec.n_kv_heads, spec.head_dim) != (layout.n_layers, layout.n_kv_heads, layout.head_dim):
-                raise ValueError(
+                raise BadArgumentError(
                     f"reconstructor was fitted for (layers, kv heads, head_dim) = "
                     f"{(spec.n_layers, spec.n_kv_heads, spec.head_dim)}, the model has "
                     f"{(layout.n_layers, layout.n_kv_heads, layout.head_dim)}"
@@ -226,7 +242,7 @@ class EchoKVCache(DynamicCache):
         """Switch to compressed storage now (``mode="full"`` -> ``"compressed"``), or, in simulated
         mode, overwrite the discarded heads of every stored token with their reconstructions."""
         if self.rec is None:
-            raise ValueError("compress_now() needs a reconstructor: pass one to EchoKVCache(...)")
+            raise BadArgumentError("compress_now() needs a reconstructor: pass one to EchoKVCache(...)")
         if self.mode == "compressed" or self.get_seq_length() == 0:
             if self.mode == "full":
                 self.mode = "compressed"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import BadArgumentError
 from .model import AttentionLayout, attention_layout, cache_dir
 
 
@@ -83,9 +84,9 @@ def capture_kv(model, ids: torch.Tensor, *, batch_size: int = 4, cache: bool = T
     """
     layout = attention_layout(model)
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype != torch.int64:
-        raise ValueError(f"ids must be an int64 tensor [W, T] of token windows, got {getattr(ids, 'shape', ids)!r}")
+        raise BadArgumentError(f"ids must be an int64 tensor [W, T] of token windows, got {getattr(ids, 'shape', ids)!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        raise BadArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}")
     path = None
     if cache:
         path = cache_dir() / f"kv-{_fingerprint(model, ids)}.pt"

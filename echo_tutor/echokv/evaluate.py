@@ -14,13 +14,14 @@ import math
 
 import torch
 import torch.nn.functional as F
-from transformers.cache_utils import DynamicCache
 
+from ..errors import BadArgumentError
 from .baselines import Method
-from .capture import KVCapture, apply_rope, rope_cos_sin
 from .cache import simulate
-from .fit import Reconstructor, fit_reconstructor
+from .capture import KVCapture, apply_rope, rope_cos_sin
+from .fit import fit_reconstructor
 from .model import attention_layout
+from .reconstructor import Reconstructor
 
 
 def _device(model) -> torch.device:
@@ -29,15 +30,19 @@ def _device(model) -> torch.device:
 
 def _check_windows(ids: object, ctx_len: int) -> torch.Tensor:
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype != torch.int64:
-        raise ValueError(f"ids must be an int64 tensor [W, T] of token windows, got {getattr(ids, 'shape', ids)!r}")
+        raise BadArgumentError(f"ids must be an int64 tensor [W, T] of token windows, got {getattr(ids, 'shape', ids)!r}")
     if isinstance(ctx_len, bool) or not isinstance(ctx_len, int) or not 0 < ctx_len < ids.shape[1] - 1:
-        raise ValueError(f"ctx_len must be an int in [1, T-2] with T={ids.shape[1]}, got {ctx_len!r}")
+        raise BadArgumentError(f"ctx_len must be an int in [1, T-2] with T={ids.shape[1]}, got {ctx_len!r}")
     return ids
 
 
 @torch.no_grad()
 def prefill(model, ctx: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Full-cache prefill of ``ctx`` [B, C]: per-layer keys (post-RoPE) and values, [B, H, C, D]."""
+    from transformers.cache_utils import (
+        DynamicCache,  # the optional echokv extra: imported on use
+    )
+
     cache = DynamicCache()
     model(ctx.to(_device(model)), cache=cache, use_cache=True)
     return [l.keys for l in cache.layers], [l.values for l in cache.layers]
@@ -46,6 +51,10 @@ def prefill(model, ctx: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Te
 def continuation_logits(model, keys, values, cont: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """Run ``cont`` [B, E] against a given context cache (per-layer [B, H, C, D]); ``keep`` [B, C]
     masks context tokens out. Returns logits [B, E, vocab]."""
+    from transformers.cache_utils import (
+        DynamicCache,  # the optional echokv extra: imported on use
+    )
+
     C = keys[0].shape[-2]
     cont = cont.to(keys[0].device)
     cache = DynamicCache()
@@ -82,7 +91,7 @@ def perplexity(
         methods = [full_method(), *methods]
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
-        raise ValueError(f"method names must be unique, got {names}")
+        raise BadArgumentError(f"method names must be unique, got {names}")
     totals = {m.name: 0.0 for m in methods}
     per_window: dict[str, list[float]] = {m.name: [] for m in methods}
     count = 0
@@ -121,7 +130,7 @@ def paired_difference(table: dict, a: str, b: str, *, n_boot: int = 2000, seed: 
     (negative = ``a`` better). ``table`` is the output of :func:`perplexity`."""
     for name in (a, b):
         if name not in table:
-            raise ValueError(f"method {name!r} is not in the table (have {sorted(table)})")
+            raise BadArgumentError(f"method {name!r} is not in the table (have {sorted(table)})")
     d = torch.tensor(table[a]["window_nll"], dtype=torch.float64) - torch.tensor(table[b]["window_nll"], dtype=torch.float64)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(d), (n_boot, len(d)), generator=g)
@@ -137,7 +146,7 @@ def error_by_position(rec: Reconstructor, model, capture: KVCapture, kind: str =
     (mean over windows and discarded slots): float32 [T]. Keys are compared after RoPE (a rotation:
     the error is the same before or after it when the map runs pre-RoPE)."""
     if kind not in ("K", "V"):
-        raise ValueError(f"kind must be 'K' or 'V', got {kind!r}")
+        raise BadArgumentError(f"kind must be 'K' or 'V', got {kind!r}")
     L, H, W, T, D = capture.keys.shape
     X = capture.keys if kind == "K" else capture.values   # [L, H, W, T, D]
     retained = {r: X[r // H, r % H] for r in rec.kept[kind]}
@@ -196,9 +205,9 @@ def distill(
     attention_layout(model)
     for name, val in (("steps", steps), ("batch_size", batch_size)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {val!r}")
+            raise BadArgumentError(f"{name} must be an int >= 1, got {val!r}")
     if not isinstance(rec, Reconstructor):
-        raise ValueError(f"rec must be a Reconstructor (from fit_reconstructor), got {type(rec).__name__}")
+        raise BadArgumentError(f"rec must be a Reconstructor (from fit_reconstructor), got {type(rec).__name__}")
     params = [p for p in rec.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr)
     g = torch.Generator().manual_seed(seed)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import BadArgumentError
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # Disjoint module lists: the calibration split and the held-out split never share a module.
@@ -85,7 +87,7 @@ def load_smollm2(dtype: torch.dtype = torch.float32, *, fresh: bool = False):
     objects are returned on later calls in one process (``fresh=True`` loads a new copy).
     """
     if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise ValueError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")
+        raise BadArgumentError(f"dtype must be torch.float32, float16 or bfloat16, got {dtype}")
     name = str(dtype).replace("torch.", "")
     if fresh:
         return _load_smollm2(dtype)
@@ -175,7 +177,7 @@ def tiny_gqa_model(steps: int = 150, seed: int = 0, *, fresh: bool = False):
     ``steps`` AdamW steps on a copy task (~5 s on 2 cores). Deterministic for a given seed;
     cached per process unless ``fresh``. Returns the model in eval mode, ``requires_grad`` off."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps!r}")
+        raise BadArgumentError(f"steps must be an int >= 0, got {steps!r}")
     return _train_tiny(steps, seed) if fresh else _tiny_cached(steps, seed)
 
 
@@ -204,7 +206,7 @@ def calibration_text(split: str = "calib", max_chars: int | None = None) -> str:
     fitted on one is evaluated on text it has never seen. Deterministic for a Python version.
     """
     if split not in ("calib", "heldout"):
-        raise ValueError(f"split must be 'calib' or 'heldout', got {split!r}")
+        raise BadArgumentError(f"split must be 'calib' or 'heldout', got {split!r}")
     parts: list[str] = []
     for name in _CALIB_MODULES if split == "calib" else _HELDOUT_MODULES:
         try:
@@ -230,11 +232,11 @@ def text_windows(tokenizer, text: str, seq_len: int, n_windows: int) -> torch.Te
     """Tokenise ``text`` and cut it into ``n_windows`` non-overlapping windows: int64 [n, seq_len]."""
     for name, val in (("seq_len", seq_len), ("n_windows", n_windows)):
         if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {val!r}")
+            raise BadArgumentError(f"{name} must be an int >= 1, got {val!r}")
     ids = tokenizer(text, return_tensors="pt").input_ids[0]
     n_avail = ids.numel() // seq_len
     if n_avail < n_windows:
-        raise ValueError(
+        raise BadArgumentError(
             f"n_windows={n_windows} x seq_len={seq_len} needs {n_windows * seq_len} tokens; the text has {ids.numel()}"
         )
     return ids[: n_windows * seq_len].view(n_windows, seq_len).clone()
@@ -266,25 +268,25 @@ def attention_layout(model) -> AttentionLayout:
     layers = getattr(inner, "layers", None)
     config = getattr(model, "config", None)
     if inner is None or layers is None or config is None or len(layers) == 0:
-        raise ValueError(
+        raise BadArgumentError(
             "model must be a decoder-only causal LM with `model.model.layers` (a Llama-style layout, "
             f"e.g. LlamaForCausalLM); got {type(model).__name__}"
         )
     for i, layer in enumerate(layers):
         attn = getattr(layer, "self_attn", None)
         if attn is None or not hasattr(attn, "k_proj") or not hasattr(attn, "v_proj"):
-            raise ValueError(
+            raise BadArgumentError(
                 f"model.model.layers[{i}] has no self_attn with k_proj and v_proj: EchoKV-lite needs "
                 "Llama-style attention layers"
             )
     if getattr(inner, "rotary_emb", None) is None:
-        raise ValueError("model.model has no rotary_emb: EchoKV-lite needs a RoPE model")
+        raise BadArgumentError("model.model has no rotary_emb: EchoKV-lite needs a RoPE model")
     n_q = int(config.num_attention_heads)
     n_kv = int(getattr(config, "num_key_value_heads", None) or n_q)
     head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // n_q)
     k_out = layers[0].self_attn.k_proj.out_features
     if k_out != n_kv * head_dim:
-        raise ValueError(
+        raise BadArgumentError(
             f"k_proj has {k_out} outputs, expected num_key_value_heads * head_dim = {n_kv} * {head_dim}"
         )
     return AttentionLayout(len(layers), n_kv, n_q, head_dim)

@@ -1,4 +1,4 @@
-"""The EchoKV-lite rebuild as one op, the PyTorch twin of ``kernels.echokv.forward``.
+"""The EchoKV-lite rebuild as one op, the PyTorch twin of ``echo_kernels.echokv.forward``.
 
 :func:`rebuild_heads` takes the retained heads a layer's discarded heads are rebuilt from (keys as
 cached, i.e. after RoPE), undoes RoPE, applies every discarded head's linear map, adds the bias and
@@ -10,25 +10,26 @@ from __future__ import annotations
 import torch
 
 from .._checks import check_tensor
+from ..errors import BadArgumentError
 from .capture import apply_rope, undo_rope
 
 
 def check_rebuild_args(x, cos, sin, W, b) -> None:
-    """Shape checks shared by :func:`rebuild_heads` and ``kernels.echokv.forward``."""
+    """Shape checks shared by :func:`rebuild_heads` and ``echo_kernels.echokv.forward``."""
     check_tensor("x", x, 4, layout="[B, J, T, D]", finite=False)
     B, J, T, D = x.shape
     if D % 2:
-        raise ValueError(f"x's head size D must be even (RoPE pairs dims i and i + D/2), got shape {tuple(x.shape)}")
+        raise BadArgumentError(f"x's head size D must be even (RoPE pairs dims i and i + D/2), got shape {tuple(x.shape)}")
     for name, t in (("cos", cos), ("sin", sin)):
         check_tensor(name, t, 2, layout="[T, D]", finite=False)
         if tuple(t.shape) != (T, D):
-            raise ValueError(f"{name} must have shape [T, D] = {(T, D)} to match x, got {tuple(t.shape)}")
+            raise BadArgumentError(f"{name} must have shape [T, D] = {(T, D)} to match x, got {tuple(t.shape)}")
     check_tensor("W", W, 4, layout="[O, J, D, D]", finite=False)
     if tuple(W.shape[1:]) != (J, D, D):
-        raise ValueError(f"W must have shape [O, J={J}, D={D}, D={D}] to match x, got {tuple(W.shape)}")
+        raise BadArgumentError(f"W must have shape [O, J={J}, D={D}, D={D}] to match x, got {tuple(W.shape)}")
     check_tensor("b", b, 2, layout="[O, D]", finite=False)
     if tuple(b.shape) != (W.shape[0], D):
-        raise ValueError(f"b must have shape [O, D] = {(W.shape[0], D)}, got {tuple(b.shape)}")
+        raise BadArgumentError(f"b must have shape [O, D] = {(W.shape[0], D)}, got {tuple(b.shape)}")
 
 
 def rebuild_heads(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, W: torch.Tensor, b: torch.Tensor,

@@ -9,18 +9,19 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..errors import BadArgumentError
 from . import baselines as B
 from .capture import capture_kv
 from .evaluate import distill, paired_difference, perplexity
-from .fit import KINDS, SlotMoments, fit_reconstructor, light_keys, slot_errors
+from .fit import fit_reconstructor, slot_errors
 from .model import calibration_text, load_smollm2, text_windows
+from .slots import KINDS, SlotMoments, light_keys
 
 
 @dataclass
@@ -68,7 +69,7 @@ def method_family(name: str) -> tuple[str, str, str]:
     Raises ``ValueError`` for a method no family matches (add it to ``METHOD_FAMILIES``)."""
     fam = next((f for f in METHOD_FAMILIES if f[0] in name), None)
     if fam is None:
-        raise ValueError(f"name: no family (legend name, colour) for method {name!r}; add it to METHOD_FAMILIES")
+        raise BadArgumentError(f"name: no family (legend name, colour) for method {name!r}; add it to METHOD_FAMILIES")
     return fam
 
 

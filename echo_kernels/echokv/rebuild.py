@@ -1,4 +1,4 @@
-"""Triton kernel for EchoKV-lite's read path. Twin: :func:`echo_tutor.echokv.ops.rebuild_heads`.
+"""The Triton kernel behind EchoKV-lite's fused rebuild. Twin: :func:`echo_tutor.echokv.ops.rebuild_heads`.
 
 ``forward(x, cos, sin, W, b, rope)``: one program per (batch x discarded head, block of tokens). For
 each retained input head it loads the [BT, D] tile as two halves (Llama's RoPE pairs dim i with
