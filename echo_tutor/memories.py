@@ -25,6 +25,7 @@ import math
 import torch
 
 from ._checks import check_int, check_positive
+from .errors import BadArgumentError
 
 __all__ = ["MEMORIES", "recall_accuracy", "state_floats", "horizon"]
 
@@ -58,7 +59,7 @@ def recall_accuracy(memory: str, n_pairs: int = 8, gap: int = 64, r: int = 32, *
         trials, seed: how many streams, and their seed.
     """
     if memory not in MEMORIES:
-        raise ValueError(f"memory must be one of {list(MEMORIES)}, got {memory!r}")
+        raise BadArgumentError(f"memory must be one of {list(MEMORIES)}, got {memory!r}")
     n = check_int("n_pairs", n_pairs, min_value=1)
     G = check_int("gap", gap, min_value=0)
     check_int("r", r, min_value=1)
@@ -67,7 +68,7 @@ def recall_accuracy(memory: str, n_pairs: int = 8, gap: int = 64, r: int = 32, *
     check_int("n_values", n_values, min_value=2)
     check_positive("eps", eps)
     if not (0 < lam <= 1):
-        raise ValueError(f"lam must be in (0, 1], got {lam}")
+        raise BadArgumentError(f"lam must be in (0, 1], got {lam}")
     keys, vals, book, bound = _stream(n, G, r, P, n_values, trials, seed)
     T = n + G
     q = keys[:, :n]  # [trials, n, r]: read every bound key
@@ -99,7 +100,7 @@ def state_floats(memory: str, r: int = 32, P: int = 32, window: int = 64, contex
     """Floats a memory holds after ``context`` tokens: decay ``P r``, window ``min(context, W) (r + P)``,
     ridge ``r^2 + P r`` (G and C)."""
     if memory not in MEMORIES:
-        raise ValueError(f"memory must be one of {list(MEMORIES)}, got {memory!r}")
+        raise BadArgumentError(f"memory must be one of {list(MEMORIES)}, got {memory!r}")
     if memory == "decay":
         return P * r
     if memory == "window":
@@ -110,5 +111,5 @@ def state_floats(memory: str, r: int = 32, P: int = 32, window: int = 64, contex
 def horizon(lam: float, floor: float = 0.01) -> float:
     """Tokens after which a decay ``lam`` per token leaves less than ``floor`` of a write: ``log floor / log lam``."""
     if not (0 < lam < 1):
-        raise ValueError(f"lam must be in (0, 1), got {lam}")
+        raise BadArgumentError(f"lam must be in (0, 1), got {lam}")
     return math.log(floor) / math.log(lam)

@@ -10,104 +10,20 @@ Switches (environment variables, read when this module is imported):
 Each lab's exercises live in ``echo_tutor.labs.labNN``: a checker per exercise that calls the
 student's function on fresh random inputs and raises :class:`ExerciseError` saying what is wrong
 (shape, value, causality), and the solution used in instructor mode.
+
+Modules: ``switches`` (FAST, SOLUTIONS), ``checking`` (what every checker uses), ``labNN`` (one per lab).
 """
 
-from __future__ import annotations
+from .checking import (
+           ExerciseError,
+           call_student,
+           close,
+           exercise,
+           expect_tensor,
+           fresh_generator,
+           passed,
+)
+from .switches import FAST, SOLUTIONS, is_fast, solutions_enabled
 
-import os
-import re
-import secrets
-from typing import Callable
-
-import torch
-
-__all__ = ["FAST", "SOLUTIONS", "ExerciseError", "is_fast", "solutions_enabled", "exercise", "fresh_generator", "passed"]
-
-
-def _flag(name: str) -> bool | None:
-    val = os.environ.get(name)
-    if val is None or val.strip() == "":
-        return None
-    return val.strip().lower() not in ("0", "false", "no", "off")
-
-
-def is_fast() -> bool:
-    """FAST mode: ``ECHO_TUTOR_FAST`` if set, else on when ``CI`` is set or no CUDA device is present."""
-    flag = _flag("ECHO_TUTOR_FAST")
-    if flag is not None:
-        return flag
-    return bool(_flag("CI")) or not torch.cuda.is_available()
-
-
-def solutions_enabled() -> bool:
-    """Instructor mode: ``ECHO_TUTOR_SOLUTIONS=1``."""
-    return bool(_flag("ECHO_TUTOR_SOLUTIONS"))
-
-
-FAST: bool = is_fast()
-SOLUTIONS: bool = solutions_enabled()
-
-
-class ExerciseError(AssertionError):
-    """Raised by a checker: the message says what is wrong and how to reproduce it."""
-
-
-def fresh_generator() -> tuple[torch.Generator, int]:
-    """A generator on a fresh random seed (returned too, so a failure can be reproduced)."""
-    seed = secrets.randbits(31)
-    return torch.Generator().manual_seed(seed), seed
-
-
-def exercise(student: Callable, lab: str | Callable) -> Callable:
-    """The function a lab uses for an exercise: the student's, or the solution in instructor mode.
-
-    ``lab`` names the lab module whose private ``_<name>_solution`` is the solution of the exercise
-    ``student.__name__`` (e.g. ``exercise(ssm_scan, "lab01")``), so that the exercise cell does not hand
-    the solution to the student; a callable is used as the solution itself."""
-    if callable(lab):
-        solution = lab
-    else:
-        import importlib
-
-        if not isinstance(lab, str) or not re.fullmatch(r"lab\d\d", lab):
-            raise ValueError(f"lab must be a lab module name such as 'lab01', got {lab!r}")
-        name = getattr(student, "__name__", None)
-        solution = getattr(importlib.import_module(f"echo_tutor.labs.{lab}"), f"_{name}_solution", None)
-        if solution is None:
-            raise ValueError(f"student must be the exercise's function (def {name or '...'}) of {lab}; "
-                             f"{lab} has no exercise {name!r}")
-    return solution if solutions_enabled() else student
-
-
-def passed(name: str) -> None:
-    """Print the checker's success line (returns None, so the cell shows no ``Out: True``)."""
-    print(f"\N{WHITE HEAVY CHECK MARK} {name}: correct on fresh random inputs.")
-
-
-def call_student(name: str, fn: Callable, *args, **kwargs):
-    """Call the student's function, turning 'not done yet' and crashes into readable messages."""
-    if not callable(fn):
-        raise ExerciseError(f"{name}: expected a function, got {type(fn).__name__}")
-    try:
-        return fn(*args, **kwargs)
-    except NotImplementedError:
-        raise ExerciseError(f"{name}: not attempted yet - replace `raise NotImplementedError` with your code.") from None
-    except ExerciseError:
-        raise
-    except Exception as e:  # the student's own bug: say where, without hiding it
-        raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}") from e
-
-
-def expect_tensor(name: str, out: object, shape: tuple[int, ...], what: str) -> torch.Tensor:
-    if not isinstance(out, torch.Tensor):
-        raise ExerciseError(f"{name}: should return a torch.Tensor {what}, got {type(out).__name__}")
-    if tuple(out.shape) != tuple(shape):
-        raise ExerciseError(f"{name}: wrong shape: expected {what} = {tuple(shape)}, got {tuple(out.shape)}")
-    if not bool(torch.isfinite(out).all()):
-        raise ExerciseError(f"{name}: the output contains NaN or Inf")
-    return out
-
-
-def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-6) -> bool:
-    a, b = a.double(), b.double()
-    return bool((a - b).norm() <= tol * (1.0 + b.norm()))
+__all__ = ["FAST", "SOLUTIONS", "ExerciseError", "is_fast", "solutions_enabled", "exercise", "fresh_generator", "passed",
+           "call_student", "expect_tensor", "close"]

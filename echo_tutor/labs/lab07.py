@@ -1,7 +1,7 @@
 """Lab 07 (Triton fast paths): exercises, checkers and solutions.
 
 1. ``chunk_gram(ok [N, T, r], kk [N, T, r], S) -> [N, T/S, r, r]``: each chunk's own Gram term
-   ``sum_{s in chunk} ok_s kk_s^T`` (not a running sum): what ``kernels.ska.chunk_stats`` computes for G.
+   ``sum_{s in chunk} ok_s kk_s^T`` (not a running sum): what ``echo_kernels.ska.chunk_stats`` computes for G.
 2. ``sherman_morrison(Ginv [r, r], k [r], a) -> [r, r]``: the inverse of ``G + a k k^T`` from ``G^-1``,
    the rank-1 update the decode kernel keeps ``G^-1`` with.
 """
@@ -16,7 +16,7 @@ __all__ = ["_chunk_gram_solution", "_sherman_morrison_solution", "check_chunk_gr
 
 
 def _chunk_gram_solution(ok, kk, S):
-    # G's part of the twin that kernels.ska.chunk_stats is tested against
+    # G's part of the twin that echo_kernels.ska.chunk_stats is tested against
     from ..ska.ops import chunk_stats
 
     return chunk_stats(ok, kk, kk, ok, S)[0]

@@ -5,50 +5,6 @@ commands are recorded in the ``.json`` beside each ``.pt``, with its training hi
 stored as float16 and loaded as float32.
 """
 
-from __future__ import annotations
+from .store import HERE, available, info, load_pretrained, path_of, results
 
-import json
-import pathlib
-from typing import Any
-
-HERE = pathlib.Path(__file__).resolve().parent
-
-__all__ = ["load_pretrained", "available", "info", "results", "path_of"]
-
-
-def _file(name: str) -> str:
-    return name.replace("+", "_")
-
-
-def available() -> list[str]:
-    """Names of the shipped models (e.g. ``['echo', 'ssm', 'ssm+attn', 'ssm+ridge']``)."""
-    return sorted(p.stem.replace("_", "+") for p in HERE.glob("*.pt"))
-
-
-def path_of(name: str) -> pathlib.Path:
-    p = HERE / f"{_file(name)}.pt"
-    if not p.exists():
-        have = available()
-        raise ValueError(f"name must be one of the shipped models {have}, got {name!r}"
-                         + ("" if have else " (none shipped yet: run scripts/train_checkpoints.sh)"))
-    return p
-
-
-def load_pretrained(name: str):
-    """The shipped model ``name`` (a ``HybridLM`` in eval mode, float32, on the CPU)."""
-    from ..models import load
-
-    return load(path_of(name))
-
-
-def info(name: str) -> dict[str, Any]:
-    """How the shipped model was trained: command, steps, time, evaluation history."""
-    return json.loads(path_of(name).with_suffix(".json").read_text())
-
-
-def results(kind: str) -> Any:
-    """A shipped results file, e.g. ``results("cliff")`` -> the records of ``echo-tutor cliff``."""
-    p = HERE / f"results_{kind}.json"
-    if not p.exists():
-        raise ValueError(f"kind: no shipped results_{kind}.json (have: {[q.stem for q in HERE.glob('results_*.json')]})")
-    return json.loads(p.read_text())
+__all__ = ["HERE", "load_pretrained", "available", "info", "results", "path_of"]

@@ -22,13 +22,13 @@ operators: in chunk mode a query sees the statistics of earlier chunks only.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_choice, check_int, check_positive, check_tensor
-from ..backends import resolve_backend, triton_op
+from ..backends import backends_of, resolve_backend, triton_op
+from ..errors import BadArgumentError
 from .reference import SKAState, ska_chunked, ska_recurrent
 
 __all__ = ["SpectralKoopmanAttention"]
@@ -83,7 +83,7 @@ class SpectralKoopmanAttention(nn.Module):
         check_int("rank", rank, min_value=1)
         if head_dim is None:
             if d_model % n_heads:
-                raise ValueError(f"head_dim: d_model={d_model} is not divisible by n_heads={n_heads}; pass head_dim")
+                raise BadArgumentError(f"head_dim: d_model={d_model} is not divisible by n_heads={n_heads}; pass head_dim")
             head_dim = d_model // n_heads
         check_int("head_dim", head_dim, min_value=1)
         check_int("power_steps", power_steps, min_value=0)
@@ -92,10 +92,10 @@ class SpectralKoopmanAttention(nn.Module):
         check_choice("mode", mode, ("chunk", "token"))
         check_int("chunk_size", chunk_size, min_value=1)
         check_int("spectral_iters", spectral_iters, min_value=1)
-        check_choice("backend", backend, ("auto", "reference", "triton"))
+        check_choice("backend", backend, backends_of("ska"))
         lo, hi = gamma_range
         if not (0 < lo <= hi):
-            raise ValueError(f"gamma_range must be (lo, hi) with 0 < lo <= hi, got {gamma_range}")
+            raise BadArgumentError(f"gamma_range must be (lo, hi) with 0 < lo <= hi, got {gamma_range}")
         self.d_model, self.n_heads, self.rank, self.head_dim = d_model, n_heads, rank, head_dim
         self.power_steps, self.eps, self.key_norm = power_steps, eps, key_norm
         self.spectral_norm, self.gamma_range, self.spectral_iters = spectral_norm, (float(lo), float(hi)), spectral_iters
@@ -151,6 +151,18 @@ class SpectralKoopmanAttention(nn.Module):
         beta = torch.sigmoid(self.gate(x).to(sd)) if self.gate is not None else None  # [B, T, H]
         return q, k, v, beta
 
+    def project(self, x: torch.Tensor, state: SKAState | None = None, causal: bool = False):
+        """The per-head queries, keys, values and write gate of ``x``, as :meth:`forward` reads them.
+
+        x ``[B, T, d]`` -> q, k ``[B, T, H, r]`` (normalised by ``key_norm``; ``causal`` uses the running
+        maximum of ``"seqmax"`` as :meth:`step` does), v ``[B, T, H, P]``, beta ``[B, T, H]`` or None."""
+        check_tensor("x", x, 3, layout="[B, T, d_model]")
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device)
+        q, k, v, beta = self._project(x)
+        q, k, _ = self._normalise(q, k, state, causal)
+        return q, k, v, beta
+
     def _normalise(self, q, k, state: SKAState, causal: bool):
         if self.key_norm == "l2":
             return F.normalize(q, dim=-1), F.normalize(k, dim=-1), None
@@ -182,12 +194,12 @@ class SpectralKoopmanAttention(nn.Module):
         check_tensor("x", x, 3, layout="[B, T, d_model]")
         B, T, d = x.shape
         if d != self.d_model:
-            raise ValueError(f"x must have last dim d_model={self.d_model}, got shape {tuple(x.shape)}")
+            raise BadArgumentError(f"x must have last dim d_model={self.d_model}, got shape {tuple(x.shape)}")
         weights = None
         if mask is not None:
             check_tensor("mask", mask, 2, layout="[B, T]", floating=False)
             if tuple(mask.shape) != (B, T):
-                raise ValueError(f"mask must have shape [B, T] = {(B, T)}, got {tuple(mask.shape)}")
+                raise BadArgumentError(f"mask must have shape [B, T] = {(B, T)}, got {tuple(mask.shape)}")
             weights = mask.float()[..., None].expand(B, T, self.n_heads)
         if state is None:
             state = self.init_state(B, device=x.device)
@@ -203,9 +215,9 @@ class SpectralKoopmanAttention(nn.Module):
         """Decode one token (always token-causal): ``x_t [B, d_model] -> y_t [B, d_model]``."""
         check_tensor("x_t", x_t, 2, layout="[B, d_model]")
         if x_t.shape[-1] != self.d_model:
-            raise ValueError(f"x_t must have last dim d_model={self.d_model}, got shape {tuple(x_t.shape)}")
+            raise BadArgumentError(f"x_t must have last dim d_model={self.d_model}, got shape {tuple(x_t.shape)}")
         if not isinstance(state, SKAState):
-            raise ValueError(f"state must be an SKAState (from init_state), got {type(state).__name__}")
+            raise BadArgumentError(f"state must be an SKAState (from init_state), got {type(state).__name__}")
         x = x_t[:, None]
         q, k, v, beta = self._project(x)
         q, k, key_scale = self._normalise(q, k, state, causal=True)

@@ -1,12 +1,13 @@
-"""The SKA building blocks that ``kernels/ska`` implements in Triton, as plain PyTorch "twins".
+"""The SKA building blocks that ``echo_kernels/ska`` implements in Triton, as plain PyTorch "twins".
 
-Each function here has exactly the signature of its kernel (``kernels.ska.chunk_stats`` etc.): the
+Each function here has exactly the signature of its kernel (``echo_kernels.ska.chunk_stats`` etc.): the
 kernels are tested against these, and :func:`ska_chunked_ops` composes them into the chunk-mode
-forward that ``kernels.ska.forward`` runs. Heads are flattened into the leading dim: ``N = B * H``.
+forward that ``echo_kernels.ska.forward`` runs. Heads are flattened into the leading dim: ``N = B * H``.
 
 * :func:`chunk_stats` -- per-chunk G, M (the chunk-boundary term included through the lagged keys)
   and C: ``[N, nc, r, r]`` / ``[N, nc, P, r]``.
-* :func:`exclusive_prefix` -- what chunk c reads: the state plus the sum over chunks before c.
+* :func:`exclusive_prefix` -- what chunk c reads: the state plus the sum over chunks before c (from
+  ``linalg``, shared with the reference).
 * :func:`readout_inverse` -- after the factorisation: ``y = scale * C G^-1 (M G^-1)^K q`` for a block
   of queries, from ``G^-1`` (the K+2 products: A^T = G^-1 M^T and B^T = G^-1 C^T, then K + 1 applications).
 * :func:`decode_step` -- one token: rank-1 updates of G, M, C, k_prev and of ``G^-1`` (Sherman-Morrison),
@@ -17,7 +18,12 @@ from __future__ import annotations
 
 import torch
 
-from .reference import SKAState, _prepare, safe_cholesky, sigma_max
+from ..errors import BadArgumentError
+from .linalg import exclusive_prefix, safe_cholesky, sigma_max, whiten
+from .reference import SKAState, _prepare
+
+__all__ = ["chunk_stats", "exclusive_prefix", "readout_inverse", "decode_step", "inverse_gram", "spectral_scale",
+           "broadcast_heads", "ska_chunked_ops"]
 
 
 def chunk_stats(ok: torch.Tensor, kk: torch.Tensor, k_lag: torch.Tensor, ov: torch.Tensor, chunk_size: int):
@@ -38,15 +44,6 @@ def chunk_stats(ok: torch.Tensor, kk: torch.Tensor, k_lag: torch.Tensor, ov: tor
     Mc = torch.einsum("ncsi,ncsj->ncij", ok, k_lag)
     Cc = torch.einsum("ncsp,ncsj->ncpj", ov, kk)
     return Gc, Mc, Cc
-
-
-def exclusive_prefix(X0: torch.Tensor, Xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``X0 [N, a, b]`` + exclusive cumulative sum of ``Xc [N, nc, a, b]`` over chunks.
-
-    Returns (prefix ``[N, nc, a, b]``, total ``X0 + sum_c Xc`` ``[N, a, b]``)."""
-    csum = Xc.cumsum(1)
-    prefix = X0[:, None] + torch.cat([torch.zeros_like(Xc[:, :1]), csum[:, :-1]], 1)
-    return prefix, X0 + csum[:, -1]
 
 
 def readout_inverse(Ginv: torch.Tensor, M: torch.Tensor, C: torch.Tensor, q: torch.Tensor, power_steps: int,
@@ -99,14 +96,11 @@ def inverse_gram(G: torch.Tensor) -> torch.Tensor:
 
 def spectral_scale(G: torch.Tensor, M: torch.Tensor, power_steps: int, gamma, spectral_iters) -> torch.Tensor:
     """``s^K`` with ``s = gamma / max(1, sigma_max(L^-1 M L^-T))``, per matrix: ``[...]``."""
-    L = safe_cholesky(G)
-    Lm = torch.linalg.solve_triangular(L, M, upper=False)
-    A_w = torch.linalg.solve_triangular(L, Lm.transpose(-1, -2), upper=False).transpose(-1, -2)
-    return (gamma / sigma_max(A_w, spectral_iters).clamp_min(1.0)) ** power_steps
+    return (gamma / sigma_max(whiten(M, safe_cholesky(G)), spectral_iters).clamp_min(1.0)) ** power_steps
 
 
-def _heads(x, B, H):
-    """Broadcast a float or [H] tensor to [B*H]."""
+def broadcast_heads(x, B: int, H: int) -> torch.Tensor:
+    """A per-head parameter (a float or an ``[H]`` tensor) broadcast to the flattened heads ``[B*H]``."""
     if isinstance(x, torch.Tensor):
         return x.reshape(1, -1).expand(B, H).reshape(-1)
     return torch.full((B * H,), float(x))
@@ -115,14 +109,14 @@ def _heads(x, B, H):
 def ska_chunked_ops(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gamma=1.0, spectral_norm=False,
                     spectral_iters=6, mode="chunk", chunk_size=64, weights=None, state=None, ops=None):
     """Chunk-mode SKA composed from the ops above (``ops`` = a module with the same four functions:
-    this module, or ``kernels.ska``). Same arguments and results as
+    this module, or ``echo_kernels.ska``). Same arguments and results as
     :func:`~echo_tutor.ska.reference.ska_chunked` with ``mode="chunk"``; the readout uses ``G^-1``
     instead of triangular solves, so results agree to rounding, not bit for bit."""
     import sys
 
     ops = ops or sys.modules[__name__]
     if mode != "chunk":
-        raise ValueError(f"ska_chunked_ops implements mode='chunk' only, got mode={mode!r}")
+        raise BadArgumentError(f"ska_chunked_ops implements mode='chunk' only, got mode={mode!r}")
     p = _prepare(q, k, v, beta, weights, state, power_steps=power_steps, eps=eps, eta=eta, gamma=gamma,
                  mode=mode, chunk_size=chunk_size, spectral_iters=spectral_iters)
     st = p.state
@@ -143,9 +137,9 @@ def ska_chunked_ops(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gam
     Cx, C_end = ops.exclusive_prefix(st.C.reshape(B * H, P, r), Cc)
     Gx2, Mx2, Cx2 = Gx.reshape(-1, r, r), Mx.reshape(-1, r, r), Cx.reshape(-1, P, r)
     Ginv = inverse_gram(Gx2)
-    scale = _heads(eta, B, H).to(Gx.dtype).to(Gx.device)[:, None].expand(B * H, nc).reshape(-1)
+    scale = broadcast_heads(eta, B, H).to(Gx.dtype).to(Gx.device)[:, None].expand(B * H, nc).reshape(-1)
     if spectral_norm and power_steps > 0:
-        g = _heads(gamma, B, H).to(Gx.dtype).to(Gx.device)[:, None].expand(B * H, nc).reshape(-1)
+        g = broadcast_heads(gamma, B, H).to(Gx.dtype).to(Gx.device)[:, None].expand(B * H, nc).reshape(-1)
         scale = scale * spectral_scale(Gx2, Mx2, power_steps, g, spectral_iters)
     y = ops.readout_inverse(Ginv, Mx2, Cx2, qf.reshape(B * H * nc, S, r), power_steps, scale)  # [N*nc, S, P]
     y = y.reshape(B, H, nc * S, P)[:, :, :T].permute(0, 2, 1, 3)

@@ -38,9 +38,18 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from .._checks import check_choice, check_int, check_per_head, check_positive, check_same, check_tensor
+from .._checks import (
+    check_choice,
+    check_int,
+    check_per_head,
+    check_positive,
+    check_same,
+    check_tensor,
+)
+from ..errors import BadArgumentError
+from .linalg import exclusive_prefix, safe_cholesky, sigma_max, whiten
 
-__all__ = ["SKAState", "ska_recurrent", "ska_chunked", "ska_readout", "safe_cholesky", "sigma_max"]
+__all__ = ["SKAState", "ska_recurrent", "ska_chunked", "ska_readout"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,7 +68,7 @@ class SKAState:
         key_scale: ``[B, H]`` or None: the running largest key norm, kept only by layers that use
             ``key_norm="seqmax"`` (the "optional scalar" of the paper's state).
         G_inv: ``[B, H, r, r]`` or None: ``G^-1``, kept only by the Triton decode path
-            (``kernels.ska.decode``, Sherman-Morrison updates); the references ignore and drop it.
+            (``echo_kernels.ska.decode``, Sherman-Morrison updates); the references ignore and drop it.
 
     Its size is ``(2 r^2 + P r + r) * H`` floats per sequence whatever the number of tokens read; a KV
     cache for the same heads holds ``T (r + P) H`` floats.
@@ -130,47 +139,8 @@ class SKAState:
 
 
 # --------------------------------------------------------------------------------------------------
-# Linear algebra helpers
+# The readout
 # --------------------------------------------------------------------------------------------------
-def safe_cholesky(G: torch.Tensor, max_tries: int = 8) -> torch.Tensor:
-    """Cholesky factor ``L`` of ``G [..., r, r]`` (``G = L L^T``), with a jitter fallback.
-
-    ``G`` is positive definite in exact arithmetic (``eps > 0``), but with a tiny ``eps`` and fewer keys
-    than ``r`` rounding can make it fail. Only the failing matrices get jitter, growing tenfold per try
-    from ``sqrt(machine eps) * mean(diag G)``.
-    """
-    L, info = torch.linalg.cholesky_ex(G)
-    if not bool((info != 0).any()):
-        return L
-    r = G.shape[-1]
-    eye = torch.eye(r, dtype=G.dtype, device=G.device)
-    scale = G.detach().diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(1.0)[..., None, None]
-    base = torch.finfo(G.dtype).eps ** 0.5
-    Gj = G
-    for i in range(max_tries):
-        bad = (info != 0)[..., None, None]
-        Gj = torch.where(bad, Gj + base * (10.0**i) * scale * eye, Gj)
-        L, info = torch.linalg.cholesky_ex(Gj)
-        if not bool((info != 0).any()):
-            return L
-    raise FloatingPointError("SKA: could not factorise the Gram matrix even with jitter (are the keys finite?)")
-
-
-def sigma_max(A: torch.Tensor, iters: int | None = 6) -> torch.Tensor:
-    """Largest singular value of ``A [..., r, r]`` -> ``[...]``, by ``iters`` power iterations on
-    ``A^T A`` from a fixed start (deterministic), or exactly (SVD) when ``iters is None``. Detached:
-    the paper normalises by a stop-gradient estimate."""
-    A = A.detach()
-    if iters is None:
-        return torch.linalg.matrix_norm(A, ord=2)
-    x = torch.ones(A.shape[:-1], dtype=A.dtype, device=A.device)  # [..., r]
-    x = x / x.norm(dim=-1, keepdim=True)
-    for _ in range(iters):
-        x = torch.einsum("...ji,...j->...i", A, torch.einsum("...ij,...j->...i", A, x))  # A^T A x
-        x = x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(A.dtype).tiny)
-    return torch.einsum("...ij,...j->...i", A, x).norm(dim=-1)
-
-
 def _per_head(x: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
     """Broadcast a scalar or ``[H]`` parameter against matrices ``[..., H, a, b]``."""
     if isinstance(x, torch.Tensor):
@@ -209,9 +179,7 @@ def ska_readout(
     scale = _per_head(eta, y)
     # (3) spectral normalisation: s = gamma / max(1, sigma_max(A_w)), A_w = L^-1 M L^-T (similar to A)
     if spectral_norm and power_steps > 0:
-        Lm = torch.linalg.solve_triangular(L, M, upper=False)  # L^-1 M
-        A_w = torch.linalg.solve_triangular(L, Lm.transpose(-1, -2), upper=False).transpose(-1, -2)  # L^-1 M L^-T
-        s = _per_head(gamma, y) / sigma_max(A_w, spectral_iters).clamp_min(1.0)[..., None, None]
+        s = _per_head(gamma, y) / sigma_max(whiten(M, L), spectral_iters).clamp_min(1.0)[..., None, None]
         scale = scale * s**power_steps
     return (scale * y).transpose(-1, -2)
 
@@ -236,13 +204,13 @@ def _prepare(q, k, v, beta, weights, state, *, power_steps, eps, eta, gamma, mod
     check_tensor("v", v, 4, layout="[B, T, H, P]")
     B, T, H, r = k.shape
     if T < 1:
-        raise ValueError(f"k must hold at least one token (T >= 1), got shape {tuple(k.shape)}")
+        raise BadArgumentError(f"k must hold at least one token (T >= 1), got shape {tuple(k.shape)}")
     if r < 1:
-        raise ValueError(f"k must have rank r >= 1 (its last dim), got shape {tuple(k.shape)}")
+        raise BadArgumentError(f"k must have rank r >= 1 (its last dim), got shape {tuple(k.shape)}")
     check_same("q", q, (0, 1, 2, 3), (B, T, H, r), "[B, T, H, r]")
     check_same("v", v, (0, 1, 2), (B, T, H), "[B, T, H, P]")
     if v.shape[-1] < 1:
-        raise ValueError(f"v must have a value width P >= 1, got shape {tuple(v.shape)}")
+        raise BadArgumentError(f"v must have a value width P >= 1, got shape {tuple(v.shape)}")
     check_int("power_steps", power_steps, min_value=0)
     check_positive("eps", eps)
     check_choice("mode", mode, ("token", "chunk"))
@@ -266,11 +234,11 @@ def _prepare(q, k, v, beta, weights, state, *, power_steps, eps, eta, gamma, mod
         state = SKAState.zeros(B, H, r, P, eps=eps, dtype=cdtype, device=k.device)
     else:
         if not isinstance(state, SKAState):
-            raise ValueError(f"state must be an SKAState or None, got {type(state).__name__}")
+            raise BadArgumentError(f"state must be an SKAState or None, got {type(state).__name__}")
         if state.shape != (B, H, r, P):
-            raise ValueError(f"state has (B, H, r, P) = {state.shape}, expected {(B, H, r, P)} from q, k, v")
+            raise BadArgumentError(f"state has (B, H, r, P) = {state.shape}, expected {(B, H, r, P)} from q, k, v")
         if mode == "chunk" and state.count % chunk_size:
-            raise ValueError(
+            raise BadArgumentError(
                 f"state.count={state.count} is not a multiple of chunk_size={chunk_size}: in mode='chunk' a call "
                 "must start on a chunk boundary (decode token by token with mode='token')"
             )
@@ -400,12 +368,10 @@ def ska_chunked(
         Mc = torch.einsum("bcshi,bcshj->bchij", ok, k_lag)  # [B, nc, H, r, r]
         Cc = torch.einsum("bcshp,bcshj->bchpj", ov, kk)  # [B, nc, H, P, r]
         # (4) exclusive prefix over chunks, plus what the state already holds
-        excl = lambda X0, Xc: X0[:, None] + torch.cat([torch.zeros_like(Xc[:, :1]), Xc.cumsum(1)[:, :-1]], 1)  # noqa: E731
-        Gx, Mx, Cx = excl(st.G, Gc), excl(st.M, Mc), excl(st.C, Cc)
+        (Gx, G), (Mx, M), (Cx, C) = (exclusive_prefix(X0, Xc) for X0, Xc in ((st.G, Gc), (st.M, Mc), (st.C, Cc)))
         # (5) one factorisation per (batch, chunk, head); all S queries of the chunk read it
         y = ska_readout(Gx, Mx, Cx, qq.permute(0, 1, 3, 2, 4), **ro)  # [B, nc, H, S, P]
         y = y.permute(0, 1, 3, 2, 4)  # [B, nc, S, H, P]
-        G, M, C = st.G + Gc.sum(1), st.M + Mc.sum(1), st.C + Cc.sum(1)
     else:
         G, M, C = st.G, st.M, st.C
         ys = []

@@ -16,7 +16,6 @@ never a dependency of this package (it needs a CUDA build of torch).
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -24,23 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_choice, check_int, check_tensor
+from ..backends import backends_of, mamba_ssm_available, resolve_backend
+from ..errors import BadArgumentError
 from .ssd import ssd_chunked, ssd_recurrent
 
-__all__ = ["Mamba2", "Mamba2State", "mamba_ssm_available"]
-
-
-def mamba_ssm_available() -> bool:
-    """True when mamba-ssm's fused SSD scan imports and a CUDA device is present."""
-    if not torch.cuda.is_available():
-        return False
-    try:
-        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined  # noqa: F401
-    except Exception:
-        return False
-    return True
-
-
-_warned_mamba = False
+__all__ = ["Mamba2", "Mamba2State", "mamba_ssm_available"]  # the last from backends
 
 
 @dataclass
@@ -108,15 +95,15 @@ class Mamba2(nn.Module):
         for name, val in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand),
                           ("headdim", headdim), ("ngroups", ngroups), ("chunk_size", chunk_size)):
             check_int(name, val, min_value=1)
-        check_choice("backend", backend, ("auto", "reference", "mamba_ssm"))
+        check_choice("backend", backend, backends_of("ssd"))
         d_inner = expand * d_model
         if d_inner % headdim:
-            raise ValueError(f"headdim={headdim} must divide d_inner = expand * d_model = {d_inner}")
+            raise BadArgumentError(f"headdim={headdim} must divide d_inner = expand * d_model = {d_inner}")
         n_heads = d_inner // headdim
         if n_heads % ngroups:
-            raise ValueError(f"ngroups={ngroups} must divide the number of heads {n_heads}")
+            raise BadArgumentError(f"ngroups={ngroups} must divide the number of heads {n_heads}")
         if not (0 < A_init_range[0] <= A_init_range[1]):
-            raise ValueError(f"A_init_range must be (lo, hi) with 0 < lo <= hi, got {A_init_range}")
+            raise BadArgumentError(f"A_init_range must be (lo, hi) with 0 < lo <= hi, got {A_init_range}")
         self.d_model, self.d_state, self.d_conv, self.d_inner = d_model, d_state, d_conv, d_inner
         self.headdim, self.n_heads, self.ngroups, self.chunk_size, self.backend = headdim, n_heads, ngroups, chunk_size, backend
         self.conv_dim = d_inner + 2 * ngroups * d_state
@@ -148,7 +135,7 @@ class Mamba2(nn.Module):
         d_in, gN = self.d_inner, self.ngroups * self.d_state
         return torch.split(zxbcdt, [d_in, d_in + 2 * gN, self.n_heads], dim=-1)  # z, xBC, dt
 
-    def _heads(self, xBC: torch.Tensor, dt: torch.Tensor):
+    def _split_heads(self, xBC: torch.Tensor, dt: torch.Tensor):
         """Split the conv output and expand the B/C groups to heads. xBC [B, T, conv_dim]."""
         Bn, T, _ = xBC.shape
         gN = self.ngroups * self.d_state
@@ -161,24 +148,12 @@ class Mamba2(nn.Module):
         A = -torch.exp(self.A_log.float())  # [H]
         return x, Bm, Cm, dt, A
 
-    def _backend(self, device: torch.device) -> str:
-        global _warned_mamba
-        if self.backend == "reference":
-            return "reference"
-        if mamba_ssm_available() and device.type == "cuda":
-            return "mamba_ssm"
-        if self.backend == "mamba_ssm" and not _warned_mamba:
-            _warned_mamba = True
-            warnings.warn("backend='mamba_ssm' asked for but mamba-ssm or CUDA is missing; falling back to the "
-                          "PyTorch reference. This warning is shown once.", RuntimeWarning, stacklevel=3)
-        return "reference"
-
     def forward(self, u: torch.Tensor, state: Mamba2State | None = None) -> tuple[torch.Tensor, Mamba2State]:
         """u ``[B, T, d_model]`` -> y ``[B, T, d_model]`` and the state after the last token."""
         check_tensor("u", u, 3, layout="[B, T, d_model]")
         Bn, T, d = u.shape
         if d != self.d_model:
-            raise ValueError(f"u must have last dim d_model={self.d_model}, got shape {tuple(u.shape)}")
+            raise BadArgumentError(f"u must have last dim d_model={self.d_model}, got shape {tuple(u.shape)}")
         if state is None:
             state = self.init_state(Bn, device=u.device, dtype=u.dtype)
         z, xBC, dt = self._split(self.in_proj(u))
@@ -188,8 +163,8 @@ class Mamba2(nn.Module):
         new_conv = xBC_in[:, -(self.d_conv - 1):].transpose(1, 2) if self.d_conv > 1 else state.conv
         xBC = F.silu(conv.transpose(1, 2))  # [B, T, conv_dim]
         # (2) the selective scan
-        x, Bm, Cm, dt, A = self._heads(xBC, dt)
-        self.last_backend = self._backend(u.device)
+        x, Bm, Cm, dt, A = self._split_heads(xBC, dt)
+        self.last_backend = resolve_backend(self.backend, "ssd", u.device)
         if self.last_backend == "mamba_ssm":  # pragma: no cover - needs CUDA + mamba-ssm
             from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
 
@@ -208,13 +183,13 @@ class Mamba2(nn.Module):
         """Decode one token from the conv and SSM state: u_t ``[B, d_model]`` -> y_t ``[B, d_model]``."""
         check_tensor("u_t", u_t, 2, layout="[B, d_model]")
         if u_t.shape[-1] != self.d_model:
-            raise ValueError(f"u_t must have last dim d_model={self.d_model}, got shape {tuple(u_t.shape)}")
+            raise BadArgumentError(f"u_t must have last dim d_model={self.d_model}, got shape {tuple(u_t.shape)}")
         if not isinstance(state, Mamba2State):
-            raise ValueError(f"state must be a Mamba2State (from init_state), got {type(state).__name__}")
+            raise BadArgumentError(f"state must be a Mamba2State (from init_state), got {type(state).__name__}")
         z, xBC, dt = self._split(self.in_proj(u_t))
         window = torch.cat([state.conv, xBC[..., None]], dim=-1)  # [B, conv_dim, d_conv]
         xBC = F.silu((window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias)
-        x, Bm, Cm, dt, A = self._heads(xBC[:, None], dt[:, None])
+        x, Bm, Cm, dt, A = self._split_heads(xBC[:, None], dt[:, None])
         # one step of h_t = exp(A dt) h_{t-1} + (x dt) B^T ; y = h C
         y, ssm = ssd_recurrent(x * dt[..., None], A * dt, Bm, Cm, initial_state=state.ssm)
         y = y + self.D[:, None] * x

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_int, check_same, check_tensor
+from ..errors import BadArgumentError
 
 __all__ = ["ssd_recurrent", "ssd_chunked", "segsum"]
 
@@ -29,7 +30,7 @@ def _check(x, a, b, c, initial_state):
     check_tensor("c", c, 4, layout="[B, T, H, N]")
     Bn, T, H, P = x.shape
     if T < 1:
-        raise ValueError(f"x must hold at least one token (T >= 1), got shape {tuple(x.shape)}")
+        raise BadArgumentError(f"x must hold at least one token (T >= 1), got shape {tuple(x.shape)}")
     check_same("a", a, (0, 1, 2), (Bn, T, H), "[B, T, H]")
     check_same("b", b, (0, 1, 2), (Bn, T, H), "[B, T, H, N]")
     check_same("c", c, (0, 1, 2, 3), tuple(b.shape), "[B, T, H, N] (same as b)")

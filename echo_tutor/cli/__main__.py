@@ -1,0 +1,7 @@
+"""``python -m echo_tutor.cli``."""
+
+import sys
+
+from .app import main
+
+sys.exit(main())

@@ -1,0 +1,181 @@
+"""The model commands: ``train`` a preset, ``eval`` a saved or shipped model, and the ``echokv`` study."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+import torch
+
+from ..errors import BadArgumentError
+from ..models import LAB_PRESETS, PRESETS, SCALES, build, count_parameters, load
+from ..tasks import TASKS, make_task
+from ..train import evaluate, save_records, train
+from .flags import nonneg_int, positive_float, positive_int
+
+__all__ = ["add_model_commands", "task_from_args"]
+
+
+def _model_of(name: str):
+    """A saved model (a path that exists) or a shipped one (a name); a path that does not exist says so."""
+    from ..pretrained import available, load_pretrained
+
+    p = pathlib.Path(name)
+    if p.exists():
+        return load(p)
+    if name in available():
+        return load_pretrained(name)
+    if p.suffix or "/" in name or "\\" in name:
+        raise BadArgumentError(f"model: {name} does not exist (a .pt path; or a shipped model: {available()})")
+    raise BadArgumentError(f"model must be a .pt file that exists or a shipped model {available()}, got {name!r}")
+
+
+def task_from_args(args: argparse.Namespace, gaps: list[int] | None = None, pairs: list[int] | None = None):
+    """The task the flags describe (lists become per-batch mixtures)."""
+    gaps = gaps if gaps is not None else args.gaps
+    pairs = pairs if pairs is not None else args.pairs
+    one = lambda xs: xs[0] if len(xs) == 1 else list(xs)  # noqa: E731
+    V = args.vocab
+    if args.task == "mqar_gap":
+        return make_task("mqar_gap", vocab_size=V, num_kv_pairs=one(pairs), gap=one(gaps), queries=args.queries,
+                         show_values=args.values == "shown")
+    if args.task == "mqar":
+        return make_task("mqar", vocab_size=V, seq_len=one(args.seq_len), num_kv_pairs=one(pairs))
+    if args.task == "niah":
+        return make_task("niah", vocab_size=V, seq_len=one(args.seq_len))
+    from ..experiments import transfer_task_args
+
+    return make_task(**transfer_task_args(args.task, V))
+
+
+
+def _add_task_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", default="mqar_gap", choices=list(TASKS), help="task name (default mqar_gap)")
+    p.add_argument("--vocab", type=positive_int, default=128, help="vocabulary size (default 128)")
+    p.add_argument("--pairs", type=positive_int, nargs="+", default=[8], help="KV pairs (several: a mixture)")
+    p.add_argument("--gaps", type=nonneg_int, nargs="+", default=[64, 128, 256, 512, 1024],
+                   help="distractor gaps for mqar_gap (several: a mixture)")
+    p.add_argument("--seq-len", type=positive_int, nargs="+", default=[256], help="length for mqar / niah")
+    p.add_argument("--values", choices=["hidden", "shown"], default="hidden",
+                   help="mqar_gap: is each query's value shown after it? (default hidden: the lab-scale recipe; "
+                        "'shown' is Zoology's layout, with its elimination shortcut)")
+    p.add_argument("--queries", choices=["once", "random"], default="once",
+                   help="mqar_gap: every key asked once (default) or keys drawn with replacement")
+
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    overrides: dict[str, Any] = {}
+    if args.d_model:
+        overrides["d_model"] = args.d_model
+    model = build(args.preset, vocab_size=args.vocab, scale=args.scale, **overrides)
+    task = task_from_args(args)
+    print(f"preset {args.preset} ({args.scale} scale): {count_parameters(model):,d} parameters, layout {model.layout}")
+    print(f"task {task.describe()}; budget {args.steps} steps / {args.minutes} min; batch {args.batch_size}, "
+          f"lr {args.lr}; {torch.get_num_threads()} thread(s)")
+    res = train(model, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                eval_every=args.eval_every, eval_examples=args.eval_examples,
+                time_budget_s=None if args.minutes is None else 60 * args.minutes,
+                progress=not args.quiet and sys.stderr.isatty(),
+                callback=None if args.quiet else lambda r: print(
+                    f"  step {r['step']:>5}  loss {r['loss']:.3f}  train acc {r['acc']:.3f}  eval acc {r['eval_acc']:.3f}"
+                    f"  ({r['time_s']:.0f} s)", flush=True))
+    print(f"trained {res.steps_done} steps in {res.time_s:.0f} s; final eval accuracy {res.final_eval:.3f}")
+    if args.out:
+        out = pathlib.Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        model.save(out, dtype=torch.float16 if args.half else None)
+        meta = {"preset": args.preset, "scale": args.scale, "task": task.describe(), "steps": res.steps_done, "time_s": round(res.time_s, 1),
+                "final_eval": res.final_eval, "history": res.history[:: max(1, len(res.history) // 200)],
+                "evals": res.evals, "config": res.config, "argv": sys.argv[1:]}
+        out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+        print(f"saved {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    model = _model_of(args.model)
+    rows = []
+    for pairs in args.pairs:
+        for gap in args.gaps:
+            task = task_from_args(args, gaps=[gap], pairs=[pairs])
+            acc = evaluate(model, task, args.eval_examples, batch_size=args.batch_size)
+            rows.append({"pairs": pairs, "gap": gap, "acc": acc})
+            print(f"pairs {pairs:>3}  gap {gap:>5}  accuracy {acc:.3f}", flush=True)
+            if args.task != "mqar_gap":
+                break
+        if args.task != "mqar_gap":
+            break
+    if args.out:
+        save_records(rows, args.out)
+    return 0
+
+
+
+def cmd_echokv(args: argparse.Namespace) -> int:
+    from ..echokv.study import StudyConfig, format_table, run_study, save
+
+    cfg = StudyConfig.fast() if args.fast else StudyConfig()
+    if args.stage2_steps is not None:
+        cfg.stage2_steps = args.stage2_steps
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out_dir = pathlib.Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    result = run_study(cfg, progress=not args.quiet and sys.stderr.isatty())
+    result["command"] = "echo-tutor echokv" + (" --fast" if args.fast else "")
+    save(result, str(out_dir / "echokv.json"))
+    table = format_table(result, 0.5 if 0.5 in cfg.ratios else cfg.ratios[0])
+    (out_dir / "echokv.md").write_text(table + "\n")
+    print(table)
+    print(f"echokv study finished in {time.perf_counter() - t0:.0f} s; wrote {out_dir}/echokv.json")
+    return 0
+
+
+
+def add_model_commands(sub) -> None:
+    """Add ``train``, ``eval`` and ``echokv`` to the subparsers ``sub``."""
+    p = sub.add_parser("train", help="train a preset on a recall task and save it")
+    p.add_argument("--preset", default="echo", choices=sorted(set(PRESETS) | set(LAB_PRESETS)),
+                   help="a preset of --scale (paper: %s; lab: %s)" % (", ".join(PRESETS), ", ".join(LAB_PRESETS)))
+    p.add_argument("--scale", choices=list(SCALES), default="lab",
+                   help="lab: the CPU lab scale (default); paper: the paper's sub-million models (a GPU job)")
+    _add_task_flags(p)
+    p.add_argument("--steps", type=positive_int, default=2000, help="maximum optimiser steps (default 2000)")
+    p.add_argument("--minutes", type=positive_float, default=None, help="wall-clock training budget")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--lr", type=positive_float, default=3e-3)
+    p.add_argument("--d-model", type=positive_int, default=None, help="override the preset's width")
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--eval-every", type=positive_int, default=100)
+    p.add_argument("--eval-examples", type=positive_int, default=256)
+    p.add_argument("--out", default=None, help="where to save the model (.pt; a .json with the history beside it)")
+    p.add_argument("--half", action="store_true", help="store the weights as float16 (the shipped checkpoints)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a saved or shipped model")
+    p.add_argument("--model", required=True, help="a .pt file, or a shipped name such as 'echo'")
+    _add_task_flags(p)
+    p.add_argument("--eval-examples", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--out", default=None, help="write the records as .json or .csv")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("echokv", help="EchoKV-lite on SmolLM2: perplexity vs cache bytes for it and the baselines")
+    p.add_argument("--fast", action="store_true", help="small calibration/eval sets, 5 stage-2 steps (a few CPU minutes)")
+    p.add_argument("--stage2-steps", type=nonneg_int, default=None, help="override the stage-2 (KL) steps")
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--out-dir", default="runs/echokv")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_echokv)

@@ -1,0 +1,226 @@
+"""The memory cliff: recall accuracy per (model, KV pairs, gap), and what the wrong answers were.
+
+Recipes (``RECIPES``; the CLI's ``--fast`` / ``--scale`` pick one through ``PICK``):
+
+* ``cliff/lab`` (``--fast``): evaluate the shipped lab-scale checkpoints (``echo_tutor.pretrained``; all
+  trained with ``LAB_RECIPE`` on MQAR-gap with 4-16 pairs and gaps 0..1024, values hidden after the queries)
+  over KV pairs {4, 8, 16, 32} x gaps {0, 16, ..., 4096}, 64 examples a point. Minutes on a CPU.
+* ``cliff/lab-full``: the same with 512 examples a point.
+* ``cliff/paper`` (``--scale paper``): the paper's protocol, one paper-size model trained from scratch per
+  (preset, pairs, gap) cell, 2,000 steps each (a GPU job).
+
+One grid cell per (preset, pairs, gap) (:func:`cliff_cell`), run through :func:`echo_tutor.grid.run_grid`;
+each record has the accuracy, the share of answers that were *a bound value, but the wrong key's*, and the
+inference-state bytes after the prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+import torch
+
+from .._checks import check_int, check_positive
+from ..errors import BadArgumentError
+from ..grid import GridOptions, run_grid
+from ..models import PRESETS, build
+from ..tasks import make_task
+from ..train import default_device, save_records, train
+from .common import (
+    VOCAB,
+    check_int_list,
+    check_names,
+    checkpoint_id,
+    finish,
+    lab_task_args,
+    pick,
+    resolve,
+)
+from .diagnostics import model_state_bytes, recall_breakdown
+
+__all__ = ["CliffRecipe", "RECIPES", "PICK", "CLIFF_PRESETS", "CLIFF_PAIRS", "CLIFF_GAPS", "recipe_for", "cells",
+           "cliff_cell", "summarize", "run"]
+
+# What each preset of the lab-scale grid is for:
+#   echo      Mamba-2 + SKA (K=1, r=32)      fixed state
+#   ssm+attn  Mamba-2 + full attention       state grows with the context (positive control)
+#   ssm+swa   Mamba-2 + window-256 attention fixed state that forgets past its window
+#   ssm       Mamba-2 + Mamba-2              fixed state with a learned decay (the paper's baseline)
+CLIFF_PRESETS = ("echo", "ssm+attn", "ssm+swa", "ssm")
+CLIFF_PAIRS = (4, 8, 16, 32)
+CLIFF_GAPS = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class CliffRecipe:
+    """One memory-cliff grid: which models, which (pairs, gap) points, how many examples a point.
+
+    ``mode="checkpoint"`` evaluates the shipped lab-scale checkpoints of ``presets``; ``mode="train"``
+    trains a fresh model of ``scale`` per cell for ``steps`` steps (``batch_size``, ``lr``)."""
+
+    name: str
+    description: str
+    scale: str
+    mode: str
+    presets: tuple[str, ...] = CLIFF_PRESETS
+    pairs: tuple[int, ...] = CLIFF_PAIRS
+    gaps: tuple[int, ...] = CLIFF_GAPS
+    examples: int = 64
+    steps: int = 2000
+    batch_size: int = 16
+    lr: float = 3e-3
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("checkpoint", "train"):
+            raise BadArgumentError(f"mode must be 'checkpoint' or 'train', got {self.mode!r}")
+        if self.mode == "checkpoint":
+            if self.scale != "lab":
+                raise BadArgumentError(f"mode='checkpoint' evaluates the shipped lab-scale models: scale must be 'lab', "
+                                       f"got {self.scale!r}")
+            from ..pretrained import available
+
+            allowed, what = available(), "the shipped checkpoints"
+        else:
+            allowed, what = list(PRESETS) if self.scale == "paper" else _lab_presets(), f"the {self.scale}-scale presets"
+        object.__setattr__(self, "presets", check_names("presets", list(self.presets), allowed, what))
+        object.__setattr__(self, "pairs", check_int_list("pairs", list(self.pairs), 1))
+        object.__setattr__(self, "gaps", check_int_list("gaps", list(self.gaps), 0))
+        for field in ("examples", "steps", "batch_size"):
+            check_int(field, getattr(self, field), min_value=1)
+        check_positive("lr", self.lr)
+
+
+def _lab_presets() -> list[str]:
+    from ..models import LAB_PRESETS
+
+    return list(LAB_PRESETS)
+
+
+RECIPES: dict[str, CliffRecipe] = {r.name: r for r in (
+    CliffRecipe("cliff/lab", "the shipped lab-scale checkpoints, 64 examples a point (minutes on a CPU)", "lab",
+                "checkpoint"),
+    CliffRecipe("cliff/lab-full", "the shipped lab-scale checkpoints, 512 examples a point", "lab", "checkpoint",
+                examples=512),
+    CliffRecipe("cliff/paper", "the paper's protocol: a paper-size model trained per cell, 2,000 steps (a GPU job)",
+                "paper", "train", presets=("echo", "ssm+attn", "ssm"), examples=512),
+)}
+PICK = {("lab", True): "cliff/lab", ("lab", False): "cliff/lab-full", ("paper", False): "cliff/paper"}
+
+
+def recipe_for(scale: str = "lab", fast: bool = True) -> CliffRecipe:
+    """The recipe the CLI's ``--scale`` and ``--fast`` pick (``PICK``)."""
+    return pick("cliff", RECIPES, PICK, scale, fast)
+
+
+def cells(recipe: CliffRecipe) -> list[dict[str, Any]]:
+    """The grid's cell specs, one per (preset, pairs, gap): see :func:`cliff_cell`."""
+    if recipe.mode == "checkpoint":
+        ids = {p: checkpoint_id(p) for p in recipe.presets}
+        base = lambda p: {"mode": "checkpoint", "checkpoint": ids[p]}  # noqa: E731
+    else:
+        base = lambda p: {"mode": "train", "scale": recipe.scale, "vocab_size": VOCAB, "steps": recipe.steps,  # noqa: E731
+                          "batch_size": recipe.batch_size, "lr": recipe.lr}
+    return [{"experiment": "cliff", "preset": p, "task": lab_task_args(n, g), "examples": recipe.examples, "seed": 0,
+             **base(p)} for p in recipe.presets for n in recipe.pairs for g in recipe.gaps]
+
+
+def cliff_cell(spec: dict[str, Any]) -> dict[str, Any]:
+    """One cell of the memory-cliff grid: one model at one (KV pairs, gap) point, on this process's device
+    (CUDA if available, else the CPU).
+
+    The spec (built by :func:`cells`)::
+
+        {"experiment": "cliff", "mode": "checkpoint" | "train", "preset": "echo",
+         "task": {make_task arguments: the lab recipe's mqar_gap at num_kv_pairs=n, gap=g},
+         "examples": 64, "seed": 0,
+         # mode "checkpoint": the shipped checkpoint's {"file", "sha1"}
+         "checkpoint": {...},
+         # mode "train": a model of that scale trained from scratch on this one point
+         "scale": "paper", "vocab_size": 128, "steps": 2000, "batch_size": 16, "lr": 0.003}
+
+    Returns ``acc``, ``bound_wrong``, ``other_wrong``, ``first_query_acc`` (:func:`recall_breakdown` on
+    ``examples`` fresh examples), ``state_bytes`` (after the ``4n + g`` prompt tokens, B=1), ``device``, and
+    for mode "train" ``steps``, ``train_seconds`` and ``final_loss`` (the last training batch's).
+    """
+    torch.manual_seed(spec["seed"])
+    device = default_device()
+    task = make_task(**spec["task"])
+    out: dict[str, Any] = {}
+    if spec["mode"] == "checkpoint":
+        from ..pretrained import load_pretrained
+
+        here = checkpoint_id(spec["preset"])
+        if here != spec["checkpoint"]:
+            raise RuntimeError(f"checkpoint {spec['preset']!r} here is {here}, the grid was built for "
+                               f"{spec['checkpoint']} (a different echo_tutor install on this worker?)")
+        model = load_pretrained(spec["preset"]).to(device)
+    elif spec["mode"] == "train":
+        model = build(spec["preset"], vocab_size=spec["vocab_size"], scale=spec["scale"])
+        res = train(model, task, steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
+                    eval_every=spec["steps"], device=device, progress=False)
+        out = {"steps": res.steps_done, "train_seconds": round(res.time_s, 1), "final_loss": res.history[-1]["loss"]}
+    else:
+        raise BadArgumentError(f"spec['mode'] must be 'checkpoint' or 'train', got {spec['mode']!r}")
+    n, gap = spec["task"]["num_kv_pairs"], spec["task"]["gap"]
+    bs = 16 if 4 * n + gap <= 1200 else 4  # attention over 4k tokens: keep the score tensors small
+    return {**recall_breakdown(model, task, spec["examples"], batch_size=bs),
+            "state_bytes": model_state_bytes(model, 4 * n + gap), **out, "device": str(device)}
+
+
+def summarize(recipe: CliffRecipe, grid: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat record per successful cell: preset, pairs, gap, acc, bound_wrong, other_wrong, first_query_acc,
+    examples, mode, state_bytes (after the prompt, B=1, float32), seconds (the cell's wall time)."""
+    mode = ("shipped lab-scale checkpoint" if recipe.mode == "checkpoint"
+            else f"trained per cell, {recipe.steps} steps")
+    keep = ("acc", "bound_wrong", "other_wrong", "first_query_acc")
+    return [{"preset": r["spec"]["preset"], "pairs": r["spec"]["task"]["num_kv_pairs"], "gap": r["spec"]["task"]["gap"],
+             **{k: r["result"][k] for k in keep}, "examples": r["spec"]["examples"], "mode": mode,
+             "state_bytes": r["result"]["state_bytes"], "seconds": round(r["seconds"], 2)}
+            for r in grid if not r["error"]]
+
+
+def _print_table(records: list[dict[str, Any]]) -> None:
+    presets = list(dict.fromkeys(r["preset"] for r in records))
+    gaps = sorted({r["gap"] for r in records})
+    for n in sorted({r["pairs"] for r in records}):
+        print(f"\nKV pairs = {n}: accuracy by gap")
+        print(f"{'preset':<10}" + "".join(f"{g:>7}" for g in gaps))
+        for p in presets:
+            row = {r["gap"]: r["acc"] for r in records if r["preset"] == p and r["pairs"] == n}
+            print(f"{p:<10}" + "".join(f"{row.get(g, float('nan')):>7.2f}" for g in gaps))
+
+
+def run(recipe: str | CliffRecipe = "cliff/lab", out_dir: str | pathlib.Path = "runs/cliff", *,
+          grid: GridOptions | None = None, progress: bool = True, **overrides: Any) -> list[dict[str, Any]]:
+    """Run a memory-cliff recipe; write ``records.jsonl``, ``cliff.json`` and ``cliff.html`` to ``out_dir``.
+
+    ``recipe``: a name of ``RECIPES`` or a :class:`CliffRecipe`; ``overrides`` replace its fields (e.g.
+    ``presets=["echo"], gaps=[64], examples=16``). ``grid``: where the cells run
+    (:class:`~echo_tutor.grid.GridOptions`). Rerunning into the same ``out_dir`` runs only the cells not
+    recorded yet; the summary files are rebuilt from the records. Returns :func:`summarize`'s records.
+
+    Raises :class:`~echo_tutor.grid.GridError` (after writing the other cells' results) if some cells failed.
+    """
+    recipe = resolve(RECIPES, CliffRecipe, recipe, overrides)
+    out_dir = pathlib.Path(out_dir)
+    records = run_grid(cells(recipe), cliff_cell, out_dir, grid, progress=progress,
+                       describe=lambda r: (f"{r['spec']['preset']} pairs={r['spec']['task']['num_kv_pairs']} "
+                                           f"gap={r['spec']['task']['gap']} acc={r['result']['acc']:.2f}"))
+    rows = summarize(recipe, records)
+    if not progress:
+        for rec in rows:
+            print(f"{rec['preset']:<10} pairs {rec['pairs']:>3} gap {rec['gap']:>5}: acc {rec['acc']:.3f}", flush=True)
+    save_records(rows, out_dir / "cliff.json")
+    if rows:
+        try:
+            from .figures import cliff_figure
+
+            cliff_figure(rows).write_html(out_dir / "cliff.html", include_plotlyjs=True)
+        except ImportError:  # plotly is in the lab extra
+            pass
+    _print_table(rows)
+    finish(records, out_dir)
+    return rows
+

@@ -1,0 +1,12 @@
+"""Every named recipe of every experiment, in one table: ``RECIPES["transfer/lab"]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import ablation, cliff, transfer
+
+__all__ = ["RECIPES", "EXPERIMENTS"]
+
+EXPERIMENTS = {"cliff": cliff, "transfer": transfer, "ablation": ablation}  # name -> module
+RECIPES: dict[str, Any] = {name: r for mod in EXPERIMENTS.values() for name, r in mod.RECIPES.items()}

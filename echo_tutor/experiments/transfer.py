@@ -1,0 +1,242 @@
+"""The transfer tasks: each preset trained on each of six retrieval tasks, and NIAH length generalisation.
+
+Recipes (``RECIPES``; the CLI's ``--fast`` / ``--scale`` pick one through ``PICK``):
+
+* ``transfer/lab`` (``--fast``, the shipped results): the lab-scale presets (``LAB_PRESETS``: d=64, 2 blocks)
+  for 1,500 steps each, SKA chunks of 16 (these prompts are 60-200 tokens, and in chunk mode a query reads
+  only earlier chunks: with chunks of 64 a 64-token NIAH prompt would never reach SKA), MQAR with 0 filler
+  (at vocabulary 128 random filler writes about 50 false bindings per prompt into statistics that never
+  forget; Zoology uses a vocabulary of 8,192, where this is rare), NIAH tested to 4,096 tokens.
+* ``transfer/lab-full``: the same for 4,000 steps, 512 NIAH examples a length.
+* ``transfer/paper-fast`` (``--scale paper --fast``): the paper-size presets, 60 s of training each (at most
+  2,000 steps: how many depends on the machine), NIAH to 1,024.
+* ``transfer/paper`` (``--scale paper``): the paper-size presets, 6,000 steps each.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from .._checks import check_int, check_positive
+from ..errors import BadArgumentError
+from ..grid import GridOptions, run_grid
+from ..models import build, count_parameters, presets_of
+from ..tasks import Task, make_task
+from ..train import default_device, evaluate, train
+from .common import (
+    VOCAB,
+    check_int_list,
+    check_names,
+    finish,
+    frozen,
+    pick,
+    plain,
+    resolve,
+)
+from .diagnostics import tool_trace_by_writes
+from .paper import paper_acc
+
+__all__ = ["TransferRecipe", "RECIPES", "PICK", "TRANSFER_TASKS", "TRANSFER_PRESETS", "NIAH_LENGTHS", "recipe_for",
+           "transfer_task_args", "transfer_task", "cells", "transfer_cell", "summarize", "run"]
+
+TRANSFER_TASKS = ("mqar", "system_prompt", "tool_trace", "niah", "multi_hop", "common_word")
+TRANSFER_PRESETS = ("ssm", "ssm+attn", "echo")
+NIAH_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransferRecipe:
+    """One transfer grid: which presets of which scale, which tasks, the training budget, the evaluation.
+
+    ``steps`` is the step budget (and the length of the learning-rate schedule); ``seconds``, if set, a
+    wall-clock budget per cell that may stop training earlier. ``mqar_filler``: ``"random"`` (Zoology's) or
+    ``"zero"``. ``model_overrides`` go to ``build`` (``mixer_kwargs`` merged per mixer, as ``build`` does)."""
+
+    name: str
+    description: str
+    scale: str
+    steps: int
+    presets: tuple[str, ...] = TRANSFER_PRESETS
+    tasks: tuple[str, ...] = TRANSFER_TASKS
+    seconds: float | None = None
+    niah_lengths: tuple[int, ...] = NIAH_LENGTHS
+    niah_examples: int = 128
+    eval_examples: int = 256
+    model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    mqar_filler: str = "random"
+    batch_size: int = 16
+    lr: float = 3e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        table = presets_of(self.scale)
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - a frozen dataclass checks its fields once, here
+        set_("presets", check_names("presets", list(self.presets), list(table), f"the {self.scale}-scale presets"))
+        set_("tasks", check_names("tasks", list(self.tasks), list(TRANSFER_TASKS), "the transfer tasks"))
+        set_("niah_lengths", check_int_list("niah_lengths", list(self.niah_lengths), 1))
+        for field in ("steps", "niah_examples", "eval_examples", "batch_size"):
+            check_int(field, getattr(self, field), min_value=1)
+        check_int("seed", self.seed, min_value=0)
+        if self.seconds is not None:
+            set_("seconds", check_positive("seconds", self.seconds))
+        check_positive("lr", self.lr)
+        if self.mqar_filler not in ("random", "zero"):
+            raise BadArgumentError(f"mqar_filler must be 'random' or 'zero', got {self.mqar_filler!r}")
+        set_("model_overrides", frozen(self.model_overrides))
+
+
+_LAB = dict(scale="lab", model_overrides={"mixer_kwargs": {"ska": {"chunk_size": 16}}}, mqar_filler="zero")
+RECIPES: dict[str, TransferRecipe] = {r.name: r for r in (
+    TransferRecipe("transfer/lab", "lab-scale presets, 1,500 steps, SKA chunks of 16, MQAR with 0 filler", steps=1500,
+                   **_LAB),
+    TransferRecipe("transfer/lab-full", "lab-scale presets, 4,000 steps, SKA chunks of 16, MQAR with 0 filler",
+                   steps=4000, niah_examples=512, **_LAB),
+    TransferRecipe("transfer/paper-fast", "paper-size presets, 60 s (at most 2,000 steps) each, NIAH to 1,024",
+                   "paper", steps=2000, seconds=60.0, niah_lengths=NIAH_LENGTHS[:5]),
+    TransferRecipe("transfer/paper", "paper-size presets, 6,000 steps each", "paper", steps=6000, niah_examples=512),
+)}
+PICK = {("lab", True): "transfer/lab", ("lab", False): "transfer/lab-full", ("paper", True): "transfer/paper-fast",
+        ("paper", False): "transfer/paper"}
+
+
+def recipe_for(scale: str = "lab", fast: bool = True) -> TransferRecipe:
+    """The recipe the CLI's ``--scale`` and ``--fast`` pick (``PICK``)."""
+    return pick("transfer", RECIPES, PICK, scale, fast)
+
+
+def transfer_task_args(name: str, vocab_size: int = VOCAB, mqar_filler: str = "random") -> dict[str, Any]:
+    """``make_task`` arguments of the transfer task ``name`` at this project's scale (60-200 tokens)."""
+    V = vocab_size
+    specs = {
+        "mqar": dict(vocab_size=V, seq_len=128, num_kv_pairs=8, **({"random_non_queries": False} if mqar_filler == "zero" else {})),
+        "system_prompt": dict(vocab_size=V, num_vars=6, gap=[32, 64, 96], num_decoys=4),
+        "tool_trace": dict(vocab_size=V, num_vars=6, num_ops=16, num_queries=6),
+        "niah": dict(vocab_size=V, seq_len=64),
+        "multi_hop": dict(vocab_size=V, num_chains=4, gap=[16, 32, 64]),
+        "common_word": dict(vocab_size=V, seq_len=64, repeats=4),
+    }
+    if name not in specs:
+        raise BadArgumentError(f"name must be one of the transfer tasks {list(specs)}, got {name!r}")
+    return {"name": name, **specs[name]}
+
+
+def transfer_task(name: str, recipe: str | TransferRecipe = "transfer/lab", vocab_size: int = VOCAB) -> Task:
+    """The transfer task ``name`` as ``recipe`` trains it (its MQAR filler)."""
+    return make_task(**transfer_task_args(name, vocab_size, resolve(RECIPES, TransferRecipe, recipe, {}).mqar_filler))
+
+
+def cells(recipe: TransferRecipe) -> list[dict[str, Any]]:
+    """The grid's cell specs, one per (task, preset): see :func:`transfer_cell`."""
+    specs = []
+    for name in recipe.tasks:
+        for preset in recipe.presets:
+            spec = {"experiment": "transfer", "preset": preset, "scale": recipe.scale,
+                    "task": transfer_task_args(name, VOCAB, recipe.mqar_filler), "vocab_size": VOCAB,
+                    "model_overrides": plain(recipe.model_overrides), "steps": recipe.steps,
+                    "time_budget_s": recipe.seconds, "batch_size": recipe.batch_size, "lr": recipe.lr,
+                    "seed": recipe.seed, "eval_examples": recipe.eval_examples}
+            if name == "niah":
+                spec.update(niah_lengths=list(recipe.niah_lengths), niah_examples=recipe.niah_examples)
+            specs.append(spec)
+    return specs
+
+
+def transfer_cell(spec: dict[str, Any]) -> dict[str, Any]:
+    """One cell of the transfer grid: train one preset on one transfer task and evaluate it, on this
+    process's device (CUDA if available, else the CPU).
+
+    The spec (built by :func:`cells`)::
+
+        {"experiment": "transfer", "preset": "echo", "scale": "lab" | "paper",
+         "task": {make_task arguments, "name": "niah", ...}, "vocab_size": 128, "model_overrides": {},
+         "steps": 2000, "time_budget_s": 60.0 or None, "batch_size": 16, "lr": 0.003, "seed": 0,
+         "eval_examples": 256,
+         # task "niah" only: NIAH length generalisation (trained at 64)
+         "niah_lengths": [64, 128, ...], "niah_examples": 128}
+
+    Returns ``acc`` (final evaluation), ``steps`` (done, <= ``steps`` under a time budget),
+    ``train_seconds``, ``final_loss`` (the last training batch's), ``params``, ``device``; for
+    ``tool_trace`` also ``tool_trace_by_writes`` (accuracy by writes to the queried variable), for ``niah``
+    also ``niah_length`` (a list of ``{"length", "acc"}``).
+    """
+    torch.manual_seed(spec["seed"])
+    device = default_device()
+    task = make_task(**spec["task"])
+    # mixer_kwargs for a mixer the preset does not use (the lab's SKA chunk size for `ssm`) are ignored by build
+    model = build(spec["preset"], vocab_size=spec["vocab_size"], scale=spec["scale"],
+                  **copy.deepcopy(spec["model_overrides"]))
+    res = train(model, task, steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
+                time_budget_s=spec["time_budget_s"], eval_every=spec["steps"], eval_examples=spec["eval_examples"],
+                device=device, progress=False)
+    out: dict[str, Any] = {"acc": res.final_eval, "steps": res.steps_done, "train_seconds": round(res.time_s, 1),
+                           "final_loss": res.history[-1]["loss"], "params": count_parameters(model)}
+    if task.name == "tool_trace":
+        out["tool_trace_by_writes"] = tool_trace_by_writes(model, task, spec["eval_examples"])
+    if task.name == "niah":
+        out["niah_length"] = [
+            {"length": L, "acc": evaluate(model, make_task("niah", vocab_size=spec["vocab_size"], seq_len=L),
+                                          spec["niah_examples"], batch_size=16)}
+            for L in spec["niah_lengths"]]
+    out["device"] = str(device)
+    return out
+
+
+def summarize(recipe: TransferRecipe, grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """The tables of the successful cells: ``table`` (task, preset, acc, steps, train_seconds, params,
+    paper_acc), ``niah_length`` (preset, length, acc, paper_acc), ``tool_trace_overwrites``, and the recipe."""
+    rows, niah_rows, overwrite_rows = [], [], []
+    for r in grid:
+        if r["error"]:
+            continue
+        name, preset, res = r["spec"]["task"]["name"], r["spec"]["preset"], r["result"]
+        rows.append({"task": name, "preset": preset, "acc": res["acc"], "steps": res["steps"],
+                     "train_seconds": res["train_seconds"], "params": res["params"],
+                     "paper_acc": paper_acc("transfer_mean_acc", name, preset)})
+        if "tool_trace_by_writes" in res:
+            overwrite_rows.append({"preset": preset, **{f"acc_writes_{k}": v for k, v in res["tool_trace_by_writes"].items()}})
+        for pt in res.get("niah_length", []):
+            niah_rows.append({"preset": preset, "length": pt["length"], "acc": pt["acc"],
+                              "paper_acc": paper_acc("niah_length", pt["length"], preset)})
+    return {"table": rows, "niah_length": niah_rows, "tool_trace_overwrites": overwrite_rows, "recipe": recipe.name,
+            "scale": recipe.scale, "seconds_per_model": recipe.seconds, "max_steps": recipe.steps,
+            "model_overrides": plain(recipe.model_overrides)}
+
+
+def _print_summary(out: dict[str, Any]) -> None:
+    for row in out["table"]:
+        print(f"{row['task']:<14} {row['preset']:<9} acc {row['acc']:.3f} ({row['steps']} steps, "
+              f"{row['train_seconds']:.0f} s)   paper {row['paper_acc']}%", flush=True)
+    for row in out["tool_trace_overwrites"]:
+        print(f"  tool_trace by writes to the queried variable, {row['preset']}: "
+              + ", ".join(f"{k[len('acc_writes_'):]}: {v:.3f}" for k, v in row.items() if k != "preset"), flush=True)
+    for row in out["niah_length"]:
+        print(f"  niah {row['preset']:<9} length {row['length']:>5}: acc {row['acc']:.3f}", flush=True)
+
+
+def run(recipe: str | TransferRecipe = "transfer/lab", out_dir: str | pathlib.Path = "runs/transfer", *,
+             grid: GridOptions | None = None, progress: bool = True, **overrides: Any) -> dict[str, Any]:
+    """Run a transfer recipe; write ``records.jsonl`` and ``transfer.json`` (:func:`summarize`) to ``out_dir``.
+
+    ``recipe``: a name of ``RECIPES`` or a :class:`TransferRecipe`; ``overrides`` replace its fields (e.g.
+    ``presets=["echo"], tasks=["niah"], steps=2``). One grid cell per (task, preset) (:func:`transfer_cell`;
+    the NIAH lengths and the tool-trace split are part of their cell's result), run through
+    :func:`echo_tutor.grid.run_grid` with ``grid`` (:class:`~echo_tutor.grid.GridOptions`); rerunning into the
+    same ``out_dir`` runs only the cells not recorded yet. Raises :class:`~echo_tutor.grid.GridError` (after
+    writing the other cells' results) if some cells failed.
+    """
+    recipe = resolve(RECIPES, TransferRecipe, recipe, overrides)
+    out_dir = pathlib.Path(out_dir)
+    records = run_grid(cells(recipe), transfer_cell, out_dir, grid, progress=progress,
+                       describe=lambda r: f"{r['spec']['task']['name']} {r['spec']['preset']} acc={r['result']['acc']:.2f}")
+    out = summarize(recipe, records)
+    _print_summary(out)
+    (out_dir / "transfer.json").write_text(json.dumps(out, indent=1))
+    finish(records, out_dir)
+    return out

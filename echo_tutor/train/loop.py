@@ -1,0 +1,202 @@
+"""The training loop and the evaluation: AdamW, warm-up then cosine decay, loss at answer positions only."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_int, check_positive
+from ..errors import BadArgumentError
+from ..tasks import IGNORE, Task
+
+__all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "default_device", "answer_accuracy", "progress_bar",
+           "make_optimizer", "lr_at"]
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+
+def progress_bar(total: int, desc: str, enabled: bool):
+    """A tqdm bar (a widget in notebooks, text in a terminal), or None when disabled or tqdm is missing."""
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is in the lab extra; training works without it
+        return None
+    return tqdm(total=total, desc=desc, leave=False)
+
+
+
+def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int]:
+    """(correct, total) over answer positions. logits ``[B, T, V]``, labels ``[B, T]``."""
+    mask = labels != IGNORE
+    pred = logits.argmax(-1)
+    return int((pred[mask] == labels[mask]).sum()), int(mask.sum())
+
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    lr: float = 3e-3
+    weight_decay: float = 0.1
+    warmup: int = 50
+    clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 100
+    eval_examples: int = 256
+    time_budget_s: float | None = None
+
+
+
+@dataclass
+class TrainResult:
+    config: dict[str, Any]
+    task: str
+    history: list[dict[str, float]] = field(default_factory=list)  # step, loss, acc, time_s (train batches)
+    evals: list[dict[str, float]] = field(default_factory=list)  # step, eval_acc, time_s
+    steps_done: int = 0
+    time_s: float = 0.0
+
+    @property
+    def final_eval(self) -> float | None:
+        return self.evals[-1]["eval_acc"] if self.evals else None
+
+
+
+def _forward(model, x, y, use_mask: bool):
+    if use_mask:
+        from ..models import prefix_mask
+
+        return model(x, mask=prefix_mask(y))[0]
+    return model(x)[0]
+
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, task: Task, num_examples: int = 256, seed: int = 10_000,
+             batch_size: int = 64, device: torch.device | str | None = None, prefix_mask: bool = False) -> float:
+    """Accuracy at answer positions on ``num_examples`` fresh examples (seeds disjoint from training's).
+
+    ``prefix_mask``: pass SKA's prefix mask (context writes, queries only read) derived from the labels."""
+    check_int("num_examples", num_examples, min_value=1)
+    check_int("batch_size", batch_size, min_value=1)
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for i, start in enumerate(range(0, num_examples, batch_size)):
+        x, y = task.sample(min(batch_size, num_examples - start), seed + i)
+        x, y = x.to(device), y.to(device)
+        c, t = answer_accuracy(_forward(model, x, y, prefix_mask), y)
+        correct, total = correct + c, total + t
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.98), weight decay on the matrices only (not on norms, biases, gains)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+
+
+def lr_at(i: int, lr: float, warmup: int, steps: int) -> float:
+    """The learning rate of step ``i``: linear warm-up over ``warmup`` steps, then cosine decay to ``0.1 lr``."""
+    if i < warmup:
+        return lr * (i + 1) / warmup
+    frac = (i - warmup) / max(1, steps - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def train(
+    model: torch.nn.Module,
+    task: Task,
+    steps: int = 1000,
+    batch_size: int = 16,
+    lr: float = 3e-3,
+    *,
+    weight_decay: float = 0.1,
+    warmup: int = 50,
+    clip: float = 1.0,
+    seed: int = 0,
+    eval_every: int = 100,
+    eval_examples: int = 256,
+    eval_task: Task | None = None,
+    time_budget_s: float | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    prefix_mask: bool = False,
+    callback: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` (a ``HybridLM``-like ``ids -> (logits, state)`` module) on ``task``.
+
+    Batch ``i`` is ``task.sample(batch_size, seed * 1_000_003 + i)``; evaluation uses disjoint seeds.
+    Stops after ``steps`` or when ``time_budget_s`` of wall-clock training is spent (evaluation excluded),
+    whichever comes first; the learning-rate schedule is laid out over ``steps``. ``prefix_mask`` gives SKA
+    mixers the prefix mask (context writes, queries only read) in training and evaluation.
+    Returns a :class:`TrainResult` with the loss/accuracy history and the evaluations.
+    """
+    check_int("steps", steps, min_value=1)
+    check_int("batch_size", batch_size, min_value=1)
+    check_positive("lr", lr)
+    check_int("warmup", warmup, min_value=0)
+    check_int("eval_every", eval_every, min_value=1)
+    if not isinstance(task, Task):
+        raise BadArgumentError(f"task must be an echo_tutor.tasks.Task (make_task(...)), got {type(task).__name__}")
+    if time_budget_s is not None:
+        check_positive("time_budget_s", time_budget_s)
+    device = torch.device(device) if device is not None else default_device()
+    model.to(device).train()
+    cfg = TrainConfig(steps, batch_size, lr, weight_decay, warmup, clip, seed, eval_every, eval_examples, time_budget_s)
+    res = TrainResult(config=asdict(cfg), task=task.describe())
+    opt = make_optimizer(model, lr, weight_decay)
+    bar = progress_bar(steps, f"train {task.name}", progress)
+    spent = 0.0
+    for i in range(steps):
+        t0 = time.perf_counter()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(i, lr, warmup, steps)
+        x, y = task.sample(batch_size, seed * 1_000_003 + i)
+        x, y = x.to(device), y.to(device)
+        logits = _forward(model, x, y, prefix_mask)
+        mask = y != IGNORE
+        loss = F.cross_entropy(logits[mask], y[mask])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        spent += time.perf_counter() - t0
+        with torch.no_grad():
+            acc = float((logits[mask].argmax(-1) == y[mask]).float().mean())
+        rec = {"step": i + 1, "loss": float(loss.detach()), "acc": acc, "time_s": spent}
+        res.history.append(rec)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{acc:.2f}")
+        last = i + 1 == steps or (time_budget_s is not None and spent >= time_budget_s)
+        if (i + 1) % eval_every == 0 or last:
+            ev = evaluate(model, eval_task or task, eval_examples, device=device, prefix_mask=prefix_mask)
+            res.evals.append({"step": i + 1, "eval_acc": ev, "time_s": spent})
+            if callback is not None:
+                callback({**rec, "eval_acc": ev})
+        if last:
+            break
+    if bar is not None:
+        bar.close()
+    res.steps_done, res.time_s = len(res.history), spent
+    model.eval()
+    return res
+
