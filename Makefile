@@ -15,7 +15,7 @@ LAB_ENV := JUPYTER_CONFIG_PATH="$(CURDIR)/.jupyter$${JUPYTER_CONFIG_PATH:+:$$JUP
 # the labs tests/browser opens, e.g. BROWSER_LABS=01,07 (default: all)
 BROWSER_LABS ?=
 
-.PHONY: setup lab test test-unit test-labs test-browser gpu-check notebooks bench checkpoints cliff kpower results clean
+.PHONY: setup lab test test-fast test-min test-unit test-labs test-browser gpu-check notebooks bench checkpoints cliff kpower results clean
 
 setup:
 	bash scripts/setup.sh $(EXTRAS)
@@ -25,6 +25,18 @@ lab: setup
 
 test: setup
 	ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+
+# The quick loop while working: the unit tests without the `slow` ones (those that train to a result or load
+# SmolLM2) and without the browser; `make test` still runs everything.
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow and not browser" -p no:cacheprovider
+
+# The declared version floors (torch 2.4.1, numpy 1.24.0, triton 3.2.0) in a separate $(VENV_MIN): the unit
+# tests without the browser, slow and GPU ones; the EchoKV tests skip (that extra needs torch >= 2.6). Not part
+# of `make test`. The first run downloads about 5 GB (PyPI's torch 2.4.1 is the CUDA build); later runs reuse it.
+VENV_MIN ?= .venv-min
+test-min:
+	VENV_MIN=$(VENV_MIN) bash scripts/test_min.sh
 
 # Pieces of `make test`, for a set-up environment.
 test-unit:
@@ -92,4 +104,4 @@ results:
 	$(PY) scripts/merge_ablation.py echo_tutor/pretrained/results_ablation.json runs/ablation_mqar/ablation.json runs/ablation_tool/ablation.json
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VENV_MIN) *.egg-info .pytest_cache

@@ -4,11 +4,11 @@
 
 Measures, with CUDA events (median of --reps after warm-up), on the device it names:
 
-1. SKA chunk mode forward and forward+backward: ``kernels.ska.forward`` vs
+1. SKA chunk mode forward and forward+backward: ``echo_kernels.ska.forward`` vs
    ``echo_tutor.ska.ska_chunked`` at each T, B*H = 32 (B=4, H=8), r in --ranks, P = 64, S = 64.
-   (The kernel path's backward recomputes through the reference: see kernels/ska/__init__.py.)
-2. The decode step: ``kernels.ska.decode`` vs ``ska_recurrent`` on one token, B*H = 32.
-3. EchoKV's fused rebuild (``kernels.echokv.forward``): achieved bandwidth (bytes read + written per
+   (The kernel path's backward recomputes through the reference: see echo_kernels/ska/__init__.py.)
+2. The decode step: ``echo_kernels.ska.decode`` vs ``ska_recurrent`` on one token, B*H = 32.
+3. EchoKV's fused rebuild (``echo_kernels.echokv.forward``): achieved bandwidth (bytes read + written per
    second) as a fraction of the card's peak (a table of known cards, else a measured device copy).
 
 Prints ratios measured in this one run. Without a CUDA device it says so and exits: the CPU
@@ -64,8 +64,8 @@ def main(argv=None) -> int:
               "correctness; interpreter timings say nothing about GPU speed.")
         return 0
     try:
-        import kernels.echokv as kecho
-        import kernels.ska as kska
+        import echo_kernels.echokv as kecho
+        import echo_kernels.ska as kska
     except Exception as e:  # pragma: no cover
         print(f"could not import the Triton kernels: {e}")
         return 1

@@ -205,8 +205,8 @@ presets = ["ssm", "ssm+attn", "echo", "attn"]
 models = {p: build(p, vocab_size=128).eval() for p in presets}
 for p, m in models.items():
     cfg = m.config
-    print(f"{p:<9} {count_parameters(m):>9,d} parameters   d={cfg['d_model']}   layout {m.layout}"
-          + (f"   SKA r={cfg['ska_rank']}" if "ska" in m.layout else ""))
+    print(f"{p:<9} {count_parameters(m):>9,d} parameters   d={cfg.d_model}   layout {m.layout}"
+          + (f"   SKA r={cfg.ska_rank}" if "ska" in m.layout else ""))
 
 stream_len = 256 if FAST else 4096
 every = 16 if FAST else 128

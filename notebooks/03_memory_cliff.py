@@ -710,7 +710,8 @@ display(widgets.VBox([widgets.HBox(list(probe_controls.values())), probe_fig]))
 # `echo-tutor train --scale lab --preset echo --pairs 4 8 16 --gaps 0 16 32 64 128 256 512 1024 --batch-size 16 --steps 4000 --minutes 15 --out my_echo.pt`,
 # and `echo-tutor eval --model my_echo.pt --pairs 8 16 --gaps 64 256 1024 4096`. The paper's protocol, one
 # paper-size model trained per grid cell, is a GPU job:
-# `echo-tutor cliff --executor ray --gpus-per-cell 1 --out-dir runs/cliff-paper` (recipe and times: `docs/gpu.md`).
+# `echo-tutor cliff --scale paper --executor ray --gpus-per-cell 1 --out-dir runs/cliff-paper` (recipe and times:
+# `docs/gpu.md`).
 
 # %%
 steps = 10 if FAST else LAB_RECIPE["steps"]

@@ -236,13 +236,13 @@ lab04.check_sigma_max_power(sigma_max_power)
 echo = pretrained("echo-d128")
 i128 = info("echo-d128")
 torch.manual_seed(i128["config"]["seed"])  # the seed its training run started from
-fresh = HybridLM(**echo.config).eval()
+fresh = HybridLM.from_config(echo.config).eval()
 print(f"echo-d128: trained {i128['steps']} steps in {i128['time_s'] / 60:.0f} min; last evaluation during training: "
       f"accuracy {i128['final_eval']:.3f}")
-print("config:", {k: echo.config[k] for k in ("layout", "d_model", "n_heads", "ska_rank")},
+print("config:", {k: getattr(echo.config, k) for k in ("layout", "d_model", "n_heads", "ska_rank")},
       "K =", [blk.mixer.power_steps for blk in echo.blocks if isinstance(blk.mixer, SpectralKoopmanAttention)])
-print(f"untrained control: HybridLM(**echo.config) after torch.manual_seed({i128['config']['seed']})")
-V = echo.config["vocab_size"]
+print(f"untrained control: HybridLM.from_config(echo.config) after torch.manual_seed({i128['config']['seed']})")
+V = echo.config.vocab_size
 x_mqar, _ = mqar_gap(V, 8, 256, 1, seed=3)
 x_tool, _ = tool_trace(V, 6, 40, 6, 1, seed=3)
 prompts = {"MQAR-gap prompt": x_mqar[0], "tool-trace prompt": x_tool[0]}
@@ -430,7 +430,7 @@ assert energy_fig.layout.title.text == energy_title(**{k: w.value for k, w in en
 # %%
 kp = results("kpower")
 lab_models = {p: pretrained(p) for p in ("echo", "echo-k2", "ssm+ridge")}
-cfg_of = lambda m: {k: v for k, v in m.config.items() if k != "mixer_kwargs"}  # noqa: E731
+cfg_of = lambda m: {k: v for k, v in m.config.to_dict().items() if k != "mixer_kwargs"}  # noqa: E731
 assert all(cfg_of(m) == cfg_of(lab_models["echo"]) for m in lab_models.values()), "one lab-scale model, K aside"
 print("lab-scale model:", {k: cfg_of(lab_models["echo"])[k] for k in ("layout", "d_model", "n_heads", "ska_rank")})
 print("task (the lab recipe):", LAB_RECIPE["task"])
@@ -508,7 +508,7 @@ assert learned == {k0: 0, k1: 2, k2: 0}, learned
 
 # %%
 print(f"shipped echo: trained {info('echo')['steps']} steps, "
-      f"K={lab_models['echo'].config['mixer_kwargs']['ska']['power_steps']}")
+      f"K={lab_models['echo'].config.mixer_kwargs['ska']['power_steps']}")
 x_r, _ = mqar_gap(128, 8, 256, 1, seed=11, show_values=False)
 n_ctx = 2 * 8 + 256  # the bindings and the gap; the 8 queries follow
 
@@ -574,7 +574,7 @@ for pr in (k2p, k0p):
 
 # %%
 abl = results("ablation")
-small_tasks = ablation_tasks(fast=True)  # the tasks of that run
+small_tasks = ablation_tasks("ablation/small")  # the tasks of that run
 tasks_run = list(dict.fromkeys(r["task"] for r in abl))
 cfgs = list(dict.fromkeys(r["config"] for r in abl))
 acc_s = {}
@@ -582,7 +582,7 @@ for r in sorted(abl, key=lambda r: r["seed"]):
     acc_s.setdefault((r["config"], r["task"]), []).append(r["acc"])
 small = build("echo", vocab_size=small_tasks["mqar_gap"].vocab_size, scale="paper", d_model=64, n_heads=4,
               ska_rank=16, d_state=16)  # that run's model (`ablate --fast`), untrained: only its settings are read
-print("model:", {k: small.config[k] for k in ("layout", "d_model", "n_heads", "ska_rank")},
+print("model:", {k: getattr(small.config, k) for k in ("layout", "d_model", "n_heads", "ska_rank")},
       f"; steps per run: {sorted({r['steps'] for r in abl})}; seeds {sorted({r['seed'] for r in abl})}")
 for t in tasks_run:
     print(f"  {t}: {small_tasks[t].describe()}")

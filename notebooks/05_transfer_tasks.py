@@ -66,13 +66,13 @@ print("steps actually run per cell:", steps_run)
 
 # %%
 def chance_level(name: str) -> float:
-    _, y = transfer_task(name, scale="lab").sample(512, seed=0)
+    _, y = transfer_task(name).sample(512, seed=0)
     return 1.0 / len(y[y != -100].unique())
 
 
 chance = {name: chance_level(name) for name in TRANSFER_TASKS}
 for name in TRANSFER_TASKS:
-    x, y = transfer_task(name, scale="lab").sample(1, seed=0)
+    x, y = transfer_task(name).sample(1, seed=0)
     ans = (y[0] != -100).nonzero()[:, 0].tolist()
     print(f"{name:<14} length {x.shape[1]:>4}, {len(ans)} answers; first answer at position {ans[0]}: "
           f"label {y[0, ans[0]].item():>3}; chance {100 * chance[name]:.1f}%")
@@ -240,12 +240,12 @@ print(f"{'task':<14}{'chance':>8}" + "".join(f"{p:>10}" for p in TRANSFER_PRESET
 for t in tasks_run:
     paper = PAPER["transfer_mean_acc"][t]
     print(f"{t:<14}{100 * chance[t]:>7.1f}%" + "".join(f"{100 * acc[t, p]:>9.1f}%" for p in TRANSFER_PRESETS)
-          + "   | " + " / ".join(f"{v}" for v in paper))
+          + "   | " + " / ".join(f"{paper[p]}" for p in TRANSFER_PRESETS))
 fig = go.Figure()
 for p in TRANSFER_PRESETS:
     fig.add_bar(name=f"{p} (ours)", x=tasks_run, y=[100 * acc[t, p] for t in tasks_run], marker_color=PRESET_COLORS[p])
-for i, p in enumerate(TRANSFER_PRESETS):
-    fig.add_scatter(name=f"{p} (paper)", x=tasks_run, y=[PAPER["transfer_mean_acc"][t][i] for t in tasks_run],
+for p in TRANSFER_PRESETS:
+    fig.add_scatter(name=f"{p} (paper)", x=tasks_run, y=[PAPER["transfer_mean_acc"][t][p] for t in tasks_run],
                     mode="markers", marker=dict(symbol="diamond-open", size=12, color=PRESET_COLORS[p]))
 fig.add_scatter(name="chance", x=tasks_run, y=[100 * chance[t] for t in tasks_run], mode="markers",
                 marker=dict(symbol="line-ew-open", size=30, color="gray"))
@@ -270,10 +270,10 @@ nl = tr["niah_length"]
 lengths = sorted({r["length"] for r in nl})
 niah = {(r["preset"], r["length"]): r["acc"] for r in nl}
 fig = go.Figure()
-for i, p in enumerate(TRANSFER_PRESETS):
+for p in TRANSFER_PRESETS:
     fig.add_scatter(x=lengths, y=[100 * niah[p, L] for L in lengths], mode="lines+markers", name=f"{p} (ours)",
                     line=dict(color=PRESET_COLORS[p]))
-    fig.add_scatter(x=lengths, y=[PAPER["niah_length"][L][i] for L in lengths], mode="lines",
+    fig.add_scatter(x=lengths, y=[PAPER["niah_length"][L][p] for L in lengths], mode="lines",
                     line=dict(dash="dot", color=PRESET_COLORS[p]), name=f"{p} (paper)")
 fig.add_scatter(x=lengths, y=[100 * chance["niah"]] * len(lengths), mode="lines", name="chance",
                 line=dict(color="gray", width=1))
@@ -284,7 +284,7 @@ fig.show()
 print(f"{'length':>7}" + "".join(f"{p:>10}" for p in TRANSFER_PRESETS) + "   | paper: " + " / ".join(TRANSFER_PRESETS))
 for L in lengths:
     print(f"{L:>7}" + "".join(f"{100 * niah[p, L]:>9.1f}%" for p in TRANSFER_PRESETS) + "   | "
-          + " / ".join(str(v) for v in PAPER["niah_length"][L]))
+          + " / ".join(str(PAPER["niah_length"][L][p]) for p in TRANSFER_PRESETS))
 assert {r["preset"] for r in nl} == set(TRANSFER_PRESETS) and max(lengths) == 4096
 assert all(0 <= r["acc"] <= 1 for r in nl) and all(r["paper_acc"] is not None for r in nl)
 longest = max(lengths)

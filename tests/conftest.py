@@ -1,10 +1,11 @@
 import os
+import pathlib
 
 import pytest
 import torch
 
-# The Triton kernels (kernels/) run under the CPU interpreter where there is no GPU; the variable must be
-# set before any @triton.jit definition is executed, i.e. before `kernels` is first imported.
+# The Triton kernels (echo_kernels/) run under the CPU interpreter where there is no GPU; the variable must be
+# set before any @triton.jit definition is executed, i.e. before `echo_kernels` is first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 # Tests never use the network: Hugging Face libraries fail fast instead of trying to download.
@@ -51,3 +52,29 @@ def untimed(x):
     if isinstance(x, list):
         return [untimed(v) for v in x]
     return x
+
+
+TESTS_DIR = str(pathlib.Path(__file__).resolve().parent)
+REPO = str(pathlib.Path(__file__).resolve().parent.parent)
+RAY_REASON = "the Ray executor needs ray: pip install 'echo_tutor[cluster]'"
+
+
+def worker_pythonpath() -> str:
+    """PYTHONPATH for Ray workers and subprocesses: tests/ (grid_cells) and this checkout, in front of
+    whatever is set already."""
+    return os.pathsep.join(p for p in (TESTS_DIR, REPO, os.environ.get("PYTHONPATH", "")) if p)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """An embedded local Ray (2 CPUs at most) whose workers import this checkout's echo_tutor and tests/
+    grid_cells, one thread each; shut down after the module's tests."""
+    ray = pytest.importorskip("ray", reason=RAY_REASON)
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=min(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": worker_pythonpath(), "OMP_NUM_THREADS": "1"}})
+    try:
+        yield ray
+    finally:
+        ray.shutdown()

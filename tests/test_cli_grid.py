@@ -7,15 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from conftest import untimed
+from conftest import RAY_REASON, untimed, worker_pythonpath
 
-import echo_tutor
-from echo_tutor import experiments
 from echo_tutor.cli import EXIT_CELLS_FAILED, main
+from echo_tutor.experiments import ablation
 from echo_tutor.grid import RECORDS_FILE, load_records
-
-REPO = str(pathlib.Path(echo_tutor.__file__).resolve().parent.parent)
-RAY_REASON = "the Ray executor needs ray: pip install 'echo_tutor[cluster]'"
 # The lab-scale K ablation (K = 0, 1, 2: three cells), two training steps each.
 ABLATE = ["ablate", "--scale", "lab", "--steps", "2", "--seeds", "1"]
 
@@ -25,8 +21,7 @@ def cli(args: list[str], tmp_path: pathlib.Path, name: str) -> tuple[int, str, s
     """Run ``python -m echo_tutor.cli *args`` in a fresh process (one thread, this checkout on PYTHONPATH,
     also for Ray workers); return (exit status, stdout, stderr). Output goes to files, not pipes, so that
     Ray's chatter never blocks the process."""
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(p for p in (REPO, os.environ.get("PYTHONPATH", "")) if p))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=worker_pythonpath())
     env.pop("RAY_ADDRESS", None)
     out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
     with out.open("wb") as o, err.open("wb") as e:
@@ -43,6 +38,7 @@ def _by_hash(records):
     return sorted(records, key=lambda r: r["spec_hash"])
 
 
+@pytest.mark.slow
 def test_cli_ablate_resumes_and_ray_gives_the_same_records(tmp_path):
     local = tmp_path / "local"
     rc, out, err = cli([*ABLATE, "--executor", "local", "--out-dir", str(local), "--quiet"], tmp_path, "first")
@@ -55,7 +51,7 @@ def test_cli_ablate_resumes_and_ray_gives_the_same_records(tmp_path):
     rc, again, err = cli([*ABLATE, "--executor", "local", "--out-dir", str(local)], tmp_path, "again")
     assert rc == 0, err[-3000:]
     assert {name: (local / name).read_text() for name in first} == first
-    assert "3/3" in err  # the progress starts (and ends) at 3 of 3 cells done
+    assert "3/3" in err + again  # the progress starts (and ends) at 3 of 3 cells done (stdout without tqdm)
     assert _table(again) == _table(out) and len(_table(out)) == 5
 
     pytest.importorskip("ray", reason=RAY_REASON)
@@ -68,14 +64,14 @@ def test_cli_ablate_resumes_and_ray_gives_the_same_records(tmp_path):
 
 
 def test_cli_failed_cells_exit_1_and_are_listed(tmp_path, monkeypatch, capsys):
-    real = experiments.train
+    real = ablation.train
 
     def train(model, task, *args, **kwargs):
         if kwargs.get("seed") == 1:
             raise RuntimeError("seed 1 fell over")
         return real(model, task, *args, **kwargs)
 
-    monkeypatch.setattr(experiments, "train", train)
+    monkeypatch.setattr(ablation, "train", train)
     argv = ["ablate", "--fast", "--tasks", "mqar_gap", "--powers", "4", "--steps", "2", "--seeds", "2",
             "--out-dir", str(tmp_path), "--quiet"]
     assert main(argv) == EXIT_CELLS_FAILED != 2

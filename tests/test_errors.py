@@ -114,7 +114,7 @@ def test_more_public_functions_reject_bad_input():
     from echo_tutor.train import sweep
 
     with pytest.raises(ValueError, match="tasks must be drawn from"):
-        ablation(tasks=["sorting"], seeds=1, steps=1, progress=False)
+        ablation.RECIPES["ablation/small"].only(tasks=["sorting"])
     with pytest.raises(ValueError, match="even head size"):
         apply_rope(torch.randn(1, 2, 3, 5), torch.arange(3))
     with pytest.raises(ValueError, match="positions must be a 1-D tensor of length T=3"):

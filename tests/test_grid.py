@@ -15,15 +15,9 @@ import time
 import pytest
 
 import grid_cells  # tests/ is on sys.path (pytest's rootdir-relative import); Ray workers get it via PYTHONPATH
-from echo_tutor.grid import RECORDS_FILE, GridError, failed, load_records, run_cell, run_grid, spec_hash
+from echo_tutor.grid import RECORDS_FILE, GridError, GridOptions, failed, load_records, run_cell, run_grid, spec_hash
 
-TESTS_DIR = str(pathlib.Path(__file__).resolve().parent)
-RAY_REASON = "the Ray executor needs ray: pip install 'echo_tutor[cluster]'"
-
-
-def _pythonpath() -> str:
-    """PYTHONPATH for Ray workers: this directory (grid_cells) in front of whatever is set already."""
-    return os.pathsep.join(p for p in (TESTS_DIR, os.environ.get("PYTHONPATH", "")) if p)
+from conftest import worker_pythonpath
 
 
 def _lines(out_dir) -> list[str]:
@@ -42,20 +36,6 @@ def _reset_cells():
     yield
     grid_cells.CALLS.clear()
     grid_cells.BROKEN.clear()
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    """An embedded local Ray (2 CPUs at most) whose workers can import grid_cells; shut down afterwards."""
-    ray = pytest.importorskip("ray", reason=RAY_REASON)
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(num_cpus=min(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1"}})
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -106,15 +86,10 @@ def test_run_grid_validates_arguments(tmp_path):
     specs = [{"seed": 0}]
     cell = grid_cells.seed_cell
     cases = [
-        (dict(specs=specs, executor="slurm"), "executor must be one of"),
         (dict(specs={"seed": 0}), "specs must be a list"),
         (dict(specs=[{"seed": 0}, 3]), r"specs\[1\] must be a dict"),
         (dict(specs=[{"seed": 0}, {"seed": 1}, {"seed": 0}]), r"specs\[2\] duplicates specs\[0\]"),
-        (dict(specs=specs, cpus_per_cell=0), "cpus_per_cell"),
-        (dict(specs=specs, gpus_per_cell=-1), "gpus_per_cell"),
-        (dict(specs=specs, max_retries=-1), "max_retries"),
-        (dict(specs=specs, max_retries=1.5), "max_retries"),
-        (dict(specs=specs, address="auto"), "address is only used with executor='ray'"),
+        (dict(specs=specs, options={"executor": "ray"}), "options must be a GridOptions"),
         (dict(specs=specs, describe="acc"), "describe must be callable"),
         (dict(specs=specs, fn=None), "fn must be callable"),
         (dict(specs=specs, out_dir=3), "out_dir must be a path"),
@@ -125,6 +100,20 @@ def test_run_grid_validates_arguments(tmp_path):
             run_grid(**kwargs, progress=False)
     assert not (tmp_path / "out" / RECORDS_FILE).exists()
     assert grid_cells.CALLS == []
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(executor="slurm"), "executor must be one of"),
+    (dict(cpus_per_cell=0), "cpus_per_cell"),
+    (dict(gpus_per_cell=-1), "gpus_per_cell"),
+    (dict(max_retries=-1), "max_retries"),
+    (dict(max_retries=1.5), "max_retries"),
+    (dict(address="auto"), "address is only used with executor='ray'"),
+    (dict(executor="ray", address=3), "address must be None"),
+])
+def test_grid_options_validate_themselves(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GridOptions(**kwargs)
 
 
 def test_load_records_missing_and_truncated(tmp_path):
@@ -225,14 +214,14 @@ def test_progress_without_tqdm_prints_lines(tmp_path, monkeypatch, capsys):
 def test_ray_without_ray_installed_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     with pytest.raises(ImportError, match=r"pip install 'echo_tutor\[cluster\]'"):
-        run_grid([{"x": 1}], grid_cells.flaky_cell, tmp_path, executor="ray", progress=False)
+        run_grid([{"x": 1}], grid_cells.flaky_cell, tmp_path, GridOptions(executor="ray"), progress=False)
     assert grid_cells.CALLS == []
 
 
 def test_local_and_ray_give_the_same_records(tmp_path, ray_local):
     specs = [{"seed": 0}, {"seed": 1, "scale": 2.0}, {"seed": 0, "raise": "no luck"}, {"seed": 5}]
     local = run_grid(specs, grid_cells.seed_cell, tmp_path / "local", progress=False)
-    remote = run_grid(specs, grid_cells.seed_cell, tmp_path / "ray", executor="ray", progress=False)
+    remote = run_grid(specs, grid_cells.seed_cell, tmp_path / "ray", GridOptions(executor="ray"), progress=False)
     assert ray_local.is_initialized()  # run_grid leaves a Ray it did not start running
     assert _strip(remote) == _strip(local)
     assert [r["spec"] for r in failed(remote)] == [{"seed": 0, "raise": "no luck"}]
@@ -242,7 +231,7 @@ def test_local_and_ray_give_the_same_records(tmp_path, ray_local):
 
     # the same resume rules: only the failed cell runs again
     n = len(_lines(tmp_path / "ray"))
-    again = run_grid(specs, grid_cells.seed_cell, tmp_path / "ray", executor="ray", progress=False)
+    again = run_grid(specs, grid_cells.seed_cell, tmp_path / "ray", GridOptions(executor="ray"), progress=False)
     assert _strip(again) == _strip(local) and len(_lines(tmp_path / "ray")) == n + 1
 
 
@@ -257,15 +246,16 @@ def _wait_gone(pgid: int, timeout: float) -> bool:
     return False
 
 
+@pytest.mark.slow
 def test_ray_grid_killed_and_resumed(tmp_path, ray_local):
     specs = [{"seed": s, "sleep": 0.8} for s in range(6)]
     out = tmp_path / "killed"
     script = textwrap.dedent(f"""
         import grid_cells
-        from echo_tutor.grid import run_grid
-        run_grid({specs!r}, grid_cells.seed_cell, {str(out)!r}, executor="ray", progress=False)
+        from echo_tutor.grid import GridOptions, run_grid
+        run_grid({specs!r}, grid_cells.seed_cell, {str(out)!r}, GridOptions(executor="ray"), progress=False)
         """)
-    env = dict(os.environ, PYTHONPATH=_pythonpath(), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=worker_pythonpath(), OMP_NUM_THREADS="1")
     log = (tmp_path / "grid.log").open("wb")  # a file, not a pipe: Ray's chatter must never block the process
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=tmp_path, start_new_session=True,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -294,7 +284,7 @@ def test_ray_grid_killed_and_resumed(tmp_path, ray_local):
     assert 1 <= len(before) < len(specs), f"{len(before)} cells recorded before the kill"
     assert failed(before) == []
 
-    records = run_grid(specs, grid_cells.seed_cell, out, executor="ray", progress=False)
+    records = run_grid(specs, grid_cells.seed_cell, out, GridOptions(executor="ray"), progress=False)
     assert failed(records) == [] and [r["spec"] for r in records] == specs
     per_hash = collections.Counter(r["spec_hash"] for r in load_records(out))
     assert per_hash == {spec_hash(s): 1 for s in specs}  # every cell recorded exactly once: none rerun

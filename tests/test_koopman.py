@@ -143,11 +143,10 @@ def test_readout_weights_rebuild_the_ska_output():
     mask = (torch.arange(14) < n).double()[None]
     m(ids, mask=mask)
     h.remove()
-    q, k, v, beta = mix._project(seen["x"])
+    qn, kn, v, beta = mix.project(seen["x"])  # normalised as the layer reads them
     # the layer's output before W_O at the query positions, from the token-mode reference with the prefix mask
     from echo_tutor.ska.reference import ska_recurrent
 
-    qn, kn = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(k, dim=-1)
     y, _ = ska_recurrent(qn, kn, v, beta, weights=mask[..., None].expand(1, 14, 2), power_steps=2, eps=mix.eps,
                          eta=mix.eta, gamma=mix._gamma(), spectral_norm=False)
     rebuilt = torch.einsum("hqt,thp->qhp", w, v[0, :n]) * mix.eta.detach().reshape(1, -1, 1)

@@ -113,7 +113,7 @@ def test_window_model_forgets_beyond_its_window():
 def test_lab_presets_share_the_lab_scale():
     for name in LAB_PRESETS:
         m = build(name, scale="lab")
-        assert m.config["d_model"] == LAB_SCALE["d_model"] and len(m.layout) == 2 and m.layout[0] == "mamba2"
+        assert m.config.d_model == LAB_SCALE["d_model"] and len(m.layout) == 2 and m.layout[0] == "mamba2"
         assert 100_000 < count_parameters(m) < 160_000
     ks = {n: build(n, scale="lab").blocks[1].mixer.power_steps for n in ("echo", "echo-k2", "ssm+ridge")}
     assert ks == {"echo": 1, "echo-k2": 2, "ssm+ridge": 0}

@@ -129,3 +129,78 @@ def test_prefix_mask_from_labels_and_passed_to_ska():
     for i, n in enumerate(m.layout):
         if n == "ska":
             assert torch.allclose(st_masked[i].C, st_prefix[i].C, atol=1e-10)
+
+
+def test_grow_ska_rank_keeps_the_function_and_checks_its_arguments():
+    from echo_tutor.models import grow_ska_rank
+
+    torch.manual_seed(0)
+    small = build("echo", scale="lab")
+    for p in small.parameters():  # a non-trivial SKA output (w_o starts at zero)
+        torch.nn.init.normal_(p, std=0.1) if p.dim() > 1 else None
+    x = torch.randint(1, 128, (2, 150))
+    grown = grow_ska_rank(small.eval(), 48, noise=0.0)
+    assert grown.blocks[1].mixer.rank == 48 and grown.config.ska_rank == 48
+    torch.testing.assert_close(grown.eval()(x)[0], small(x)[0], atol=1e-4, rtol=1e-4)
+    noisy = grow_ska_rank(small, 48, noise=0.5).eval()
+    assert not torch.allclose(noisy(x)[0], small(x)[0], atol=1e-4)
+    with pytest.raises(ValueError, match="rank must be larger"):
+        grow_ska_rank(small, 32)
+    with pytest.raises(ValueError, match="no SKA mixer"):
+        grow_ska_rank(build("ssm", scale="lab"), 64)
+    with pytest.raises(ValueError, match="noise"):
+        grow_ska_rank(small, 64, noise=-1.0)
+
+
+
+# --------------------------------------------------------------------------------- the frozen config
+from echo_tutor.models import LAB_PRESETS, HybridConfig  # noqa: E402
+from echo_tutor.ska import SpectralKoopmanAttention  # noqa: E402
+
+
+def _round_trip(m, tmp_path):
+    m.eval()
+    path = tmp_path / "m.pt"
+    m.save(path)
+    back = load(path)
+    x = torch.randint(0, m.config.vocab_size, (2, 40))
+    torch.testing.assert_close(back(x)[0], m(x)[0])
+    return back
+
+
+@pytest.mark.parametrize("scale, preset", [("paper", p) for p in PRESETS] + [("lab", p) for p in LAB_PRESETS])
+def test_every_preset_survives_save_and_load(scale, preset, tmp_path):
+    torch.manual_seed(0)
+    m = build(preset, vocab_size=64, scale=scale)
+    back = _round_trip(m, tmp_path)
+    assert back.config == m.config and back.layout == m.layout
+
+
+def test_two_ska_blocks_with_overrides_each_get_them(tmp_path):
+    """A per-mixer override reaches every block of that mixer (it once reached only the first: the config's
+    dict was popped by the first SKA block), and survives save / load."""
+    torch.manual_seed(0)
+    m = HybridLM(64, d_model=32, layout="mamba2,ska,ska", n_heads=2,
+                 mixer_kwargs={"ska": {"rank": 8, "power_steps": 0, "chunk_size": 16}})
+    skas = [b.mixer for b in m.blocks if isinstance(b.mixer, SpectralKoopmanAttention)]
+    assert [(s.rank, s.power_steps, s.chunk_size) for s in skas] == [(8, 0, 16), (8, 0, 16)]
+    assert m.config.mixer_kwargs["ska"]["rank"] == 8  # the config still says so
+    back = _round_trip(m, tmp_path)
+    assert [b.mixer.rank for b in back.blocks if isinstance(b.mixer, SpectralKoopmanAttention)] == [8, 8]
+
+
+def test_config_is_frozen_and_validated():
+    cfg = HybridConfig(64, d_model=32, layout=["mamba2", "ska"], n_heads=2, mixer_kwargs={"ska": {"rank": 8}})
+    assert cfg.layout == "mamba2,ska" and cfg.mlp_hidden == 13 * 32 // 4
+    with pytest.raises(Exception):  # dataclasses.FrozenInstanceError
+        cfg.d_model = 64
+    with pytest.raises(TypeError):
+        cfg.mixer_kwargs["ska"]["rank"] = 4
+    over = cfg.mixer_overrides("ska")
+    over["rank"] = 4  # a copy: the config is unchanged
+    assert cfg.mixer_kwargs["ska"]["rank"] == 8
+    assert HybridConfig(**cfg.to_dict()) == cfg and HybridLM.from_config(cfg).config == cfg
+    with pytest.raises(ValueError, match="mixer_kwargs: unknown mixer"):
+        HybridConfig(64, mixer_kwargs={"conv": {}})
+    with pytest.raises(ValueError, match="n_heads=3 must divide d_model=32"):
+        HybridConfig(64, d_model=32, n_heads=3)

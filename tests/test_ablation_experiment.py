@@ -1,0 +1,88 @@
+"""The ablation experiment end to end, on tiny models and a couple of steps; the same records locally and on
+Ray; a rerun trains nothing; a failed cell is listed after the rest is written."""
+
+import json
+
+import pytest
+from conftest import untimed
+
+from echo_tutor.experiments import ablation
+from echo_tutor.grid import RECORDS_FILE, GridError, GridOptions, load_records
+
+TINY = dict(d_model=32, n_heads=4, d_state=8, ska_rank=6)
+CFGS = [("K=0", 0, True, False), ("K=2, prefix mask", 2, True, True)]
+
+
+def small(**kw):
+    """ablation/small on tiny models, MQAR-gap only, two steps."""
+    return ablation.RECIPES["ablation/small"].only(tasks=["mqar_gap"]), dict(
+        dict(seeds=1, steps=2, configs=CFGS, model_overrides=TINY, progress=False), **kw)
+
+
+def test_ablation_table(tmp_path):
+    recipe, kw = small(seeds=2)
+    recs = ablation.run(recipe, tmp_path, **kw)
+    assert len(recs) == 4 and {r["config"] for r in recs} == {"K=0", "K=2, prefix mask"}
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| K=0 |" in table and "±" in table
+
+
+def test_lab_ablation_records_and_saved_models(tmp_path):
+    recs = ablation.run("ablation/lab", tmp_path, seeds=1, steps=2, progress=False, save_models=True)
+    assert [r["power_steps"] for r in recs] == [0, 1, 2]
+    assert all("acc_16pairs_gap1024" in r and "bound_wrong_8pairs_gap256" in r for r in recs)
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["K0_seed0.pt", "K1_seed0.pt", "K2_seed0.pt"]
+
+
+def _no_training(*args, **kwargs):
+    raise AssertionError("a recorded cell was trained again")
+
+
+def test_same_records_local_and_ray_and_a_rerun_trains_nothing(tmp_path, monkeypatch, ray_local):
+    recipe, kw = small()
+    local = ablation.run(recipe, tmp_path / "local", **kw)
+    remote = ablation.run(recipe, tmp_path / "ray", grid=GridOptions(executor="ray"), **kw)
+    assert ray_local.is_initialized()  # the drivers leave a Ray they did not start running
+    assert untimed(remote) == untimed(local) and len(local) == 2
+    by_hash = lambda rs: sorted(rs, key=lambda r: r["spec_hash"])  # noqa: E731 - Ray records in finishing order
+    assert untimed(by_hash(load_records(tmp_path / "ray"))) == untimed(by_hash(load_records(tmp_path / "local")))
+    losses = [r["result"]["final_loss"] for r in load_records(tmp_path / "local")]
+    assert len(set(losses)) == 2  # the configs trained differently (and each the same way under Ray)
+    assert (tmp_path / "ray" / "ablation.md").read_text().splitlines()[2:] == \
+        (tmp_path / "local" / "ablation.md").read_text().splitlines()[2:]
+
+    files = {name: (tmp_path / "local" / name).read_text() for name in (RECORDS_FILE, "ablation.json", "ablation.md")}
+    monkeypatch.setattr(ablation, "train", _no_training)
+    again = ablation.run(recipe, tmp_path / "local", **kw)
+    assert again == local
+    assert {name: (tmp_path / "local" / name).read_text() for name in files} == files
+
+
+def _failing_for_seed(seed):
+    real = ablation.train
+
+    def train(model, task, *args, **kwargs):
+        if kwargs.get("seed") == seed:
+            raise RuntimeError(f"no luck with seed {seed}")
+        return real(model, task, *args, **kwargs)
+
+    return train
+
+
+def test_failed_cell_is_raised_after_the_rest_is_written(tmp_path, monkeypatch):
+    recipe, kw = small(seeds=2, configs=[("K=1", 1, True, False)])
+    monkeypatch.setattr(ablation, "train", _failing_for_seed(1))
+    with pytest.raises(GridError) as e:
+        ablation.run(recipe, tmp_path, **kw)
+    assert [r["spec"]["seed"] for r in e.value.failed] == [1] and e.value.total == 2
+    lines = str(e.value).splitlines()
+    assert lines[0].startswith("1 of 2 cells failed") and RECORDS_FILE in lines[0]
+    assert len(lines) == 2 and '"seed":1' in lines[1] and lines[1].endswith("RuntimeError: no luck with seed 1")
+    assert [r["seed"] for r in json.loads((tmp_path / "ablation.json").read_text())] == [0]
+    assert "(1/2 seeds)" in (tmp_path / "ablation.md").read_text()
+
+    monkeypatch.undo()  # the rerun trains only the failed cell
+    recs = ablation.run(recipe, tmp_path, **kw)
+    assert [r["seed"] for r in recs] == [0, 1]
+    assert [(r["spec"]["seed"], bool(r["error"])) for r in load_records(tmp_path)] == [(0, False), (1, True), (1, False)]
+    assert "seeds)" not in (tmp_path / "ablation.md").read_text().splitlines()[2]

@@ -1,0 +1,54 @@
+"""The memory-cliff experiment end to end on shipped checkpoints, a few examples per cell."""
+
+import json
+
+import pytest
+
+from echo_tutor.experiments import cliff
+from echo_tutor.grid import GridError, GridOptions
+from echo_tutor.pretrained import available
+
+
+def test_cliff_on_two_shipped_models(tmp_path):
+    recs = cliff.run("cliff/lab", tmp_path, progress=False, examples=4, presets=["echo", "ssm+swa"], pairs=[2],
+                     gaps=[8, 300])
+    assert [(r["preset"], r["pairs"], r["gap"]) for r in recs] == [("echo", 2, 8), ("echo", 2, 300), ("ssm+swa", 2, 8), ("ssm+swa", 2, 300)]
+    assert all(0 <= r["acc"] <= 1 and r["state_bytes"] > 0 for r in recs)
+    assert all(r["acc"] + r["bound_wrong"] + r["other_wrong"] == pytest.approx(1) for r in recs)
+    # SKA's state is the same after 12 and 308 tokens; the window's cache is capped at 256 tokens
+    assert recs[0]["state_bytes"] == recs[1]["state_bytes"] and recs[2]["state_bytes"] < recs[3]["state_bytes"]
+    assert (tmp_path / "cliff.json").exists()
+    pytest.importorskip("plotly", reason="cliff.html needs plotly (the lab extra)")
+    assert (tmp_path / "cliff.html").exists()
+
+
+def test_a_failing_cell_is_listed_and_the_others_are_written(tmp_path, monkeypatch):
+    """One cell per (preset, pairs, gap); a failing cell is listed, the others are written, a rerun finishes."""
+    preset = sorted(available())[0]
+    real = cliff.recall_breakdown
+
+    def breakdown(model, task, *args, **kwargs):
+        if task.kwargs["gap"] == 16:
+            raise RuntimeError("gap 16 is cursed")
+        return real(model, task, *args, **kwargs)
+
+    monkeypatch.setattr(cliff, "recall_breakdown", breakdown)
+    kw = dict(examples=4, presets=[preset], pairs=[2], gaps=[8, 16], progress=False)
+    with pytest.raises(GridError, match="gap 16 is cursed") as e:
+        cliff.run("cliff/lab", tmp_path, **kw)
+    assert [r["spec"]["task"]["gap"] for r in e.value.failed] == [16]
+    assert e.value.failed[0]["spec"]["checkpoint"]["sha1"]  # the spec pins the checkpoint's contents
+    written = json.loads((tmp_path / "cliff.json").read_text())
+    assert [(r["preset"], r["pairs"], r["gap"]) for r in written] == [(preset, 2, 8)]
+    monkeypatch.undo()
+    recs = cliff.run("cliff/lab", tmp_path, **kw)
+    assert [(r["gap"], r["state_bytes"] > 0) for r in recs] == [(8, True), (16, True)] and recs[0] == written[0]
+
+
+def test_bad_grid_options_are_refused_before_any_cell(tmp_path):
+    with pytest.raises(ValueError, match="executor must be one of"):
+        cliff.run("cliff/lab", tmp_path / "x", grid=GridOptions(executor="slurm"), presets=["echo"], pairs=[2], gaps=[8])
+    with pytest.raises(ValueError, match="options must be a GridOptions"):
+        cliff.run("cliff/lab", tmp_path / "x", grid={"executor": "ray"}, presets=["echo"], pairs=[2], gaps=[8],
+                  progress=False)
+    assert not (tmp_path / "x" / "records.jsonl").exists()

@@ -1,0 +1,92 @@
+"""The experiment recipes: named, frozen, checked when built, picked by (scale, fast), and the cell specs
+they make (which identify the records of a run: a spec that changes makes a new cell)."""
+
+import dataclasses
+import json
+
+import pytest
+
+from echo_tutor.errors import BadArgumentError
+from echo_tutor.experiments import EXPERIMENTS, RECIPES, ablation, cliff, transfer
+from echo_tutor.grid import spec_hash
+from echo_tutor.models import SCALES
+
+
+def test_every_recipe_is_named_for_its_experiment_and_frozen():
+    assert set(EXPERIMENTS) == {"cliff", "transfer", "ablation"}
+    for name, recipe in RECIPES.items():
+        assert name == recipe.name and name.split("/")[0] in EXPERIMENTS and recipe.scale in SCALES
+        assert recipe.description
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            recipe.name = "x"
+
+
+@pytest.mark.parametrize("mod", [cliff, transfer, ablation], ids=lambda m: m.__name__.rsplit(".", 1)[1])
+def test_pick_tables_name_existing_recipes_and_the_rest_is_refused(mod):
+    for (scale, fast), name in mod.PICK.items():
+        assert mod.recipe_for(scale, fast) is mod.RECIPES[name]
+    assert set(mod.PICK.values()) == set(mod.RECIPES)  # every recipe reachable by flags
+    with pytest.raises(BadArgumentError, match="scale must be one of"):
+        mod.recipe_for("huge", True)
+
+
+def test_the_fast_flag_picks_the_shipped_recipes():
+    assert cliff.recipe_for("lab", True).name == "cliff/lab"
+    assert transfer.recipe_for("lab", True).name == "transfer/lab"
+    assert ablation.recipe_for("lab", True).name == "ablation/small"
+    assert ablation.recipe_for("lab", False).name == "ablation/lab"
+    with pytest.raises(BadArgumentError, match="no fast recipe at scale='paper'"):
+        cliff.recipe_for("paper", True)
+
+
+def test_recipes_check_their_fields():
+    with pytest.raises(ValueError, match="presets must be drawn from the shipped checkpoints"):
+        dataclasses.replace(RECIPES["cliff/lab"], presets=("no-such-model",))
+    with pytest.raises(ValueError, match="gaps must hold ints >= 0"):
+        dataclasses.replace(RECIPES["cliff/lab"], gaps=(-1,))
+    with pytest.raises(ValueError, match="presets must be drawn from the lab-scale presets"):
+        dataclasses.replace(RECIPES["transfer/lab"], presets=("attn",))
+    with pytest.raises(ValueError, match="tasks must be drawn from the transfer tasks"):
+        dataclasses.replace(RECIPES["transfer/lab"], tasks=("sorting",))
+    with pytest.raises(ValueError, match="mqar_filler"):
+        dataclasses.replace(RECIPES["transfer/lab"], mqar_filler="noise")
+    with pytest.raises(ValueError, match="configs must hold"):
+        dataclasses.replace(RECIPES["ablation/lab"], configs=(("K=1", -1, True, False),))
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        dataclasses.replace(RECIPES["ablation/lab"], steps=0)
+    with pytest.raises(ValueError, match="overrides: \\['stepz'\\] are not fields of AblationRecipe"):
+        ablation.run("ablation/lab", stepz=3)
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        cliff.run("cliff/huge")
+
+
+def test_recipe_fields_are_read_only_copies():
+    kw = {"mixer_kwargs": {"ska": {"chunk_size": 16}}}
+    r = dataclasses.replace(RECIPES["transfer/lab"], model_overrides=kw)
+    kw["mixer_kwargs"]["ska"]["chunk_size"] = 64  # the caller's dict changes; the recipe does not
+    assert r.model_overrides["mixer_kwargs"]["ska"]["chunk_size"] == 16
+    with pytest.raises(TypeError):
+        r.model_overrides["mixer_kwargs"]["ska"]["chunk_size"] = 64
+
+
+def test_cells_are_distinct_json_specs_of_the_recipe():
+    for mod, name, n in [(cliff, "cliff/lab", 4 * 4 * 10), (transfer, "transfer/lab", 6 * 3),
+                         (ablation, "ablation/small", 2 * 7 * 3), (ablation, "ablation/lab", 3 * 3)]:
+        specs = mod.cells(mod.RECIPES[name])
+        assert len(specs) == n and len({spec_hash(s) for s in specs}) == n
+        assert all(json.loads(json.dumps(s)) == s for s in specs)
+    lab = transfer.cells(RECIPES["transfer/lab"])
+    assert {s["scale"] for s in lab} == {"lab"} and {s["steps"] for s in lab} == {1500}
+    assert lab[0]["model_overrides"] == {"mixer_kwargs": {"ska": {"chunk_size": 16}}}
+    assert next(s for s in lab if s["task"]["name"] == "mqar")["task"]["random_non_queries"] is False
+    assert all(s["checkpoint"]["sha1"] for s in cliff.cells(RECIPES["cliff/lab"]))
+    assert {s["probes"] for s in ablation.cells(RECIPES["ablation/lab"])} == {True}
+
+
+def test_ablation_subsets_by_task_and_power():
+    r = RECIPES["ablation/small"].only(tasks=["tool_trace"], powers=[0, 2])
+    assert list(r.tasks) == ["tool_trace"] and {c.power_steps for c in r.configs} == {0, 2} and len(r.configs) == 5
+    with pytest.raises(ValueError, match="powers: no config of ablation/lab has K in \\[4\\]"):
+        RECIPES["ablation/lab"].only(powers=[4])
+    with pytest.raises(ValueError, match="tasks must be drawn from the tasks of ablation/lab"):
+        RECIPES["ablation/lab"].only(tasks=["tool_trace"])
