@@ -29,7 +29,7 @@ def main(argv=None) -> int:
         ap.error("--steps must be >= 3, --repeats >= 1, --contexts >= 2")
 
     from echo_tutor.echokv import EchoKVCache, Reconstructor, load_smollm2, select_slots
-    from echo_tutor.echokv.fit import ReconstructorSpec
+    from echo_tutor.echokv.reconstructor import ReconstructorSpec
 
     model, _ = load_smollm2()
     kept = select_slots(layout=(30, 3), ratio=args.ratio, method="fixed")

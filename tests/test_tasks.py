@@ -172,3 +172,15 @@ def test_task_mixture_draws_from_the_list():
     assert lengths == {16 + 8, 16 + 32}
     assert t.sample(3, 7)[0].equal(t.sample(3, 7)[0])
     assert set(TASKS) == set(CALLS)
+
+
+@pytest.mark.parametrize("module", ["associative", "needle", "tools", "hops", "prompt", "counting"])
+def test_the_worked_examples_in_the_docstrings_hold(module):
+    """Every generator's docstring shows a small worked example of its layout; the layout helpers
+    (context_bindings, writes_at_answers) show theirs on the same prompts."""
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"echo_tutor.tasks.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.NORMALIZE_WHITESPACE, verbose=False)
+    assert result.attempted > 0 and result.failed == 0, f"{module}: {result}"
