@@ -295,3 +295,13 @@ assert bars.layout.title.text == f"state bytes after {context.value:,d} tokens",
 #   decode latency follows the same pattern: `python benchmarks/decode.py` (numbers in `docs/results.md`).
 # * A fixed state must *choose* what to keep. Lab 03 measures what that costs on recall as the gap between
 #   a fact and its question grows.
+
+
+# %% [markdown]
+# ## Your exercises
+#
+# Which of this lab's exercises pass. An exercise that is not done yet did not stop the lab: the cells after
+# it used the reference solution. Fix one, run its cell again, then this one.
+
+# %%
+_ = labs.report("lab01")

@@ -661,3 +661,13 @@ assert small_verdicts["mqar_gap", NOSN, K2s] == "no difference beyond the seed s
 #   spectral normalisation off shows no difference. The prefix mask and the tool traces could not show
 #   anything there, for the structural reasons printed.
 # * These are our measurements at two small scales and budgets, not a verdict on the paper's larger models.
+
+
+# %% [markdown]
+# ## Your exercises
+#
+# Which of this lab's exercises pass. An exercise that is not done yet did not stop the lab: the cells after
+# it used the reference solution. Fix one, run its cell again, then this one.
+
+# %%
+_ = labs.report("lab04")

@@ -521,3 +521,13 @@ print(f"yardstick: stage 2 and StreamingLLM differ by {gap:.2f} perplexity in ag
       f"the K/V split's difference is {split_gap:.2f}"
       + (", smaller: this run does not decide the split" if split_gap < gap and not stream_sig else ""))
 assert s2["ppl"] < rnd["ppl"]
+
+
+# %% [markdown]
+# ## Your exercises
+#
+# Which of this lab's exercises pass. An exercise that is not done yet did not stop the lab: the cells after
+# it used the reference solution. Fix one, run its cell again, then this one.
+
+# %%
+_ = labs.report("lab06")

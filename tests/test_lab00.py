@@ -47,13 +47,13 @@ def test_wrong_answer_message_names_the_seed_and_the_call():
 ])
 def test_checker_accepts_solution(checker, solution, capsys):
     for _ in range(5):
-        assert checker(solution) is None
+        assert checker.__wrapped__(solution) is None
     assert "correct on fresh random inputs" in capsys.readouterr().out
 
 
 def test_checker_accepts_other_integer_types():
-    lab00.check_kv_cache_bytes(lambda *a: torch.tensor(lab00._kv_cache_bytes_solution(*a)))
-    lab00.check_ska_state_floats(lambda *a: float(lab00._ska_state_floats_solution(*a)))
+    lab00.check_kv_cache_bytes.__wrapped__(lambda *a: torch.tensor(lab00._kv_cache_bytes_solution(*a)))
+    lab00.check_ska_state_floats.__wrapped__(lambda *a: float(lab00._ska_state_floats_solution(*a)))
 
 
 def test_unattempted_is_explained():

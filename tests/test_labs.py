@@ -148,8 +148,10 @@ WRONG = [
 
 @pytest.mark.parametrize("checker,wrong,msg", WRONG, ids=[f"{w[0].__name__}-{i}" for i, w in enumerate(WRONG)])
 def test_checker_rejects_typical_wrong_answer(checker, wrong, msg):
+    # the wrong answers here are built from the solutions, which the shortcut scan would refuse first:
+    # this test is about the checks behind it (checker.__wrapped__)
     with pytest.raises(ExerciseError, match=re.escape(msg)):
-        checker(wrong)
+        checker.__wrapped__(wrong)
 
 
 @pytest.mark.parametrize(
@@ -176,7 +178,9 @@ def test_checker_rejects_typical_wrong_answer(checker, wrong, msg):
     ],
 )
 def test_checker_accepts_solution(checker, solution):
-    assert checker(solution) is None  # no exception: accepted (and no `Out: True` in the lab)
+    assert checker.__wrapped__(solution) is None  # no exception: accepted (and no `Out: True` in the lab)
+    with pytest.raises(ExerciseError, match="computes the answer for you"):
+        checker(solution)  # handing in the lab's private solution itself is a shortcut
 
 
 def test_unattempted_and_crashing_answers_are_explained():
@@ -199,9 +203,11 @@ def test_switches_follow_the_environment(monkeypatch):
     monkeypatch.delenv("ECHO_TUTOR_FAST")
     monkeypatch.setenv("CI", "true")
     assert labs.is_fast() is True
+    mine = lambda *a: "mine"  # noqa: E731
     monkeypatch.setenv("ECHO_TUTOR_SOLUTIONS", "1")
-    assert labs.exercise(None, lab02._ridge_readout_solution) is lab02._ridge_readout_solution
+    ex = labs.exercise(mine, lambda *a: "solution")
+    assert ex.status == "solution" and ex() == "solution"
     monkeypatch.setenv("ECHO_TUTOR_SOLUTIONS", "0")
-    mine = lambda *a: None  # noqa: E731
-    assert labs.exercise(mine, lab02._ridge_readout_solution) is mine
+    ex = labs.exercise(mine, lambda *a: "solution")
+    assert ex.status == "unchecked" and ex() == "mine"
     assert importlib.reload(labs).SOLUTIONS is False

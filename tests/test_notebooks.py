@@ -39,3 +39,28 @@ def test_lab_has_checked_exercises_and_fast_switch(src):
         assert re.search(rf"def {name}\(.*\n(?:.*\n)*?\s+raise NotImplementedError", text), f"{name}: no student stub"
     assert "labs.FAST" in text, f"{src.name} must read the FAST switch"
     assert re.search(r"^assert ", text, re.M), f"{src.name} must check its own results"
+    assert re.search(r"labs\.report\(\"lab\d\d\"\)", text), f"{src.name} must end with labs.report(...)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("src", SOURCES, ids=lambda p: p.stem)
+def test_lab_runs_to_the_end_with_no_exercise_done(src, tmp_path):
+    """A learner who has not done any exercise yet can Run All to the end: each exercise cell says it is not
+    done, later cells use the reference, and the last cell lists the exercises (solutions off, FAST)."""
+    import os
+
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(src.with_suffix(".ipynb"), as_version=4)
+    env = dict(os.environ, ECHO_TUTOR_SOLUTIONS="0", ECHO_TUTOR_FAST="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    old = {k: os.environ.get(k) for k in ("ECHO_TUTOR_SOLUTIONS", "ECHO_TUTOR_FAST")}
+    os.environ.update({k: env[k] for k in old})
+    try:
+        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NB)}}).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    n = len(re.findall(r"labs\.exercise\((\w+),", src.read_text()))
+    assert text.count("not attempted yet") == n, f"{src.name}: every exercise says it is not done"
+    assert f"0 of {n} passing" in text, f"{src.name}: the last cell lists the exercises"

@@ -8,22 +8,19 @@ Switches (environment variables, read when this module is imported):
   nbval runs the labs this way.
 
 Each lab's exercises live in ``echo_tutor.labs.labNN``: a checker per exercise that calls the
-student's function on fresh random inputs and raises :class:`ExerciseError` saying what is wrong
-(shape, value, causality), and the solution used in instructor mode.
+student's function on fresh random inputs and says what is wrong (shape, value, causality, a call to a
+function that computes the answer), and the solution used in instructor mode. In a lab the checker prints
+instead of raising and later cells fall back to the solution, so an unfinished exercise never stops Run All;
+``report`` lists which exercises pass (see ``exercises``).
 
-Modules: ``switches`` (FAST, SOLUTIONS), ``checking`` (what every checker uses), ``labNN`` (one per lab).
+Modules: ``switches`` (FAST, SOLUTIONS), ``checking`` (what every checker uses), ``exercises`` (the
+exercise wrapper, the ``checker`` decorator, shortcut detection, the report), ``labNN`` (one per lab).
 """
 
-from .checking import (
-           ExerciseError,
-           call_student,
-           close,
-           exercise,
-           expect_tensor,
-           fresh_generator,
-           passed,
-)
+from .checking import ExerciseError, NotAttempted, call_student, close, expect_tensor, fresh_generator, passed
+from .exercises import REGISTRY, Exercise, checker, exercise, find_shortcut, report
 from .switches import FAST, SOLUTIONS, is_fast, solutions_enabled
 
-__all__ = ["FAST", "SOLUTIONS", "ExerciseError", "is_fast", "solutions_enabled", "exercise", "fresh_generator", "passed",
-           "call_student", "expect_tensor", "close"]
+__all__ = ["FAST", "SOLUTIONS", "ExerciseError", "NotAttempted", "is_fast", "solutions_enabled", "exercise", "Exercise",
+           "checker", "find_shortcut", "report", "REGISTRY", "fresh_generator", "passed", "call_student", "expect_tensor",
+           "close"]

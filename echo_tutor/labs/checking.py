@@ -1,23 +1,22 @@
-"""What every exercise checker uses: the error it raises, fresh seeds, calling the student's function,
-shape and value checks, and ``exercise`` (the student's function, or the solution in instructor mode)."""
+"""What every exercise checker uses: the error it raises, fresh seeds, calling the student's function, and
+shape and value checks."""
 
 from __future__ import annotations
 
-import re
 import secrets
 from typing import Callable
 
 import torch
 
-from ..errors import BadArgumentError
-from .switches import solutions_enabled
-
-__all__ = ["ExerciseError", "fresh_generator", "exercise", "passed", "call_student", "expect_tensor", "close"]
+__all__ = ["ExerciseError", "NotAttempted", "fresh_generator", "passed", "call_student", "expect_tensor", "close"]
 
 
 class ExerciseError(AssertionError):
     """Raised by a checker: the message says what is wrong and how to reproduce it."""
 
+
+class NotAttempted(ExerciseError):
+    """The student's function still raises ``NotImplementedError``."""
 
 
 def fresh_generator() -> tuple[torch.Generator, int]:
@@ -26,33 +25,9 @@ def fresh_generator() -> tuple[torch.Generator, int]:
     return torch.Generator().manual_seed(seed), seed
 
 
-
-def exercise(student: Callable, lab: str | Callable) -> Callable:
-    """The function a lab uses for an exercise: the student's, or the solution in instructor mode.
-
-    ``lab`` names the lab module whose private ``_<name>_solution`` is the solution of the exercise
-    ``student.__name__`` (e.g. ``exercise(ssm_scan, "lab01")``), so that the exercise cell does not hand
-    the solution to the student; a callable is used as the solution itself."""
-    if callable(lab):
-        solution = lab
-    else:
-        import importlib
-
-        if not isinstance(lab, str) or not re.fullmatch(r"lab\d\d", lab):
-            raise BadArgumentError(f"lab must be a lab module name such as 'lab01', got {lab!r}")
-        name = getattr(student, "__name__", None)
-        solution = getattr(importlib.import_module(f"echo_tutor.labs.{lab}"), f"_{name}_solution", None)
-        if solution is None:
-            raise BadArgumentError(f"student must be the exercise's function (def {name or '...'}) of {lab}; "
-                             f"{lab} has no exercise {name!r}")
-    return solution if solutions_enabled() else student
-
-
-
 def passed(name: str) -> None:
     """Print the checker's success line (returns None, so the cell shows no ``Out: True``)."""
     print(f"\N{WHITE HEAVY CHECK MARK} {name}: correct on fresh random inputs.")
-
 
 
 def call_student(name: str, fn: Callable, *args, **kwargs):
@@ -62,12 +37,11 @@ def call_student(name: str, fn: Callable, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:
-        raise ExerciseError(f"{name}: not attempted yet - replace `raise NotImplementedError` with your code.") from None
+        raise NotAttempted(f"{name}: not attempted yet - replace `raise NotImplementedError` with your code.") from None
     except ExerciseError:
         raise
     except Exception as e:  # the student's own bug: say where, without hiding it
         raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}") from e
-
 
 
 def expect_tensor(name: str, out: object, shape: tuple[int, ...], what: str) -> torch.Tensor:
@@ -80,8 +54,6 @@ def expect_tensor(name: str, out: object, shape: tuple[int, ...], what: str) -> 
     return out
 
 
-
 def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-6) -> bool:
     a, b = a.double(), b.double()
     return bool((a - b).norm() <= tol * (1.0 + b.norm()))
-

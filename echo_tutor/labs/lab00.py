@@ -13,7 +13,7 @@ import numbers
 
 import torch
 
-from . import ExerciseError, call_student, fresh_generator, passed
+from . import ExerciseError, call_student, checker, fresh_generator, passed
 
 __all__ = ["_kv_cache_bytes_solution", "_ska_state_floats_solution", "check_kv_cache_bytes", "check_ska_state_floats"]
 
@@ -76,6 +76,7 @@ _SKA_TYPICAL = [
 ]
 
 
+@checker(forbid=("state_nbytes", "nbytes", "KVCache", "init_state"))
 def check_kv_cache_bytes(fn) -> None:
     """Check ``fn(n_layers, n_kv_heads, head_dim, tokens, dtype_bytes) -> int`` on fresh random sizes."""
     g, seed = fresh_generator()
@@ -90,6 +91,7 @@ def check_kv_cache_bytes(fn) -> None:
                          cases, _kv_cache_bytes_solution, _KV_TYPICAL, seed)
 
 
+@checker(forbid=("state_nbytes", "nbytes", "SKAState", "init_state"))
 def check_ska_state_floats(fn) -> None:
     """Check ``fn(n_heads, r, head_dim) -> int`` on fresh random sizes."""
     g, seed = fresh_generator()

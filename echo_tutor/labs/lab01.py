@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
+from . import ExerciseError, call_student, checker, close, expect_tensor, fresh_generator, passed
 
 __all__ = [
     "_ssm_scan_solution", "_decay_mask_solution", "_ssd_quadratic_solution",
@@ -91,6 +91,7 @@ def _scan_variants(x, a, b, c):
     }
 
 
+@checker()
 def check_ssm_scan(fn) -> None:
     """Check ``fn(x [T, P], a [T], b [T, N], c [T, N]) -> [T, P]`` against the SSM recurrence."""
     return _check_sequence_fn("ssm_scan", fn, _ssm_scan_solution, _scan_variants)
@@ -101,6 +102,7 @@ def check_ssm_scan(fn) -> None:
 _LONG_T, _LONG_TOL = 512, 1e-6
 
 
+@checker()
 def check_decay_mask(fn) -> None:
     """Check ``fn(a [T]) -> L [T, T]``, ``L[i, j] = exp(a_{j+1} + ... + a_i)`` on and below the diagonal:
     values on a short float64 sequence, then accuracy on a long, strongly decaying float32 one (max abs error
@@ -151,6 +153,7 @@ def check_decay_mask(fn) -> None:
     return passed(name)
 
 
+@checker(forbid=("ssm_scan",))
 def check_ssd_quadratic(fn) -> None:
     """Check ``fn(x, a, b, c) -> [T, P]`` equals the recurrence through ``((C B^T) o L) x``."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
+from . import ExerciseError, call_student, checker, close, expect_tensor, fresh_generator, passed
 
 __all__ = [
     "_ridge_readout_solution", "_causal_ridge_solution", "_koopman_from_stats_solution",
@@ -57,6 +57,7 @@ def _kv(g: torch.Generator, n: int, r: int, P: int):
     return keys, values
 
 
+@checker()
 def check_ridge_readout(fn) -> None:
     """Check ``fn(keys [n, r], values [n, P], query [r], eps) -> [P]`` against the closed form."""
     name = "ridge_readout"
@@ -80,6 +81,7 @@ def check_ridge_readout(fn) -> None:
     return passed(name)
 
 
+@checker()
 def check_causal_ridge(fn) -> None:
     """Check ``fn(keys [T, r], values [T, P], queries [T, r], eps) -> [T, P]``: values and causality."""
     name = "causal_ridge"
@@ -107,6 +109,7 @@ def check_causal_ridge(fn) -> None:
     raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
 
 
+@checker()
 def check_koopman_from_stats(fn) -> None:
     """Check ``fn(G [r, r], M [r, r]) -> A [r, r]`` with ``A = M G^-1``."""
     name = "koopman_from_stats"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..tasks import IGNORE
-from . import ExerciseError, call_student, fresh_generator, passed
+from . import ExerciseError, call_student, checker, fresh_generator, passed
 
 __all__ = ["_answer_accuracy_solution", "_gap_example_solution", "_elimination_accuracy_solution", "check_answer_accuracy",
            "check_gap_example", "check_elimination_accuracy"]
@@ -37,6 +37,7 @@ def _gap_example_solution(keys, values, distractors, order):
     return inputs, labels
 
 
+@checker(forbid=("answer_accuracy", "evaluate", "recall_breakdown"))
 def check_answer_accuracy(fn) -> None:
     """Check ``fn(logits [B, T, V], labels [B, T]) -> float``."""
     name = "answer_accuracy"
@@ -65,6 +66,7 @@ def check_answer_accuracy(fn) -> None:
     raise ExerciseError(f"{name}: got {out:.4f}, expected {want:.4f} (seed {seed}).{hint}")
 
 
+@checker(forbid=("mqar_gap", "make_task", "lab_task", "Task"))
 def check_gap_example(fn) -> None:
     """Check ``fn(keys, values, distractors, order) -> (inputs, labels)``."""
     name = "gap_example"
@@ -111,6 +113,7 @@ def _elimination_accuracy_solution(n: int) -> list[float]:
     return [1.0 / (n - i) for i in range(n)]  # query i: n - i values not yet shown
 
 
+@checker()
 def check_elimination_accuracy(fn) -> None:
     """Check ``fn(n) -> list of n expected accuracies`` for several fresh ``n``."""
     name = "elimination_accuracy"

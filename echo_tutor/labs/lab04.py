@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
+from . import ExerciseError, call_student, checker, close, expect_tensor, fresh_generator, passed
 
 __all__ = ["_dmd_operator_solution", "_sigma_max_power_solution", "check_dmd_operator", "check_sigma_max_power"]
 
@@ -38,6 +38,7 @@ def _power_on_A(A, iters):
     return float((A @ x).norm())
 
 
+@checker()
 def check_dmd_operator(fn) -> None:
     """Check ``fn(X [N, d], Y [N, d], eps) -> A [d, d]``."""
     name = "dmd_operator"
@@ -59,6 +60,7 @@ def check_dmd_operator(fn) -> None:
     raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
 
 
+@checker(forbid=("svd", "svdvals", "matrix_norm", "eig", "eigh", "eigvals", "eigvalsh", "cond", "spectral_norm"))
 def check_sigma_max_power(fn) -> None:
     """Check ``fn(A [r, r], iters) -> float`` against power iteration on A^T A (and, for many
     iterations, against the exact sigma_max)."""

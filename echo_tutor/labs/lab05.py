@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
+from . import ExerciseError, call_student, checker, close, expect_tensor, fresh_generator, passed
 
 __all__ = ["_tool_trace_answers_solution", "_forgetting_readout_solution", "check_tool_trace_answers",
            "check_forgetting_readout"]
@@ -69,6 +69,7 @@ def _copied_answers(tokens, GET: int) -> list[int]:
     return [toks[i + 2] for i in range(0, len(toks) - 2, 3) if toks[i] == GET]
 
 
+@checker(forbid=("tool_trace", "writes_at_answers", "control_tokens", "make_task"))
 def check_tool_trace_answers(fn) -> None:
     """Check ``fn(tokens, SET, GET) -> list[int]`` on fresh traces where overwrites change the answer and
     the answer slot of every ``GET`` triple is blanked to 0."""
@@ -101,6 +102,7 @@ def check_tool_trace_answers(fn) -> None:
     raise ExerciseError(f"{name}: expected {want}, got {out} (seed {seed}).{hint}")
 
 
+@checker()
 def check_forgetting_readout(fn) -> None:
     """Check ``fn(keys [T, r], values [T, P], query [r], decay, eps) -> [P]``."""
     name = "forgetting_readout"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
+from . import ExerciseError, call_student, checker, close, expect_tensor, fresh_generator, passed
 
 __all__ = [
     "_rope_rotate_solution", "_ridge_with_intercept_solution", "_streaming_keep_solution",
@@ -57,6 +57,7 @@ def _tables(T, D, g):
     return ang.cos(), ang.sin()
 
 
+@checker(forbid=("rope_cos_sin", "rotate_half"))
 def check_rope_rotate(fn) -> None:
     """Check ``fn(x [T, D], cos [T, D], sin [T, D]) -> [T, D]`` (Llama's half-split pairing)."""
     name = "rope_rotate"
@@ -83,6 +84,7 @@ def check_rope_rotate(fn) -> None:
     raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
 
 
+@checker(forbid=("fit_reconstructor", "Reconstructor", "SlotMap"))
 def check_ridge_with_intercept(fn) -> None:
     """Check ``fn(X [N, a], Y [N, b], lam) -> (W [a, b], c [b])``."""
     name = "ridge_with_intercept"
@@ -115,6 +117,7 @@ def check_ridge_with_intercept(fn) -> None:
     )
 
 
+@checker(forbid=("streaming_llm",))
 def check_streaming_keep(fn) -> None:
     """Check ``fn(T, sinks, window) -> bool [T]`` on several (T, sinks, window), edge cases included."""
     name = "streaming_keep"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ExerciseError, call_student, close, expect_tensor, fresh_generator, passed
+from . import ExerciseError, call_student, checker, close, expect_tensor, fresh_generator, passed
 
 __all__ = ["_chunk_gram_solution", "_sherman_morrison_solution", "check_chunk_gram", "check_sherman_morrison"]
 
@@ -27,6 +27,7 @@ def _sherman_morrison_solution(Ginv, k, a):
     return Ginv - a * torch.outer(g, g) / (1.0 + a * (k @ g))
 
 
+@checker()
 def check_chunk_gram(fn) -> None:
     """Check ``fn(ok [N, T, r], kk [N, T, r], S) -> [N, T/S, r, r]``."""
     name = "chunk_gram"
@@ -49,6 +50,7 @@ def check_chunk_gram(fn) -> None:
     raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
 
 
+@checker(forbid=("inv", "inv_ex", "inverse", "solve", "solve_ex", "pinv", "lstsq", "cholesky", "cholesky_ex", "cholesky_inverse", "cholesky_solve", "solve_triangular"))
 def check_sherman_morrison(fn) -> None:
     """Check ``fn(Ginv [r, r], k [r], a) -> (G + a k k^T)^-1`` against an explicit inverse."""
     name = "sherman_morrison"

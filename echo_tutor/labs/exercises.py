@@ -1,0 +1,213 @@
+"""Exercises that never stop Run All and cannot be shortcut.
+
+An exercise cell defines the student's function, wraps it with :func:`exercise` and runs its checker::
+
+    def ssm_scan(x, a, b, c):
+        raise NotImplementedError          # the student's code goes here
+    ssm_scan = labs.exercise(ssm_scan, "lab01")
+    lab01.check_ssm_scan(ssm_scan)
+
+The wrapper (:class:`Exercise`) is what later cells call: the student's function once its checker passed,
+the reference solution while it has not (not attempted yet, or wrong), so an unfinished exercise never stops
+the lab; the checker prints what is wrong instead of raising. In instructor mode (``ECHO_TUTOR_SOLUTIONS=1``)
+it is the solution, and the checker runs on the solution. :func:`report` (the last cell of every lab) lists
+which exercises pass.
+
+A checker (a ``check_*`` function decorated with :func:`checker`) first reads the student's code: a call to
+a function that computes the answer (the library's reference, a kernel twin, a lab's private solution, or
+names the exercise forbids, such as ``inv`` where the exercise is Sherman-Morrison) is rejected with a message
+that says why. It follows the student's own helper functions too. Called with a plain function (the tests,
+``echo_tutor.labs.grade``), a checker raises :class:`~echo_tutor.labs.checking.ExerciseError` as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import re
+import types
+from typing import Any, Callable, Iterable
+
+from ..errors import BadArgumentError
+from .checking import ExerciseError, NotAttempted
+from .switches import solutions_enabled
+
+__all__ = ["Exercise", "exercise", "checker", "find_shortcut", "report", "REGISTRY"]
+
+REGISTRY: dict[str, "Exercise"] = {}  # "lab01.ssm_scan" -> the latest Exercise of this Python session
+
+# Library functions that compute an exercise's answer whatever the exercise: the SKA and SSD references, their
+# twins and kernels, the experiments' task generators. Each checker adds its own (e.g. "inv").
+ALWAYS_FORBIDDEN = frozenset({
+    "ska_recurrent", "ska_chunked", "ska_readout", "ska_chunked_ops", "readout_inverse", "chunk_stats",
+    "exclusive_prefix", "decode_step", "inverse_gram", "spectral_scale", "whiten", "sigma_max", "safe_cholesky",
+    "ssd_recurrent", "ssd_chunked", "segsum", "koopman_operator", "koopman_spectrum", "dmd", "rebuild_heads",
+    "apply_rope", "undo_rope", "SpectralKoopmanAttention", "Mamba2",
+})
+
+
+class Exercise:
+    """An exercise of a lab: the student's function, the solution, and what the checker said.
+
+    Calling it calls the student's function once the checker has passed it (or before any check), else the
+    solution; in instructor mode always the solution. ``status``: "unchecked", "passed", "not attempted",
+    "failed" or "solution" (instructor mode)."""
+
+    def __init__(self, student: Callable, solution: Callable, lab: str, name: str) -> None:
+        self.student, self.solution, self.lab, self.name = student, solution, lab, name
+        self.status, self.message = ("solution" if solutions_enabled() else "unchecked"), ""
+        self.__name__ = name
+        self.__doc__ = getattr(student, "__doc__", None)
+
+    @property
+    def instructor(self) -> bool:
+        return self.status == "solution"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        use = self.student if self.status in ("passed", "unchecked") else self.solution
+        return use(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<exercise {self.lab}.{self.name}: {self.status}>"
+
+    def run_check(self, check: Callable, forbid: Iterable[str]) -> Any:
+        """Run ``check`` on the student's function (the solution in instructor mode); record and print the
+        outcome instead of raising."""
+        if self.instructor:
+            return check(self.solution)
+        try:
+            shortcut = find_shortcut(self.student, forbid)
+            if shortcut:
+                raise ExerciseError(f"{self.name}: {shortcut}")
+            out = check(self.student)
+        except ExerciseError as e:
+            self.status = "not attempted" if isinstance(e, NotAttempted) else "failed"
+            self.message = str(e)
+            mark = "\N{WHITE LARGE SQUARE}" if isinstance(e, NotAttempted) else "\N{CROSS MARK}"
+            print(f"{mark} {e}\n   Until it passes, the cells below use the reference solution; fix your function "
+                  "and run this cell again.")
+            return None
+        self.status, self.message = "passed", ""
+        return out
+
+
+def exercise(student: Callable, lab: str | Callable) -> Exercise:
+    """The exercise object a lab's later cells call (see the module doc).
+
+    ``lab`` names the lab module whose private ``_<name>_solution`` is the solution of the exercise
+    ``student.__name__`` (e.g. ``exercise(ssm_scan, "lab01")``), so that the exercise cell does not hand the
+    solution to the student; a callable is used as the solution itself (lab name "custom")."""
+    name = getattr(student, "__name__", None)
+    if not callable(student) or name is None:
+        raise BadArgumentError(f"student must be the exercise's function (def ...), got {student!r}")
+    if isinstance(student, Exercise):  # the cell was run twice: wrap the student's function again
+        student = student.student
+    if callable(lab):
+        solution, lab_name = lab, "custom"
+    else:
+        if not isinstance(lab, str) or not re.fullmatch(r"lab\d\d", lab):
+            raise BadArgumentError(f"lab must be a lab module name such as 'lab01', got {lab!r}")
+        solution = getattr(importlib.import_module(f"echo_tutor.labs.{lab}"), f"_{name}_solution", None)
+        if solution is None:
+            raise BadArgumentError(f"student must be the exercise's function (def {name}) of {lab}; "
+                                   f"{lab} has no exercise {name!r}")
+        lab_name = lab
+    ex = Exercise(student, solution, lab_name, name)
+    REGISTRY[f"{lab_name}.{name}"] = ex
+    return ex
+
+
+def checker(*, forbid: Iterable[str] = ()) -> Callable[[Callable], Callable]:
+    """Decorate a lab's ``check_<name>(fn)``: with an :class:`Exercise` it checks without stopping the lab
+    (see :meth:`Exercise.run_check`); with a plain function it raises ``ExerciseError``, after rejecting a
+    call to a function that computes the answer (``ALWAYS_FORBIDDEN``, any lab's ``_*_solution``, and
+    ``forbid``)."""
+    banned = frozenset(forbid)
+
+    def decorate(check: Callable) -> Callable:
+        name = check.__name__.removeprefix("check_")
+
+        @functools.wraps(check)
+        def run(fn: Any) -> Any:
+            if isinstance(fn, Exercise):
+                return fn.run_check(check, banned)
+            shortcut = find_shortcut(fn, banned)
+            if shortcut:
+                raise ExerciseError(f"{name}: {shortcut}")
+            return check(fn)
+
+        run.forbid = banned  # type: ignore[attr-defined]
+        return run
+
+    return decorate
+
+
+# ------------------------------------------------------------------------------------------- shortcuts
+def _code_objects(code: types.CodeType) -> Iterable[types.CodeType]:
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _code_objects(const)
+
+
+def _names_used(fn: Callable) -> set[str]:
+    """Every global, attribute and method name the function's code (nested functions included) refers to."""
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return set()
+    return {name for c in _code_objects(code) for name in c.co_names}
+
+
+def _is_solution(obj: Any) -> bool:
+    return (callable(obj) and getattr(obj, "__module__", "").startswith("echo_tutor.labs.")
+            and getattr(obj, "__name__", "").endswith("_solution"))
+
+
+def find_shortcut(fn: Callable, forbid: Iterable[str] = (), _depth: int = 0) -> str | None:
+    """Why ``fn`` is a shortcut (a call to a function that computes the answer), or None.
+
+    Looks at the names the function's code uses, and at what its global names stand for (an alias of a
+    forbidden function, a lab's private solution, another exercise's solution); follows the student's own
+    helper functions (defined outside the package) two levels deep."""
+    banned = ALWAYS_FORBIDDEN | set(forbid)
+    fn = getattr(fn, "student", fn)
+    if _is_solution(fn):
+        return (f"that is the lab's own solution (`{fn.__name__}`), which computes the answer for you. Write "
+                "your own function: building it is the point of the exercise.")
+    names = _names_used(fn)
+    hit = sorted(n for n in names if n in banned or n.endswith("_solution"))
+    if hit:
+        return (f"your function calls `{hit[0]}`, which computes (part of) the answer for you. Write it yourself "
+                "with tensor operations: building it is the point of the exercise.")
+    glb = getattr(fn, "__globals__", {})
+    for n in names:
+        obj = glb.get(n)
+        target = getattr(obj, "__name__", None)
+        if _is_solution(obj) or (target in banned and n not in banned):
+            return (f"your function calls `{n}` (that is `{target}`), which computes the answer for you. Write it "
+                    "yourself: building it is the point of the exercise.")
+        own = isinstance(obj, types.FunctionType) and not obj.__module__.startswith("echo_tutor")
+        if own and obj is not fn and _depth < 2:
+            inner = find_shortcut(obj, forbid, _depth + 1)
+            if inner:
+                return f"your helper `{n}`: {inner}"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- report
+def report(lab: str | None = None) -> dict[str, str]:
+    """Print and return the status of every exercise of ``lab`` (all labs when None) run in this session."""
+    rows = {k: ex for k, ex in REGISTRY.items() if lab is None or ex.lab == lab}
+    if not rows:
+        print("No exercise of this lab has been run yet.")
+        return {}
+    marks = {"passed": "\N{WHITE HEAVY CHECK MARK}", "solution": "\N{WHITE HEAVY CHECK MARK}",
+             "not attempted": "\N{WHITE LARGE SQUARE}", "failed": "\N{CROSS MARK}", "unchecked": "?"}
+    words = {"passed": "passed", "solution": "solution filled in (instructor mode)",
+             "not attempted": "not done yet: the lab used the reference solution",
+             "failed": "not passing yet: the lab used the reference solution", "unchecked": "not checked"}
+    done = sum(ex.status in ("passed", "solution") for ex in rows.values())
+    print(f"Exercises{' of ' + lab if lab else ''}: {done} of {len(rows)} passing")
+    for key, ex in rows.items():
+        print(f"  {marks[ex.status]} {ex.name:<28} {words[ex.status]}")
+    return {ex.name: ex.status for ex in rows.values()}

@@ -1,0 +1,157 @@
+"""Exercises never stop a lab and cannot be shortcut: the wrapper falls back to the solution until its
+checker passes, the checker prints instead of raising inside a lab, and a call to a function that computes
+the answer is refused with the reason."""
+
+import pytest
+import torch
+
+from echo_tutor import labs
+from echo_tutor.koopman import koopman_operator
+from echo_tutor.labs import ExerciseError, lab01, lab02, lab04, lab06, lab07
+from echo_tutor.ska import ska_readout, ska_recurrent, sigma_max
+from echo_tutor.ska import sigma_max as smax
+from echo_tutor.ska.ops import chunk_stats
+from echo_tutor.ssm import ssd_recurrent
+
+
+def ssm_scan(x, a, b, c):  # stands for a notebook's exercise object of that name
+    raise NotImplementedError
+
+
+def uses_the_scan(x, a, b, c):
+    return ssd_recurrent(x, a, b, c)
+
+
+def quadratic_via_scan(x, a, b, c):
+    return ssm_scan(x, a, b, c)
+
+
+def ridge_via_ska(keys, values, query, eps):
+    return ska_readout(keys, values, query)
+
+
+def causal_via_ska(keys, values, queries, eps):
+    return ska_recurrent(queries, keys, values)
+
+
+def koopman_via_library(G, M):
+    return koopman_operator(G)
+
+
+def sigma_by_svd(A, iters):
+    return float(torch.linalg.svdvals(A)[0])
+
+
+def sigma_by_alias(A, iters):
+    return float(smax(A, iters))
+
+
+def gram_via_twin(ok, kk, S):
+    return chunk_stats(ok, kk, kk, kk, S)[0]
+
+
+def sherman_morrison_by_inverse(Ginv, k, a):
+    return torch.linalg.inv(torch.linalg.inv(Ginv) + a * torch.outer(k, k))
+
+
+def sherman_morrison_by_solve(Ginv, k, a):
+    G = torch.linalg.solve(Ginv, torch.eye(k.shape[0], dtype=k.dtype))
+    return torch.linalg.solve(G + a * torch.outer(k, k), torch.eye(k.shape[0], dtype=k.dtype))
+
+
+def _helper(G, k, a):
+    return torch.linalg.inv(G)
+
+
+def sherman_morrison_via_a_helper(Ginv, k, a):
+    return _helper(Ginv, k, a)
+
+
+def rope_via_library(x, cos, sin):
+    from echo_tutor.echokv.capture import apply_rope
+
+    return apply_rope(x, cos, sin)
+
+
+SHORTCUTS = [
+    (lab01.check_ssm_scan, uses_the_scan, "ssd_recurrent"),
+    (lab01.check_ssd_quadratic, quadratic_via_scan, "ssm_scan"),
+    (lab02.check_ridge_readout, ridge_via_ska, "ska_readout"),
+    (lab02.check_causal_ridge, causal_via_ska, "ska_recurrent"),
+    (lab02.check_koopman_from_stats, koopman_via_library, "koopman_operator"),
+    (lab04.check_sigma_max_power, sigma_by_svd, "svdvals"),
+    (lab04.check_sigma_max_power, sigma_by_alias, "`smax` (that is `sigma_max`)"),
+    (lab07.check_chunk_gram, gram_via_twin, "chunk_stats"),
+    (lab07.check_sherman_morrison, sherman_morrison_by_inverse, "`inv`"),
+    (lab07.check_sherman_morrison, sherman_morrison_by_solve, "`solve`"),
+    (lab07.check_sherman_morrison, sherman_morrison_via_a_helper, "your helper `_helper`"),
+    (lab06.check_rope_rotate, rope_via_library, "apply_rope"),
+]
+
+
+@pytest.mark.parametrize("check, student, name", SHORTCUTS, ids=[s[1].__name__ for s in SHORTCUTS])
+def test_a_call_to_what_computes_the_answer_is_refused(check, student, name):
+    with pytest.raises(ExerciseError, match="the answer for you") as e:
+        check(student)
+    assert name in str(e.value)
+    assert sigma_max is smax  # the alias above is the library's function
+
+
+def test_an_unfinished_exercise_falls_back_to_the_solution_and_does_not_stop_the_lab(capsys, monkeypatch):
+    monkeypatch.delenv("ECHO_TUTOR_SOLUTIONS", raising=False)
+
+    def koopman_from_stats(G, M):
+        raise NotImplementedError
+
+    ex = labs.exercise(koopman_from_stats, "lab02")
+    assert lab02.check_koopman_from_stats(ex) is None  # printed, not raised
+    out = capsys.readouterr().out
+    assert "not attempted yet" in out and "the cells below use the reference solution" in out
+    assert ex.status == "not attempted"
+    G, M = torch.eye(3, dtype=torch.float64) * 2, torch.randn(3, 3, dtype=torch.float64)
+    torch.testing.assert_close(ex(G, M), M / 2)  # the solution answers for now
+
+    def koopman_from_stats(G, M):  # noqa: F811 - the learner's wrong attempt, then the right one
+        return torch.linalg.solve(G, M)
+
+    ex = labs.exercise(koopman_from_stats, "lab02")
+    lab02.check_koopman_from_stats(ex)
+    assert ex.status == "failed" and "G^-1 M" in capsys.readouterr().out
+
+    def koopman_from_stats(G, M):  # noqa: F811
+        return torch.linalg.solve(G, M.T).T
+
+    ex = labs.exercise(koopman_from_stats, "lab02")
+    lab02.check_koopman_from_stats(ex)
+    assert ex.status == "passed" and ex.student is koopman_from_stats
+    assert labs.report("lab02")["koopman_from_stats"] == "passed"
+    assert "passing" in capsys.readouterr().out
+
+
+def test_a_shortcut_inside_a_lab_is_reported_and_the_solution_used(capsys, monkeypatch):
+    monkeypatch.delenv("ECHO_TUTOR_SOLUTIONS", raising=False)
+    ex = labs.exercise(sherman_morrison_by_inverse, lab07._sherman_morrison_solution)
+    lab07.check_sherman_morrison(ex)
+    assert ex.status == "failed" and "`inv`" in capsys.readouterr().out
+
+
+def test_instructor_mode_checks_the_solution(monkeypatch, capsys):
+    monkeypatch.setenv("ECHO_TUTOR_SOLUTIONS", "1")
+
+    def ridge_readout(keys, values, query, eps):
+        raise NotImplementedError
+
+    ex = labs.exercise(ridge_readout, "lab02")
+    lab02.check_ridge_readout(ex)
+    assert ex.status == "solution" and "correct on fresh random inputs" in capsys.readouterr().out
+    rows = labs.report("lab02")
+    assert rows["ridge_readout"] == "solution"
+
+
+def test_exercise_names_its_lab_and_function():
+    with pytest.raises(ValueError, match="lab must be a lab module name"):
+        labs.exercise(lambda: None, "lab1")
+    with pytest.raises(ValueError, match="lab02 has no exercise 'nope'"):
+        def nope():
+            pass
+        labs.exercise(nope, "lab02")
