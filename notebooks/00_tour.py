@@ -18,10 +18,15 @@
 # This course is about **memory in sequence models**, through two 2026 papers:
 #
 # * **Echo / Spectral Koopman Attention (SKA)** (Sridhar & Johansen, arXiv 2605.06997): a block for
-#   state-space models that recalls facts *without a KV cache*. It keeps a few `r x r` and `P x r`
-#   statistics of the key/value history and reads queries out of them in closed form.
+#   [state-space models](../docs/course.md#glossary) (models that carry the past in a fixed-size state) that
+#   recalls facts *without a [KV cache](../docs/course.md#glossary)* (the keys and values attention keeps for
+#   every past token). It keeps a few `r x r` and `P x r` statistics of the key/value history and reads
+#   queries out of them in closed form.
 # * **EchoKV** (Wang et al., arXiv 2603.22910): shrink a transformer's KV cache by *keeping some heads and
 #   rebuilding the others* from them, with a switch back to the exact cache.
+#
+# Every term the labs use without defining it is in the [glossary](../docs/course.md#glossary) of the course
+# guide; every symbol is in one notation table (`echo_tutor/ska/README.md`).
 #
 # In the next ten minutes: one computed picture per paper, the shipped lab-scale models decoding live,
 # two small exercises, and the map of the labs.
@@ -56,14 +61,16 @@ t_start = time.perf_counter()
 #
 # Attention keeps every key and value it has seen. SKA keeps, per head, running sums over the tokens
 # (keys `k_t` of width `r`, values `v_t` of width `P`; in the layer each term is also weighted by a learned
-# write gate):
+# write gate `beta_t`):
 #
 # $$G = \varepsilon I + \sum_t k_t k_t^\top\ (r \times r), \qquad M = \sum_t k_t k_{t-1}^\top\ (r \times r),
 # \qquad C = \sum_t v_t k_t^\top\ (P \times r),$$
 #
 # plus the last key `k_prev` (to add the next term of `M`). A query `q` is read out, in essence, as
-# `y = C G^-1 (M G^-1)^K q`: ridge regression from keys to values (`C G^-1`), after `K` steps of the
-# Koopman operator `M G^-1` fitted on the key sequence (lab 02 builds it; lab 04 looks at its spectrum).
+# `y = C G^-1 (M G^-1)^K q`: [ridge regression](../docs/course.md#glossary) from keys to values (`C G^-1`),
+# after `K` steps of the [Koopman operator](../docs/course.md#glossary) `A = M G^-1` fitted on the key
+# sequence, the linear map that best predicts each key from the one before it (lab 02 builds it; lab 04 looks
+# at its spectrum).
 #
 # Below, one SKA layer and one attention layer at the width of the shipped lab models (`d = 64`, 2 heads,
 # `r = 32`; untrained: this is about memory, not answers) read random inputs of growing length, and we
@@ -112,8 +119,9 @@ assert len(set(ska_bytes)) == 1 and kv_bytes == [int(per_token) * T for T in len
 # layers. EchoKV keeps a fraction of the (layer, KV head) *slots* and rebuilds the rest with maps fitted on
 # calibration text. Here is that bet on data built to satisfy it: 6 layers x 4 KV heads whose keys and values
 # mix a few signals shared within a layer (drifting from layer to layer), plus private noise per head, and
-# one *loner* head (layer 4, head 1) that is pure noise. `fit_reconstructor` (this project's EchoKV-lite)
-# keeps half the slots of each kind (keys and values are chosen separately), greedily by how well the others
+# one *loner* head (layer 4, head 1) that is pure noise. `fit_reconstructor` (this project's EchoKV-lite,
+# built from the EchoKV abstract) keeps half the slots of each kind (a *kept fraction* of 0.5, the `ratio`
+# the figure's title shows; keys and values are chosen separately), greedily by how well the others
 # can then be rebuilt, and fits a ridge map to each dropped slot from the kept ones of its layer and the two
 # layers on either side; we
 # score the rebuilt heads on fresh tokens. Lab 06 does the same on SmolLM2-135M.
@@ -185,12 +193,16 @@ assert all(loner[0] * H_kv + loner[1] in rec.kept[k] for k in ("K", "V")), "the 
 # ## 2. A taste: the shipped models
 #
 # The package ships small models trained on the course's recall task (`echo_tutor.pretrained`). Two of them
-# (a third, `ssm`, joins below):
+# (a third, `ssm`, joins below), at the *lab scale* (`d = 64`, 2 blocks; the course guide's
+# [model table](../docs/course.md#the-models) lists every model the labs use):
 #
 # | preset | blocks (d = 64, 2 heads) | inference state |
 # |---|---|---|
-# | `echo` | Mamba-2, then SKA (`r = 32`) | fixed |
+# | `echo` | [Mamba-2](../docs/course.md#glossary), then SKA (`r = 32`, `K = 1`) | fixed |
 # | `ssm+attn` | Mamba-2, then full attention | grows: a KV cache |
+#
+# In labs 00 and 03 `echo` is this model, and lab 05 trains the same layout once per task; lab 01 builds a
+# larger, untrained layout under the same name, and lab 04 reads another checkpoint, `echo-d128`.
 #
 # Decoding means calling `model.step(token, state)` once per token. Move the slider: that many random tokens
 # are streamed through both models, and the figure shows the bytes of each model's state as it goes.
@@ -247,9 +259,10 @@ for p in stream_presets:
 #
 # ### Does the fixed state remember?
 #
-# The task these models trained on is MQAR-gap (`LAB_RECIPE`): key/value pairs, then a gap of random
-# tokens, then the keys again in a new order, each followed by a blank; the model must answer each key's value.
-# One prompt with 8 pairs and a 512-token gap, decoded token by token with `step`:
+# The task these models trained on is [MQAR-gap](../docs/course.md#glossary) (multi-query associative recall
+# with a gap; `LAB_RECIPE`): key/value pairs, then a gap of random tokens, then the keys again in a new order,
+# each followed by a blank; the model must answer each key's value. One prompt with 8 pairs and a 512-token
+# gap, decoded token by token with `step`:
 
 # %%
 pairs, gap, seed = 8, 512, 2026
@@ -347,17 +360,19 @@ assert mine_kv == kv_bytes[-1] and mine_ska == ska_bytes[0]
 #
 # | lab | the question it answers | FAST run |
 # |---|---|---|
-# | `00_tour` | what the two papers do, in ten minutes | ~20 s |
-# | `01_ssm_and_attention` | how do an SSM and attention each carry the past, and what does each cost in memory? | ~20 s |
-# | `02_ska_from_scratch` | how does SKA recall from fixed-size statistics (ridge, Koopman operator, power filter)? | ~10 s |
-# | `03_memory_cliff` | at what gap does each kind of fixed memory stop recalling, and does SKA? | ~40 s |
-# | `04_koopman_spectra` | what does the Koopman operator see in keys, and what does `A^K` add? | ~20 s |
-# | `05_transfer_tasks` | does SKA's recall carry over to other retrieval tasks and longer contexts, and where do overwrites hurt? | ~10 s |
-# | `06_echokv` | how much of a real model's KV cache can be rebuilt from the rest, and at what cost in perplexity? | ~3.5 min |
-# | `07_triton_fast_paths` | how do the references become Triton kernels, checked step by step? | ~10 s |
+# | `00_tour` | what the two papers do, in ten minutes | 23 s |
+# | `01_ssm_and_attention` | how do an SSM and attention each carry the past, and what does each cost in memory? | 17 s |
+# | `02_ska_from_scratch` | how does SKA recall from fixed-size statistics (ridge, Koopman operator, power filter)? | 13 s |
+# | `03_memory_cliff` | at what gap does each kind of fixed memory stop recalling, and does SKA? | 51 s |
+# | `04_koopman_spectra` | what does the Koopman operator see in keys, and what does `A^K` add? | 14 s |
+# | `05_transfer_tasks` | does SKA's recall carry over to other retrieval tasks and longer contexts, and where do overwrites hurt? | 10 s |
+# | `06_echokv` | how much of a real model's KV cache can be rebuilt from the rest, and at what cost in perplexity? | 3.0 min |
+# | `07_triton_fast_paths` | how do the references become Triton kernels, checked step by step? | 16 s |
 #
-# FAST-run times: each lab run once top to bottom under nbval (solutions on) on a shared, busy 2-core CPU;
-# expect the same order of magnitude, not the same seconds.
+# FAST-run times, from the course guide
+# ([how the times were measured](../docs/course.md#how-the-times-were-measured)): each lab run once top to
+# bottom with `jupyter nbconvert --execute`, solutions on, one thread, on a shared, busy 2-core CPU; expect
+# the same order of magnitude, not the same seconds.
 #
 # **Switches** (environment variables, read when `echo_tutor.labs` is imported, so set them before starting
 # Jupyter):

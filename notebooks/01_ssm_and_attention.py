@@ -18,16 +18,22 @@
 # A sequence model must carry the past to the present. Two families do it in opposite ways:
 #
 # * **attention** keeps every key and value (the *KV cache*): exact, but memory grows with every token;
-# * **state-space models** like Mamba-2 fold the past into a fixed-size state: constant memory, but what
-#   does not fit is lost. That loss is the "memory cliff" the Echo paper is about.
+# * **state-space models** (SSMs) like [Mamba-2](../docs/course.md#glossary) fold the past into a fixed-size
+#   state: constant memory, but what does not fit is lost. That loss is the "memory cliff" the Echo paper is
+#   about.
 #
 # The surprise of Mamba-2 ("Transformers are SSMs", Dao & Gu 2024) is that its recurrence *is* a form of
-# attention, with a causal mask that decays. You will compute both forms and show they agree, then stream
-# tokens through the project's models (pure Mamba-2, Mamba-2 + attention, Echo = Mamba-2 + SKA, pure
-# attention) and measure their inference memory as the context grows.
+# attention, with a causal mask that decays ([SSD](../docs/course.md#glossary), state-space duality). You will
+# compute both forms and show they agree, then stream tokens through the project's models (pure Mamba-2,
+# Mamba-2 + attention, Echo = Mamba-2 + SKA, pure attention) and measure their inference memory as the context
+# grows.
 #
 # Notation for one head: inputs `x_t` (`P` wide), log-decay `a_t = A dt_t <= 0`, write vector `b_t` and read
-# vector `c_t` (`N` wide), state `h_t` (`P x N`).
+# vector `c_t` (`N` wide), state `h_t` (`P x N`). These are Mamba-2's own names, and three of them clash
+# with SKA's in labs 00 and 02-04: here `A` is Mamba-2's per-head decay parameter (a negative number), not
+# SKA's Koopman operator `A = M G^-1`; `B` and `C` are the write and read vectors `b_t`, `c_t` stacked over
+# time, not SKA's statistic `C`; and `L` is a decay mask, not a Cholesky factor. `N` is Mamba-2's state size
+# (`d_state`). The notation table (`echo_tutor/ska/README.md`) lists both.
 
 # %%
 import time
@@ -165,9 +171,9 @@ assert through_gate <= torch.exp(a[20]).item(), "the forget gate at t=20 cuts th
 # ## 3. The Mamba-2 mixer
 #
 # The full mixer wraps that scan: an input projection into `(z, x, B, C, dt)`, a short causal convolution,
-# `dt = softplus(.)`, the SSD scan over `H` heads, a gated RMSNorm and an output projection. Its decode
-# state is the last three conv inputs plus `h` per head: fixed, whatever the context. Training uses the
-# chunked scan (`forward`); generation uses `step`. They must agree:
+# `dt = softplus(.)`, the SSD scan over `H` heads, a gated [RMSNorm](../docs/course.md#glossary) and an output
+# projection. Its decode state is the last three conv inputs plus `h` per head: fixed, whatever the context.
+# Training uses the chunked scan (`forward`); generation uses `step`. They must agree:
 
 # %%
 torch.manual_seed(0)
@@ -194,8 +200,12 @@ assert torch.allclose(y_fwd, torch.stack(y_steps, 1), atol=1e-10)
 # |---|---|---|
 # | `ssm` | 4 x Mamba-2 | fixed |
 # | `ssm+attn` | 2 x Mamba-2, 2 x attention | grows (2 KV caches) |
-# | `echo` | 2 x Mamba-2, 2 x SKA (r=24) | fixed |
+# | `echo` | 2 x Mamba-2, 2 x SKA (r=24, K=2) | fixed |
 # | `attn` | 4 x attention | grows (4 KV caches) |
+#
+# `echo` here is the paper-size echo layout (d=128, r=24, K=2), built untrained; the `echo` of labs 00, 03
+# and 05 is the smaller lab-scale model (d=64, r=32, K=1). The course guide's
+# [model table](../docs/course.md#the-models) lists both.
 #
 # Below, tokens are streamed one at a time through each (untrained: this is about memory, not answers),
 # and the figure updates live with the bytes each model's inference state holds, counted from its tensors.

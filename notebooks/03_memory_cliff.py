@@ -15,10 +15,14 @@
 # %% [markdown]
 # # Lab 03: The memory cliff
 #
-# **The claim** (Echo paper, whose Spectral Koopman Attention, SKA, keeps fixed-size statistics of the
-# keys and values instead of a KV cache): on multi-query associative recall with a distractor gap (MQAR-gap), pure
-# Mamba-2 "collapses once the gap exceeds the effective horizon of the recurrent state", while Mamba-2 + SKA
-# recalls at every gap, up to 4096 tokens and 32 key/value pairs, without a KV cache.
+# **The claims** (Echo paper, whose Spectral Koopman Attention, SKA, keeps fixed-size statistics of the keys
+# and values instead of a KV cache). In general, its abstract says state-space models suffer a memory cliff:
+# "retrieval accuracy collapses once the gap between a stored fact and its query exceeds the effective horizon
+# of the recurrent state". What the paper measured, on multi-query associative recall with a distractor gap
+# ([MQAR-gap](../docs/course.md#glossary)) at 50M parameters: "a pure Mamba-2 SSM fails to exceed chance
+# accuracy (∼3%) across all gap lengths and KV-pair counts", so it shows no horizon cliff for Mamba-2, only
+# failure at every gap; and Mamba-2 + SKA reaches 100% at every gap and pair count tested, up to 4,096 tokens
+# and 32 key/value pairs, without a KV cache.
 #
 # **This lab**: first the phenomenon with no training at all (three memories in closed form on random keys);
 # then four small models, one per kind of memory, trained on the same task with the same recipe, evaluated
@@ -26,18 +30,23 @@
 # carries short-range recall, how fast Mamba-2 forgets, how many bindings SKA's rank can hold, what each
 # model's state costs, and whether the paper's power order `K = 2` helps.
 #
+# The four models are the shipped lab-scale presets (the course guide's
+# [model table](../docs/course.md#the-models)); `echo` here is the lab-scale `echo` of lab 00, not the
+# paper-size layout of lab 01.
+#
 # | preset | blocks (d = 64, 2 heads) | inference state |
 # |---|---|---|
-# | `echo` | Mamba-2, then SKA (`r = 32`, `K = 1`) | fixed |
+# | `echo` | [Mamba-2](../docs/course.md#glossary), then SKA (`r = 32`, `K = 1`; the paper uses `K = 2`, section 10) | fixed |
 # | `ssm+attn` | Mamba-2, then full attention (no RoPE) | grows with the context (KV cache) |
 # | `ssm+swa` | the `ssm+attn` weights, attending over the last 256 tokens only | fixed (a 256-token KV cache) |
 # | `ssm` | Mamba-2, then Mamba-2 | fixed |
 #
-# **The lab scale.** The paper trains 50M-parameter models per grid cell on GPUs. Our models have about
-# 130 thousand parameters and each trained for at most 4,000 steps in about 15 minutes of one CPU core (the recipe and the measurements
-# that chose it are in `docs/results.md`, "The lab scale"). Two choices matter and the lab says why below:
-# the query region *hides* each answer (section 1), and the attention blocks use no rotary position
-# embedding (section 3).
+# **The lab scale.** The paper trains 50M-parameter models per grid cell on GPUs. Our models have about 130
+# thousand parameters and each trained for at most 4,000 steps in about 15 minutes of one CPU core (the recipe
+# and the measurements that chose it are in `docs/results.md`, "The lab scale"). Two choices matter and the
+# lab says why below: the query region *hides* each answer (section 1), and the attention blocks use no rotary
+# position embedding ([RoPE](../docs/course.md#glossary); without it, [NoPE](../docs/course.md#glossary),
+# section 3).
 
 # %%
 import time
@@ -78,10 +87,11 @@ for p, m in models.items():
 # values (and distractors) from the upper half; after the gap every key is asked once, in random order. The
 # label sits on the query key (the model must predict its value next); every other label is -100.
 #
-# Zoology's MQAR shows each query's value right after it (`k v k v ...`). That leaves a shortcut: a model
-# that knows *which* values were bound, but not to which key, can rule out the values already shown and
-# guess among the rest. Our first attention models learned exactly that and stopped there. So here the
-# value after each query is hidden (the pad token 0): nothing in the query region gives an answer away.
+# [Zoology](../docs/course.md#glossary)'s MQAR shows each query's value right after it (`k v k v ...`). That
+# leaves a shortcut: a model that knows *which* values were bound, but not to which key, can rule out the
+# values already shown and guess among the rest. Small attention hybrids trained in that layout learn exactly
+# that and stop there. So here the value after each query is hidden (the pad token 0): nothing in the query
+# region gives an answer away.
 #
 # ### Your turn 1: `gap_example`
 # Build one example: `gap_example(keys [n], values [n], distractors [G], order [n]) -> (inputs, labels)`,
@@ -126,9 +136,9 @@ print(f"mean accuracy of the shortcut at 8 pairs: {shortcut_mean:.3f}; with valu
 
 # %% [markdown]
 # Without any recall, the shortcut averages 0.34 at 8 pairs and answers the last query for certain.
-# Attention hybrids trained in Zoology's layout before this lab plateaued at 0.34-0.37, with accuracy
-# rising query by query to 0.98 at the last one (`docs/results.md`, "The lab scale"): they were sitting on
-# the shortcut. With the values hidden, the same kind of model has to learn the binding, and did.
+# Attention hybrids at this scale trained in Zoology's layout plateau at 0.34-0.37, with accuracy rising
+# query by query to 0.98 at the last one (`docs/results.md`, "The lab scale"): they sit on the shortcut.
+# With the values hidden, the same kind of model has to learn the binding, and does.
 
 # %% [markdown]
 # ## 2. Three memories, no training
@@ -137,12 +147,13 @@ print(f"mean accuracy of the shortcut at 8 pairs: {shortcut_mean:.3f}; with valu
 # vectors, followed by `gap` distractor writes (random keys and values). A read is right when the codebook
 # vector (one of 64 possible values) closest to the memory's output is the bound one (chance: 1/64).
 #
-# * **decaying state** (the shape of an SSM's memory): `S = sum_t lam^(T-1-t) v_t k_t^T`, read `S q`. It
-#   writes every token; a binding `d` tokens back weighs `lam^d` against everything written since.
+# * **decaying state** (the shape of an SSM's memory): `h = sum_t lam^(T-1-t) v_t k_t^T`, read `h q`, with a
+#   per-token decay `lam`. It writes every token; a binding `delta` tokens back weighs `lam^delta` against
+#   everything written since.
 # * **sliding window** (attention over the last `W` tokens): exact inside the window, nothing beyond it.
-# * **ridge statistics** (SKA with `K = 0`): `C G^-1 q` with `G = eps I + sum beta k k^T`, `C = sum beta v k^T`.
-#   With a write gate (`beta = 0` on distractors, which SKA's learned sigmoid gate `beta_t` can
-#   approximate) nothing fades.
+# * **ridge statistics** (SKA with `K = 0`, i.e. [ridge regression](../docs/course.md#glossary) from keys to
+#   values): `C G^-1 q` with `G = eps I + sum beta k k^T`, `C = sum beta v k^T`. With a write gate (`beta = 0`
+#   on distractors, which SKA's learned sigmoid gate `beta_t` can approximate) nothing fades.
 #
 # Move the sliders: the decay's horizon, the window, the pairs and the rank.
 
@@ -344,12 +355,12 @@ for p in CLIFF_PRESETS:
 # %% [markdown]
 # ## 6. Short gaps: who carries recall inside a chunk?
 #
-# SKA trains in **chunk mode**: a query in chunk `c` (64 tokens) reads the statistics of chunks `< c` only.
-# At gap 0 with 8 pairs the bindings and the queries share chunk 0 (`4n + gap <= 64`), so the SKA block
-# adds nothing there, and whatever `echo` recalls at short gaps its Mamba-2 block must carry. Check it:
-# switch one block's mixer off (its output set to zero) and evaluate again; then read the *same trained
-# weights* token by token (`mode="token"`: every token sees the statistics of all tokens up to and including it, which
-# is what streaming decoding with `model.step` does).
+# SKA trains in **chunk mode**: a query in chunk `c` (64 tokens) reads the statistics of chunks `< c` only. At
+# gap 0 with 8 pairs the bindings and the queries share chunk 0 (`4n + gap <= 64`), so the SKA block adds
+# nothing there, and whatever `echo` recalls at short gaps its Mamba-2 block must carry. Check it: switch one
+# block's mixer off (its output set to zero) and evaluate again; then read the *same trained weights* token by
+# token (`mode="token"`: every token sees the statistics of all tokens up to and including it, which is what
+# streaming decoding with `model.step` does).
 
 # %%
 def ablated(model, block, pairs, gap, n=64):
@@ -404,10 +415,12 @@ assert min(rows["token mode (as decoded)"]) > 0.95, "token by token, the same we
 # %% [markdown]
 # ## 7. Pure Mamba-2: where does it land, and why?
 #
-# The paper's cliff is about the recurrent state's *effective horizon*. Our `ssm` model trained on the same
-# mixture, including gaps 0-32 where a short horizon suffices. Its accuracy against gap is in section 4;
-# here is its forgetting, measured: each Mamba-2 head multiplies its state by `exp(A dt_t)` at every token
-# (`dt_t` is chosen by the token: the *selective* part). The product over the gap is what is left of a
+# The abstract's cliff is about the recurrent state's *effective horizon*; the paper's own pure Mamba-2 sits
+# at chance at every gap, so its measurements do not show that horizon either. Our `ssm` model trained on the
+# same mixture, including gaps 0-32 where a short horizon suffices. Its accuracy against gap is in section
+# 4; here is its forgetting, measured: each Mamba-2 head multiplies its state by `exp(A dt_t)` at every
+# token (`A` is Mamba-2's per-head decay parameter, `a_t = A dt_t` in lab 01, not SKA's Koopman operator;
+# `dt_t` is chosen by the token: the *selective* part). The product over the gap is what is left of a
 # binding written before it.
 
 # %%
@@ -462,14 +475,14 @@ print(f"after 1024 distractors, the best-keeping head still holds {kept:.2g} of 
 #
 # SKA's state is `G` and `M` (`r x r`) and `C` (`P x r`) per head, whatever the context length, so it has a
 # capacity instead of a horizon. Section 2's closed-form ridge holds `r` random bindings exactly and about
-# `2r` nearly (section 2's printout; move the `r` slider below). A trained SKA block with `K = 1` fits more than the bindings: it regresses each
-# token's key on the previous one over the whole context, keys **and** values, so `n` bindings put `2n`
-# tokens into an `r`-dimensional key space. The shipped `echo` (`r = 32`) against the number of pairs, at
-# gap 256, next to full attention (a state that grows, so no such limit) and two models made from `echo`
-# (`scripts/train_grown.py`): `echo-r64`, the same weights **grown to `r = 64`**
-# (`echo_tutor.models.grow_ska_rank`: the trained key and query rows are kept, 32 new rows per head start
-# near zero) and fine-tuned for 600 steps on 16, 32 and 48 pairs; and its control `echo-ft`, the same
-# fine-tuning at `r = 32`, which separates "more rank" from "more training on many pairs".
+# `2r` nearly (section 2's printout; move the `r` slider below). A trained SKA block with `K = 1` fits more
+# than the bindings: it regresses each token's key on the previous one over the whole context, keys **and**
+# values, so `n` bindings put `2n` tokens into an `r`-dimensional key space. The shipped `echo` (`r = 32`)
+# against the number of pairs, at gap 256, next to full attention (a state that grows, so no such limit) and
+# two models made from `echo` (`scripts/train_grown.py`): `echo-r64`, the same weights **grown to `r = 64`**
+# (`echo_tutor.models.grow_ska_rank`: the trained key and query rows are kept, 32 new rows per head start near
+# zero) and fine-tuned for 600 steps on 16, 32 and 48 pairs; and its control `echo-ft`, the same fine-tuning
+# at `r = 32`, which separates "more rank" from "more training on many pairs".
 
 # %%
 cap_models = {"echo": models["echo"], "echo-ft": pretrained("echo-ft"), "echo-r64": pretrained("echo-r64"),
@@ -520,16 +533,16 @@ assert at["echo-r64"][48] > at["echo-ft"][48] + 0.05, "at 48 pairs, rank matters
 # `r = 32` control (printed above): that difference is the rank. Trained from scratch, the `r = 64` preset
 # (`LAB_PRESETS["echo-r64"]`) never left chance in 1,000-2,000 steps with ridge `eps` 1e-3, 3e-2 or 0.1,
 # where `r = 32` reached 0.94 by step 500 (`docs/results.md` has the runs and a diagnosis at
-# initialisation); growing a trained model is how we got one. The price is the state: `2r^2 + Pr + r`
+# initialisation); the shipped `echo-r64` is therefore a grown model. The price is the state: `2r^2 + Pr + r`
 # floats per head, printed above as a ratio.
 
 # %% [markdown]
 # ## 9. Recall against memory
 #
-# Zoology's lesson (the Based paper): compare recall with the **state** a model needs at inference, not
-# with its parameter count. Each point is one gap at 8 pairs: its accuracy against the bytes the model's
-# state holds after the prompt (float32, measured from the state tensors). Fixed states are vertical lines;
-# full attention walks right as the context grows.
+# Zoology's lesson (the [Based](../docs/course.md#glossary) paper): compare recall with the **state** a model
+# needs at inference, not with its parameter count. Each point is one gap at 8 pairs: its accuracy against the
+# bytes the model's state holds after the prompt (float32, measured from the state tensors). Fixed states are
+# vertical lines; full attention walks right as the context grows.
 
 # %%
 state_figure(cl, pairs=8).show()
@@ -544,12 +557,15 @@ assert swa_bytes[-1] == swa_bytes[CLIFF_GAPS.index(256)] > swa_bytes[0], "the wi
 # %% [markdown]
 # ## 10. The paper's K = 2, honestly
 #
-# The paper reads out through `A^K` with `K = 2`. Our shipped `echo` uses `K = 1`. Same lab scale, same
-# recipe, three seeds each for `K = 0` (plain causal ridge regression, the "mesa layer" of von Oswald et
-# al. 2023), `1` and `2`, trained with
-# `echo-tutor ablate --scale lab --seeds 3` (1,500 steps each, fewer than the checkpoints' 4,000; the
-# shipped `echo` passed 0.9 at step 500). A seed counts as *learned* when it scores above 0.5 at 16 pairs
-# and gap 1024:
+# The paper reads out through `A^K` with `K = 2`. Our shipped `echo` uses `K = 1`: the largest difference
+# between our models and the paper's. The Echo authors' own later public code (repository
+# `anusridh97/Koopman_Mamba`) pins `K = 1` too, in its 50M configuration (`configs/50m.yaml`), and its 180M
+# search (`configs/search/180m-joint-v1.yaml`) fixes it because "K=1 won decisively at 3M (4.251 vs 4.419)" (a
+# loss: lower is better). Here: same lab scale, same recipe, three seeds each for `K = 0` (plain causal ridge
+# regression, the [mesa layer](../docs/course.md#glossary) of von Oswald et al. 2023), `1` and `2`, trained
+# with `echo-tutor ablate --scale lab --seeds 3` (1,500 steps each, fewer than the checkpoints' 4,000; the
+# shipped `echo` passed 0.9 at step 500). A seed counts as *learned* when it scores above 0.5 at 16 pairs and
+# gap 1024:
 
 # %%
 kp = results("kpower")
@@ -591,11 +607,13 @@ for name, (m, sd) in comparisons.items():
 
 # %% [markdown]
 # The verdicts above follow one rule (`echo_tutor.experiments.verdict`): a paired difference within
-# `max(sd, 0.02)` of zero is "no difference beyond the seed spread". With three seeds, and one `K = 1` seed
-# that failed, the count of seeds that learned says more than the mean.
+# `max(sd, 0.02)` of zero is "no difference beyond the seed spread". It is a rule of thumb, not a
+# significance test: three seeds are too few for one. With one `K = 1` seed that failed, the count of seeds
+# that learned says more than the mean.
 #
 # **Where does the readout read?** SKA's output is a weighted sum of the values it stored,
-# `C G^-1 A^K q = sum_t a_t v_t` with `a_t = beta_t k_t . G^-1 A^K q` (`echo_tutor.koopman.readout_weights`).
+# `C G^-1 A^K q = sum_t alpha_t v_t` with readout weights `alpha_t = beta_t k_t . G^-1 A^K q`
+# (`echo_tutor.koopman.readout_weights`).
 # `A = M G^-1` is (up to one rank-1 term: `G` is the Gram of the current keys, not the previous ones) the
 # least-squares *next-key* predictor: each power of `A` moves the query about one token further along the
 # context. So for a query key, we can ask which context token carries the weight, counted from the
@@ -640,7 +658,7 @@ assert profiles["K=0 (ssm+ridge)"][1] < 0.2 and profiles["K=2 (echo-k2)"][1] < 0
 # * `K = 0` (plain ridge) reads the tokens whose own key matches the query. The key token itself is one,
 #   but its value vector was computed *at* the key, before the value arrived: a causal model cannot put the
 #   answer there. To work, the Mamba-2 block must first learn to copy each key into the *next* token's
-#   features, a two-step circuit like an induction head.
+#   features, a two-step circuit like an [induction head](../docs/course.md#glossary).
 # * `K = 1` gets that shift for free: `M` pairs every key with the key of the token after it, so one power
 #   of `A` moves the query onto the value token, and `C G^-1` reads it.
 # * `K = 2` overshoots: for an operator that had learned the one-step shift, two steps would land on the
@@ -666,12 +684,21 @@ for p in CLIFF_PRESETS:
 
 # %% [markdown]
 # Where we agree with the paper: SKA keeps recall flat across gaps (from gap 64 on) with a fixed state,
-# and a fixed budget that forgets (the window) falls off a cliff. Where we differ: `echo` is at chance at
-# gaps 0-32 in chunk mode (section 6; token by token it recalls) and at 0.80 with 32 pairs (section 8),
-# where the paper reports 100% everywhere. Our pure Mamba-2 row matches the paper's "~3% everywhere" in
-# number, but section 7 shows why differently: it never learned recall, even at gap 0, rather than
-# hitting a horizon. Our attention control is a NoPE attention block at a tiny size, and our grid is one
-# model per preset evaluated on every cell, not one model per cell.
+# and a fixed budget that forgets (the window) falls off a cliff.
+#
+# Where we differ:
+#
+# * **The power order, the largest difference.** Our `echo` reads through `A^1`, the paper's through `A^2`
+#   (section 10). The Echo authors' own later public code, `anusridh97/Koopman_Mamba`, pins `K = 1` in its
+#   50M configuration (`configs/50m.yaml`), and its 180M search (`configs/search/180m-joint-v1.yaml`) fixes
+#   `K = 1` because "K=1 won decisively at 3M (4.251 vs 4.419)" (a loss).
+# * `echo` is at chance at gaps 0-32 in chunk mode (section 6; token by token it recalls) and at 0.80 with
+#   32 pairs (section 8), where the paper reports 100% everywhere.
+# * Pure Mamba-2: the paper measured it at about 3% (chance) at every gap and pair count, with no horizon
+#   cliff; our row matches that number. Section 7 says why ours fails: it never learned recall, even at
+#   gap 0, and its slowest heads keep much of a write across the gap. Neither run shows a horizon.
+# * Our attention control is a NoPE attention block at a tiny size, and our grid is one model per preset
+#   evaluated on every cell, not one model per cell; our models have about 130K parameters, the paper's 50M.
 
 # %% [markdown]
 # ## 12. Probe the shipped models yourself
@@ -705,13 +732,13 @@ display(widgets.VBox([widgets.HBox(list(probe_controls.values())), probe_fig]))
 # %% [markdown]
 # ## 13. Train your own
 #
-# In full mode (a GPU, or `ECHO_TUTOR_FAST=0` and patience) this retrains the `echo` preset with the shipped
-# recipe. In FAST mode it runs a few steps to show the loop. From a terminal:
+# In full mode (a GPU, or `ECHO_TUTOR_FAST=0` and patience) this retrains the lab-scale `echo` preset with the
+# shipped recipe. In FAST mode it runs a few steps to show the loop. From a terminal:
 # `echo-tutor train --scale lab --preset echo --pairs 4 8 16 --gaps 0 16 32 64 128 256 512 1024 --batch-size 16 --steps 4000 --minutes 15 --out my_echo.pt`,
 # and `echo-tutor eval --model my_echo.pt --pairs 8 16 --gaps 64 256 1024 4096`. The paper's protocol, one
 # paper-size model trained per grid cell, is a GPU job:
-# `echo-tutor cliff --scale paper --executor ray --gpus-per-cell 1 --out-dir runs/cliff-paper` (recipe and times:
-# `docs/gpu.md`).
+# `echo-tutor cliff --scale paper --executor ray --gpus-per-cell 1 --out-dir runs/cliff-paper` (recipe and
+# times: `docs/gpu.md`).
 
 # %%
 steps = 10 if FAST else LAB_RECIPE["steps"]

