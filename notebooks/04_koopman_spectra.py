@@ -508,7 +508,7 @@ assert learned == {k0: 0, k1: 2, k2: 0}, learned
 # SKA's output is a weighted sum of the values it stored: `C G^-1 A^K q = sum_t alpha_t v_t` with readout
 # weights `alpha_t = beta_t k_t . G^-1 A^K q` (`echo_tutor.koopman.readout_weights`; the scalars `s^K` and
 # `eta` are left out: they rescale, they do not redirect). `A` predicts each key from the one before it, so
-# each power of `A` should move the query one token further along the context (lab 02, section 3, shows it on
+# each power of `A` should move the query one token further along the context (lab 02, section 4, shows it on
 # random tokens). For each query, `offset_profile` measures which context token carries the readout's weight,
 # counted from the position of the queried key in the context: `0` the key itself, `+1` the token after it
 # (its value), `+2` the next binding's key, `+3` that binding's value.

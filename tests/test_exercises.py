@@ -26,15 +26,15 @@ def quadratic_via_scan(x, a, b, c):
     return ssm_scan(x, a, b, c)
 
 
-def ridge_via_ska(keys, values, query, eps):
-    return ska_readout(keys, values, query)
+def ridge_via_ska(G, C, q):
+    return ska_readout(G, G, C, q, power_steps=0)
 
 
-def causal_via_ska(keys, values, queries, eps):
-    return ska_recurrent(queries, keys, values)
+def statistics_via_ska(k, v, beta, k_prev):
+    return ska_recurrent(k, k, v, beta)[1]
 
 
-def koopman_via_library(G, M):
+def whitened_via_library(G, M):
     return koopman_operator(G)
 
 
@@ -77,8 +77,8 @@ SHORTCUTS = [
     (lab01.check_ssm_scan, uses_the_scan, "ssd_recurrent"),
     (lab01.check_ssd_quadratic, quadratic_via_scan, "ssm_scan"),
     (lab02.check_ridge_readout, ridge_via_ska, "ska_readout"),
-    (lab02.check_causal_ridge, causal_via_ska, "ska_recurrent"),
-    (lab02.check_koopman_from_stats, koopman_via_library, "koopman_operator"),
+    (lab02.check_ska_statistics, statistics_via_ska, "ska_recurrent"),
+    (lab02.check_whitened_operator, whitened_via_library, "koopman_operator"),
     (lab04.check_sigma_max_power, sigma_by_svd, "svdvals"),
     (lab04.check_sigma_max_power, sigma_by_alias, "`smax` (that is `sigma_max`)"),
     (lab07.check_chunk_gram, gram_via_twin, "chunk_stats"),
@@ -100,31 +100,31 @@ def test_a_call_to_what_computes_the_answer_is_refused(check, student, name):
 def test_an_unfinished_exercise_falls_back_to_the_solution_and_does_not_stop_the_lab(capsys, monkeypatch):
     monkeypatch.delenv("ECHO_TUTOR_SOLUTIONS", raising=False)
 
-    def koopman_from_stats(G, M):
+    def ridge_readout(G, C, q):
         raise NotImplementedError
 
-    ex = labs.exercise(koopman_from_stats, "lab02")
-    assert lab02.check_koopman_from_stats(ex) is None  # printed, not raised
+    ex = labs.exercise(ridge_readout, "lab02")
+    assert lab02.check_ridge_readout(ex) is None  # printed, not raised
     out = capsys.readouterr().out
     assert "not attempted yet" in out and "the cells below use the reference solution" in out
     assert ex.status == "not attempted"
-    G, M = torch.eye(3, dtype=torch.float64) * 2, torch.randn(3, 3, dtype=torch.float64)
-    torch.testing.assert_close(ex(G, M), M / 2)  # the solution answers for now
+    G, C, q = torch.eye(3, dtype=torch.float64) * 2, torch.randn(2, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    torch.testing.assert_close(ex(G, C, q), (C @ q.T).T / 2)  # the solution answers for now
 
-    def koopman_from_stats(G, M):  # noqa: F811 - the learner's wrong attempt, then the right one
-        return torch.linalg.solve(G, M)
+    def ridge_readout(G, C, q):  # noqa: F811 - the learner's wrong attempt, then the right one
+        return (C @ q.mT).mT
 
-    ex = labs.exercise(koopman_from_stats, "lab02")
-    lab02.check_koopman_from_stats(ex)
-    assert ex.status == "failed" and "G^-1 M" in capsys.readouterr().out
+    ex = labs.exercise(ridge_readout, "lab02")
+    lab02.check_ridge_readout(ex)
+    assert ex.status == "failed" and "linear attention" in capsys.readouterr().out
 
-    def koopman_from_stats(G, M):  # noqa: F811
-        return torch.linalg.solve(G, M.T).T
+    def ridge_readout(G, C, q):  # noqa: F811
+        return (C @ torch.linalg.solve(G, q.mT)).mT
 
-    ex = labs.exercise(koopman_from_stats, "lab02")
-    lab02.check_koopman_from_stats(ex)
-    assert ex.status == "passed" and ex.student is koopman_from_stats
-    assert labs.report("lab02")["koopman_from_stats"] == "passed"
+    ex = labs.exercise(ridge_readout, "lab02")
+    lab02.check_ridge_readout(ex)
+    assert ex.status == "passed" and ex.student is ridge_readout
+    assert labs.report("lab02")["ridge_readout"] == "passed"
     assert "passing" in capsys.readouterr().out
 
 
@@ -138,7 +138,7 @@ def test_a_shortcut_inside_a_lab_is_reported_and_the_solution_used(capsys, monke
 def test_instructor_mode_checks_the_solution(monkeypatch, capsys):
     monkeypatch.setenv("ECHO_TUTOR_SOLUTIONS", "1")
 
-    def ridge_readout(keys, values, query, eps):
+    def ridge_readout(G, C, q):
         raise NotImplementedError
 
     ex = labs.exercise(ridge_readout, "lab02")

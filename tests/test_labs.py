@@ -60,6 +60,16 @@ def ridge_penalised_intercept(X, Y, lam):
     return Wb[:-1], Wb[-1]
 
 
+def power_filter_no_detach(G, M, C, q, K, gamma, eta):
+    """The power filter with the gradient flowing through sigma_max(A_w)."""
+    L, A_w = lab02._whitened_operator_solution(G, M)
+    s = gamma / torch.linalg.matrix_norm(A_w, ord=2).clamp_min(1.0)
+    u = torch.linalg.solve_triangular(L, q.mT, upper=False)
+    for _ in range(K):
+        u = A_w @ u
+    return lab02._ridge_readout_solution(G, C, (L @ u).mT) * (eta * s**K)[..., None, None]
+
+
 def ridge_no_intercept(X, Y, lam):
     W = torch.linalg.solve(X.T @ X + lam * torch.eye(X.shape[1], dtype=X.dtype), X.T @ Y)
     return W, torch.zeros(Y.shape[1], dtype=X.dtype)
@@ -85,16 +95,27 @@ def naive_streaming_keep(T, sinks, window):
 
 WRONG = [
     # (checker, wrong answer, what the message must say)
-    (lab02.check_ridge_readout, lambda K, V, q, e: V.T @ K @ q, "linear attention"),
-    (lab02.check_ridge_readout, lambda K, V, q, e: V.T @ K @ torch.linalg.solve(K.T @ K, q), "add eps"),
-    (lab02.check_ridge_readout, lambda K, V, q, e: (V.T @ K @ torch.linalg.solve(K.T @ K + eye_like(K, e), q))[None], "wrong shape"),
-    (lab02.check_ridge_readout, lambda K, V, q, e: torch.zeros(V.shape[1], dtype=K.dtype), "wrong values"),
-    (lab02.check_causal_ridge,  # fits on the whole sequence: leaks the future
-     lambda K, V, Q, e: (V.T @ K @ torch.linalg.solve(K.T @ K + eye_like(K, e), Q.T)).T, "not causal"),
-    (lab02.check_causal_ridge, lambda K, V, Q, e: lab02._causal_ridge(K, V, Q, e, inclusive=False), "tokens < t"),
-    (lab02.check_koopman_from_stats, lambda G, M: torch.linalg.solve(G, M), "G^-1 M"),
-    (lab02.check_koopman_from_stats, lambda G, M: M.T @ torch.linalg.inv(G), "transpose"),
-    (lab02.check_koopman_from_stats, lambda G, M: M, "M alone"),
+    (lab02.check_ska_statistics, lambda k, v, b, kp: (k.mT @ k, k.mT @ torch.cat([kp[..., None, :], k[..., :-1, :]], -2), v.mT @ k),
+     "gate beta_t is missing"),
+    (lab02.check_ska_statistics, lambda k, v, b, kp: (lambda G, M, C: (G, M.mT, C))(*lab02._ska_statistics_solution(k, v, b, kp)),
+     "transposed"),
+    (lab02.check_ska_statistics, lambda k, v, b, kp: lab02._ska_statistics_solution(k, v, b, torch.zeros_like(kp)),
+     "k_prev"),
+    (lab02.check_ska_statistics, lambda k, v, b, kp: (lambda G, M, C: (G + torch.eye(G.shape[-1], dtype=G.dtype), M, C))(
+        *lab02._ska_statistics_solution(k, v, b, kp)), "eps I"),
+    (lab02.check_ridge_readout, lambda G, C, q: (C @ q.mT).mT, "linear attention"),
+    (lab02.check_ridge_readout, lambda G, C, q: (C @ G @ q.mT).mT, "not G itself"),
+    (lab02.check_ridge_readout, lambda G, C, q: C @ torch.linalg.solve(G, q.mT), "wrong shape"),
+    (lab02.check_whitened_operator, lambda G, M: (torch.linalg.cholesky(G), M @ torch.linalg.inv(G)), "unwhitened"),
+    (lab02.check_whitened_operator, lambda G, M: (lambda L: (L, torch.linalg.inv(L) @ M @ torch.linalg.inv(L)))(torch.linalg.cholesky(G)),
+     "L^-T"),
+    (lab02.check_whitened_operator, lambda G, M: (torch.linalg.cholesky(G).mT, lab02._whitened_operator_solution(G, M)[1]),
+     "lower-triangular"),
+    (lab02.check_power_filter, lambda G, M, C, q, K, g, e: e * lab02._ridge_readout_solution(
+        G, C, (torch.linalg.matrix_power(M @ torch.linalg.inv(G), K) @ q.mT).mT), "spectral scale is missing"),
+    (lab02.check_power_filter, power_filter_no_detach, "Stop the gradient"),
+    (lab02.check_exclusive_prefix_sum, lambda X0, Xc: (X0[..., None, :, :] + Xc.cumsum(-3), X0 + Xc.sum(-3)), "inclusive"),
+    (lab02.check_exclusive_prefix_sum, lambda X0, Xc: (lab02._exclusive_prefix_sum_solution(X0, Xc)[0], X0), "total"),
     (lab01.check_ssm_scan, lambda *args: scan_variant(0, *args), "exp(a_t)"),
     (lab01.check_ssm_scan, lambda *args: scan_variant(1, *args), "reads the state before"),
     (lab01.check_ssm_scan, lambda *args: scan_variant(2, *args), "never decayed"),
@@ -157,9 +178,11 @@ def test_checker_rejects_typical_wrong_answer(checker, wrong, msg):
 @pytest.mark.parametrize(
     "checker,solution",
     [
+        (lab02.check_ska_statistics, lab02._ska_statistics_solution),
         (lab02.check_ridge_readout, lab02._ridge_readout_solution),
-        (lab02.check_causal_ridge, lab02._causal_ridge_solution),
-        (lab02.check_koopman_from_stats, lab02._koopman_from_stats_solution),
+        (lab02.check_whitened_operator, lab02._whitened_operator_solution),
+        (lab02.check_power_filter, lab02._power_filter_solution),
+        (lab02.check_exclusive_prefix_sum, lab02._exclusive_prefix_sum_solution),
         (lab01.check_ssm_scan, lab01._ssm_scan_solution),
         (lab01.check_decay_mask, lab01._decay_mask_solution),
         (lab01.check_ssd_quadratic, lab01._ssd_quadratic_solution),
@@ -190,9 +213,9 @@ def test_unattempted_and_crashing_answers_are_explained():
     with pytest.raises(ExerciseError, match="not attempted yet"):
         lab02.check_ridge_readout(todo)
     with pytest.raises(ExerciseError, match="your function raised ZeroDivisionError"):
-        lab02.check_koopman_from_stats(lambda G, M: 1 / 0)
+        lab02.check_whitened_operator(lambda G, M: 1 / 0)
     with pytest.raises(ExerciseError, match="expected a function"):
-        lab02.check_koopman_from_stats(3)
+        lab02.check_whitened_operator(3)
 
 
 def test_switches_follow_the_environment(monkeypatch):

@@ -14,13 +14,15 @@ instead of raising and later cells fall back to the solution, so an unfinished e
 ``report`` lists which exercises pass (see ``exercises``).
 
 Modules: ``switches`` (FAST, SOLUTIONS), ``checking`` (what every checker uses), ``exercises`` (the
-exercise wrapper, the ``checker`` decorator, shortcut detection, the report), ``labNN`` (one per lab).
+exercise wrapper, the ``checker`` decorator, shortcut detection, the report), ``predict`` (predict-then-run
+widgets), ``labNN`` (one per lab).
 """
 
 from .checking import ExerciseError, NotAttempted, call_student, close, expect_tensor, fresh_generator, passed
 from .exercises import REGISTRY, Exercise, checker, exercise, find_shortcut, report
+from .predict import Prediction
 from .switches import FAST, SOLUTIONS, is_fast, solutions_enabled
 
 __all__ = ["FAST", "SOLUTIONS", "ExerciseError", "NotAttempted", "is_fast", "solutions_enabled", "exercise", "Exercise",
            "checker", "find_shortcut", "report", "REGISTRY", "fresh_generator", "passed", "call_student", "expect_tensor",
-           "close"]
+           "close", "Prediction"]
