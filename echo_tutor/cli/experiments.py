@@ -52,25 +52,27 @@ def _recipe(mod: ModuleType, args: argparse.Namespace):
     return mod.recipe_for(args.scale or "lab", args.fast)
 
 
-def _announce(command: str, recipe) -> float:
-    print(f"echo-tutor {command}: recipe {recipe.name} ({recipe.description})", flush=True)
+def _announce(command: str, recipe, overrides: dict) -> float:
+    changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
+    print(f"echo-tutor {command}: recipe {recipe.name} ({recipe.description})"
+          + (f", with {changed}" if changed else ""), flush=True)
     return time.perf_counter()
 
 
 def cmd_cliff(args: argparse.Namespace) -> int:
     recipe = _recipe(cliff, args)
-    t0 = _announce("cliff", recipe)
-    cliff.run(recipe, pathlib.Path(args.out_dir), grid=grid_options(args), progress=not args.quiet,
-              **given(examples=args.eval_examples, presets=args.presets, pairs=args.pairs, gaps=args.gaps))
+    over = given(examples=args.eval_examples, presets=args.presets, pairs=args.pairs, gaps=args.gaps)
+    t0 = _announce("cliff", recipe, over)
+    cliff.run(recipe, pathlib.Path(args.out_dir), grid=grid_options(args), progress=not args.quiet, **over)
     print(f"cliff finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
     recipe = _recipe(transfer, args)
-    t0 = _announce("transfer", recipe)
-    transfer.run(recipe, pathlib.Path(args.out_dir), grid=grid_options(args), progress=not args.quiet,
-                 **given(presets=args.presets, tasks=args.tasks, steps=args.steps, seconds=args.seconds))
+    over = given(presets=args.presets, tasks=args.tasks, steps=args.steps, seconds=args.seconds)
+    t0 = _announce("transfer", recipe, over)
+    transfer.run(recipe, pathlib.Path(args.out_dir), grid=grid_options(args), progress=not args.quiet, **over)
     print(f"transfer finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
@@ -79,9 +81,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = _recipe(ablation, args).only(tasks=args.tasks, powers=args.powers)
-    t0 = _announce("ablate", recipe)
+    over = given(seeds=args.seeds, steps=args.steps)
+    t0 = _announce("ablate", recipe, over)
     ablation.run(recipe, pathlib.Path(args.out_dir), save_models=args.save_models, grid=grid_options(args),
-                 progress=not args.quiet, **given(seeds=args.seeds, steps=args.steps))
+                 progress=not args.quiet, **over)
     print(f"ablation finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
