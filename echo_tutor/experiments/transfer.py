@@ -11,6 +11,9 @@ Recipes (``RECIPES``; the CLI's ``--fast`` / ``--scale`` pick one through ``PICK
 * ``transfer/paper-fast`` (``--scale paper --fast``): the paper-size presets, 60 s of training each (at most
   2,000 steps: how many depends on the machine), NIAH to 1,024.
 * ``transfer/paper`` (``--scale paper``): the paper-size presets, 6,000 steps each.
+* ``transfer/lab-curves`` (``--recipe``): the MQAR headline cell of lab 05 done fairly: ``ssm+attn`` and
+  ``echo`` at the lab scale, 4,000 steps (past ``ssm+attn``'s plateau), 5 seeds, evaluated every 250 steps,
+  so the two learning curves are compared at equal steps.
 """
 
 from __future__ import annotations
@@ -73,7 +76,8 @@ class TransferRecipe:
     mqar_filler: str = "random"
     batch_size: int = 16
     lr: float = 3e-3
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)
+    eval_every: int | None = None
 
     def __post_init__(self) -> None:
         table = presets_of(self.scale)
@@ -83,7 +87,9 @@ class TransferRecipe:
         set_("niah_lengths", check_int_list("niah_lengths", list(self.niah_lengths), 1))
         for field in ("steps", "niah_examples", "eval_examples", "batch_size"):
             check_int(field, getattr(self, field), min_value=1)
-        check_int("seed", self.seed, min_value=0)
+        object.__setattr__(self, "seeds", check_int_list("seeds", list(self.seeds), 0))
+        if self.eval_every is not None:
+            check_int("eval_every", self.eval_every, min_value=1)
         if self.seconds is not None:
             set_("seconds", check_positive("seconds", self.seconds))
         check_positive("lr", self.lr)
@@ -101,9 +107,12 @@ RECIPES: dict[str, TransferRecipe] = {r.name: r for r in (
     TransferRecipe("transfer/paper-fast", "paper-size presets, 60 s (at most 2,000 steps) each, NIAH to 1,024",
                    "paper", steps=2000, seconds=60.0, niah_lengths=NIAH_LENGTHS[:5]),
     TransferRecipe("transfer/paper", "paper-size presets, 6,000 steps each", "paper", steps=6000, niah_examples=512),
+    TransferRecipe("transfer/lab-curves", "lab 05's MQAR cell: ssm+attn and echo, 4,000 steps, 5 seeds, learning "
+                   "curves", steps=4000, presets=("ssm+attn", "echo"), tasks=("mqar",), seeds=(0, 1, 2, 3, 4),
+                   eval_every=250, **_LAB),
 )}
 PICK = {("lab", True): "transfer/lab", ("lab", False): "transfer/lab-full", ("paper", True): "transfer/paper-fast",
-        ("paper", False): "transfer/paper"}
+        ("paper", False): "transfer/paper"}  # transfer/lab-curves: by name only (--recipe)
 
 
 def recipe_for(scale: str = "lab", fast: bool = True) -> TransferRecipe:
@@ -137,14 +146,17 @@ def cells(recipe: TransferRecipe) -> list[dict[str, Any]]:
     specs = []
     for name in recipe.tasks:
         for preset in recipe.presets:
-            spec = {"experiment": "transfer", "preset": preset, "scale": recipe.scale,
-                    "task": transfer_task_args(name, VOCAB, recipe.mqar_filler), "vocab_size": VOCAB,
-                    "model_overrides": plain(recipe.model_overrides), "steps": recipe.steps,
-                    "time_budget_s": recipe.seconds, "batch_size": recipe.batch_size, "lr": recipe.lr,
-                    "seed": recipe.seed, "eval_examples": recipe.eval_examples}
-            if name == "niah":
-                spec.update(niah_lengths=list(recipe.niah_lengths), niah_examples=recipe.niah_examples)
-            specs.append(spec)
+            for seed in recipe.seeds:
+                spec = {"experiment": "transfer", "preset": preset, "scale": recipe.scale,
+                        "task": transfer_task_args(name, VOCAB, recipe.mqar_filler), "vocab_size": VOCAB,
+                        "model_overrides": plain(recipe.model_overrides), "steps": recipe.steps,
+                        "time_budget_s": recipe.seconds, "batch_size": recipe.batch_size, "lr": recipe.lr,
+                        "seed": seed, "eval_examples": recipe.eval_examples}
+                if recipe.eval_every is not None:  # absent: one evaluation at the end (the shipped specs)
+                    spec["eval_every"] = recipe.eval_every
+                if name == "niah":
+                    spec.update(niah_lengths=list(recipe.niah_lengths), niah_examples=recipe.niah_examples)
+                specs.append(spec)
     return specs
 
 
@@ -157,7 +169,7 @@ def transfer_cell(spec: dict[str, Any]) -> dict[str, Any]:
         {"experiment": "transfer", "preset": "echo", "scale": "lab" | "paper",
          "task": {make_task arguments, "name": "niah", ...}, "vocab_size": 128, "model_overrides": {},
          "steps": 2000, "time_budget_s": 60.0 or None, "batch_size": 16, "lr": 0.003, "seed": 0,
-         "eval_examples": 256,
+         "eval_examples": 256, ["eval_every": 250: evaluate every so many steps and return the history]
          # task "niah" only: NIAH length generalisation (trained at 64)
          "niah_lengths": [64, 128, ...], "niah_examples": 128}
 
@@ -173,10 +185,12 @@ def transfer_cell(spec: dict[str, Any]) -> dict[str, Any]:
     model = build(spec["preset"], vocab_size=spec["vocab_size"], scale=spec["scale"],
                   **copy.deepcopy(spec["model_overrides"]))
     res = train(model, task, steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
-                time_budget_s=spec["time_budget_s"], eval_every=spec["steps"], eval_examples=spec["eval_examples"],
-                device=device, progress=False)
+                time_budget_s=spec["time_budget_s"], eval_every=spec.get("eval_every", spec["steps"]),
+                eval_examples=spec["eval_examples"], device=device, progress=False)
     out: dict[str, Any] = {"acc": res.final_eval, "steps": res.steps_done, "train_seconds": round(res.time_s, 1),
                            "final_loss": res.history[-1]["loss"], "params": count_parameters(model)}
+    if "eval_every" in spec:
+        out["evals"] = res.evals
     if task.name == "tool_trace":
         out["tool_trace_by_writes"] = tool_trace_by_writes(model, task, spec["eval_examples"])
     if task.name == "niah":
@@ -196,9 +210,12 @@ def summarize(recipe: TransferRecipe, grid: list[dict[str, Any]]) -> dict[str, A
         if r["error"]:
             continue
         name, preset, res = r["spec"]["task"]["name"], r["spec"]["preset"], r["result"]
-        rows.append({"task": name, "preset": preset, "acc": res["acc"], "steps": res["steps"],
-                     "train_seconds": res["train_seconds"], "params": res["params"],
-                     "paper_acc": paper_acc("transfer_mean_acc", name, preset)})
+        row = {"task": name, "preset": preset, "acc": res["acc"], "steps": res["steps"],
+               "train_seconds": res["train_seconds"], "params": res["params"],
+               "paper_acc": paper_acc("transfer_mean_acc", name, preset)}
+        if len(recipe.seeds) > 1 or "evals" in res:  # the shipped single-seed table keeps its columns
+            row.update(seed=r["spec"]["seed"], evals=res.get("evals"))
+        rows.append(row)
         if "tool_trace_by_writes" in res:
             overwrite_rows.append({"preset": preset, **{f"acc_writes_{k}": v for k, v in res["tool_trace_by_writes"].items()}})
         for pt in res.get("niah_length", []):
