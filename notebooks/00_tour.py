@@ -29,9 +29,10 @@
 # guide; every symbol is in one notation table (`echo_tutor/ska/README.md`).
 #
 # In the next ten minutes: one computed picture per paper, the shipped lab-scale models decoding live,
-# two small exercises, and the map of the labs.
+# three small exercises, and the map of the labs.
 
 # %%
+import math
 import time
 
 import ipywidgets as widgets
@@ -75,6 +76,16 @@ t_start = time.perf_counter()
 # Below, one SKA layer and one attention layer at the width of the shipped lab models (`d = 64`, 2 heads,
 # `r = 32`; untrained: this is about memory, not answers) read random inputs of growing length, and we
 # count the bytes of what each keeps.
+#
+# **Predict first.** On the log-log plot below any crossing looks unremarkable; only a number you wrote
+# down before seeing it tells you whether a KV cache is a long-context problem or an every-prompt one.
+
+# %%
+guess_tokens = {"~5": 5, "~50": 50, "~500": 500, "~5,000": 5000}  # each option, as a number of tokens
+guess_bytes = labs.Prediction("One attention layer and one SKA layer of the same width (d = 64, 2 heads, r = 32): "
+                              "after about how many tokens does the KV cache hold more bytes than SKA's whole state?",
+                              list(guess_tokens))
+guess_bytes.show()
 
 # %%
 d, H, r = LAB_SCALE["d_model"], LAB_SCALE["n_heads"], LAB_SCALE["ska_rank"]
@@ -109,7 +120,9 @@ fig.show()
 per_token = (kv_bytes[-1] - kv_bytes[0]) / (lengths[-1] - lengths[0])
 print(f"SKA state: {ska_bytes[0]:,d} B at every length; KV cache: {per_token:,.0f} B per token, "
       f"{kv_bytes[-1]:,d} B after {lengths[-1]:,d} tokens")
-print(f"break-even: {ska_bytes[0] / per_token:.1f} tokens of KV cache weigh as much as SKA's state")
+break_even = ska_bytes[0] / per_token
+print(f"break-even: {break_even:.1f} tokens of KV cache weigh as much as SKA's state")
+guess_bytes.reveal(min(guess_tokens, key=lambda o: abs(math.log(guess_tokens[o] / break_even))))  # nearest, in ratio
 assert len(set(ska_bytes)) == 1 and kv_bytes == [int(per_token) * T for T in lengths]
 
 # %% [markdown]
@@ -343,17 +356,42 @@ ska_state_floats = labs.exercise(ska_state_floats, "lab00")
 lab00.check_ska_state_floats(ska_state_floats)
 
 # %% [markdown]
-# Your two formulas against section 1's measured layers, and the context length from which the KV cache is
-# the larger memory:
+# ### Your turn 3: `crossover_tokens`
+# Write `crossover_tokens(n_kv_heads, head_dim, n_heads, r, P)`: the smallest context length `T` (a whole
+# number of tokens) at which one attention layer's KV cache, with `n_kv_heads` KV heads of size `head_dim`,
+# holds **more** numbers than one SKA layer's state (`n_heads` heads, rank `r`, values `P` wide). Section 1
+# printed a break-even of 48.5 tokens for its two layers: which whole `T` is the answer there, and what if the
+# break-even had come out a whole number? Use exact integer arithmetic (`//`, no floats); your two functions
+# above may help. Hint: the state does not depend on `T`; the cache grows by the same number of numbers at
+# every token.
+
+# %%
+def crossover_tokens(n_kv_heads, head_dim, n_heads, r, P):
+    """-> int: the smallest T at which one layer's KV cache holds more numbers than one SKA layer's state"""
+    # YOUR CODE HERE
+    raise NotImplementedError
+
+
+crossover_tokens = labs.exercise(crossover_tokens, "lab00")
+lab00.check_crossover_tokens(crossover_tokens)
+
+# %% [markdown]
+# Your three formulas against section 1's measured layers: the bytes of each, and the context length from
+# which the KV cache is the larger memory. Then the same question for a layer with grouped-query attention
+# (one KV head shared by the 2 query heads: half the cache per token).
 
 # %%
 mine_kv = kv_cache_bytes(1, H, d // H, lengths[-1], 4)
 mine_ska = ska_state_floats(H, r, d // H) * 4
 print(f"KV cache after {lengths[-1]:,d} tokens: yours {mine_kv:,d} B, measured {kv_bytes[-1]:,d} B")
 print(f"SKA state: yours {mine_ska:,d} B, measured {ska_bytes[0]:,d} B")
-crossover = next(T for T in range(1, 10**6) if kv_cache_bytes(1, H, d // H, T, 4) > mine_ska)
-print(f"one layer at d = {d}, {H} heads, r = {r}: the KV cache passes SKA's state at {crossover} tokens")
+crossover = crossover_tokens(H, d // H, H, r, d // H)
+print(f"one layer at d = {d}, {H} heads, r = {r}: the KV cache passes SKA's state at {crossover} tokens "
+      f"(section 1's measured break-even: {break_even:.1f})")
+print(f"the same layer with one shared KV head: at {crossover_tokens(1, d // H, H, r, d // H)} tokens")
 assert mine_kv == kv_bytes[-1] and mine_ska == ska_bytes[0]
+assert kv_cache_bytes(1, H, d // H, crossover, 4) > mine_ska >= kv_cache_bytes(1, H, d // H, crossover - 1, 4)
+assert crossover == math.floor(break_even) + 1, "the first whole token count past the measured break-even"
 
 # %% [markdown]
 # ## 4. The course

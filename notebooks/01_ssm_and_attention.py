@@ -36,6 +36,7 @@
 # (`d_state`). The notation table (`echo_tutor/ska/README.md`) lists both.
 
 # %%
+import math
 import time
 
 import ipywidgets as widgets
@@ -135,7 +136,19 @@ lab01.check_ssd_quadratic(ssd_quadratic)
 
 # %% [markdown]
 # Side by side on one sequence: the loop, the quadratic form, and the library's chunked SSD algorithm
-# (quadratic inside chunks of 16 tokens, recurrent across them), which is how Mamba-2 trains fast.
+# (quadratic inside chunks of 16 tokens, recurrent across them), which is how Mamba-2 trains fast. On this
+# sequence every token fades the state a little (`a_t` in `[-0.3, 0]`), except token 20, where the model
+# chooses to forget: `a_20 = -4`.
+#
+# **Predict first.** The heat-map below answers it at a glance, so commit before you look: what you expect
+# a forget gate to do to the mask, a hard cut or a soft one, is how you will read every decay mask after it.
+
+# %%
+gate_options = {"exactly 0": 0.0, "at most exp(-4), about 0.02": math.exp(-4), "about 0.5": 0.5,
+                "about 1: unchanged": 1.0}  # each option, as a weight
+guess_gate = labs.Prediction("Token 20 forgets (a_20 = -4). At most, how much can a token before 20 weigh in an output "
+                             "at 20 or later (an entry of the mask L)?", list(gate_options))
+guess_gate.show()
 
 # %%
 g = torch.Generator().manual_seed(0)
@@ -165,6 +178,9 @@ fig.update_layout(height=360, title=f"The token at t=20 forgets: earlier inputs 
                                     f"<= {through_gate:.3f}")
 fig.show()
 print(f"largest weight of a token s < 20 in an output t >= 20: {through_gate:.4f} (exp(a_20) = {a[20].exp():.4f})")
+nonzero = [o for o, w in gate_options.items() if w > 0]
+guess_gate.reveal("exactly 0" if through_gate == 0 else  # else the nonzero option nearest the measured weight, in ratio
+                  min(nonzero, key=lambda o: abs(math.log(gate_options[o] / through_gate))))
 assert through_gate <= torch.exp(a[20]).item(), "the forget gate at t=20 cuts the mask"
 
 # %% [markdown]

@@ -233,7 +233,18 @@ lab04.check_sigma_max_power(sigma_max_power)
 # A spectrum alone cannot say what training did: DMD fits whatever the keys do, and the keys of *any*
 # model follow the rhythm of the tokens it reads. So beside each trained spectrum is the **untrained
 # control**: the same config freshly initialised with the seed of its training run, on the same prompts.
-# Before you run it: where on the unit circle would a period-3 rhythm put its eigenvalues?
+# A period-3 rhythm puts a pair of eigenvalues at the cube roots of unity, `+-120` degrees: three steps of
+# such a mode turn it once around the circle.
+#
+# **Predict first.** The tool trace has that rhythm; whether you expect its pair only where training put it,
+# or in any model that reads the trace, decides what you will believe a spectrum can tell you about training.
+
+# %%
+pair_options = {"the trained model only": (True, False), "the untrained control only": (False, True),
+                "both": (True, True), "neither": (False, False)}  # (trained has it, control has it)
+guess_pair = labs.Prediction("On the tool-trace prompt, whose SKA heads will all show a pair of eigenvalues near "
+                             "+-120 degrees with |λ| > 0.4?", list(pair_options))
+guess_pair.show()
 
 # %%
 echo = pretrained("echo-d128")
@@ -324,6 +335,8 @@ rng = lambda xs, d=2: f"{min(xs):.{d}f}-{max(xs):.{d}f}"  # noqa: E731
 print()
 print(f"+-120° pair on the tool trace, |λ| over the {len(tt)} heads: trained {rng(tt)}, untrained {rng(tu)} "
       f"(trained larger in {n_larger} of {len(tt)} heads)")
+has_pair = (min(tt) > 0.4, min(tu) > 0.4)  # every head of the model: a pair within 12 degrees of +-120, |λ| > 0.4
+guess_pair.reveal(next(o for o, v in pair_options.items() if v == has_pair))
 print(f"180° mode on the MQAR-gap prompt, |λ| over the {len(mt)} heads: trained {rng(mt)}, untrained {rng(mu)}")
 print(f"largest |λ| per head, both prompts: trained {rng(top_t)}, untrained {rng(top_u)}")
 print(f"median |λ| per block, both prompts: trained {rng(med_t, 3)}, untrained {rng(med_u, 3)}")

@@ -276,6 +276,17 @@ assert all(t in above["echo"] for t in ("mqar", "tool_trace", "niah")), "SKA abo
 # haystack, but on different examples: 128 here, 256 there. So `echo`'s two numbers at 64 tokens (both
 # printed) differ by sampling alone: at accuracies near 80% the standard error is about 3.7 points for 128
 # answers and 2.4 for 256, and their gap is within about one and a half standard errors of the difference.
+#
+# **Predict first.** Length generalisation is the paper's boldest claim, and the figure is easy to read as
+# confirming whatever you expected: decide first what a fixed state should do 64 times past its training
+# length.
+
+# %%
+guess_niah = labs.Prediction("Trained only on 64-token haystacks, how accurate is echo (Mamba-2 + SKA) on "
+                             "4,096-token haystacks, compared with its accuracy at 64?",
+                             ["near chance", "lower, but above chance", "about the same (within 10 points)",
+                              "more than 10 points higher"])
+guess_niah.show()
 
 # %%
 nl = tr["niah_length"]
@@ -302,6 +313,15 @@ assert all(0 <= r["acc"] <= 1 for r in nl) and all(r["paper_acc"] is not None fo
 longest = max(lengths)
 print(f"at {longest} tokens: " + ", ".join(f"{p} {100 * niah[p, longest]:.1f}%" for p in TRANSFER_PRESETS)
       + f" (chance {100 * chance['niah']:.1f}%)")
+change = niah["echo", longest] - niah["echo", min(lengths)]
+print(f"echo at {longest} tokens minus echo at {min(lengths)}: {100 * change:+.1f} points")
+if change > 0.10:
+    answer = "more than 10 points higher"
+elif change >= -0.10:
+    answer = "about the same (within 10 points)"
+else:
+    answer = "lower, but above chance" if niah["echo", longest] > 2 * chance["niah"] else "near chance"
+guess_niah.reveal(answer)
 assert niah["echo", longest] > 2 * chance["niah"], "SKA keeps the needle far beyond its training length"
 
 # %% [markdown]

@@ -305,6 +305,18 @@ def streaming_keep(T, sinks, window):
 streaming_keep = labs.exercise(streaming_keep, "lab06")
 lab06.check_streaming_keep(streaming_keep)
 
+# %% [markdown]
+# **Predict first.** The next cell scores every method on held-out text. A perplexity change looks small or
+# large only against what you expected, so commit to what rebuilding half the cache costs before the table
+# (and the shipped run's plot below it) show you.
+
+# %%
+rise_options = {"less than 3%": 0.03, "3% to 25%": 0.25, "25% to 100%": 1.0, "more than double": float("inf")}
+guess_rise = labs.Prediction("Half the cache's bytes are kept; EchoKV-lite rebuilds the other heads with ridge maps "
+                             "(greedy slots). By how much does held-out perplexity rise over the full cache in this "
+                             "run?", list(rise_options))
+guess_rise.show()
+
 # %%
 ctx = EVAL["ctx"]
 mine = B.Method("StreamingLLM (your mask)", 0.5,
@@ -319,6 +331,9 @@ live = perplexity(model, eval_ids, ctx, methods, progress=True)
 print(f"{len(methods) + 1} methods on {EVAL['n']} windows in {time.time() - t0:.1f} s\n")
 for name, r in sorted(live.items(), key=lambda x: x[1]["ppl"]):
     print(f"{name:36s} bytes {r['fraction']:.3f}  perplexity {r['ppl']:7.3f}  ({r['delta_ppl']:+.3f})")
+rise = live["EchoKV-lite ridge (greedy)"]["ppl"] / live["full"]["ppl"] - 1
+print(f"\nEchoKV-lite ridge (greedy) at half the bytes: perplexity {100 * rise:+.1f}% over the full cache")
+guess_rise.reveal(next(o for o, below in rise_options.items() if rise < below))  # the first range that holds it
 assert live["StreamingLLM (your mask)"]["ppl"] == live[B.streaming_llm(ctx, 0.5).name]["ppl"]
 assert live["EchoKV-lite ridge (greedy)"]["ppl"] < live["random-drop (mean)"]["ppl"]
 

@@ -4,6 +4,9 @@
    for one sequence: every layer keeps a key *and* a value of ``head_dim`` numbers per KV head per token.
 2. ``ska_state_floats(n_heads, r, head_dim) -> int``: the numbers one SKA layer keeps per sequence, whatever
    the context: per head ``G`` (``r x r``), ``M`` (``r x r``), ``C`` (``head_dim x r``) and ``k_prev`` (``r``).
+3. ``crossover_tokens(n_kv_heads, head_dim, n_heads, r, P) -> int``: the smallest context length ``T`` at which
+   one layer's KV cache (``2 T n_kv_heads head_dim`` numbers) holds *more* numbers than one SKA layer's state
+   (``n_heads (2 r^2 + P r + r)``), in exact integer arithmetic.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import torch
 
 from . import ExerciseError, call_student, checker, fresh_generator, passed
 
-__all__ = ["_kv_cache_bytes_solution", "_ska_state_floats_solution", "check_kv_cache_bytes", "check_ska_state_floats"]
+__all__ = ["_kv_cache_bytes_solution", "_ska_state_floats_solution", "_crossover_tokens_solution",
+           "check_kv_cache_bytes", "check_ska_state_floats", "check_crossover_tokens"]
 
 
 # ---------------------------------------------------------------------------------------------- solutions
@@ -25,6 +29,12 @@ def _kv_cache_bytes_solution(n_layers: int, n_kv_heads: int, head_dim: int, toke
 
 def _ska_state_floats_solution(n_heads: int, r: int, head_dim: int) -> int:
     return n_heads * (r * r + r * r + head_dim * r + r)  # G, M, C, k_prev per head
+
+
+def _crossover_tokens_solution(n_kv_heads: int, head_dim: int, n_heads: int, r: int, P: int) -> int:
+    state = n_heads * (2 * r * r + P * r + r)  # SKA's numbers, whatever the context
+    per_token = 2 * n_kv_heads * head_dim      # the cache's numbers per token: a key and a value per KV head
+    return state // per_token + 1              # the first T with per_token * T > state (strictly)
 
 
 # ---------------------------------------------------------------------------------------------- checkers
@@ -98,3 +108,48 @@ def check_ska_state_floats(fn) -> None:
     cases = [tuple(int(v) for v in torch.randint(2, 65, (3,), generator=g)) for _ in range(4)] + [(1, 1, 1)]
     return _check_counts("ska_state_floats", fn, ("n_heads", "r", "head_dim"), cases, _ska_state_floats_solution,
                          _SKA_TYPICAL, seed)
+
+
+def _past(state, per_token):
+    """The first T with per_token * T > state: the right rule, applied to a wrong count."""
+    return state // per_token + 1
+
+
+_CROSSOVER_TYPICAL = [
+    (" At that T the cache is not larger than the state yet (smaller, or at most equal): the answer is the first "
+     "whole T *past* the break-even point, state // per_token + 1.",
+     lambda A, D, H, r, P: H * (2 * r * r + P * r + r) // (2 * A * D)),
+    (" Rounding the break-even point up gives the T where the two can be *equal* (when it is a whole number); the "
+     "question asks for the first T at which the cache holds *more*: state // per_token + 1.",
+     lambda A, D, H, r, P: -(-H * (2 * r * r + P * r + r) // (2 * A * D))),
+    (" The cache grows by 2 x n_kv_heads x head_dim numbers per token: a key *and* a value per KV head.",
+     lambda A, D, H, r, P: _past(H * (2 * r * r + P * r + r), A * D)),
+    (" The state's last-key term is missing: SKA keeps k_prev (r numbers per head) besides G, M and C.",
+     lambda A, D, H, r, P: _past(H * (2 * r * r + P * r), 2 * A * D)),
+    (" That compares one head's state with the whole layer's cache: SKA's state has n_heads heads.",
+     lambda A, D, H, r, P: _past(2 * r * r + P * r + r, 2 * A * D)),
+    (" The cache has n_kv_heads heads, not n_heads: with grouped-query attention several query heads share one "
+     "KV head.",
+     lambda A, D, H, r, P: _past(H * (2 * r * r + P * r + r), 2 * H * D)),
+]
+
+
+def _odd(g: torch.Generator, lo: int, hi: int) -> int:
+    return 2 * int(torch.randint(lo // 2, hi // 2 + 1, (1,), generator=g)) + 1
+
+
+@checker(forbid=("state_nbytes", "nbytes", "SKAState", "KVCache", "init_state"))
+def check_crossover_tokens(fn) -> None:
+    """Check ``fn(n_kv_heads, head_dim, n_heads, r, P) -> int`` on fresh random sizes, two of them built so that
+    every typical mistake shows: one where the break-even point is never a whole number (one KV head of size 1,
+    an odd state), one where it always is (``n_heads = 2 n_kv_heads``, ``r`` a multiple of ``head_dim``)."""
+    g, seed = fresh_generator()
+    rand = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
+    cases = [(1, 1, _odd(g, 3, 15), _odd(g, 3, 63), 2 * rand(2, 64))]  # state odd, 2 numbers per token
+    A, D = rand(2, 8), rand(4, 64)
+    cases.append((A, D, 2 * A, D * rand(1, 4), rand(4, 128)))  # state a multiple of 2 A D
+    for _ in range(3):
+        A = rand(1, 8)
+        cases.append((A, rand(8, 128), A * [1, 2, 4][rand(0, 2)], rand(4, 64), rand(8, 128)))
+    return _check_counts("crossover_tokens", fn, ("n_kv_heads", "head_dim", "n_heads", "r", "P"), cases,
+                         _crossover_tokens_solution, _CROSSOVER_TYPICAL, seed)
