@@ -24,7 +24,7 @@ lab: setup
 	$(LAB_ENV) $(VENV)/bin/jupyter lab notebooks/ $(ROOT_FLAG) $(LAB_ARGS)
 
 test: setup
-	ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+	ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider --durations=20
 
 # The quick loop while working: the unit tests without the `slow` ones (those that train to a result or load
 # SmolLM2) and without the browser; `make test` still runs everything.
@@ -79,10 +79,10 @@ checkpoints:
 cliff:
 	$(VENV)/bin/echo-tutor cliff --fast
 
-# The power-order table of lab 03 (K = 0, 1, 2 x 3 seeds at the lab scale, one thread per process).
+# The power-order table of lab 04 (K = 0, 1, 2 x 5 seeds at the lab scale, one thread per process).
 # Seed 0 of K=0 and K=2 then ships as the ssm+ridge and echo-k2 checkpoints.
 kpower:
-	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor ablate --scale lab --seeds 3 --threads 1 --save-models --out-dir runs/kpower
+	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor ablate --scale lab --seeds 5 --threads 1 --save-models --out-dir runs/kpower
 	cp runs/kpower/ablation.json echo_tutor/pretrained/results_kpower.json
 	$(PY) scripts/pack_checkpoints.py --ablation runs/kpower echo_tutor/pretrained
 

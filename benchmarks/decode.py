@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384])
     ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--presets", nargs="+", default=["ssm", "echo", "attn"], choices=list(PRESETS))
+    ap.add_argument("--presets", nargs="+", default=["paper-ssm", "paper-echo", "paper-attn"], choices=list(PRESETS))
     args = ap.parse_args(argv)
     if args.steps < 3 or min(args.contexts) < 1:
         ap.error("--steps must be >= 3 and --contexts >= 1")

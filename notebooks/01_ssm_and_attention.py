@@ -214,12 +214,12 @@ assert torch.allclose(y_fwd, torch.stack(y_steps, 1), atol=1e-10)
 #
 # | preset | mixers | memory |
 # |---|---|---|
-# | `ssm` | 4 x Mamba-2 | fixed |
-# | `ssm+attn` | 2 x Mamba-2, 2 x attention | grows (2 KV caches) |
-# | `echo` | 2 x Mamba-2, 2 x SKA (r=24, K=2) | fixed |
-# | `attn` | 4 x attention | grows (4 KV caches) |
+# | `paper-ssm` | 4 x Mamba-2 | fixed |
+# | `paper-ssm+attn` | 2 x Mamba-2, 2 x attention | grows (2 KV caches) |
+# | `paper-echo` | 2 x Mamba-2, 2 x SKA (r=24, K=2) | fixed |
+# | `paper-attn` | 4 x attention | grows (4 KV caches) |
 #
-# `echo` here is the paper-size echo layout (d=128, r=24, K=2), built untrained; the `echo` of labs 00, 03
+# `paper-echo` is the paper-size echo layout (d=128, r=24, K=2), built untrained; the `echo` of labs 00, 02, 03
 # and 05 is the smaller lab-scale model (d=64, r=32, K=1). The course guide's
 # [model table](../docs/course.md#the-models) lists both.
 #
@@ -227,15 +227,15 @@ assert torch.allclose(y_fwd, torch.stack(y_steps, 1), atol=1e-10)
 # and the figure updates live with the bytes each model's inference state holds, counted from its tensors.
 
 # %%
-presets = ["ssm", "ssm+attn", "echo", "attn"]
+presets = ["paper-ssm", "paper-ssm+attn", "paper-echo", "paper-attn"]
 models = {p: build(p, vocab_size=128).eval() for p in presets}
 for p, m in models.items():
     cfg = m.config
     print(f"{p:<9} {count_parameters(m):>9,d} parameters   d={cfg.d_model}   layout {m.layout}"
           + (f"   SKA r={cfg.ska_rank}" if "ska" in m.layout else ""))
 
-stream_len = 256 if FAST else 4096
-every = 16 if FAST else 128
+stream_len = 256 if FAST else 2048  # token-by-token decoding: a CPU loop, kept to about a minute in FULL
+every = 16 if FAST else 64
 live = go.FigureWidget(layout=dict(height=380, xaxis_title="tokens streamed", yaxis_title="state bytes",
                                    yaxis_type="log", title="Inference state while streaming (measured)"))
 for p in presets:
@@ -261,15 +261,15 @@ print(f"streamed {stream_len} tokens through {len(presets)} models in {time.perf
 # %%
 final = {p: curves[p][1][-1] for p in presets}
 print({p: f"{b:,d} B" for p, b in final.items()})
-assert curves["ssm"][1][0] == final["ssm"] and curves["echo"][1][0] == final["echo"], "fixed-size states"
-assert final["attn"] == 4 * 2 * 128 * 4 * stream_len, "4 layers x (K and V) x d x float32 per token"
-assert final["ssm+attn"] > final["echo"]
+assert curves["paper-ssm"][1][0] == final["paper-ssm"] and curves["paper-echo"][1][0] == final["paper-echo"], "fixed-size states"
+assert final["paper-attn"] == 4 * 2 * 128 * 4 * stream_len, "4 layers x (K and V) x d x float32 per token"
+assert final["paper-ssm+attn"] > final["paper-echo"]
 
 # %% [markdown]
 # ## 5. Where the KV cache overtakes a fixed state
 #
 # Move the slider: each model is *prefilled* with that many tokens (the chunked forward pass) and its state
-# measured. Per token, `attn` should add `4 layers x 2 (K and V) x 128 x 4 B = 4 KiB` while Echo's state
+# measured. Per token, `paper-attn` should add `4 layers x 2 (K and V) x 128 x 4 B = 4 KiB` while `paper-echo`'s state
 # stays put; the cell after the figure measures both.
 
 # %%
@@ -302,13 +302,13 @@ display(widgets.VBox([context, bars, drawn]))
 
 # %%
 sizes_short, sizes_long = state_sizes(16), state_sizes(2048)  # numbers only: the figure follows the slider
-per_token_attn = (sizes_long["attn"] - sizes_short["attn"]) / (2048 - 16)
-crossover = 16 + (sizes_short["echo"] - sizes_short["attn"]) / per_token_attn  # where attn's line meets echo's
-print(f"attn grows {per_token_attn:,.0f} B/token; Echo stays at {sizes_short['echo']:,d} B "
-      f"({sizes_short['echo'] / 1024:.1f} KiB) from 16 to 2,048 tokens; attn passes it at ~{crossover:.0f} tokens")
-print(f"at 2,048 tokens attn holds {sizes_long['attn'] / sizes_long['echo']:.0f}x Echo's state")
-assert sizes_short["echo"] == sizes_long["echo"] and per_token_attn == 4096
-assert sizes_long["attn"] / sizes_long["echo"] > 50
+per_token_attn = (sizes_long["paper-attn"] - sizes_short["paper-attn"]) / (2048 - 16)
+crossover = 16 + (sizes_short["paper-echo"] - sizes_short["paper-attn"]) / per_token_attn  # where attn's line meets echo's
+print(f"attn grows {per_token_attn:,.0f} B/token; Echo stays at {sizes_short['paper-echo']:,d} B "
+      f"({sizes_short['paper-echo'] / 1024:.1f} KiB) from 16 to 2,048 tokens; attn passes it at ~{crossover:.0f} tokens")
+print(f"at 2,048 tokens attn holds {sizes_long['paper-attn'] / sizes_long['paper-echo']:.0f}x Echo's state")
+assert sizes_short["paper-echo"] == sizes_long["paper-echo"] and per_token_attn == 4096
+assert sizes_long["paper-attn"] / sizes_long["paper-echo"] > 50
 assert bars.layout.title.text == f"state bytes after {context.value:,d} tokens", "the figure follows the slider"
 
 # %% [markdown]

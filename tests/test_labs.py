@@ -233,4 +233,10 @@ def test_switches_follow_the_environment(monkeypatch):
     monkeypatch.setenv("ECHO_TUTOR_SOLUTIONS", "0")
     ex = labs.exercise(mine, lambda *a: "solution")
     assert ex.status == "unchecked" and ex() == "mine"
-    assert importlib.reload(labs).SOLUTIONS is False
+    # SOLUTIONS is read once, when echo_tutor.labs.switches is imported (reloading the package alone would
+    # keep the submodule's value from the first import)
+    assert importlib.reload(labs.switches).SOLUTIONS is False
+    monkeypatch.setenv("ECHO_TUTOR_SOLUTIONS", "1")
+    assert importlib.reload(labs.switches).SOLUTIONS is True
+    monkeypatch.undo()
+    importlib.reload(labs.switches)  # back to the environment this run started with

@@ -10,13 +10,13 @@ TINY = dict(d_model=32, n_heads=4, d_state=8, ska_rank=6)
 
 
 def test_transfer_writes_both_tables(tmp_path):
-    out = transfer.run("transfer/paper-fast", tmp_path, progress=False, presets=["ssm", "echo"],
+    out = transfer.run("transfer/paper-fast", tmp_path, progress=False, presets=["paper-ssm", "paper-echo"],
                        tasks=["niah", "tool_trace"], seconds=None, steps=2, niah_lengths=[64, 128],
                        model_overrides=TINY, eval_examples=16)
-    assert {(r["task"], r["preset"]) for r in out["table"]} == {(t, p) for t in ("niah", "tool_trace") for p in ("ssm", "echo")}
+    assert {(r["task"], r["preset"]) for r in out["table"]} == {(t, p) for t in ("niah", "tool_trace") for p in ("paper-ssm", "paper-echo")}
     assert all(r["paper_acc"] is not None and 0 <= r["acc"] <= 1 for r in out["table"])
-    assert [(r["preset"], r["length"]) for r in out["niah_length"]] == [("ssm", 64), ("ssm", 128), ("echo", 64), ("echo", 128)]
-    assert {r["preset"] for r in out["tool_trace_overwrites"]} == {"ssm", "echo"}
+    assert [(r["preset"], r["length"]) for r in out["niah_length"]] == [("paper-ssm", 64), ("paper-ssm", 128), ("paper-echo", 64), ("paper-echo", 128)]
+    assert {r["preset"] for r in out["tool_trace_overwrites"]} == {"paper-ssm", "paper-echo"}
     assert out["recipe"] == "transfer/paper-fast" and out["max_steps"] == 2
     assert json.loads((tmp_path / "transfer.json").read_text())["table"] == out["table"]
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import BadArgumentError
-from ..models import LAB_PRESETS, PRESETS, SCALES, build, count_parameters, load
+from ..models import LAB_PRESETS, PRESETS, SCALES, build, count_parameters, load, scale_of
 from ..tasks import TASKS, make_task
 from ..train import evaluate, save_records, train
 from .flags import nonneg_int, positive_float, positive_int
@@ -77,7 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["d_model"] = args.d_model
     model = build(args.preset, vocab_size=args.vocab, scale=args.scale, **overrides)
     task = task_from_args(args)
-    print(f"preset {args.preset} ({args.scale} scale): {count_parameters(model):,d} parameters, layout {model.layout}")
+    print(f"preset {args.preset} ({scale_of(args.preset)} scale): {count_parameters(model):,d} parameters, "
+          f"layout {model.layout}")
     print(f"task {task.describe()}; budget {args.steps} steps / {args.minutes} min; batch {args.batch_size}, "
           f"lr {args.lr}; {torch.get_num_threads()} thread(s)")
     res = train(model, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -92,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = pathlib.Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         model.save(out, dtype=torch.float16 if args.half else None)
-        meta = {"preset": args.preset, "scale": args.scale, "task": task.describe(), "steps": res.steps_done, "time_s": round(res.time_s, 1),
+        meta = {"preset": args.preset, "scale": scale_of(args.preset), "task": task.describe(), "steps": res.steps_done, "time_s": round(res.time_s, 1),
                 "final_eval": res.final_eval, "history": res.history[:: max(1, len(res.history) // 200)],
                 "evals": res.evals, "config": res.config, "argv": sys.argv[1:]}
         out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
@@ -145,10 +146,11 @@ def cmd_echokv(args: argparse.Namespace) -> int:
 def add_model_commands(sub) -> None:
     """Add ``train``, ``eval`` and ``echokv`` to the subparsers ``sub``."""
     p = sub.add_parser("train", help="train a preset on a recall task and save it")
-    p.add_argument("--preset", default="echo", choices=sorted(set(PRESETS) | set(LAB_PRESETS)),
-                   help="a preset of --scale (paper: %s; lab: %s)" % (", ".join(PRESETS), ", ".join(LAB_PRESETS)))
-    p.add_argument("--scale", choices=list(SCALES), default="lab",
-                   help="lab: the CPU lab scale (default); paper: the paper's sub-million models (a GPU job)")
+    p.add_argument("--preset", default="echo", choices=[*LAB_PRESETS, *PRESETS],
+                   help="lab scale (default echo): %s; paper size (a GPU job): %s" % (", ".join(LAB_PRESETS),
+                                                                                 ", ".join(PRESETS)))
+    p.add_argument("--scale", choices=list(SCALES), default=None,
+                   help="optional: the preset's scale, checked (the preset's name says it)")
     _add_task_flags(p)
     p.add_argument("--steps", type=positive_int, default=2000, help="maximum optimiser steps (default 2000)")
     p.add_argument("--minutes", type=positive_float, default=None, help="wall-clock training budget")

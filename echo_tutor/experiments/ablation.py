@@ -177,7 +177,8 @@ def cells(recipe: AblationRecipe, save_dir: pathlib.Path | None = None) -> list[
                 specs.append({
                     "experiment": "ablation", "probes": recipe.probes, "task": plain(targs), "config": c.name,
                     "power_steps": c.power_steps, "spectral_norm": c.spectral_norm, "prefix_mask": c.prefix_mask,
-                    "seed": seed, "model": {"preset": "echo", "scale": recipe.scale, "vocab_size": targs["vocab_size"],
+                    "seed": seed, "model": {"preset": "echo" if recipe.scale == "lab" else "paper-echo",
+                                            "scale": recipe.scale, "vocab_size": targs["vocab_size"],
                                             "overrides": plain(recipe.model_overrides)},
                     "steps": recipe.steps, "batch_size": recipe.batch_size, "lr": recipe.lr,
                     "eval_every": recipe.eval_every or recipe.steps, "eval_examples": recipe.eval_examples,

@@ -34,5 +34,6 @@ PAPER: dict[str, Any] = {
 
 
 def paper_acc(table: str, key: Any, preset: str) -> float | None:
-    """The paper's accuracy (%) for ``preset`` in ``PAPER[table][key]``, or None where the paper has none."""
-    return PAPER.get(table, {}).get(key, {}).get(preset)
+    """The paper's accuracy (%) for ``preset`` (a lab-scale name or its ``paper-`` twin) in
+    ``PAPER[table][key]``, or None where the paper has none."""
+    return PAPER.get(table, {}).get(key, {}).get(preset.removeprefix("paper-"))

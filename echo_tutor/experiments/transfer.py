@@ -51,6 +51,7 @@ __all__ = ["TransferRecipe", "RECIPES", "PICK", "TRANSFER_TASKS", "TRANSFER_PRES
 
 TRANSFER_TASKS = ("mqar", "system_prompt", "tool_trace", "niah", "multi_hop", "common_word")
 TRANSFER_PRESETS = ("ssm", "ssm+attn", "echo")
+PAPER_TRANSFER_PRESETS = ("paper-ssm", "paper-ssm+attn", "paper-echo")
 NIAH_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -105,8 +106,9 @@ RECIPES: dict[str, TransferRecipe] = {r.name: r for r in (
     TransferRecipe("transfer/lab-full", "lab-scale presets, 4,000 steps, SKA chunks of 16, MQAR with 0 filler",
                    steps=4000, niah_examples=512, **_LAB),
     TransferRecipe("transfer/paper-fast", "paper-size presets, 60 s (at most 2,000 steps) each, NIAH to 1,024",
-                   "paper", steps=2000, seconds=60.0, niah_lengths=NIAH_LENGTHS[:5]),
-    TransferRecipe("transfer/paper", "paper-size presets, 6,000 steps each", "paper", steps=6000, niah_examples=512),
+                   "paper", steps=2000, seconds=60.0, niah_lengths=NIAH_LENGTHS[:5], presets=PAPER_TRANSFER_PRESETS),
+    TransferRecipe("transfer/paper", "paper-size presets, 6,000 steps each", "paper", steps=6000, niah_examples=512,
+                   presets=PAPER_TRANSFER_PRESETS),
     TransferRecipe("transfer/lab-curves", "lab 05's MQAR cell: ssm+attn and echo, 4,000 steps, 5 seeds, learning "
                    "curves", steps=4000, presets=("ssm+attn", "echo"), tasks=("mqar",), seeds=(0, 1, 2, 3, 4),
                    eval_every=250, **_LAB),

@@ -8,8 +8,9 @@ where ``layout`` names each block's sequence mixer in order, e.g. ``"mamba2,mamb
     attn         echo_tutor.attention.CausalSelfAttention     state: KV cache, linear in T
     linear_attn  echo_tutor.attention.LinearAttention         state: C, constant in T
 
-Two scales of presets, ``build(preset, vocab_size, scale=..., **overrides)``: ``scale="paper"`` (``PRESETS``,
-the paper's sub-million models) and ``scale="lab"`` (``LAB_PRESETS``, the CPU lab scale); see ``presets``.
+Two scales of presets, ``build(name, vocab_size, **overrides)``: the CPU lab scale (``LAB_PRESETS``: ``echo``,
+``ssm``, ...) and the paper's sub-million models (``PRESETS``: ``paper-echo``, ``paper-ssm``, ...); see
+``presets``.
 
 Modules: ``config`` (the frozen :class:`HybridConfig`), ``blocks`` (norm, MLP, block), ``hybrid``
 (:class:`HybridLM`), ``presets`` (the preset tables, ``LAB_RECIPE``, ``build``), ``checkpoint`` (``load``,
@@ -21,16 +22,8 @@ from .checkpoint import grow_ska_rank, load
 from .config import MIXERS, HybridConfig, parse_layout
 from .hybrid import HybridLM
 from .measure import count_parameters, prefix_mask, state_nbytes
-from .presets import (
-           LAB_PRESETS,
-           LAB_RECIPE,
-           LAB_SCALE,
-           PRESETS,
-           SCALES,
-           build,
-           presets_of,
-)
+from .presets import LAB_PRESETS, LAB_RECIPE, LAB_SCALE, PAPER_PREFIX, PRESETS, SCALES, build, presets_of, scale_of
 
 __all__ = ["HybridLM", "HybridConfig", "MIXERS", "PRESETS", "LAB_PRESETS", "LAB_SCALE", "LAB_RECIPE", "SCALES", "build",
-           "presets_of", "load", "grow_ska_rank", "prefix_mask", "state_nbytes", "count_parameters", "Block",
-           "RMSNorm", "SwiGLU", "parse_layout"]
+           "presets_of", "scale_of", "PAPER_PREFIX", "load", "grow_ska_rank", "prefix_mask", "state_nbytes",
+           "count_parameters", "Block", "RMSNorm", "SwiGLU", "parse_layout"]

@@ -1,7 +1,8 @@
-"""The preset models at two scales (``SCALES``), the lab-scale training recipe, and ``build``.
+"""The preset models at two scales (``SCALES``), the lab-scale training recipe, and ``build(name)``.
 
 * ``scale="paper"`` (``PRESETS``): the paper's sub-million models (d=128, 4 blocks, 4 heads, Mamba-2
-  d_state 16, SKA r=24): ``ssm``, ``ssm+attn``, ``echo``, ``ssm+ridge`` (echo with K=0), ``attn``.
+  d_state 16, SKA r=24): ``paper-ssm``, ``paper-ssm+attn``, ``paper-echo``, ``paper-ssm+ridge`` (K=0),
+  ``paper-attn``. Every name means one model: the prefix keeps them apart from the lab scale's.
 * ``scale="lab"`` (``LAB_PRESETS``): the CPU lab scale of the recall experiments, chosen by measurement
   (``docs/results.md``, "The lab scale"): d=64, 2 blocks (one Mamba-2, then the mixer under test), 2 heads,
   SKA r=32, vocabulary 128. ``echo`` (K=1), ``echo-k2`` (the paper's K=2), ``ssm+ridge`` (K=0),
@@ -21,14 +22,17 @@ from typing import Any
 from ..errors import BadArgumentError
 from .hybrid import HybridLM
 
-__all__ = ["PRESETS", "LAB_SCALE", "LAB_PRESETS", "SCALES", "LAB_RECIPE", "presets_of", "build"]
+__all__ = ["PRESETS", "PAPER_PREFIX", "LAB_SCALE", "LAB_PRESETS", "SCALES", "LAB_RECIPE", "presets_of", "scale_of", "build"]
 
+# The paper-size models carry a "paper-" prefix: no name means two models (the lab-scale `echo` is d=64, r=32,
+# K=1; `paper-echo` is d=128, r=24, K=2, the paper's).
+PAPER_PREFIX = "paper-"
 PRESETS: dict[str, dict[str, Any]] = {
-    "ssm": dict(layout="mamba2,mamba2,mamba2,mamba2"),
-    "ssm+attn": dict(layout="mamba2,mamba2,attn,attn"),
-    "echo": dict(layout="mamba2,mamba2,ska,ska"),
-    "ssm+ridge": dict(layout="mamba2,mamba2,ska,ska", mixer_kwargs={"ska": {"power_steps": 0}}),
-    "attn": dict(layout="attn,attn,attn,attn"),
+    "paper-ssm": dict(layout="mamba2,mamba2,mamba2,mamba2"),
+    "paper-ssm+attn": dict(layout="mamba2,mamba2,attn,attn"),
+    "paper-echo": dict(layout="mamba2,mamba2,ska,ska"),
+    "paper-ssm+ridge": dict(layout="mamba2,mamba2,ska,ska", mixer_kwargs={"ska": {"power_steps": 0}}),
+    "paper-attn": dict(layout="attn,attn,attn,attn"),
 }
 
 
@@ -66,20 +70,32 @@ def presets_of(scale: str) -> dict[str, dict[str, Any]]:
     return PRESETS if scale == "paper" else LAB_PRESETS
 
 
-def build(preset: str, vocab_size: int = 128, scale: str = "paper", **overrides: Any) -> HybridLM:
-    """A preset model (``PRESETS`` for ``scale="paper"``, ``LAB_PRESETS`` with ``LAB_SCALE`` for
-    ``scale="lab"``) with any ``HybridLM`` argument overridden.
+def scale_of(preset: str) -> str:
+    """The scale of a preset name: "paper" for ``PRESETS`` (``paper-...``), "lab" for ``LAB_PRESETS``."""
+    if preset in PRESETS:
+        return "paper"
+    if preset in LAB_PRESETS:
+        return "lab"
+    raise BadArgumentError(f"preset must be one of the lab-scale presets {list(LAB_PRESETS)} or the paper-size "
+                           f"presets {list(PRESETS)}, got {preset!r}")
+
+
+def build(preset: str, vocab_size: int = 128, scale: str | None = None, **overrides: Any) -> HybridLM:
+    """A preset model with any ``HybridLM`` argument overridden: a lab-scale preset (``LAB_PRESETS`` with
+    ``LAB_SCALE``, e.g. ``"echo"``) or a paper-size one (``PRESETS``, e.g. ``"paper-echo"``); ``scale``, if
+    given, must be the preset's (a check, for callers that hold one).
 
     ``mixer_kwargs`` overrides are merged per mixer with the preset's."""
-    table = presets_of(scale)
-    if preset not in table:
-        raise BadArgumentError(f"preset must be one of {list(table)} at scale={scale!r}, got {preset!r}")
-    cfg = copy.deepcopy(table[preset])
-    if scale == "lab":
+    own = scale_of(preset)
+    if scale is not None and scale != own:
+        presets_of(scale)  # a scale that does not exist says so first
+        raise BadArgumentError(f"preset {preset!r} is a {own}-scale preset, not scale={scale!r} (the {scale}-scale "
+                               f"presets: {list(presets_of(scale))})")
+    cfg = copy.deepcopy(presets_of(own)[preset])
+    if own == "lab":
         cfg = {**LAB_SCALE, **cfg}
     extra = overrides.pop("mixer_kwargs", None) or {}
     mk = cfg.pop("mixer_kwargs", {})
     for name, kw in extra.items():
         mk.setdefault(name, {}).update(kw)
     return HybridLM(vocab_size, mixer_kwargs=mk, **{**cfg, **overrides})
-

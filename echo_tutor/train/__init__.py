@@ -9,16 +9,7 @@ returns tidy records (one dict per run) that ``save_records`` writes as JSON or 
 Modules: ``loop`` (train, evaluate, the optimiser and schedule), ``records`` (sweep, save_records).
 """
 
-from .loop import (
-           TrainConfig,
-           TrainResult,
-           answer_accuracy,
-           default_device,
-           evaluate,
-           lr_at,
-           make_optimizer,
-           train,
-)
+from .loop import TrainConfig, TrainResult, answer_accuracy, default_device, evaluate, lr_at, make_optimizer, train
 from .records import save_records, sweep
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "sweep", "save_records", "default_device", "answer_accuracy",
