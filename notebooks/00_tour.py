@@ -32,6 +32,7 @@
 # three small exercises, and the map of the labs.
 
 # %%
+import json
 import math
 import time
 
@@ -47,6 +48,7 @@ from echo_tutor.echokv import KVCapture, fit_reconstructor, slot_errors
 from echo_tutor.experiments import PRESET_COLORS, lab_task
 from echo_tutor.labs import lab00
 from echo_tutor.models import LAB_RECIPE, LAB_SCALE, count_parameters, state_nbytes
+from echo_tutor.pretrained import HERE as PRETRAINED_DIR
 from echo_tutor.ska import SpectralKoopmanAttention
 from echo_tutor.train import evaluate
 
@@ -396,22 +398,33 @@ assert crossover == math.floor(break_even) + 1, "the first whole token count pas
 # %% [markdown]
 # ## 4. The course
 #
-# | lab | the question it answers | FAST run |
-# |---|---|---|
-# | `00_tour` | what the two papers do, in ten minutes | 23 s |
-# | `01_ssm_and_attention` | how do an SSM and attention each carry the past, and what does each cost in memory? | 17 s |
-# | `02_ska_from_scratch` | how does SKA recall from fixed-size statistics (ridge, Koopman operator, power filter)? | 13 s |
-# | `03_memory_cliff` | at what gap does each kind of fixed memory stop recalling, and does SKA? | 51 s |
-# | `04_koopman_spectra` | what does the Koopman operator see in keys, and what does `A^K` add? | 14 s |
-# | `05_transfer_tasks` | does SKA's recall carry over to other retrieval tasks and longer contexts, and where do overwrites hurt? | 10 s |
-# | `06_echokv` | how much of a real model's KV cache can be rebuilt from the rest, and at what cost in perplexity? | 3.0 min |
-# | `07_triton_fast_paths` | how do the references become Triton kernels, checked step by step? | 16 s |
-#
-# FAST-run times, from the course guide
-# ([how the times were measured](../docs/course.md#how-the-times-were-measured)): each lab run once top to
-# bottom with `jupyter nbconvert --execute`, solutions on, one thread, on a shared, busy 2-core CPU; expect
-# the same order of magnitude, not the same seconds.
-#
+# Each lab answers one question. The FAST times below are measured, not estimated: `scripts/time_labs.py`
+# runs every lab top to bottom in a fresh kernel (solutions on) and writes `echo_tutor/pretrained/lab_times.json`,
+# the one source of the times this cell, the README and the course guide show. Expect the same order of
+# magnitude on your machine, not the same seconds.
+
+# %%
+QUESTIONS = {
+    "00_tour": "what the two papers do, in ten minutes",
+    "01_ssm_and_attention": "how do an SSM and attention each carry the past, and what does each cost in memory?",
+    "02_ska_from_scratch": "can you build SKA from its equations, and does your layer learn recall?",
+    "03_memory_cliff": "at what gap does each kind of fixed memory stop recalling, and does SKA?",
+    "04_koopman_spectra": "what does the Koopman operator see in keys, and what does `A^K` add?",
+    "05_transfer_tasks": "does SKA's recall carry over to other retrieval tasks and longer contexts?",
+    "06_echokv": "how much of a real model's KV cache can be rebuilt from the rest, and at what cost?",
+    "07_triton_fast_paths": "how do the references become Triton kernels, checked step by step?",
+}
+times_file = PRETRAINED_DIR / "lab_times.json"  # absent only while scripts/time_labs.py times this very lab
+times = json.loads(times_file.read_text()) if times_file.exists() else {"labs": {}}
+fmt = lambda s: f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"  # noqa: E731
+if times["labs"]:
+    print(f"FAST times measured on {times['date']} ({times['machine']}, {times['threads']} thread(s)):")
+for lab, question in QUESTIONS.items():
+    t = times["labs"].get(lab)
+    print(f"  {lab:<22} {fmt(t['wall_s']) if t else 'not timed':>9}  {question}")
+assert not times["labs"] or set(times["labs"]) == set(QUESTIONS), "every lab timed, and only the labs that exist"
+
+# %% [markdown]
 # **Switches** (environment variables, read when `echo_tutor.labs` is imported, so set them before starting
 # Jupyter):
 #

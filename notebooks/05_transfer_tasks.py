@@ -30,7 +30,8 @@ import plotly.graph_objects as go
 import torch
 
 from echo_tutor import labs
-from echo_tutor.experiments import PAPER, PRESET_COLORS, TRANSFER_PRESETS, TRANSFER_TASKS, transfer_task
+from echo_tutor.experiments import (PAPER, PRESET_COLORS, TRANSFER_PRESETS, TRANSFER_TASKS, bootstrap_ci, paired_ci,
+                                    transfer_task, verdict)
 from echo_tutor.labs import lab05
 from echo_tutor.pretrained import results
 from echo_tutor.ska import ska_chunked, ska_readout
@@ -266,6 +267,71 @@ print("best preset per task (ours):", {t: o[0] for t, o in order.items()})
 assert all(t in above["echo"] for t in ("mqar", "tool_trace", "niah")), "SKA above chance on MQAR, tool trace, NIAH"
 
 # %% [markdown]
+# ### MQAR done fairly: both models to 4,000 steps, five seeds
+#
+# One number per model at a fixed step count says who learned *faster*, not who *can*. So the MQAR cell was
+# run again (`echo-tutor transfer --recipe transfer/lab-curves`): `ssm+attn` and `echo` each trained 4,000
+# steps (2.7 times the table's), **five seeds each**, evaluated every 250 steps on 256 fresh examples. The
+# curves are the mean over seeds with a 95% bootstrap interval over seeds (`echo_tutor.experiments.bootstrap_ci`;
+# with five seeds an interval is rough, and it says so by its width). The dashed line is the accuracy of the
+# elimination shortcut at 8 pairs (lab 03, section 1): a model that knows which values were bound, but not to
+# which key, and rules out the values already shown after earlier queries. Zoology's MQAR, used here, shows
+# them.
+
+# %%
+tc = results("transfer_curves")["table"]
+curve_presets = list(dict.fromkeys(r["preset"] for r in tc))
+seeds_of = {p: sorted(r["seed"] for r in tc if r["preset"] == p) for p in curve_presets}
+shortcut = float(np.mean([1.0 / (8 - i) for i in range(8)]))  # H_8 / 8: query i guesses among the 8 - i values not yet shown
+fig = go.Figure()
+band = {}
+for p in curve_presets:
+    runs = sorted((r for r in tc if r["preset"] == p), key=lambda r: r["seed"])
+    steps = [e["step"] for e in runs[0]["evals"]]
+    per_step = [[r["evals"][i]["eval_acc"] for r in runs] for i in range(len(steps))]
+    band[p] = {s: bootstrap_ci(a) for s, a in zip(steps, per_step)}
+    mean, lo, hi = zip(*band[p].values())
+    fig.add_scatter(x=steps + steps[::-1], y=list(hi) + list(lo)[::-1], fill="toself", line=dict(width=0),
+                    fillcolor=PRESET_COLORS[p], opacity=0.2, showlegend=False, hoverinfo="skip")
+    fig.add_scatter(x=steps, y=list(mean), mode="lines+markers", line=dict(color=PRESET_COLORS[p]),
+                    name=f"{p}: mean of {len(runs)} seeds, 95% interval")
+    for r in runs:
+        fig.add_scatter(x=steps, y=[e["eval_acc"] for e in r["evals"]], mode="lines", showlegend=False,
+                        line=dict(color=PRESET_COLORS[p], width=0.6, dash="dot"))
+fig.add_hline(y=shortcut, line_dash="dash", line_color="gray", annotation_text=f"elimination shortcut {shortcut:.2f}")
+fig.add_vline(x=tr["max_steps"], line_dash="dot", line_color="lightgray", annotation_text="the table's step count")
+fig.update_layout(height=400, xaxis_title="training step (batch 16)", yaxis_title="MQAR accuracy (256 examples)",
+                  yaxis_range=[-0.02, 1.05], title="MQAR learning curves, 5 seeds each (dotted: single seeds)")
+fig.show()
+final = {p: [r["acc"] for r in sorted(tc, key=lambda r: r["seed"]) if r["preset"] == p] for p in curve_presets}
+for p in curve_presets:
+    m, lo, hi = bootstrap_ci(final[p])
+    print(f"{p:<9} after 4,000 steps: mean {m:.3f} [{lo:.3f}, {hi:.3f}] over seeds {seeds_of[p]}; per seed "
+          + " ".join(f"{a:.3f}" for a in final[p]))
+assert seeds_of["echo"] == seeds_of["ssm+attn"], "paired seed by seed"
+for step in (tr["max_steps"], 4000):
+    i = next(k for k, s in enumerate(band["echo"]) if s == step)
+    a = [r["evals"][i]["eval_acc"] for r in sorted(tc, key=lambda r: r["seed"]) if r["preset"] == "echo"]
+    b = [r["evals"][i]["eval_acc"] for r in sorted(tc, key=lambda r: r["seed"]) if r["preset"] == "ssm+attn"]
+    m, lo, hi = paired_ci(a, b)
+    print(f"echo minus ssm+attn at step {step}: {m:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired over seeds) -> echo {verdict(lo, hi)}")
+
+learned = {p: sum(a > 0.9 for a in final[p]) for p in curve_presets}
+print("seeds above 0.9 after 4,000 steps:", learned)
+assert max(final["ssm+attn"]) < shortcut + 0.1, "ssm+attn stays near the shortcut level in every seed"
+assert 1 <= learned["echo"] < 5, "the text below reads some, not all, echo seeds as learning"
+
+# %% [markdown]
+# **Reading the curves.** Trained 2.7 times longer, `ssm+attn` still does not learn MQAR here: in every seed it
+# climbs to the elimination shortcut's level (dashed) and stays there, which is what lab 03 found for attention
+# hybrids of this size in Zoology's layout (our reading of the plateau: we did not split its accuracy by query
+# position here). `echo` is not one curve either: some seeds learn the binding outright, others stall (the
+# counts are printed). So the table's single `echo` number on MQAR is one seed's, and the table's ordering on
+# this task rests on attention's plateau, not on a capability attention lacks: lab 03's `ssm+attn`, trained
+# with the values hidden, recalls everywhere. The paired interval of the difference excludes zero at both step
+# counts, but with five seeds and a split `echo` it is wide: "better here, by an amount we cannot pin down".
+
+# %% [markdown]
 # ## 5. NIAH: trained at length 64, tested up to 4096
 #
 # One needle, trained only on haystacks of 64 tokens. A fixed-state model must keep the needle across the
@@ -347,12 +413,15 @@ assert best_task["common_word"] == "ssm+attn"
 #   describes. Echo holds it at every length we tried, up to 64 times its training length, and is *more*
 #   accurate on long haystacks than at 64. Our hypothesis for that, not measured here: a needle in the query's
 #   own 16-token SKA chunk (at 64 tokens, 14 of the 61 positions a needle can take) is invisible to chunk-mode
-#   SKA, so only the Mamba-2 block can carry it (lab 03, section 6), and in longer haystacks such needles are
+#   SKA, so only the Mamba-2 block can carry it (lab 03, section 5), and in longer haystacks such needles are
 #   rarer. Accuracy split by the needle's chunk would test it. Our attention hybrid differs from the paper's:
 #   it does not degrade with length at all (it uses no positional encoding,
 #   [NoPE](../docs/course.md#glossary); the Mamba-2 block before it supplies order), where the paper's
 #   attention falls off on long haystacks (dotted).
-# * **On the transfer table echo is the best of the three on four of the six tasks** (printed above). In
+# * **MQAR, over five seeds and 4,000 steps**: `echo` beats `ssm+attn`, whose every seed sits at the
+#   elimination shortcut; not every `echo` seed learns (section 4's curves).
+# * **On the transfer table echo is the best of the three on four of the six tasks** (printed above, one seed
+#   each: section 4's curves show how far one seed can be from another). In
 #   the paper SKA is the best on all six, so our ordering differs from the paper's on NIAH, where our NoPE
 #   attention hybrid is perfect, and on `common_word`, where full attention wins clearly: counting which
 #   word recurs most is not a key-value lookup, and there our small SKA model is far behind attention.

@@ -22,6 +22,20 @@ def test_cliff_on_two_shipped_models(tmp_path):
     assert (tmp_path / "cliff.html").exists()
 
 
+def test_decode_recipe_reads_ska_token_by_token_and_fills_the_chunk_blind_spot(tmp_path):
+    """In chunk mode the shipped echo is blind when the whole prompt sits in SKA's first chunk; read token by
+    token (cliff/lab-decode, as model.step decodes) the same weights recall there. as_decoded swaps only echo."""
+    kw = dict(progress=False, examples=8, pairs=[4], gaps=[0])
+    chunk = cliff.run("cliff/lab", tmp_path / "chunk", presets=["echo", "ssm"], **kw)
+    token = cliff.run("cliff/lab-decode", tmp_path / "token", **kw)
+    assert token[0]["ska_mode"] == "token" and "ska_mode" not in chunk[0]
+    assert chunk[0]["acc"] < 0.2 and token[0]["acc"] > 0.9
+    merged = cliff.as_decoded(chunk, token)
+    assert sorted((r["preset"], r.get("ska_mode", "chunk")) for r in merged) == [("echo", "token"), ("ssm", "chunk")]
+    with pytest.raises(ValueError, match="ska_mode must be 'chunk' or 'token'"):
+        cliff.CliffRecipe("x", "x", "lab", "checkpoint", ska_mode="stream")
+
+
 def test_a_failing_cell_is_listed_and_the_others_are_written(tmp_path, monkeypatch):
     """One cell per (preset, pairs, gap); a failing cell is listed, the others are written, a rerun finishes."""
     preset = sorted(available())[0]

@@ -1,9 +1,12 @@
 """Looking inside models (echo_tutor.experiments.diagnostics) and the statistics the labs report."""
 
+import math
+
 import pytest
 import torch
 
-from echo_tutor.experiments import ablate_mixer, paired, recall_breakdown, ssm_decay, tool_trace_by_writes, verdict
+from echo_tutor.experiments import (ablate_mixer, hold_decay, paired, recall_breakdown, retention_after, ssm_decay,
+                                    tool_trace_by_writes, verdict)
 from echo_tutor.models import HybridLM, build
 from echo_tutor.tasks import IGNORE, make_task, writes_at_answers
 
@@ -41,13 +44,23 @@ def test_recall_breakdown_sorts_answers(rule, want):
 
 
 
-def test_verdict_and_paired():
-    assert paired([0.9, 0.8, 0.7], [0.5, 0.5, 0.5]) == pytest.approx((0.3, 0.1))
-    assert verdict(0.3, 0.1) == "better" and verdict(-0.3, 0.1) == "worse"
-    assert verdict(0.015, 0.0) == "no difference beyond the seed spread" == verdict(0.1, 0.2)
-    with pytest.raises(ValueError, match="paired seed by seed"):
-        paired([1.0], [1.0, 2.0])
+def test_intervals_and_the_verdict():
+    from echo_tutor.experiments import bootstrap_ci, paired_ci, proportion_ci
 
+    m, lo, hi = bootstrap_ci([0.5, 0.6, 0.7, 0.8, 0.9])
+    assert m == pytest.approx(0.7) and 0.5 < lo < m < hi < 0.9
+    assert bootstrap_ci([0.5, 0.6, 0.7, 0.8, 0.9]) == (m, lo, hi)  # seeded: the same interval every time
+    d, dlo, dhi = paired_ci([0.9, 0.8, 0.7, 0.9, 0.8], [0.5, 0.5, 0.5, 0.6, 0.5])
+    assert d == pytest.approx(0.3) and dlo > 0 and verdict(dlo, dhi) == "better"
+    assert verdict(-0.2, -0.1) == "worse" and verdict(-0.1, 0.2) == "no difference shown (the interval includes 0)"
+    lo, hi = proportion_ci(0.5, 100)
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(0.19, abs=0.01)  # about +-1.96 sqrt(0.25 / 100)
+    assert proportion_ci(1.0, 64)[1] == 1.0 and proportion_ci(1.0, 64)[0] > 0.9
+    assert paired([0.9, 0.8, 0.7], [0.5, 0.5, 0.5]) == pytest.approx((0.3, 0.1))
+    with pytest.raises(ValueError, match="paired seed by seed"):
+        paired_ci([1.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="xs must be a non-empty list"):
+        bootstrap_ci([])
 
 
 def test_ablate_mixer_silences_one_block_and_restores_it():
@@ -113,3 +126,61 @@ def test_tool_trace_by_writes_reads_the_layout_from_the_task():
     assert ((w > 0) == (y != IGNORE)).all()
     with pytest.raises(ValueError, match="task must be a tool_trace Task"):
         tool_trace_by_writes(Latest(32), make_task("niah", vocab_size=32, seq_len=8))
+
+
+def _tiny_ssm():
+    torch.manual_seed(0)
+    return build("ssm", scale="lab", vocab_size=32, d_model=32, n_heads=2).eval()
+
+
+def test_hold_decay_over_everything_equals_a_model_without_decay():
+    """Holding A dt = 0 at every position is the same model with A = 0 (A_log = -inf); the writes are kept."""
+    m = _tiny_ssm()
+    ids = torch.randint(0, 32, (2, 40))
+    with hold_decay(m, 0, 40):
+        held, _ = m(ids)
+    with torch.no_grad():
+        base, _ = m(ids)
+        for blk in m.blocks:
+            blk.mixer.A_log.fill_(-math.inf)
+        no_decay, _ = m(ids)
+    torch.testing.assert_close(held, no_decay)
+    assert (held - base).abs().max() > 1e-3, "holding the decay changes the output"
+    with hold_decay(m, 0, 40, factor=1.0):  # a factor of 1 leaves the (now decay-free) model as it is
+        same, _ = m(ids)
+    torch.testing.assert_close(same, no_decay)
+
+
+def test_hold_decay_only_touches_its_span_and_heads_and_is_undone():
+    m = _tiny_ssm()
+    ids = torch.randint(0, 32, (1, 30))
+    base, _ = m(ids)
+    with hold_decay(m, 20, 30, heads=[(0, 1)]):
+        held, _ = m(ids)
+    torch.testing.assert_close(held[:, :20], base[:, :20])  # causal: nothing before the span changes
+    assert not torch.equal(held[:, 20:], base[:, 20:])
+    torch.testing.assert_close(m(ids)[0], base)  # undone on exit
+    with pytest.raises(ValueError, match="heads must be"):
+        with hold_decay(m, 0, 5, heads=[(0, 9)]):
+            pass
+    with pytest.raises(ValueError, match="stop"):
+        with hold_decay(m, 5, 5):
+            pass
+    with pytest.raises(ValueError, match="factor"):
+        with hold_decay(m, 0, 5, factor=2.0):
+            pass
+
+
+def test_retention_after_is_the_running_product_of_the_decay():
+    m = _tiny_ssm()
+    ids = torch.randint(0, 32, (1, 25))
+    r = retention_after(m, ids, 5)
+    dec = ssm_decay(m, ids)
+    want = torch.cat([dec[b][0, 5:] for b in sorted(dec)], -1).cumprod(0)
+    assert r.shape == (20, 4)
+    torch.testing.assert_close(r, want, rtol=1e-4, atol=1e-30)
+    assert (r[1:] <= r[:-1] + 1e-7).all(), "retention never grows"
+    with pytest.raises(ValueError, match="start must be below"):
+        retention_after(m, ids, 25)
+    with pytest.raises(ValueError, match="no Mamba-2 block"):
+        retention_after(build("ssm+attn", scale="lab", vocab_size=32, layout="attn"), ids, 0)

@@ -50,6 +50,16 @@ def test_unknown_names_are_explained():
         results("nope")
 
 
-@pytest.mark.parametrize("kind", ["cliff", "transfer", "ablation", "kpower"])
+@pytest.mark.parametrize("kind", ["cliff", "cliff_decode", "transfer", "transfer_curves", "ablation", "kpower"])
 def test_results_files_are_shipped(kind):
     assert results(kind)
+
+
+def test_ssm_recall_is_a_pure_mamba2_with_its_seeds_recorded():
+    m = echo_tutor.pretrained("ssm-recall")
+    meta = info("ssm-recall")
+    assert m.layout == ["mamba2", "mamba2"] and m.config.d_model == meta["args"]["d_model"] == 128
+    assert meta["argv"][0] == "scripts/train_ssm_cliff.py" and meta["preset"] == "ssm-recall"
+    assert meta["seeds"][0]["seed"] == meta["args"]["seed"] == 0 and meta["seeds"][0]["acc"] == meta["acc"]
+    for s in meta["seeds"]:
+        assert len(s["gaps"]) == len(s["acc"]) and s["examples"] > 0

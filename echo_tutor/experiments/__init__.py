@@ -24,19 +24,21 @@ from .ablation import (
     AblationRecipe,
     ablation_tasks,
 )
-from .cliff import CLIFF_GAPS, CLIFF_PAIRS, CLIFF_PRESETS, CliffRecipe
+from .cliff import CLIFF_GAPS, CLIFF_PAIRS, CLIFF_PRESETS, CliffRecipe, as_decoded
 from .common import TRAINED_GAP_MAX, VOCAB, lab_task, lab_task_args
 from .diagnostics import (
     ablate_mixer,
     model_state_bytes,
     recall_breakdown,
+    hold_decay,
+    retention_after,
     ssm_decay,
     tool_trace_by_writes,
 )
 from .figures import PRESET_COLORS, cliff_figure, state_figure
 from .paper import PAPER, paper_acc
 from .registry import EXPERIMENTS, RECIPES
-from .stats import paired, verdict
+from .stats import bootstrap_ci, paired, paired_ci, proportion_ci, verdict
 from .transfer import (
     NIAH_LENGTHS,
     TRANSFER_PRESETS,
@@ -51,6 +53,7 @@ __all__ = [
     "AblationConfig", "transfer_task", "transfer_task_args", "ablation_tasks",
     "CLIFF_PRESETS", "CLIFF_PAIRS", "CLIFF_GAPS", "TRANSFER_TASKS", "TRANSFER_PRESETS", "NIAH_LENGTHS",
     "ABLATION_CONFIGS", "LAB_ABLATION_CONFIGS", "TRAINED_GAP_MAX", "VOCAB", "lab_task", "lab_task_args",
-    "PRESET_COLORS", "cliff_figure", "state_figure", "PAPER", "paper_acc", "paired", "verdict",
-    "ablate_mixer", "model_state_bytes", "recall_breakdown", "ssm_decay", "tool_trace_by_writes",
+    "PRESET_COLORS", "cliff_figure", "state_figure", "PAPER", "paper_acc", "paired", "paired_ci", "bootstrap_ci",
+    "proportion_ci", "verdict",
+    "ablate_mixer", "model_state_bytes", "recall_breakdown", "ssm_decay", "retention_after", "hold_decay", "tool_trace_by_writes",
 ]

@@ -6,6 +6,8 @@ Recipes (``RECIPES``; the CLI's ``--fast`` / ``--scale`` pick one through ``PICK
   trained with ``LAB_RECIPE`` on MQAR-gap with 4-16 pairs and gaps 0..1024, values hidden after the queries)
   over KV pairs {4, 8, 16, 32} x gaps {0, 16, ..., 4096}, 64 examples a point. Minutes on a CPU.
 * ``cliff/lab-full``: the same with 512 examples a point.
+* ``cliff/lab-decode``: the shipped ``echo`` only, its SKA block read token by token (``ska_mode="token"``, as
+  ``model.step`` decodes) instead of in chunks, at 2-32 pairs: the shipped ``results_cliff_decode.json``.
 * ``cliff/paper`` (``--scale paper``): the paper's protocol, one paper-size model trained from scratch per
   (preset, pairs, gap) cell, 2,000 steps each (a GPU job).
 
@@ -26,6 +28,7 @@ from .._checks import check_int, check_positive
 from ..errors import BadArgumentError
 from ..grid import GridOptions, run_grid
 from ..models import PRESETS, build
+from ..ska import SpectralKoopmanAttention
 from ..tasks import make_task
 from ..train import default_device, save_records, train
 from .common import (
@@ -41,6 +44,7 @@ from .common import (
 from .diagnostics import model_state_bytes, recall_breakdown
 
 __all__ = ["CliffRecipe", "RECIPES", "PICK", "CLIFF_PRESETS", "CLIFF_PAIRS", "CLIFF_GAPS", "recipe_for", "cells",
+           "as_decoded",
            "cliff_cell", "summarize", "run"]
 
 # What each preset of the lab-scale grid is for:
@@ -58,7 +62,9 @@ class CliffRecipe:
     """One memory-cliff grid: which models, which (pairs, gap) points, how many examples a point.
 
     ``mode="checkpoint"`` evaluates the shipped lab-scale checkpoints of ``presets``; ``mode="train"``
-    trains a fresh model of ``scale`` per cell for ``steps`` steps (``batch_size``, ``lr``)."""
+    trains a fresh model of ``scale`` per cell for ``steps`` steps (``batch_size``, ``lr``). ``ska_mode``: how
+    SKA blocks read during evaluation, ``"chunk"`` (the training form: a query reads only earlier chunks) or
+    ``"token"`` (token-causal, as the model decodes with ``step``)."""
 
     name: str
     description: str
@@ -71,8 +77,11 @@ class CliffRecipe:
     steps: int = 2000
     batch_size: int = 16
     lr: float = 3e-3
+    ska_mode: str = "chunk"
 
     def __post_init__(self) -> None:
+        if self.ska_mode not in ("chunk", "token"):
+            raise BadArgumentError(f"ska_mode must be 'chunk' or 'token', got {self.ska_mode!r}")
         if self.mode not in ("checkpoint", "train"):
             raise BadArgumentError(f"mode must be 'checkpoint' or 'train', got {self.mode!r}")
         if self.mode == "checkpoint":
@@ -103,8 +112,11 @@ RECIPES: dict[str, CliffRecipe] = {r.name: r for r in (
                 "checkpoint"),
     CliffRecipe("cliff/lab-full", "the shipped lab-scale checkpoints, 512 examples a point", "lab", "checkpoint",
                 examples=512),
+    CliffRecipe("cliff/lab-decode", "the shipped lab-scale echo read token by token, as it decodes (64 examples a "
+                "point; the other presets read the same either way; 2 pairs added for lab 03's trained SSM cliff)",
+                "lab", "checkpoint", presets=("echo",), pairs=(2, *CLIFF_PAIRS), ska_mode="token"),
     CliffRecipe("cliff/paper", "the paper's protocol: a paper-size model trained per cell, 2,000 steps (a GPU job)",
-                "paper", "train", presets=("echo", "ssm+attn", "ssm"), examples=512),
+                "paper", "train", presets=("paper-echo", "paper-ssm+attn", "paper-ssm"), examples=512),
 )}
 PICK = {("lab", True): "cliff/lab", ("lab", False): "cliff/lab-full", ("paper", False): "cliff/paper"}
 
@@ -122,8 +134,9 @@ def cells(recipe: CliffRecipe) -> list[dict[str, Any]]:
     else:
         base = lambda p: {"mode": "train", "scale": recipe.scale, "vocab_size": VOCAB, "steps": recipe.steps,  # noqa: E731
                           "batch_size": recipe.batch_size, "lr": recipe.lr}
+    decode = {"ska_mode": "token"} if recipe.ska_mode == "token" else {}  # absent: chunk mode (the shipped specs)
     return [{"experiment": "cliff", "preset": p, "task": lab_task_args(n, g), "examples": recipe.examples, "seed": 0,
-             **base(p)} for p in recipe.presets for n in recipe.pairs for g in recipe.gaps]
+             **base(p), **decode} for p in recipe.presets for n in recipe.pairs for g in recipe.gaps]
 
 
 def cliff_cell(spec: dict[str, Any]) -> dict[str, Any]:
@@ -138,7 +151,9 @@ def cliff_cell(spec: dict[str, Any]) -> dict[str, Any]:
          # mode "checkpoint": the shipped checkpoint's {"file", "sha1"}
          "checkpoint": {...},
          # mode "train": a model of that scale trained from scratch on this one point
-         "scale": "paper", "vocab_size": 128, "steps": 2000, "batch_size": 16, "lr": 0.003}
+         "scale": "paper", "vocab_size": 128, "steps": 2000, "batch_size": 16, "lr": 0.003,
+         # optional: SKA blocks read token by token, as the model decodes (absent: chunk mode)
+         "ska_mode": "token"}
 
     Returns ``acc``, ``bound_wrong``, ``other_wrong``, ``first_query_acc`` (:func:`recall_breakdown` on
     ``examples`` fresh examples), ``state_bytes`` (after the ``4n + g`` prompt tokens, B=1), ``device``, and
@@ -163,6 +178,10 @@ def cliff_cell(spec: dict[str, Any]) -> dict[str, Any]:
         out = {"steps": res.steps_done, "train_seconds": round(res.time_s, 1), "final_loss": res.history[-1]["loss"]}
     else:
         raise BadArgumentError(f"spec['mode'] must be 'checkpoint' or 'train', got {spec['mode']!r}")
+    if spec.get("ska_mode") == "token":  # evaluate as the model decodes: every token reads the statistics up to itself
+        for blk in model.blocks:
+            if isinstance(blk.mixer, SpectralKoopmanAttention):
+                blk.mixer.mode = "token"
     n, gap = spec["task"]["num_kv_pairs"], spec["task"]["gap"]
     bs = 16 if 4 * n + gap <= 1200 else 4  # attention over 4k tokens: keep the score tensors small
     return {**recall_breakdown(model, task, spec["examples"], batch_size=bs),
@@ -175,10 +194,21 @@ def summarize(recipe: CliffRecipe, grid: list[dict[str, Any]]) -> list[dict[str,
     mode = ("shipped lab-scale checkpoint" if recipe.mode == "checkpoint"
             else f"trained per cell, {recipe.steps} steps")
     keep = ("acc", "bound_wrong", "other_wrong", "first_query_acc")
+    decode = {"ska_mode": recipe.ska_mode} if recipe.ska_mode != "chunk" else {}  # the shipped records keep their keys
     return [{"preset": r["spec"]["preset"], "pairs": r["spec"]["task"]["num_kv_pairs"], "gap": r["spec"]["task"]["gap"],
-             **{k: r["result"][k] for k in keep}, "examples": r["spec"]["examples"], "mode": mode,
+             **{k: r["result"][k] for k in keep}, "examples": r["spec"]["examples"], "mode": mode, **decode,
              "state_bytes": r["result"]["state_bytes"], "seconds": round(r["seconds"], 2)}
             for r in grid if not r["error"]]
+
+
+def as_decoded(chunk_records: list[dict[str, Any]], decode_records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each model read the way it decodes: the presets of ``decode_records`` (``cliff/lab-decode``: SKA read token
+    by token) replace their chunk-mode records, at the (pairs, gap) points ``chunk_records`` has; the others keep
+    theirs (Mamba-2 and attention read the same either way). The README's and lab 03's headline grid."""
+    points = {(r["pairs"], r["gap"]) for r in chunk_records}
+    swapped = {r["preset"] for r in decode_records}
+    return ([r for r in chunk_records if r["preset"] not in swapped]
+            + [r for r in decode_records if (r["pairs"], r["gap"]) in points])
 
 
 def _print_table(records: list[dict[str, Any]]) -> None:

@@ -1,7 +1,11 @@
 """Looking inside trained models: what wrong answers are, accuracy by overwrites, a block silenced, the
-SSM's decay, and the inference-state bytes after a prompt. Task layouts come from ``echo_tutor.tasks``."""
+SSM's decay (measured, and held fixed for a causal check), and the inference-state bytes after a prompt. Task layouts come from ``echo_tutor.tasks``."""
 
 from __future__ import annotations
+
+import contextlib
+import math
+from typing import Iterator
 
 import torch
 
@@ -10,7 +14,8 @@ from ..errors import BadArgumentError
 from ..models import state_nbytes
 from ..tasks import IGNORE, Task, context_bindings, writes_at_answers
 
-__all__ = ["device_of", "model_state_bytes", "recall_breakdown", "tool_trace_by_writes", "ablate_mixer", "ssm_decay"]
+__all__ = ["device_of", "model_state_bytes", "recall_breakdown", "tool_trace_by_writes", "ablate_mixer", "ssm_decay",
+           "retention_after", "hold_decay"]
 
 
 def device_of(model) -> torch.device:
@@ -132,3 +137,65 @@ def ssm_decay(model, ids: torch.Tensor) -> dict[int, torch.Tensor]:
             h.remove()
     return out
 
+
+
+def retention_after(model, ids: torch.Tensor, start: int) -> torch.Tensor:
+    """What each Mamba-2 head keeps of a write made before position ``start``: ``[T - start, heads]``.
+
+    Row ``j`` is the median over the batch of ``prod exp(A dt_t)`` over ``t = start .. start + j`` (the
+    factors of :func:`ssm_decay`); the columns are every head of every Mamba-2 block, block by block.
+    ids ``[B, T]``."""
+    check_int("start", start, min_value=0)
+    if isinstance(ids, torch.Tensor) and ids.ndim == 2 and start >= ids.shape[1]:
+        raise BadArgumentError(f"start must be below the prompt length {ids.shape[1]}, got {start}")
+    decay = ssm_decay(model, ids)
+    if not decay:
+        raise BadArgumentError("model has no Mamba-2 block")
+    logs = torch.cat([decay[b].clamp_min(1e-30).log() for b in sorted(decay)], dim=-1)  # [B, T, heads]
+    return logs[:, start:].cumsum(1).median(0).values.exp()
+
+
+@contextlib.contextmanager
+def hold_decay(model, start: int, stop: int, heads: list[tuple[int, int]] | None = None,
+               factor: float | None = None) -> Iterator[None]:
+    """Within the ``with`` block, change what the Mamba-2 heads forget at positions ``start .. stop-1``.
+
+    ``factor=None``: ``A dt = 0`` there (``exp(A dt) = 1``: the state is kept whole); a number in (0, 1]: the
+    retention over the span is multiplied by ``factor`` (``A dt`` shifted by ``log(factor) / (stop - start)``
+    per token). The writes ``x dt`` and everything else are untouched. ``heads``: (block index, head) pairs,
+    default every head of every Mamba-2 block. A causal check: if forgetting causes a model's memory cliff,
+    holding the decay over the gap restores recall."""
+    from ..ssm import Mamba2
+    from ..ssm import mamba2 as mamba2_module
+
+    check_int("start", start, min_value=0)
+    check_int("stop", stop, min_value=start + 1)
+    if factor is not None and not 0 < factor <= 1:
+        raise BadArgumentError(f"factor must be None or in (0, 1], got {factor}")
+    mixers = {i: b.mixer for i, b in enumerate(model.blocks) if isinstance(b.mixer, Mamba2)}
+    if not mixers:
+        raise BadArgumentError("model has no Mamba-2 block")
+    chosen = [(i, h) for i, m in mixers.items() for h in range(m.n_heads)] if heads is None else list(heads)
+    for b, h in chosen:
+        if b not in mixers or not 0 <= h < mixers[b].n_heads:
+            raise BadArgumentError(f"heads must be (Mamba-2 block, head) pairs, got {(b, h)}")
+    shift = 0.0 if factor is None else math.log(factor) / (stop - start)
+    current: dict[str, int] = {}
+    hooks = [m.register_forward_pre_hook(lambda _m, _a, i=i: current.update(block=i)) for i, m in mixers.items()]
+    original = mamba2_module.ssd_chunked
+
+    def held(x, a_dt, *args, **kwargs):  # a_dt [B, T, H]: the log-decay of each token
+        hs = [h for b, h in chosen if b == current.get("block")]
+        if hs:
+            a_dt = a_dt.clone()
+            span = a_dt[:, start:stop, hs]
+            a_dt[:, start:stop, hs] = torch.zeros_like(span) if factor is None else span + shift
+        return original(x, a_dt, *args, **kwargs)
+
+    mamba2_module.ssd_chunked = held
+    try:
+        yield
+    finally:
+        mamba2_module.ssd_chunked = original
+        for hk in hooks:
+            hk.remove()
