@@ -483,12 +483,14 @@ fig.add_scatter(x=list(held), y=list(held.values()), mode="markers", marker=dict
                 name="ssm-recall, decay held over the gap", row=1, col=1)
 fig.add_scatter(x=[g for g, _ in echo2], y=[a for _, a in echo2], mode="lines+markers",
                 line=dict(color=PRESET_COLORS["echo"]), name="echo (Mamba-2 + SKA), read as it decodes", row=1, col=1)
-fig.add_vline(x=predicted, line_dash="dash", line_color="gray", annotation_text=f"predicted {predicted}", row=1, col=1)
-fig.add_vline(x=G_TRAIN, line_dash="dot", line_color="lightgray", annotation_text="trained up to", row=1, col=1)
+for x_line, name, dash in ((predicted, f"predicted cliff, gap {predicted}", "dash"), (G_TRAIN, "longest trained gap", "dot")):
+    fig.add_scatter(x=[x_line, x_line], y=[0, 1.05], mode="lines", line=dict(color="gray", dash=dash), name=name,
+                    row=1, col=1)
 fig.add_scatter(x=gap_axis[1:], y=r_best[1:], mode="lines", line=dict(color=PRESET_COLORS["ssm"]),
                 name="R*(g): best head's retention", row=2, col=1)
 fig.add_hline(y=rho_half * r_best[G_TRAIN], line_dash="dash", line_color="gray", row=2, col=1)
-fig.update_xaxes(type="log", title_text="gap (distractor tokens)", row=2, col=1)
+fig.update_xaxes(type="log")  # both panels: gaps on a log scale
+fig.update_xaxes(title_text="gap (distractor tokens)", row=2, col=1)
 fig.update_yaxes(title_text="accuracy (2 pairs)", range=[-0.02, 1.05], row=1, col=1)
 fig.update_yaxes(title_text="retention", type="log", exponentformat="power", row=2, col=1)
 fig.update_layout(height=620, title="A trained pure Mamba-2 falls off a cliff; SKA does not")
