@@ -15,7 +15,7 @@ LAB_ENV := JUPYTER_CONFIG_PATH="$(CURDIR)/.jupyter$${JUPYTER_CONFIG_PATH:+:$$JUP
 # the labs tests/browser opens, e.g. BROWSER_LABS=01,07 (default: all)
 BROWSER_LABS ?=
 
-.PHONY: setup lab test test-fast test-min test-unit test-labs test-browser gpu-check notebooks bench checkpoints cliff kpower results clean
+.PHONY: setup lab test test-fast test-min test-unit test-labs test-browser gpu-check notebooks bench checkpoints cliff kpower results convert clean
 
 setup:
 	bash scripts/setup.sh $(EXTRAS)
@@ -70,6 +70,7 @@ bench:
 	$(PY) benchmarks/ska_forward.py
 	$(PY) benchmarks/decode.py
 	$(PY) benchmarks/echokv.py
+	$(PY) benchmarks/convert_decode.py
 	$(PY) benchmarks/kernels.py
 
 # Retrain the shipped lab-scale checkpoints (every lab preset, LAB_RECIPE, one core each, two at a time:
@@ -102,6 +103,13 @@ results:
 	cp runs/cliff/cliff.json echo_tutor/pretrained/results_cliff.json
 	cp runs/transfer/transfer.json echo_tutor/pretrained/results_transfer.json
 	$(PY) scripts/merge_ablation.py echo_tutor/pretrained/results_ablation.json runs/ablation_mqar/ablation.json runs/ablation_tool/ablation.json
+	$(MAKE) convert
+
+# Lab 08's study: SmolLM2's attention layers converted into fixed-state mixers (about an hour on 2 CPU cores;
+# resumable: rerun to continue), then the results and the stage-1 mixers (float16, ~5 MB) shipped.
+convert:
+	$(VENV)/bin/echo-tutor convert --out-dir runs/convert --threads 2
+	$(PY) scripts/ship_convert.py runs/convert
 
 clean:
 	rm -rf $(VENV) $(VENV_MIN) *.egg-info .pytest_cache

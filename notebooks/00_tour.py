@@ -413,6 +413,7 @@ QUESTIONS = {
     "05_transfer_tasks": "does SKA's recall carry over to other retrieval tasks and longer contexts?",
     "06_echokv": "how much of a real model's KV cache can be rebuilt from the rest, and at what cost?",
     "07_triton_fast_paths": "how do the references become Triton kernels, checked step by step?",
+    "08_echo_meets_smollm2": "how many of a pretrained model's attention layers can SKA's fixed state replace?",
 }
 times_file = PRETRAINED_DIR / "lab_times.json"  # absent only while scripts/time_labs.py times this very lab
 times = json.loads(times_file.read_text()) if times_file.exists() else {"labs": {}}

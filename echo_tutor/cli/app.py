@@ -6,6 +6,7 @@
     echo-tutor transfer [--fast] [--scale lab|paper] [--recipe NAME]   transfer tasks and NIAH length generalisation
     echo-tutor ablate   [--fast] [--scale lab|paper] [--recipe NAME]   power order K, spectral norm, prefix mask
     echo-tutor echokv   [--fast]                                       EchoKV-lite on SmolLM2
+    echo-tutor convert  [--fast] [--variants ...] [--layers N]         SmolLM2's attention into SKA / window / linear
 
 cliff, transfer and ablate each run one named recipe of their experiment (echo_tutor.experiments.RECIPES):
 --recipe names it, or --scale (default lab) and --fast pick it; `echo-tutor cliff --help` lists them.
@@ -29,7 +30,7 @@ from ..errors import BadArgumentError
 from ..grid import GridError
 from .experiments import add_experiment_commands
 from .flags import check_grid_flags
-from .models import add_model_commands
+from .models import add_convert_command, add_model_commands
 
 __all__ = ["main", "make_parser", "EXIT_CELLS_FAILED", "EXIT_BAD_ARGUMENT"]
 
@@ -39,8 +40,9 @@ EXIT_BAD_ARGUMENT = 2  # as argparse's own errors
 
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="echo-tutor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,cliff,transfer,ablate,echokv}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,cliff,transfer,ablate,echokv,convert}")
     add_model_commands(sub)
+    add_convert_command(sub)
     add_experiment_commands(sub)
     return ap
 

@@ -181,3 +181,45 @@ def add_model_commands(sub) -> None:
     p.add_argument("--out-dir", default="runs/echokv")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_echokv)
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ..convert.study import ConvertConfig, format_summary, run_convert
+
+    cfg = ConvertConfig.fast() if args.fast else ConvertConfig()
+    for name in ("variants", "window", "sinks", "rank", "fit_steps", "counts", "layers"):
+        val = getattr(args, name)
+        if val is not None:
+            setattr(cfg, name, val)
+    cfg.check()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out_dir = pathlib.Path(args.out_dir)
+    t0 = time.perf_counter()
+    result = run_convert(cfg, out_dir, progress=not args.quiet and sys.stderr.isatty())
+    result["command"] = "echo-tutor convert" + (" --fast" if args.fast else "")
+    (out_dir / "convert.json").write_text(json.dumps(result, indent=1))
+    summary = format_summary(result)
+    (out_dir / "convert.md").write_text(summary + "\n")
+    print(summary)
+    print(f"convert study finished in {time.perf_counter() - t0:.0f} s; wrote {out_dir}/convert.json "
+          f"(records in {out_dir}/records.jsonl: rerun the same command to continue an interrupted study)")
+    return 0
+
+
+def add_convert_command(sub) -> None:
+    """Add ``convert`` (SmolLM2's attention layers into fixed-state mixers) to the subparsers ``sub``."""
+    p = sub.add_parser("convert", help="convert SmolLM2's attention layers into fixed-state mixers (window, SKA, linear)")
+    p.add_argument("--fast", action="store_true", help="6 layers, 2 variants, few windows: minutes on a CPU")
+    p.add_argument("--variants", nargs="+", default=None,
+                   help="mixers, e.g. window window+linear:K0 window+ska:K0 window+ska:K1 ska:K1")
+    p.add_argument("--window", type=positive_int, default=None, help="softmax window W (default 64)")
+    p.add_argument("--sinks", type=nonneg_int, default=None, help="attention-sink tokens kept in the softmax (default 4)")
+    p.add_argument("--rank", type=positive_int, default=None, help="feature size r of the statistics (default 32)")
+    p.add_argument("--fit-steps", dest="fit_steps", type=nonneg_int, default=None, help="stage 1 Adam steps per layer")
+    p.add_argument("--counts", type=positive_int, nargs="+", default=None, help="numbers of converted layers to sweep")
+    p.add_argument("--layers", type=positive_int, default=None, help="convert among the first N layers only")
+    p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--out-dir", default="runs/convert")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_convert)

@@ -1,0 +1,154 @@
+"""Evaluating converted models: held-out NLL per window, the pass-key probe with streaming decoding, and the
+study's summary (perplexity ratios with paired intervals, layer budgets, verdicts)."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import BadArgumentError
+
+__all__ = ["format_summary", "greedy", "needle_probe", "needle_prompt", "summarize", "window_nll"]
+
+
+# Evaluation
+# --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def window_nll(model, ids: torch.Tensor, score_from: int, *, batch_size: int = 4) -> list[float]:
+    """Mean next-token NLL per window of ``ids`` [N, T], over the tokens after position ``score_from``
+    (each window in one forward pass, no cache)."""
+    if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+        raise BadArgumentError(f"ids must be an int64 tensor [N, T], got {getattr(ids, 'shape', ids)!r}")
+    if not 0 < score_from < ids.shape[1] - 1:
+        raise BadArgumentError(f"score_from must be in [1, T-2] with T={ids.shape[1]}, got {score_from}")
+    dev = next(model.parameters()).device
+    out: list[float] = []
+    for s in range(0, ids.shape[0], batch_size):
+        x = ids[s:s + batch_size].to(dev)
+        logits = model(x).logits[:, score_from:-1].float()
+        nll = F.cross_entropy(logits.transpose(1, 2), x[:, score_from + 1:], reduction="none")
+        out += nll.mean(1).tolist()
+    return out
+
+
+_FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ")
+
+
+def needle_prompt(tok, distance: int, rng: random.Random) -> tuple[torch.Tensor, str]:
+    """A pass-key prompt: a random 5-digit key, then about ``distance`` tokens of filler, then the question,
+    in the model's chat template. Returns ``(ids [1, T], key)``."""
+    key = str(rng.randint(10000, 99999))
+    unit = len(tok(_FILLER).input_ids)
+    lead = _FILLER * rng.randint(0, 2)
+    after = _FILLER * max(1, round(distance / unit))
+    text = (f"There is a pass key hidden in this text. Remember it.\n{lead}The pass key is {key}. Remember it. "
+            f"{key} is the pass key.\n{after}\nWhat is the pass key?")
+    msgs = [{"role": "user", "content": text}]
+    ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
+    if not isinstance(ids, torch.Tensor):
+        ids = ids["input_ids"]
+    return ids, key
+
+
+@torch.no_grad()
+def greedy(model, ids: torch.Tensor, n_new: int) -> torch.Tensor:
+    """Greedy decoding with a cache (converted layers stream through their own fixed state)."""
+    from transformers.cache_utils import DynamicCache
+
+    dev = next(model.parameters()).device
+    cache = DynamicCache()
+    T = ids.shape[1]
+    out = model(ids.to(dev), cache=cache, use_cache=True, position_ids=torch.arange(T, device=dev)[None])
+    nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    new = [nxt]
+    for i in range(n_new - 1):
+        pos = torch.tensor([[T + i]], device=dev)
+        out = model(nxt, cache=cache, use_cache=True, position_ids=pos)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        new.append(nxt)
+    return torch.cat(new, dim=1)
+
+
+def needle_probe(model, tok, distances: list[int], trials: int, *, seed: int = 0) -> dict[str, dict]:
+    """Pass-key accuracy per distance: ``{str(distance): {"correct", "trials", "tokens"}}`` (the same prompts
+    for every model, from ``seed``)."""
+    res = {}
+    for d in distances:
+        rng = random.Random(seed * 1000 + d)
+        ok, lens = 0, []
+        for _ in range(trials):
+            ids, key = needle_prompt(tok, d, rng)
+            lens.append(ids.shape[1])
+            text = tok.decode(greedy(model, ids, 12)[0])
+            ok += int(key in text)
+        res[str(d)] = {"correct": ok, "trials": trials, "tokens": sum(lens) / len(lens)}
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the results
+# --------------------------------------------------------------------------------------------------
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def summarize(result: dict) -> dict:
+    """Perplexities, intervals and the verdict from a :func:`run_convert` result.
+
+    Returns ``{"full_ppl", "rows": [{variant, label, n, ppl, ratio, lo, hi}], "budget": {variant: {"5%": n,
+    "20%": n}}, "versus": [{a, b, n, dnll, lo, hi, verdict}]}``. ``ratio`` is the perplexity over the original
+    model's on the same windows, ``lo``/``hi`` its paired bootstrap 95% interval over windows; the budget is
+    the largest swept number of converted layers whose ratio stays within 1.05 (1.20); ``versus`` compares
+    each SKA variant with the window alone and with window + linear at every count (mean NLL difference over
+    the same windows, negative = the SKA variant is better).
+    """
+    from ..experiments.stats import paired_ci, verdict
+
+    full = result["full_window_nll"]
+    rows, budget, versus = [], {}, []
+    sweep = result["sweep_window_nll"]
+    for v, by_n in sweep.items():
+        budget[v] = {"5%": 0, "20%": 0}
+        for n, nll in sorted(by_n.items(), key=lambda x: int(x[0])):
+            d, lo, hi = paired_ci(nll, full, n_boot=2000)
+            ratio = math.exp(d)
+            rows.append({"variant": v, "label": result["labels"][v], "n": int(n), "ppl": math.exp(_mean(nll)),
+                         "ratio": ratio, "lo": math.exp(lo), "hi": math.exp(hi)})
+            for key, lim in (("5%", 1.05), ("20%", 1.20)):
+                if ratio <= lim:
+                    budget[v][key] = max(budget[v][key], int(n))
+    for a in sweep:
+        if "ska" not in a:
+            continue
+        for b in sweep:
+            if b == a or "ska" in b:
+                continue
+            for n in sweep[a]:
+                if n in sweep[b]:
+                    d, lo, hi = paired_ci(sweep[a][n], sweep[b][n], n_boot=2000)
+                    versus.append({"a": a, "b": b, "n": int(n), "dnll": d, "lo": lo, "hi": hi,
+                                   "verdict": verdict(-hi, -lo)})
+    return {"full_ppl": math.exp(_mean(full)), "rows": rows, "budget": budget, "versus": versus}
+
+
+def format_summary(result: dict) -> str:
+    """Markdown: perplexity against converted layers per variant, the budgets, the needle probe."""
+    s = summarize(result)
+    lines = [f"original model: perplexity {s['full_ppl']:.3f} on {len(result['full_window_nll'])} held-out windows", "",
+             "| mixer | converted layers | perplexity | x original [95% CI] |", "|---|---|---|---|"]
+    for r in s["rows"]:
+        lines.append(f"| {r['label']} | {r['n']} | {r['ppl']:.3f} | {r['ratio']:.3f} [{r['lo']:.3f}, {r['hi']:.3f}] |")
+    lines += ["", "| mixer | layers within +5% | within +20% |", "|---|---|---|"]
+    for v, b in s["budget"].items():
+        lines.append(f"| {result['labels'][v]} | {b['5%']} | {b['20%']} |")
+    if result.get("needle"):
+        dists = list(next(iter(result["needle"].values())).keys())
+        lines += ["", f"pass key retrieved ({len(result['needle_layers'])} layers converted: {result['needle_layers']})", "",
+                  "| model | " + " | ".join(f"{d} tokens" for d in dists) + " |", "|---" * (len(dists) + 1) + "|"]
+        for v, r in result["needle"].items():
+            name = "original" if v == "full" else result["labels"].get(v, v)
+            lines.append(f"| {name} | " + " | ".join(f"{r[d]['correct']}/{r[d]['trials']}" for d in dists) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""What a converted layer is (:class:`MixerSpec`) and what it carries while decoding (:class:`MixerState`).
+
+See :mod:`echo_tutor.convert.mixer` for the mixers themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .._checks import check_int, check_positive
+from ..errors import BadArgumentError
+
+__all__ = ["VARIANTS", "MixerSpec", "MixerState", "parse_variant"]
+
+VARIANTS = ("window", "ska", "window+ska", "window+linear")
+
+
+@dataclass(frozen=True)
+class MixerSpec:
+    """What to replace an attention layer with.
+
+    Args:
+        variant: one of :data:`VARIANTS`.
+        window: W, the softmax window in tokens (ignored by ``"ska"``).
+        sinks: A, the first tokens the softmax always sees (StreamingLLM's attention sinks; ignored by ``"ska"``).
+        rank: r, the feature size of the SKA statistics / linear-attention feature map.
+        power_steps: K, SKA's power-filter order (0: ridge regression; ignored by the others).
+        eps: SKA's ridge strength.
+    """
+
+    variant: str = "window+ska"
+    window: int = 64
+    sinks: int = 4
+    rank: int = 32
+    power_steps: int = 1
+    eps: float = 1e-2
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise BadArgumentError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
+        check_int("window", self.window, min_value=1)
+        check_int("sinks", self.sinks, min_value=0)
+        check_int("rank", self.rank, min_value=1)
+        check_int("power_steps", self.power_steps, min_value=0)
+        check_positive("eps", self.eps)
+        if self.variant == "window+linear" and self.rank % 2:
+            raise BadArgumentError(f"rank must be even for 'window+linear' (Hedgehog features [softmax(xW), softmax(-xW)]), got {self.rank}")
+
+    @property
+    def has_window(self) -> bool:
+        return self.variant != "ska"
+
+    @property
+    def has_ska(self) -> bool:
+        return "ska" in self.variant
+
+    @property
+    def label(self) -> str:
+        """A short name for tables and legends, e.g. ``"window+ska K1 r32 W64"``."""
+        parts = [self.variant]
+        if self.has_ska:
+            parts.append(f"K{self.power_steps}")
+        if self.variant != "window":
+            parts.append(f"r{self.rank}")
+        if self.has_window:
+            parts.append(f"W{self.window}" + (f"+{self.sinks}" if self.sinks else ""))
+        return " ".join(parts)
+
+
+@dataclass
+class MixerState:
+    """The decode state of one converted layer (batch B, KV heads H, head size D, feature size r).
+
+    Attributes:
+        k_win, v_win: ``[B, H, n, D]`` the sink tokens' and the last ``n - A <= W`` keys (after RoPE) and values
+            (window variants; the first A rows are the sinks and never leave).
+        G, M: ``[B, H, r, r]``, C: ``[B, H, D, r]``, k_prev: ``[B, H, r]`` (SKA statistics of the tokens
+            older than the window, ``G = eps I + ...``).
+        S: ``[B, H, r, D]``, z: ``[B, H, r]`` (linear attention: sum of phi(k) v^T and of phi(k)).
+        pending_k, pending_v: the pre-RoPE key features and values of window tokens, to write into the
+            statistics when they leave the window: ``[B, H, n, r]`` and ``[B, H, n, D]``.
+        count: tokens read so far.
+    """
+
+    count: int = 0
+    k_win: torch.Tensor | None = None
+    v_win: torch.Tensor | None = None
+    pending_k: torch.Tensor | None = None
+    G: torch.Tensor | None = None
+    M: torch.Tensor | None = None
+    C: torch.Tensor | None = None
+    k_prev: torch.Tensor | None = None
+    S: torch.Tensor | None = None
+    z: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the tensors held (bounded by :meth:`ConvertedAttention.state_nbytes`)."""
+        ts = [self.k_win, self.v_win, self.pending_k, self.G, self.M, self.C, self.k_prev, self.S, self.z]
+        return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+
+def parse_variant(name: str, **kw) -> MixerSpec:
+    """``"window+ska:K1"`` -> ``MixerSpec("window+ska", power_steps=1, **kw)``; ``"window"`` -> the window."""
+    if not isinstance(name, str):
+        raise BadArgumentError(f"variant must be a string like 'window+ska:K1', got {name!r}")
+    base, _, k = name.partition(":")
+    if base not in VARIANTS:
+        raise BadArgumentError(f"variant must be one of {list(VARIANTS)} (with ':K<n>' for the SKA ones), got {name!r}")
+    if k and not (k.startswith("K") and k[1:].isdigit()):
+        raise BadArgumentError(f"variant {name!r}: the power order is written ':K<n>', e.g. 'window+ska:K1'")
+    return MixerSpec(base, power_steps=int(k[1:]) if k else 1, **kw)

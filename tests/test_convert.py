@@ -1,0 +1,196 @@
+"""Converted attention layers (echo_tutor.convert) on the tiny GQA Llama: exactness, streaming, state bytes,
+stage 1, bad arguments. The SmolLM2 study itself is `echo-tutor convert` (tests/test_convert_smollm2.py)."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from echo_tutor.convert import VARIANTS, ConvertedAttention, MixerSpec
+from echo_tutor.convert.study import (
+    ConvertConfig,
+    capture_inputs,
+    converted,
+    fit_layer,
+    format_summary,
+    greedy,
+    layer_inputs,
+    mixer_bytes,
+    new_mixer,
+    original_attention,
+    parse_variant,
+    state_bytes,
+    summarize,
+)
+from echo_tutor.echokv.model import _copy_batch
+from echokv_fixtures import tiny  # noqa: F401  (fixture)
+
+SPECS = [MixerSpec("window", window=8, sinks=2), MixerSpec("ska", rank=8, power_steps=0),
+         MixerSpec("ska", rank=8, power_steps=1), MixerSpec("window+ska", window=8, sinks=2, rank=8, power_steps=1),
+         MixerSpec("window+ska", window=8, sinks=0, rank=8, power_steps=0),
+         MixerSpec("window+linear", window=8, sinks=2, rank=8)]
+
+
+def _x(model, T=40, B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, model.config.hidden_size, generator=g)
+    return x, layer_inputs(model, T, "cpu")
+
+
+def _perturb(m: ConvertedAttention) -> None:
+    """Move the mixer away from its init so that every part (gate, linear weight, features) matters."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        m.gate_b.fill_(0.0)
+        m.lin_b.fill_(0.5)
+        m.gate_w.copy_(0.05 * torch.randn(m.gate_w.shape, generator=g))
+        m.phi_q.add_(0.1 * torch.randn(m.phi_q.shape, generator=g))
+
+
+@pytest.mark.parametrize("variant", ["window", "window+ska", "window+linear"])
+def test_window_covering_the_context_is_the_original_attention(tiny, variant):  # noqa: F811
+    x, rope = _x(tiny, T=48)
+    attn = tiny.model.layers[1].self_attn
+    ref = original_attention(attn, x, rope)
+    m = new_mixer(tiny, 1, MixerSpec(variant, window=48, sinks=0, rank=8))
+    _perturb(m)
+    y = m(x, position_embeddings=rope)[0]
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_a_short_window_is_not_the_original(tiny):  # noqa: F811 (the test above cannot pass by accident)
+    x, rope = _x(tiny, T=48)
+    attn = tiny.model.layers[1].self_attn
+    ref = original_attention(attn, x, rope)
+    y = new_mixer(tiny, 1, MixerSpec("window", window=8, sinks=0))(x, position_embeddings=rope)[0]
+    assert (y - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.label)
+def test_step_decoding_equals_the_parallel_forward(tiny, spec):  # noqa: F811
+    x, rope = _x(tiny, T=40)
+    m = new_mixer(tiny, 2, spec)
+    _perturb(m)
+    y = m(x, position_embeddings=rope)[0]
+    st = m.init_state(2)
+    ys = []
+    for t in range(x.shape[1]):
+        yt, st = m.step(x[:, t], (rope[0][:, t], rope[1][:, t]), st)
+        ys.append(yt)
+    torch.testing.assert_close(torch.stack(ys, 1), y, atol=2e-5, rtol=1e-4)
+    assert st.count == 40
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.label)
+def test_state_bytes_stop_growing(tiny, spec):  # noqa: F811
+    m = new_mixer(tiny, 0, spec)
+    x, rope = _x(tiny, T=300, B=1)
+    st = m.init_state(1)
+    sizes = {}
+    for t in range(300):
+        _, st = m.step(x[:, t], (rope[0][:, t], rope[1][:, t]), st)
+        if t + 1 in (100, 300):
+            sizes[t + 1] = st.nbytes
+    assert sizes[100] == sizes[300] == m.state_nbytes(1)
+    # the model-level count: converted layers hold the same bytes at 1k and at 16k tokens
+    kv_1k, kv_16k = state_bytes(tiny, None, 0, 1024), state_bytes(tiny, None, 0, 16384)
+    assert kv_16k == 16 * kv_1k
+    n = len(tiny.model.layers)
+    assert state_bytes(tiny, spec, n, 1024) == state_bytes(tiny, spec, n, 16384) == n * mixer_bytes(tiny, spec)
+
+
+def test_state_bytes_formula():
+    # SmolLM2's shape: 3 KV heads of 64; W = 64, A = 4, r = 32: K/V rows + pending features + G, M, C, k_prev
+    m = ConvertedAttention.__new__(ConvertedAttention)
+    m.spec, m.n_kv, m.head_dim = MixerSpec("window+ska", window=64, sinks=4, rank=32), 3, 64
+    assert m.state_nbytes(1) == 4 * (2 * 68 * 3 * 64 + 64 * 3 * 32 + 3 * (2 * 32 * 32 + 64 * 32 + 32))
+
+
+def test_prefill_then_stream_through_the_model_matches_recomputing(tiny):  # noqa: F811
+    g = torch.Generator().manual_seed(5)
+    ids = _copy_batch(g, 1, 40, tiny.config.vocab_size)
+    mixers = {0: new_mixer(tiny, 0, SPECS[3]), 2: new_mixer(tiny, 2, SPECS[5])}
+    for m in mixers.values():
+        _perturb(m)
+    with converted(tiny, mixers):
+        fast = greedy(tiny, ids, 6)
+        x, slow = ids, []
+        for _ in range(6):
+            nxt = tiny(x).logits[:, -1].argmax(-1, keepdim=True)
+            slow.append(nxt)
+            x = torch.cat([x, nxt], 1)
+    assert torch.equal(fast, torch.cat(slow, 1))
+    assert not isinstance(tiny.model.layers[0].self_attn, ConvertedAttention)  # restored
+
+
+def test_stage1_lowers_the_heldout_error(tiny):  # noqa: F811
+    g = torch.Generator().manual_seed(7)
+    ids = _copy_batch(g, 12, 64, tiny.config.vocab_size)  # copies at distance 32: beyond a window of 8
+    X = capture_inputs(tiny, ids, [1])[1]
+    m, info = fit_layer(tiny, 1, MixerSpec("window+ska", window=8, sinks=0, rank=8, power_steps=0), X[:8],
+                        heldout=X[8:], steps=60, lr=2e-2)
+    assert info["rel_err_after"] < 0.8 * info["rel_err_before"], info
+    assert any(p.requires_grad for p in m.parameters())
+    assert not any(p.requires_grad for p in m.q_proj.parameters())  # the model's own projections stay frozen
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(variant="mamba"), "variant must be one of"),
+    (dict(window=0), "window must be >= 1"),
+    (dict(rank=0), "rank must be >= 1"),
+    (dict(sinks=-1), "sinks must be >= 0"),
+    (dict(power_steps=-1), "power_steps must be >= 0"),
+    (dict(eps=0.0), "eps"),
+    (dict(variant="window+linear", rank=7), "rank must be even"),
+])
+def test_bad_specs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        MixerSpec(**kwargs)
+
+
+def test_bad_layers_and_names(tiny):  # noqa: F811
+    with pytest.raises(ValueError, match=r"layer must be an int in \[0, 3\]"):
+        new_mixer(tiny, 4, MixerSpec())
+    with pytest.raises(ValueError, match="variant must be one of"):
+        parse_variant("window+mamba:K1")
+    with pytest.raises(ValueError, match="':K<n>'"):
+        parse_variant("window+ska:1")
+    with pytest.raises(ValueError, match="counts"):
+        ConvertConfig(counts=[0]).check()
+    with pytest.raises(ValueError, match="variants"):
+        ConvertConfig(variants=[]).check()
+    assert parse_variant("window+ska:K0").power_steps == 0
+    assert VARIANTS == ("window", "ska", "window+ska", "window+linear")
+
+
+def test_cli_bad_arguments_exit_2(capsys):
+    from echo_tutor.cli import main
+
+    assert main(["convert", "--variants", "window+mamba"]) == 2
+    assert "variant must be one of" in capsys.readouterr().err
+    for argv in (["convert", "--counts", "0"], ["convert", "--window", "0"], ["convert", "--rank", "0"]):
+        with pytest.raises(SystemExit) as exc:  # argparse: positive ints only
+            main(argv)
+        assert exc.value.code == 2
+    assert "expected a positive integer" in capsys.readouterr().err
+
+
+def _fake_result(rng: random.Random):
+    full = [3.0 + rng.random() for _ in range(12)]
+    sweep = {"window": {"1": [x + 0.01 for x in full], "4": [x + 0.3 for x in full]},
+             "window+ska:K1": {"1": [x + 0.005 for x in full], "4": [x + 0.1 + 0.01 * rng.random() for x in full]}}
+    return {"full_window_nll": full, "sweep_window_nll": sweep, "labels": {"window": "window", "window+ska:K1": "wska"},
+            "needle": {"full": {"256": {"correct": 3, "trials": 3}}, "window": {"256": {"correct": 0, "trials": 3}}},
+            "needle_layers": [0, 1]}
+
+
+def test_summary_budgets_and_verdicts():
+    r = _fake_result(random.Random(0))
+    s = summarize(r)
+    assert s["budget"] == {"window": {"5%": 1, "20%": 1}, "window+ska:K1": {"5%": 1, "20%": 4}}
+    v4 = next(v for v in s["versus"] if v["n"] == 4)
+    assert v4["a"] == "window+ska:K1" and v4["verdict"] == "better" and v4["hi"] < 0
+    text = format_summary(r)
+    assert "| wska | 4 |" in text and "0/3" in text
+    json.dumps(s)
