@@ -11,6 +11,7 @@ from echo_tutor.pretrained import HERE, available, info, results
 
 def test_every_cliff_preset_is_shipped_small_and_documented():
     assert set(CLIFF_PRESETS) <= set(available())
+    assert "convert+mixers" not in available()  # lab 08's SmolLM2 mixers sit here too but are not a model
     total = sum(p.stat().st_size for p in HERE.glob("*.pt"))
     assert total <= 10 * 2**20, f"shipped checkpoints take {total / 2**20:.1f} MiB (limit 10)"
     for name in [*CLIFF_PRESETS, "ssm+ridge", "echo-k2"]:

@@ -19,8 +19,12 @@ def _file(name: str) -> str:
 
 
 def available() -> list[str]:
-    """Names of the shipped models (e.g. ``['echo', 'ssm', 'ssm+attn', 'ssm+ridge']``)."""
-    return sorted(p.stem.replace("_", "+") for p in HERE.glob("*.pt"))
+    """Names of the shipped models (e.g. ``['echo', 'ssm', 'ssm+attn', 'ssm+ridge']``).
+
+    A shipped model is a ``.pt`` checkpoint with its model card (``.json``) beside it; other ``.pt`` files here
+    (lab 08's converted SmolLM2 mixers, ``convert_mixers.pt``) are not models and are not listed.
+    """
+    return sorted(p.stem.replace("_", "+") for p in HERE.glob("*.pt") if p.with_suffix(".json").exists())
 
 
 
