@@ -4,6 +4,7 @@ Ray; a rerun trains nothing; a failed cell is listed after the rest is written."
 import json
 
 import pytest
+import torch
 from conftest import untimed
 
 from echo_tutor.experiments import ablation
@@ -40,7 +41,14 @@ def _no_training(*args, **kwargs):
 
 def test_same_records_local_and_ray_and_a_rerun_trains_nothing(tmp_path, monkeypatch, ray_local):
     recipe, kw = small()
-    local = ablation.run(recipe, tmp_path / "local", **kw)
+    # A Ray worker runs with OMP_NUM_THREADS = its cpus per cell (1); local runs use torch's default. Another
+    # thread count sums in another order (final losses 1 ulp apart), so the local run uses one thread too.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = ablation.run(recipe, tmp_path / "local", **kw)
+    finally:
+        torch.set_num_threads(threads)
     remote = ablation.run(recipe, tmp_path / "ray", grid=GridOptions(executor="ray"), **kw)
     assert ray_local.is_initialized()  # the drivers leave a Ray they did not start running
     assert untimed(remote) == untimed(local) and len(local) == 2

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from echokv_fixtures import tiny  # noqa: F401  (fixture)
 
 from echo_tutor.convert import VARIANTS, ConvertedAttention, MixerSpec
 from echo_tutor.convert.study import (
@@ -24,7 +25,6 @@ from echo_tutor.convert.study import (
     summarize,
 )
 from echo_tutor.echokv.model import _copy_batch
-from echokv_fixtures import tiny  # noqa: F401  (fixture)
 
 SPECS = [MixerSpec("window", window=8, sinks=2), MixerSpec("ska", rank=8, power_steps=0),
          MixerSpec("ska", rank=8, power_steps=1), MixerSpec("window+ska", window=8, sinks=2, rank=8, power_steps=1),
@@ -135,6 +135,32 @@ def test_stage1_lowers_the_heldout_error(tiny):  # noqa: F811
     assert not any(p.requires_grad for p in m.q_proj.parameters())  # the model's own projections stay frozen
 
 
+def test_stage2_lowers_the_heldout_kl_and_trains_only_the_mixers(tiny):  # noqa: F811
+    from echo_tutor.convert.distill import distill, token_kl
+
+    g = torch.Generator().manual_seed(11)
+    ids = _copy_batch(g, 10, 64, tiny.config.vocab_size)
+    mixers = {i: new_mixer(tiny, i, MixerSpec("window+ska", window=8, sinks=0, rank=8, power_steps=0)) for i in (1, 2)}
+    before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
+    grads = {n: p.requires_grad for n, p in tiny.named_parameters()}
+    info = distill(tiny, mixers, ids[:8], heldout=ids[8:], steps=40, lr=1e-2)
+    assert info["kl_after"] < 0.8 * info["kl_before"], info
+    assert len(info["losses"]) == 40
+    for n, p in tiny.named_parameters():  # the pretrained weights did not move and are as trainable as before
+        assert torch.equal(p, before[n]) and p.requires_grad == grads[n], n
+    assert all(not isinstance(layer.self_attn, ConvertedAttention) for layer in tiny.model.layers)
+    t = torch.log_softmax(torch.randn(2, 5, 7), -1)
+    assert float(token_kl(t, t)) == pytest.approx(0.0, abs=1e-6) and float(token_kl(t, torch.zeros(2, 5, 7))) > 0
+    with pytest.raises(ValueError, match="mixers must name"):
+        distill(tiny, {}, ids)
+    with pytest.raises(ValueError, match="ids must be a tensor"):
+        distill(tiny, mixers, ids[:1])
+    with pytest.raises(ValueError, match="lr must be a positive"):
+        distill(tiny, mixers, ids, lr=0)
+    with pytest.raises(ValueError, match="stage2_variants"):
+        ConvertConfig(stage2_variants=["window"]).check()
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(variant="mamba"), "variant must be one of"),
     (dict(window=0), "window must be >= 1"),
@@ -182,7 +208,9 @@ def _fake_result(rng: random.Random):
              "window+ska:K1": {"1": [x + 0.005 for x in full], "4": [x + 0.1 + 0.01 * rng.random() for x in full]}}
     return {"full_window_nll": full, "sweep_window_nll": sweep, "labels": {"window": "window", "window+ska:K1": "wska"},
             "needle": {"full": {"256": {"correct": 3, "trials": 3}}, "window": {"256": {"correct": 0, "trials": 3}}},
-            "needle_layers": [0, 1]}
+            "needle_layers": [0, 1],
+            "stage2": {"window+ska:K1": {"4": {"window_nll": [x + 0.05 for x in full], "kl_before": 0.1, "kl_after": 0.05}}},
+            "needle_stage2": {"window+ska:K1": {"256": {"correct": 2, "trials": 3}}}}
 
 
 def test_summary_budgets_and_verdicts():
@@ -191,6 +219,22 @@ def test_summary_budgets_and_verdicts():
     assert s["budget"] == {"window": {"5%": 1, "20%": 1}, "window+ska:K1": {"5%": 1, "20%": 4}}
     v4 = next(v for v in s["versus"] if v["n"] == 4)
     assert v4["a"] == "window+ska:K1" and v4["verdict"] == "better" and v4["hi"] < 0
+    (s2,) = s["stage2"]
+    assert s2["dnll"] < 0 and s2["verdict"] == "better" and s2["ratio"] < s2["stage1_ratio"]
     text = format_summary(r)
-    assert "| wska | 4 |" in text and "0/3" in text
+    assert "| wska | 4 |" in text and "0/3" in text and "| wska, stage 2 | 2/3 |" in text
     json.dumps(s)
+
+
+def test_gate_is_the_weight_of_the_statistics(tiny):  # noqa: F811
+    x, rope = _x(tiny, T=40)
+    m = new_mixer(tiny, 1, MixerSpec("window+ska", window=8, sinks=2, rank=8, power_steps=1))
+    _perturb(m)
+    g = m.gate(x)
+    assert g.shape == (2, tiny.config.num_attention_heads, 40)
+    assert torch.all(g[..., :10] == 0) and torch.all((g[..., 10:] > 0) & (g[..., 10:] < 1))
+    with torch.no_grad():
+        m.gate_b.fill_(1e4)
+    assert torch.allclose(m.gate(x)[..., 10:], torch.ones(1))
+    with pytest.raises(ValueError, match="only a window\\+ska mixer has a gate"):
+        new_mixer(tiny, 1, MixerSpec("window", window=8)).gate(x)

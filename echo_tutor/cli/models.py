@@ -187,10 +187,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ..convert.study import ConvertConfig, format_summary, run_convert
 
     cfg = ConvertConfig.fast() if args.fast else ConvertConfig()
-    for name in ("variants", "window", "sinks", "rank", "fit_steps", "counts", "layers"):
+    for name in ("variants", "window", "sinks", "rank", "fit_steps", "counts", "layers", "stage2_variants",
+                 "stage2_steps", "stage2_counts"):
         val = getattr(args, name)
         if val is not None:
             setattr(cfg, name, val)
+    if args.variants is not None and args.stage2_variants is None:  # stage 2 of the chosen variants only
+        cfg.stage2_variants = [v for v in cfg.stage2_variants if v in cfg.variants]
+        cfg.compose_variants = [v for v in cfg.compose_variants if v in cfg.variants]
     cfg.check()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -219,6 +223,11 @@ def add_convert_command(sub) -> None:
     p.add_argument("--fit-steps", dest="fit_steps", type=nonneg_int, default=None, help="stage 1 Adam steps per layer")
     p.add_argument("--counts", type=positive_int, nargs="+", default=None, help="numbers of converted layers to sweep")
     p.add_argument("--layers", type=positive_int, default=None, help="convert among the first N layers only")
+    p.add_argument("--stage2-variants", dest="stage2_variants", nargs="*", default=None,
+                   help="variants that get stage 2 (end-to-end KL); none to skip it")
+    p.add_argument("--stage2-steps", dest="stage2_steps", type=nonneg_int, default=None, help="stage 2 Adam steps")
+    p.add_argument("--stage2-counts", dest="stage2_counts", type=positive_int, nargs="*", default=None,
+                   help="numbers of converted layers that get stage 2 (default 8 30)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--out-dir", default="runs/convert")
     p.add_argument("--quiet", action="store_true")

@@ -225,6 +225,16 @@ class ConvertedAttention(nn.Module):
         state = self._state_from(q, k, v, cos, sin) if want_state else None
         return out, state
 
+    @torch.no_grad()
+    def gate(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The weight ``[B, Hq, T]`` a ``window+ska`` layer gives its statistics' readout (``1 - gate`` goes to
+        the softmax) for inputs ``hidden_states`` [B, T, d]; 0 where no token has left the window yet."""
+        if not (self.spec.has_window and self.spec.has_ska):
+            raise BadArgumentError(f"gate: only a window+ska mixer has a gate, this one is {self.spec.variant!r}")
+        T = hidden_states.shape[1]
+        g = torch.sigmoid(torch.einsum("btd,hd->bht", hidden_states.float(), self.gate_w) + self.gate_b[None, :, None])
+        return g * (torch.arange(T, device=g.device) >= self.spec.window + self.spec.sinks)
+
     # ----------------------------------------------------------------------------------------------
     def init_state(self, batch: int, device=None) -> MixerState:
         """An empty decode state."""
