@@ -51,9 +51,7 @@ test-browser:
 # under nbval. Stops first if nvidia-smi cannot list a GPU.
 gpu-check:
 	@nvidia-smi -L || { echo "gpu-check: nvidia-smi -L failed: no usable NVIDIA GPU/driver here; this target is for a CUDA machine (docs/gpu.md)" >&2; exit 1; }
-	$(PY) -m pytest tests -m gpu -p no:cacheprovider
-	$(PY) benchmarks/kernels.py
-	ECHO_TUTOR_FAST=0 ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+	$(PY) scripts/gpu_report.py --out gpu-report.md
 
 # Regenerate the output-free .ipynb twins after editing a lab's .py source (--update keeps the cell ids
 # of the existing .ipynb, so only edited cells show in its diff).
@@ -105,7 +103,7 @@ results:
 	$(PY) scripts/merge_ablation.py echo_tutor/pretrained/results_ablation.json runs/ablation_mqar/ablation.json runs/ablation_tool/ablation.json
 	$(MAKE) convert
 
-# Lab 08's study: SmolLM2's attention layers converted into fixed-state mixers (about an hour on 2 CPU cores;
+# Lab 08's study: SmolLM2's attention layers converted into fixed-state mixers (2 h 10 min on 2 CPU cores;
 # resumable: rerun to continue), then the results and the stage-1 mixers (float16, ~5 MB) shipped.
 convert:
 	$(VENV)/bin/echo-tutor convert --out-dir runs/convert --threads 2

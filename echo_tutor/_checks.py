@@ -7,13 +7,49 @@ letting a shape error surface from deep in torch.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Sequence
+import os
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
 from .errors import BadArgumentError
+
+# Checks that read a tensor's *values* (NaN/Inf, token ids in range) and SKA's Cholesky retry need the data on
+# the host: free for a CPU tensor, a device synchronisation for a CUDA one, and a graph break under
+# torch.compile. "auto" (the default) runs them on CPU tensors only and never while compiling; "on" runs them
+# everywhere (a debug switch for the GPU), "off" nowhere. Set with ECHO_TUTOR_HOST_CHECKS or host_checks().
+HOST_CHECK_MODES = ("auto", "on", "off")
+_host_mode = os.environ.get("ECHO_TUTOR_HOST_CHECKS", "auto")
+if _host_mode not in HOST_CHECK_MODES:
+    raise BadArgumentError(f"ECHO_TUTOR_HOST_CHECKS must be one of {list(HOST_CHECK_MODES)}, got {_host_mode!r}")
+
+
+def set_host_checks(mode: str) -> str:
+    """Set when value checks read tensors on the host ("auto", "on", "off"); returns the previous mode."""
+    global _host_mode
+    check_choice("mode", mode, HOST_CHECK_MODES)
+    old, _host_mode = _host_mode, mode
+    return old
+
+
+@contextlib.contextmanager
+def host_checks(mode: str) -> Iterator[None]:
+    """``with host_checks("on"):`` value checks (and their device syncs) inside the block only."""
+    old = set_host_checks(mode)
+    try:
+        yield
+    finally:
+        set_host_checks(old)
+
+
+def reads_on_host(x: torch.Tensor) -> bool:
+    """Whether a check may read ``x``'s values: never while compiling; else by the mode ("auto": CPU only)."""
+    if torch.compiler.is_compiling() or _host_mode == "off":
+        return False
+    return _host_mode == "on" or x.device.type == "cpu"
 
 
 def check_tensor(
@@ -26,7 +62,8 @@ def check_tensor(
     floating: bool = True,
 ) -> torch.Tensor:
     """Check that ``x`` is a (floating, finite) tensor with ``ndim`` dims; ``layout`` names the dims
-    for the error message, e.g. ``"[B, T, H, r]"``."""
+    for the error message, e.g. ``"[B, T, H, r]"``. Finiteness reads the values: only where
+    :func:`reads_on_host` allows (CPU tensors by default), so a CUDA forward never waits on it."""
     what = f" {layout}" if layout else (f" with {ndim} dims" if ndim is not None else "")
     if not isinstance(x, torch.Tensor):
         raise BadArgumentError(f"{name} must be a torch.Tensor{what}, got {type(x).__name__}")
@@ -34,7 +71,7 @@ def check_tensor(
         raise BadArgumentError(f"{name} must have {ndim} dims{what}, got shape {tuple(x.shape)}")
     if floating and not x.is_floating_point():
         raise BadArgumentError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
-    if finite and x.numel() and not bool(torch.isfinite(x).all()):
+    if finite and x.numel() and reads_on_host(x) and not bool(torch.isfinite(x).all()):
         raise BadArgumentError(f"{name} contains NaN or Inf values")
     return x
 

@@ -83,7 +83,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"lr {args.lr}; {torch.get_num_threads()} thread(s)")
     res = train(model, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                 eval_every=args.eval_every, eval_examples=args.eval_examples,
-                time_budget_s=None if args.minutes is None else 60 * args.minutes,
+                time_budget_s=None if args.minutes is None else 60 * args.minutes, compile=args.compile,
                 progress=not args.quiet and sys.stderr.isatty(),
                 callback=None if args.quiet else lambda r: print(
                     f"  step {r['step']:>5}  loss {r['loss']:.3f}  train acc {r['acc']:.3f}  eval acc {r['eval_acc']:.3f}"
@@ -158,6 +158,8 @@ def add_model_commands(sub) -> None:
     p.add_argument("--lr", type=positive_float, default=3e-3)
     p.add_argument("--d-model", type=positive_int, default=None, help="override the preset's width")
     p.add_argument("--seed", type=nonneg_int, default=0)
+    p.add_argument("--compile", action="store_true",
+                   help="train through torch.compile(fullgraph=True): pays off on long runs only (compile time)")
     p.add_argument("--eval-every", type=positive_int, default=100)
     p.add_argument("--eval-examples", type=positive_int, default=256)
     p.add_argument("--out", default=None, help="where to save the model (.pt; a .json with the history beside it)")

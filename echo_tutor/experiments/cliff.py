@@ -116,7 +116,8 @@ RECIPES: dict[str, CliffRecipe] = {r.name: r for r in (
                 "point; the other presets read the same either way; 2 pairs added for lab 03's trained SSM cliff)",
                 "lab", "checkpoint", presets=("echo",), pairs=(2, *CLIFF_PAIRS), ska_mode="token"),
     CliffRecipe("cliff/paper", "the paper's protocol: a paper-size model trained per cell, 2,000 steps (a GPU job)",
-                "paper", "train", presets=("paper-echo", "paper-ssm+attn", "paper-ssm"), examples=512),
+                "paper", "train", presets=("paper-echo-k1", "paper-echo", "paper-ssm+attn", "paper-ssm"),
+                examples=512),
 )}
 PICK = {("lab", True): "cliff/lab", ("lab", False): "cliff/lab-full", ("paper", False): "cliff/paper"}
 

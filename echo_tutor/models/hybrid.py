@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._checks import check_int, check_tensor
+from .._checks import check_int, check_tensor, reads_on_host
 from ..attention import CausalSelfAttention, LinearAttention
 from ..errors import BadArgumentError
 from ..ska import SpectralKoopmanAttention
@@ -81,7 +81,7 @@ class HybridLM(nn.Module):
         if ids.is_floating_point() or ids.is_complex():
             raise BadArgumentError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
         V = self.config.vocab_size
-        if ids.numel() and (ids.min() < 0 or ids.max() >= V):
+        if ids.numel() and reads_on_host(ids) and (ids.min() < 0 or ids.max() >= V):
             raise BadArgumentError(f"{name} must hold token ids in [0, {V}), got min {int(ids.min())}, max {int(ids.max())}")
         return ids
 

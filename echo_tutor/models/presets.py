@@ -1,8 +1,9 @@
 """The preset models at two scales (``SCALES``), the lab-scale training recipe, and ``build(name)``.
 
 * ``scale="paper"`` (``PRESETS``): the paper's sub-million models (d=128, 4 blocks, 4 heads, Mamba-2
-  d_state 16, SKA r=24): ``paper-ssm``, ``paper-ssm+attn``, ``paper-echo``, ``paper-ssm+ridge`` (K=0),
-  ``paper-attn``. Every name means one model: the prefix keeps them apart from the lab scale's.
+  d_state 16, SKA r=24): ``paper-ssm``, ``paper-ssm+attn``, ``paper-echo`` (the paper's K=2),
+  ``paper-echo-k1`` (K=1), ``paper-ssm+ridge`` (K=0), ``paper-attn``. Every name means one model: the
+  prefix keeps them apart from the lab scale's.
 * ``scale="lab"`` (``LAB_PRESETS``): the CPU lab scale of the recall experiments, chosen by measurement
   (``docs/results.md``, "The lab scale"): d=64, 2 blocks (one Mamba-2, then the mixer under test), 2 heads,
   SKA r=32, vocabulary 128. ``echo`` (K=1), ``echo-k2`` (the paper's K=2), ``ssm+ridge`` (K=0),
@@ -31,6 +32,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-ssm": dict(layout="mamba2,mamba2,mamba2,mamba2"),
     "paper-ssm+attn": dict(layout="mamba2,mamba2,attn,attn"),
     "paper-echo": dict(layout="mamba2,mamba2,ska,ska"),
+    # the paper's size with K=1: what the Echo authors' later public configurations pin (docs/results.md)
+    "paper-echo-k1": dict(layout="mamba2,mamba2,ska,ska", mixer_kwargs={"ska": {"power_steps": 1}}),
     "paper-ssm+ridge": dict(layout="mamba2,mamba2,ska,ska", mixer_kwargs={"ska": {"power_steps": 0}}),
     "paper-attn": dict(layout="attn,attn,attn,attn"),
 }

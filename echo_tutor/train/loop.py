@@ -55,6 +55,7 @@ class TrainConfig:
     eval_every: int = 100
     eval_examples: int = 256
     time_budget_s: float | None = None
+    compile: bool = False
 
 
 
@@ -71,6 +72,18 @@ class TrainResult:
     def final_eval(self) -> float | None:
         return self.evals[-1]["eval_acc"] if self.evals else None
 
+
+
+def pad_for_compile(x: torch.Tensor, y: torch.Tensor, multiple: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids ``x`` and labels ``y`` ``[B, T]`` padded at the end to a multiple of ``multiple`` tokens, with T marked
+    dynamic: a compiled model then compiles twice (the first length, then one graph for every length) instead of
+    once per length, which the recall tasks' mixtures of gaps exceed. The models are causal, so the real
+    positions' outputs do not change; the padded labels are ``IGNORE``."""
+    pad = (-x.shape[1]) % multiple
+    if pad:
+        x, y = F.pad(x, (0, pad), value=0), F.pad(y, (0, pad), value=IGNORE)
+    torch._dynamo.maybe_mark_dynamic(x, 1)
+    return x, y
 
 
 def _forward(model, x, y, use_mask: bool):
@@ -120,6 +133,36 @@ def lr_at(i: int, lr: float, warmup: int, steps: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
+def _check_train_args(task, steps, batch_size, lr, warmup, eval_every, time_budget_s, compile) -> None:
+    check_int("steps", steps, min_value=1)
+    check_int("batch_size", batch_size, min_value=1)
+    check_positive("lr", lr)
+    check_int("warmup", warmup, min_value=0)
+    check_int("eval_every", eval_every, min_value=1)
+    if not isinstance(task, Task):
+        raise BadArgumentError(f"task must be an echo_tutor.tasks.Task (make_task(...)), got {type(task).__name__}")
+    if time_budget_s is not None:
+        check_positive("time_budget_s", time_budget_s)
+    if not isinstance(compile, bool):
+        raise BadArgumentError(f"compile must be True or False, got {compile!r}")
+
+
+def _train_step(model, fwd, opt, x, y, prefix_mask: bool, clip: float) -> tuple[float, float]:
+    """One optimiser step on ids ``x`` / labels ``y`` [B, T] through ``fwd`` (the model or its compiled twin);
+    returns (loss, accuracy at the answer positions)."""
+    logits = _forward(fwd, x, y, prefix_mask)
+    mask = y != IGNORE
+    loss = F.cross_entropy(logits[mask], y[mask])
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    with torch.no_grad():
+        acc = float((logits[mask].argmax(-1) == y[mask]).float().mean())
+    return float(loss.detach()), acc
+
+
 def train(
     model: torch.nn.Module,
     task: Task,
@@ -139,6 +182,7 @@ def train(
     progress: bool = True,
     prefix_mask: bool = False,
     callback: Callable[[dict[str, float]], None] | None = None,
+    compile: bool = False,
 ) -> TrainResult:
     """Train ``model`` (a ``HybridLM``-like ``ids -> (logits, state)`` module) on ``task``.
 
@@ -146,20 +190,17 @@ def train(
     Stops after ``steps`` or when ``time_budget_s`` of wall-clock training is spent (evaluation excluded),
     whichever comes first; the learning-rate schedule is laid out over ``steps``. ``prefix_mask`` gives SKA
     mixers the prefix mask (context writes, queries only read) in training and evaluation.
+    ``compile=True`` trains through ``torch.compile(model, fullgraph=True)`` (evaluation stays eager): the
+    first steps pay the compile time (about a minute on a CPU for the lab-scale models), so it pays only on
+    long runs (``docs/results.md``, "torch.compile"); ``time_s`` includes it.
     Returns a :class:`TrainResult` with the loss/accuracy history and the evaluations.
     """
-    check_int("steps", steps, min_value=1)
-    check_int("batch_size", batch_size, min_value=1)
-    check_positive("lr", lr)
-    check_int("warmup", warmup, min_value=0)
-    check_int("eval_every", eval_every, min_value=1)
-    if not isinstance(task, Task):
-        raise BadArgumentError(f"task must be an echo_tutor.tasks.Task (make_task(...)), got {type(task).__name__}")
-    if time_budget_s is not None:
-        check_positive("time_budget_s", time_budget_s)
+    _check_train_args(task, steps, batch_size, lr, warmup, eval_every, time_budget_s, compile)
     device = torch.device(device) if device is not None else default_device()
     model.to(device).train()
-    cfg = TrainConfig(steps, batch_size, lr, weight_decay, warmup, clip, seed, eval_every, eval_examples, time_budget_s)
+    cfg = TrainConfig(steps, batch_size, lr, weight_decay, warmup, clip, seed, eval_every, eval_examples, time_budget_s,
+                      compile)
+    fwd = torch.compile(model, fullgraph=True) if compile else model
     res = TrainResult(config=asdict(cfg), task=task.describe())
     opt = make_optimizer(model, lr, weight_decay)
     bar = progress_bar(steps, f"train {task.name}", progress)
@@ -170,18 +211,11 @@ def train(
             group["lr"] = lr_at(i, lr, warmup, steps)
         x, y = task.sample(batch_size, seed * 1_000_003 + i)
         x, y = x.to(device), y.to(device)
-        logits = _forward(model, x, y, prefix_mask)
-        mask = y != IGNORE
-        loss = F.cross_entropy(logits[mask], y[mask])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
+        if compile:
+            x, y = pad_for_compile(x, y)
+        loss, acc = _train_step(model, fwd, opt, x, y, prefix_mask, clip)
         spent += time.perf_counter() - t0
-        with torch.no_grad():
-            acc = float((logits[mask].argmax(-1) == y[mask]).float().mean())
-        rec = {"step": i + 1, "loss": float(loss.detach()), "acc": acc, "time_s": spent}
+        rec = {"step": i + 1, "loss": loss, "acc": acc, "time_s": spent}
         res.history.append(rec)
         if bar is not None:
             bar.update(1)

@@ -1,0 +1,79 @@
+"""Every preset compiles as one graph (``torch.compile(..., fullgraph=True)``): forward, backward and ``step``.
+
+Dynamo's tracing is what ``fullgraph`` tests (a graph break raises); the "eager" and "aot_eager" backends run
+the captured graph without Inductor's code generation, so this stays fast on the CPU. The slow test compiles
+for real (Inductor) through ``train(compile=True)``."""
+
+import pytest
+import torch
+
+from echo_tutor.errors import BadArgumentError
+from echo_tutor.models.presets import LAB_PRESETS, PRESETS, build
+from echo_tutor.tasks import make_task
+from echo_tutor.train import train
+
+
+def small(preset):
+    kw = dict(d_model=16, n_heads=2, d_state=8, ska_rank=6) if preset in PRESETS else dict(d_model=16, ska_rank=6)
+    torch.manual_seed(0)
+    return build(preset, vocab_size=32, **kw)
+
+
+@pytest.mark.parametrize("preset", list(LAB_PRESETS) + list(PRESETS))
+def test_every_preset_traces_as_one_graph(preset):
+    torch._dynamo.reset()
+    model = small(preset)
+    ids = torch.randint(0, 32, (2, 21))
+    want = model(ids)[0]
+    got = torch.compile(model, fullgraph=True, backend="eager")(ids)[0]
+    torch.testing.assert_close(got, want)
+    st_e, st_c = model.init_state(2), model.init_state(2)
+    step = torch.compile(model.step, fullgraph=True, backend="eager")
+    for t in range(3):
+        want, st_e = model.step(ids[:, t], st_e)
+        got, st_c = step(ids[:, t], st_c)
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("preset", ["echo", "paper-echo"])
+def test_backward_traces_as_one_graph(preset):
+    torch._dynamo.reset()
+    model = small(preset)
+    ids = torch.randint(0, 32, (2, 21))
+    model(ids)[0].logsumexp(-1).mean().backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    torch.compile(model, fullgraph=True, backend="aot_eager")(ids)[0].logsumexp(-1).mean().backward()
+    for g, w in zip((p.grad for p in model.parameters()), want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_compile_must_be_a_bool():
+    task = make_task("mqar", vocab_size=32, num_kv_pairs=2, seq_len=16)
+    with pytest.raises(BadArgumentError, match="compile must be True or False"):
+        train(small("echo"), task, steps=1, compile="yes", progress=False)
+
+
+@pytest.mark.slow
+def test_train_compiled_matches_eager():
+    task = make_task("mqar", vocab_size=32, num_kv_pairs=2, seq_len=16)
+    kw = dict(steps=3, batch_size=4, eval_every=3, eval_examples=8, progress=False, device="cpu")
+    eager = train(small("echo"), task, **kw)
+    torch._dynamo.reset()
+    compiled = train(small("echo"), task, compile=True, **kw)
+    for a, b in zip(eager.history, compiled.history):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize("preset", ["echo", "ssm+attn"])
+def test_padding_for_compile_keeps_the_loss(preset):
+    from echo_tutor.models.presets import LAB_RECIPE
+    from echo_tutor.tasks import IGNORE
+    from echo_tutor.train.loop import pad_for_compile
+
+    model = small(preset)
+    x, y = make_task(**{**LAB_RECIPE["task"], "vocab_size": 32, "gap": [37]}).sample(3, 0)
+    xp, yp = pad_for_compile(x, y)
+    assert xp.shape[1] % 64 == 0 and xp.shape[1] > x.shape[1] and (yp[:, x.shape[1]:] == IGNORE).all()
+    loss = lambda a, b: torch.nn.functional.cross_entropy(model(a)[0][b != IGNORE], b[b != IGNORE])  # noqa: E731
+    torch.testing.assert_close(loss(xp, yp), loss(x, y), rtol=1e-5, atol=1e-6)
