@@ -51,7 +51,7 @@ __all__ = ["TransferRecipe", "RECIPES", "PICK", "TRANSFER_TASKS", "TRANSFER_PRES
 
 TRANSFER_TASKS = ("mqar", "system_prompt", "tool_trace", "niah", "multi_hop", "common_word")
 TRANSFER_PRESETS = ("ssm", "ssm+attn", "echo")
-# paper-echo-k1 (K=1) first: K=2 (paper-echo, the paper's row) did not learn the lab recipe at either size
+# paper-echo-k1 (K=1) first: it learned at the lab scale where K=2 (paper-echo, the paper's row) did not
 PAPER_TRANSFER_PRESETS = ("paper-ssm", "paper-ssm+attn", "paper-echo-k1", "paper-echo")
 NIAH_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096)
 
