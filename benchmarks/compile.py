@@ -3,7 +3,8 @@
     python benchmarks/compile.py [--presets echo paper-echo] [--steps 20] [--threads 1] [--device cpu]
 
 Training step: batch 16 of the lab recipe's mqar_gap (the lab scale) or 16 x 256-token MQAR (paper size):
-forward, backward and AdamW, as ``train`` does. Decode: ``model.step`` at B=1 after a 256-token prefill.
+``echo_tutor.train.loop.train_step``, the step ``train`` runs (forward, backward, AdamW).
+Decode: ``model.step`` at B=1 after a 256-token prefill.
 The compiled versions use ``torch.compile(..., fullgraph=True)`` (Inductor); the first call's time is the
 compile time (reported separately), then the median of ``--steps`` calls is compared with eager's median
 from the same run. CPU timings on shared machines are noisy: read the ratios.
@@ -22,12 +23,11 @@ import statistics  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from echo_tutor.models import build  # noqa: E402
 from echo_tutor.models.presets import LAB_PRESETS, LAB_RECIPE, PRESETS  # noqa: E402
-from echo_tutor.tasks import IGNORE, make_task  # noqa: E402
-from echo_tutor.train.loop import make_optimizer  # noqa: E402
+from echo_tutor.tasks import make_task  # noqa: E402
+from echo_tutor.train.loop import make_optimizer, train_step  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
@@ -64,14 +64,7 @@ def train_step_fn(preset: str, compiled: bool, device: torch.device):
     fwd = torch.compile(model, fullgraph=True) if compiled else model
     opt = make_optimizer(model, 3e-3, 0.1)
     x, y = (t.to(device) for t in _task(preset).sample(16, 0))
-    mask = y != IGNORE
-
-    def step():
-        loss = F.cross_entropy(fwd(x)[0][mask], y[mask])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step, tuple(x.shape)
+    return (lambda: train_step(model, fwd, opt, x, y)), tuple(x.shape)
 
 
 def decode_step_fn(preset: str, compiled: bool, device: torch.device):

@@ -118,11 +118,9 @@ def _median_seconds(fn, reps: int, device) -> float:
 def preset_steps(ctx: dict, budget: float) -> tuple[str, dict]:
     """One training step (batch 16, lab recipe at gap 256) per preset: median time and peak memory."""
     import torch
-    import torch.nn.functional as F
 
     from echo_tutor.models.presets import LAB_PRESETS, PRESETS, build
-    from echo_tutor.tasks import IGNORE
-    from echo_tutor.train.loop import make_optimizer
+    from echo_tutor.train.loop import make_optimizer, train_step
 
     dev, rows, data = ctx["device"], ["| preset | ms / step | peak memory MB |", "|---|---|---|"], {}
     for preset in list(LAB_PRESETS) + list(PRESETS):
@@ -130,13 +128,9 @@ def preset_steps(ctx: dict, budget: float) -> tuple[str, dict]:
         model = build(preset, vocab_size=128, **kw).to(dev)
         opt = make_optimizer(model, 3e-3, 0.1)
         x, y = _batch(preset, 2 if ctx["quick"] else 16, dev)
-        mask = y != IGNORE
 
         def step():
-            loss = F.cross_entropy(model(x)[0][mask], y[mask])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            train_step(model, model, opt, x, y)
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         reps = 2 if ctx["quick"] else 10

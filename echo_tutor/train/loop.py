@@ -147,7 +147,7 @@ def _check_train_args(task, steps, batch_size, lr, warmup, eval_every, time_budg
         raise BadArgumentError(f"compile must be True or False, got {compile!r}")
 
 
-def _train_step(model, fwd, opt, x, y, prefix_mask: bool, clip: float) -> tuple[float, float]:
+def train_step(model, fwd, opt, x, y, prefix_mask: bool = False, clip: float = 0.0) -> tuple[float, float]:
     """One optimiser step on ids ``x`` / labels ``y`` [B, T] through ``fwd`` (the model or its compiled twin);
     returns (loss, accuracy at the answer positions)."""
     logits = _forward(fwd, x, y, prefix_mask)
@@ -213,7 +213,7 @@ def train(
         x, y = x.to(device), y.to(device)
         if compile:
             x, y = pad_for_compile(x, y)
-        loss, acc = _train_step(model, fwd, opt, x, y, prefix_mask, clip)
+        loss, acc = train_step(model, fwd, opt, x, y, prefix_mask, clip)
         spent += time.perf_counter() - t0
         rec = {"step": i + 1, "loss": loss, "acc": acc, "time_s": spent}
         res.history.append(rec)
