@@ -243,13 +243,14 @@ for v in VARIANTS:
 fig.add_hline(y=1.05, line_dash="dot", annotation_text="+5%")
 fig.add_hline(y=1.20, line_dash="dash", annotation_text="+20%")
 fig.update_layout(title=f"held-out perplexity / original ({len(SHIP['full_window_nll'])} windows, paired 95% intervals)",
-                  xaxis=dict(title="converted layers (cheapest first)", type="log"), yaxis=dict(title="x original", type="log"),
+                  xaxis=dict(title="converted layers (cheapest first)", tickvals=sorted({r["n"] for r in rows})),
+                  yaxis=dict(title="x original"),
                   height=420, width=720)
 display(fig)
 for v, b in S["budget"].items():
     print(f"{LABEL[v]:28s} within +5%: {b['5%']:2d} layers   within +20%: {b['20%']:2d} layers")
 win_budget = S["budget"]["window"]["5%"]
-guess_budget.reveal(next(o for o, n in budget_options.items() if win_budget <= n))
+_ = guess_budget.reveal(next(o for o, n in budget_options.items() if win_budget <= n))
 
 # %% [markdown]
 # **Stage 2.** The shipped study then trained the mixers of the 8 and the 30 cheapest layers together for a
