@@ -11,20 +11,27 @@ Kernels (same signatures as the twins; heads flattened, ``N = B * H``):
 * ``decode_step(...)``: one program per head: rank-1 updates of G, M, C, k_prev and G^-1
   (Sherman-Morrison), then the readout as matrix-vector products.
 
+* ``stats_prefix`` / ``readout`` (module ``fused``): the chunk mode in two fused kernels with a Triton
+  backward each: one program per head walks the chunks (statistics and prefix in one pass), then one
+  program per (head, chunk) inverts G on chip (Gauss-Jordan or Newton-Schulz), applies the power filter
+  and reads out the chunk's queries.
+
 ``forward`` is a drop-in for :func:`echo_tutor.ska.ska_chunked` (the layer's ``backend="triton"``):
-mode "chunk" runs the kernels (the Cholesky for G^-1 and the optional spectral scale run in PyTorch,
-r x r per chunk); mode "token" is delegated to the reference. **Backward** is a documented
-recomputation: the saved inputs are re-run through the PyTorch reference under autograd and its
-gradients returned, so training through ``forward`` is exact but costs a reference forward+backward.
+mode "chunk" runs the fused kernels forward and backward (the optional spectral scale, detached, is
+computed in PyTorch); mode "token" is delegated to the reference. The three unfused kernels above are
+the teaching steps of lab 07 (``ska_chunked_ops(..., ops=echo_kernels.ska)`` composes them).
 
 Computation is float32 inside the kernels (fp16/bf16 inputs are loaded and cast at once: the Triton
 CPU interpreter cannot do bf16 arithmetic). Under ``TRITON_INTERPRET=1`` everything runs on CPU
 tensors, for tests; on a GPU the block sizes are at least 16 (``tl.dot``'s minimum).
 
-Modules: ``chunk`` (chunk_stats, exclusive_prefix, readout_inverse, forward), ``decode`` (decode_step, decode).
+Modules: ``chunk`` (chunk_stats, exclusive_prefix, readout_inverse, forward), ``fused`` (stats_prefix,
+readout, fused_forward), ``decode`` (decode_step, decode).
 """
 
 from .chunk import chunk_stats, exclusive_prefix, forward, readout_inverse
 from .decode import decode, decode_step
+from .fused import SOLVERS, fused_forward, readout, stats_prefix
 
-__all__ = ["chunk_stats", "exclusive_prefix", "readout_inverse", "decode_step", "forward", "decode"]
+__all__ = ["chunk_stats", "exclusive_prefix", "readout_inverse", "decode_step", "forward", "decode", "SOLVERS",
+           "stats_prefix", "readout", "fused_forward"]

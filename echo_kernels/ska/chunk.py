@@ -5,15 +5,14 @@ Twins: :mod:`echo_tutor.ska.ops` (same signatures; heads flattened, ``N = B * H`
 
 from __future__ import annotations
 
-import sys
-
 import torch
 import triton
 import triton.language as tl
 
 from echo_tutor.errors import BadArgumentError
-from echo_tutor.ska import ops as twin
 from echo_tutor.ska.reference import ska_chunked
+
+from .fused import fused_forward
 
 __all__ = ["chunk_stats", "exclusive_prefix", "readout_inverse", "forward", "block_size"]
 
@@ -129,55 +128,16 @@ def readout_inverse(Ginv, M, C, q, power_steps: int, scale):
 
 
 # ---------------------------------------------------------------------------------------------- layer entry points
-class _SKAChunkFn(torch.autograd.Function):
-    """Forward through the kernels; backward by recomputation through the PyTorch reference."""
-
-    @staticmethod
-    def forward(ctx, kw, q, k, v, beta, weights, G, M, C, k_prev):
-        state = kw.pop("_state_meta")
-        st = twin.SKAState(G, M, C, k_prev, state["count"], state["key_scale"])
-        with torch.no_grad():
-            y, new = twin.ska_chunked_ops(q, k, v, beta, weights=weights, state=st, ops=sys.modules[__name__], **kw)
-        ctx.kw = kw
-        ctx.meta = state
-        ctx.save_for_backward(q, k, v, beta, weights, G, M, C, k_prev)
-        ctx.count = new.count
-        return y, new.G, new.M, new.C, new.k_prev
-
-    @staticmethod
-    def backward(ctx, gy, gG, gM, gC, gkp):
-        saved = ctx.saved_tensors
-        inputs = [t.detach().requires_grad_(t.requires_grad) if t is not None else None for t in saved]
-        q, k, v, beta, weights, G, M, C, k_prev = inputs
-        with torch.enable_grad():
-            st = twin.SKAState(G, M, C, k_prev, ctx.meta["count"], ctx.meta["key_scale"])
-            y, new = ska_chunked(q, k, v, beta, weights=weights, state=st, **ctx.kw)
-            outs = [y, new.G, new.M, new.C, new.k_prev]
-            grads_out = [gy, gG, gM, gC, gkp]
-            pairs = [(o, g) for o, g in zip(outs, grads_out) if g is not None and o.requires_grad]
-            need = [t for t in inputs if t is not None and t.requires_grad]
-            got = torch.autograd.grad([o for o, _ in pairs], need, [g for _, g in pairs], allow_unused=True) if pairs and need else []
-        it = iter(got)
-        res = [next(it) if (t is not None and t.requires_grad) else None for t in inputs]
-        return (None, *res)
-
-
 def forward(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gamma=1.0, spectral_norm=False,
-            spectral_iters=6, mode="token", chunk_size=64, weights=None, state=None):
+            spectral_iters=6, mode="token", chunk_size=64, weights=None, state=None, solver="gj"):
     """Drop-in for :func:`echo_tutor.ska.ska_chunked` (same arguments, shapes and results to rounding).
 
     q, k ``[B, T, H, r]``; v ``[B, T, H, P]``; beta, weights ``[B, T, H]``; returns y ``[B, T, H, P]`` and
-    the new :class:`~echo_tutor.ska.SKAState`."""
+    the new :class:`~echo_tutor.ska.SKAState`. Mode "chunk" with a power-of-two ``chunk_size >= 16`` runs
+    the two fused kernels of :mod:`echo_kernels.ska.fused` forward and backward (``solver`` "gj" or "ns");
+    anything else is delegated to the reference."""
     kw = dict(power_steps=power_steps, eps=eps, eta=eta, gamma=gamma, spectral_norm=spectral_norm,
-              spectral_iters=spectral_iters, mode=mode, chunk_size=chunk_size)
+              spectral_iters=spectral_iters, chunk_size=chunk_size, weights=weights, state=state)
     if mode != "chunk" or chunk_size < 16 or chunk_size & (chunk_size - 1):
-        return ska_chunked(q, k, v, beta, weights=weights, state=state, **kw)
-    B, T, H, r = k.shape
-    if state is None:
-        state = twin.SKAState.zeros(B, H, r, v.shape[-1], eps=eps, dtype=torch.float32, device=k.device)
-    meta = {"count": state.count, "key_scale": state.key_scale}
-    y, G, M, C, kp = _SKAChunkFn.apply(dict(kw, _state_meta=meta), q, k, v, beta, weights,
-                                       state.G, state.M, state.C, state.k_prev)
-    return y, twin.SKAState(G, M, C, kp, state.count + T, state.key_scale)
-
-
+        return ska_chunked(q, k, v, beta, mode=mode, **kw)
+    return fused_forward(q, k, v, beta, solver=solver, **kw)

@@ -23,7 +23,7 @@ from .linalg import exclusive_prefix, safe_cholesky, sigma_max, whiten
 from .reference import SKAState, _prepare
 
 __all__ = ["chunk_stats", "exclusive_prefix", "readout_inverse", "decode_step", "inverse_gram", "spectral_scale",
-           "broadcast_heads", "ska_chunked_ops"]
+           "broadcast_heads", "chunk_inputs", "ska_chunked_ops"]
 
 
 def chunk_stats(ok: torch.Tensor, kk: torch.Tensor, k_lag: torch.Tensor, ov: torch.Tensor, chunk_size: int):
@@ -106,6 +106,26 @@ def broadcast_heads(x, B: int, H: int) -> torch.Tensor:
     return torch.full((B * H,), float(x))
 
 
+def chunk_inputs(p, chunk_size: int):
+    """The flattened, padded per-token inputs of chunk mode, from ``_prepare``'s result ``p``.
+
+    Returns ``((ok, kk, k_lag, ov, q), kw_last, nc)``: five ``[N, T', *]`` tensors with ``N = B * H`` and
+    ``T'`` = T rounded up to a multiple of ``chunk_size`` (zero rows add nothing to the statistics), the
+    last weighted key ``w_T k_T`` ``[B, H, r]`` (the next call's ``k_prev``) and the chunk count ``nc``."""
+    B, T, H, _ = p.k.shape
+    kw = p.w[..., None] * p.k
+    k_lag = torch.cat([p.state.k_prev[:, None], kw[:, :-1]], dim=1)
+    ok = p.omega[..., None] * p.k
+    ov = p.omega[..., None] * p.v
+    pad = (-T) % chunk_size
+
+    def flat(x):
+        x = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad)).permute(0, 2, 1, 3)
+        return x.reshape(B * H, T + pad, x.shape[-1]).contiguous()
+
+    return tuple(map(flat, (ok, p.k, k_lag, ov, p.q))), kw[:, -1], (T + pad) // chunk_size
+
+
 def ska_chunked_ops(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gamma=1.0, spectral_norm=False,
                     spectral_iters=6, mode="chunk", chunk_size=64, weights=None, state=None, ops=None):
     """Chunk-mode SKA composed from the ops above (``ops`` = a module with the same four functions:
@@ -123,14 +143,7 @@ def ska_chunked_ops(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gam
     B, T, H, r = p.k.shape
     P = p.v.shape[-1]
     S = chunk_size
-    kw = p.w[..., None] * p.k
-    k_lag = torch.cat([st.k_prev[:, None], kw[:, :-1]], dim=1)
-    ok = p.omega[..., None] * p.k
-    ov = p.omega[..., None] * p.v
-    pad = (-T) % S
-    flat = lambda x: torch.nn.functional.pad(x, (0, 0, 0, 0, 0, pad)).permute(0, 2, 1, 3).reshape(B * H, T + pad, x.shape[-1]).contiguous()  # noqa: E731
-    okf, kkf, klf, ovf, qf = map(flat, (ok, p.k, k_lag, ov, p.q))
-    nc = (T + pad) // S
+    (okf, kkf, klf, ovf, qf), kw_last, nc = chunk_inputs(p, S)
     Gc, Mc, Cc = ops.chunk_stats(okf, kkf, klf, ovf, S)
     Gx, G_end = ops.exclusive_prefix(st.G.reshape(B * H, r, r), Gc)
     Mx, M_end = ops.exclusive_prefix(st.M.reshape(B * H, r, r), Mc)
@@ -143,6 +156,6 @@ def ska_chunked_ops(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gam
         scale = scale * spectral_scale(Gx2, Mx2, power_steps, g, spectral_iters)
     y = ops.readout_inverse(Ginv, Mx2, Cx2, qf.reshape(B * H * nc, S, r), power_steps, scale)  # [N*nc, S, P]
     y = y.reshape(B, H, nc * S, P)[:, :, :T].permute(0, 2, 1, 3)
-    new = SKAState(G_end.reshape(B, H, r, r), M_end.reshape(B, H, r, r), C_end.reshape(B, H, P, r), kw[:, -1],
+    new = SKAState(G_end.reshape(B, H, r, r), M_end.reshape(B, H, r, r), C_end.reshape(B, H, P, r), kw_last,
                    st.count + T, st.key_scale)
     return y.to(p.out_dtype), new
