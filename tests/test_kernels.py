@@ -102,7 +102,7 @@ def test_forward_matches_reference_and_its_gradients(dtype, spectral_norm):
     g1 = torch.autograd.grad((y1.float() * w).sum() + s1.C.sum(), (q, k, v, beta))
     g2 = torch.autograd.grad((y2.float() * w).sum() + s2.C.sum(), (q, k, v, beta))
     for name, a, b in zip(["dq", "dk", "dv", "dbeta"], g1, g2):
-        assert_close(name, b.float(), a.float(), 1e-5)     # the fused kernels' Triton backward
+        assert_close(name, b.float(), a.float(), 1e-4)     # the fused kernels' Triton backward
 
 
 def test_forward_continues_a_state_and_delegates_token_mode():

@@ -47,7 +47,7 @@ def _run(fn, xs, eta, state, kw):
 NAMES = ["dq", "dk", "dv", "dbeta", "dweights", "deta", "dG0", "dM0", "dC0"]
 
 
-@pytest.mark.parametrize("solver", ["gj", "ns"])
+@pytest.mark.parametrize("solver", ["chol", "gj", "ns"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("K,spectral", [(0, False), (1, True), (3, False)])
 def test_fused_forward_and_gradients_match_the_reference(solver, dtype, K, spectral):
@@ -103,9 +103,9 @@ def test_stats_prefix_and_readout_alone_match_their_twins():
         assert_close(f"readout {solver}", twin.readout_inverse(torch.linalg.inv(Gx), Mx, Cx, qx, 2, s), y, 1e-4)
 
 
-def test_newton_schulz_needs_its_iterations_and_gauss_jordan_does_not():
+def test_newton_schulz_needs_its_iterations_and_the_eliminations_do_not():
     """An ill-conditioned G (cond ~ 1e5): Newton-Schulz from I/||G||_F is far off after 8 steps and exact
-    to rounding after 30; Gauss-Jordan is exact. The test can fail: it checks the solver, not a constant."""
+    to rounding after 30; Cholesky and Gauss-Jordan are exact to rounding. The test can fail: it checks the solver, not a constant."""
     g = torch.Generator().manual_seed(0)
     r, S = 16, 16
     U = torch.linalg.qr(torch.randn(r, r, generator=g))[0]
@@ -115,6 +115,7 @@ def test_newton_schulz_needs_its_iterations_and_gauss_jordan_does_not():
     want = twin.readout_inverse(torch.linalg.inv(G.double())[None].float(), M, C, q, 0, s)
     err = lambda y: float((y - want).norm() / want.norm())  # noqa: E731
     assert err(kska.readout(G[None], M, C, q, 0, s, solver="gj")) < 1e-3
+    assert err(kska.readout(G[None], M, C, q, 0, s, solver="chol")) < 1e-3
     assert err(kska.readout(G[None], M, C, q, 0, s, solver="ns", ns_iters=30)) < 1e-3
     assert err(kska.readout(G[None], M, C, q, 0, s, solver="ns", ns_iters=8)) > 0.1
 
@@ -132,3 +133,52 @@ def test_fused_bad_arguments_raise_value_errors():
     q = torch.randn(1, 8, 1, 4)
     with pytest.raises(ValueError, match=r"q has shape \(1, 8, 1, 4\)"):
         kska.forward(q, q[..., :3], q, mode="chunk", chunk_size=16)
+
+
+@pytest.mark.parametrize("spectral_norm", [True, False])
+def test_layer_trains_through_the_fused_kernels_like_the_reference(monkeypatch, spectral_norm):
+    """Every parameter gradient of an SKA layer (learned eta and gamma included) through backend="triton"
+    (forced: on a CPU the kernels run in the interpreter) equals the reference's."""
+    import echo_tutor.ska.layer as layer_mod
+    from echo_tutor.ska import SpectralKoopmanAttention
+
+    torch.manual_seed(0)
+    kw = dict(power_steps=2, mode="chunk", chunk_size=16, spectral_norm=spectral_norm)
+    ref = SpectralKoopmanAttention(24, 2, 6, backend="reference", **kw)
+    for p in ref.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    tri = SpectralKoopmanAttention(24, 2, 6, backend="triton", **kw)
+    tri.load_state_dict(ref.state_dict())
+    monkeypatch.setattr(layer_mod, "resolve_backend",
+                        lambda requested, op, device: "reference" if requested == "reference" else "triton")
+    x = torch.randn(2, 45, 24)
+    losses = []
+    for m in (ref, tri):
+        y, _ = m(x)
+        losses.append(y.pow(2).mean())
+        losses[-1].backward()
+    assert tri.last_backend == "triton"
+    assert_close("loss", losses[0], losses[1], 1e-5)
+    for (name, a), b in zip(ref.named_parameters(), tri.parameters()):
+        if a.grad is None:                       # gamma, without the spectral norm
+            assert b.grad is None and not spectral_norm, name
+            continue
+        assert_close(f"d{name}", a.grad, b.grad, 1e-4)
+
+
+@pytest.mark.parametrize("spectral_iters", [3, None])
+def test_learned_gamma_gets_its_gradient_on_chip_and_from_the_exact_svd(spectral_iters):
+    """The spectral scale (gamma / max(1, sigma))^K: estimated on chip by power iterations, or from
+    PyTorch's exact SVD when spectral_iters=None; gamma's and eta's gradients as the reference's."""
+    xs, _, state = _case(1, 40, 3, 4, 5, torch.float32, seed=7, with_state=False)
+    q, k, v, beta, _ = xs
+    gam = torch.tensor([0.5, 0.9, 1.3], requires_grad=True)
+    eta = torch.tensor([1.0, 0.6, 2.0], requires_grad=True)
+    kw = dict(mode="chunk", chunk_size=16, power_steps=3, spectral_norm=True, spectral_iters=spectral_iters,
+              eta=eta, gamma=gam)
+    outs = []
+    for fn in (ska_chunked, kska.forward):
+        y, _ = fn(q, k, v, beta, **kw)
+        outs.append((y, *torch.autograd.grad(y.pow(2).sum(), (q, k, gam, eta))))
+    for name, a, b in zip(["y", "dq", "dk", "dgamma", "deta"], *outs):
+        assert_close(name, a, b, 1e-4)

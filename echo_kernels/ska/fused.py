@@ -34,7 +34,7 @@ from echo_tutor.ska.reference import SKAState, _prepare
 
 __all__ = ["SOLVERS", "stats_prefix", "readout", "fused_forward"]
 
-SOLVERS = ("gj", "ns")
+SOLVERS = ("chol", "gj", "ns")
 
 
 def _block(n: int) -> int:
@@ -183,6 +183,43 @@ def _gj_inverse(a, i, r):
 
 
 @triton.jit
+def _chol_linv(a, i, r):
+    """L^-1 for the Cholesky factor L of a symmetric positive definite [BR, BR] tile (identity padding):
+    r right-looking elimination steps for L, then r forward-substitution steps for L^-1."""
+    pad = tl.where((i[:, None] == i[None, :]) & (i[:, None] >= r), 1.0, 0.0)
+    lo = pad
+    for j in range(r):
+        on = i == j
+        cj = tl.sum(tl.where(on[None, :], a, 0.0), axis=1)
+        piv = tl.sum(tl.where(on, cj, 0.0), axis=0)
+        lj = tl.where(i >= j, cj, 0.0) / tl.sqrt(tl.where(piv > 1e-30, piv, 1e-30))
+        lo = tl.where(on[None, :], lj[:, None], lo)
+        a = a - lj[:, None] * lj[None, :]
+    x = pad
+    for j in range(r):
+        on = i == j
+        lr = tl.sum(tl.where(on[:, None], lo, 0.0), axis=0)            # row j of L
+        acc = tl.sum(lr[:, None] * x, axis=0)                          # sum_{k<j} L[j,k] X[k,:]
+        d = tl.sum(tl.where(on, lr, 0.0), axis=0)
+        x = tl.where(on[:, None], ((tl.where(on, 1.0, 0.0) - acc) / d)[None, :], x)
+    return x
+
+
+@triton.jit
+def _sigma_max(aw, i, r, ITERS: tl.constexpr):
+    """Largest singular value of a [BR, BR] tile by ITERS power iterations on aw^T aw from ones / sqrt(r)
+    (the reference's :func:`echo_tutor.ska.linalg.sigma_max`)."""
+    x = tl.where(i < r, 1.0, 0.0)
+    x = x / tl.sqrt(tl.sum(x * x, axis=0))
+    for _ in range(ITERS):
+        y = tl.sum(aw * x[None, :], axis=1)                            # aw x
+        x = tl.sum(aw * y[:, None], axis=0)                            # aw^T aw x
+        x = x / tl.maximum(tl.sqrt(tl.sum(x * x, axis=0)), 1.1754943508222875e-38)
+    y = tl.sum(aw * x[None, :], axis=1)
+    return tl.sqrt(tl.sum(y * y, axis=0))
+
+
+@triton.jit
 def _ns_inverse(a, i, ITERS: tl.constexpr):
     """Newton-Schulz: X <- X (2I - A X) from X0 = I / ||A||_F (converges for SPD A)."""
     eye = tl.where(i[:, None] == i[None, :], 1.0, 0.0)
@@ -202,8 +239,9 @@ def _load_mc(m_ptr, c_ptr, b, i, p, r, P):
 
 
 @triton.jit
-def _readout_fwd(g_ptr, m_ptr, c_ptr, q_ptr, s_ptr, y_ptr, gi_ptr, r, P, K: tl.constexpr, SOLVER: tl.constexpr,
-                 ITERS: tl.constexpr, S: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
+def _readout_fwd(g_ptr, m_ptr, c_ptr, q_ptr, eta_ptr, gam_ptr, y_ptr, gi_ptr, s_ptr, sig_ptr, r, P,
+                 K: tl.constexpr, SOLVER: tl.constexpr, ITERS: tl.constexpr, SPECTRAL: tl.constexpr,
+                 SITERS: tl.constexpr, S: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
     b = tl.program_id(0)
     i = tl.arange(0, BR)
     p = tl.arange(0, BP)
@@ -212,17 +250,30 @@ def _readout_fwd(g_ptr, m_ptr, c_ptr, q_ptr, s_ptr, y_ptr, gi_ptr, r, P, K: tl.c
                 other=0.0).to(tl.float32)
     g += tl.where((i[:, None] == i[None, :]) & (i[:, None] >= r), 1.0, 0.0)     # identity in the padding
     mm, cc = _load_mc(m_ptr, c_ptr, b, i, p, r, P)
+    scale = tl.load(eta_ptr + b).to(tl.float32)
+    if SPECTRAL or SOLVER == 0:
+        linv = _chol_linv(g, i, r)
     if SOLVER == 0:
+        gi = tl.dot(tl.trans(linv), linv, input_precision="ieee")          # G^-1 = L^-T L^-1
+    elif SOLVER == 1:
         gi = _gj_inverse(g, i, r)
     else:
         gi = _ns_inverse(g, i, ITERS)
+    if SPECTRAL:   # scale *= (gamma / max(1, sigma_max(L^-1 M L^-T)))^K, sigma detached
+        aw = tl.dot(tl.dot(linv, mm, input_precision="ieee"), tl.trans(linv), input_precision="ieee")
+        sig = _sigma_max(aw, i, r, SITERS)
+        tl.store(sig_ptr + b, sig)
+        f = tl.load(gam_ptr + b).to(tl.float32) / tl.maximum(sig, 1.0)
+        for _ in tl.static_range(K):
+            scale = scale * f
+    tl.store(s_ptr + b, scale)
     tl.store(gi_ptr + b * BR * BR + i[:, None] * BR + i[None, :], gi)
     at = tl.dot(gi, tl.trans(mm), input_precision="ieee")          # (M G^-1)^T
     bt = tl.dot(gi, tl.trans(cc), input_precision="ieee")          # (C G^-1)^T
     u = tl.load(q_ptr + b * S * r + j[:, None] * r + i[None, :], mask=i[None, :] < r, other=0.0).to(tl.float32)
     for _ in tl.static_range(K):
         u = tl.dot(u, at, input_precision="ieee")
-    y = tl.dot(u, bt, input_precision="ieee") * tl.load(s_ptr + b).to(tl.float32)
+    y = tl.dot(u, bt, input_precision="ieee") * scale
     tl.store(y_ptr + b * S * P + j[:, None] * P + p[None, :], y, mask=p[None, :] < P)
 
 
@@ -268,45 +319,58 @@ def _readout_bwd(gi_ptr, m_ptr, c_ptr, q_ptr, s_ptr, dy_ptr, dg_ptr, dm_ptr, dc_
 
 class _Readout(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, G, M, C, q, scale, K: int, solver: int, iters: int):
+    def forward(ctx, G, M, C, q, eta, gamma, K: int, solver: int, iters: int, spectral: bool, siters: int):
         Nc, S, r = q.shape
         P = C.shape[1]
         BR = _block(r)
-        ins = [x.contiguous() for x in (G, M, C, q, scale)]
-        y, Gi = _f32((Nc, S, P), q), _f32((Nc, BR, BR), q)
-        _readout_fwd[(Nc,)](*ins, y, Gi, r, P, K=K, SOLVER=solver, ITERS=iters, S=S, BR=BR, BP=_block(P))
-        ctx.save_for_backward(Gi, *ins[1:])
-        ctx.K = K
+        ins = [x.contiguous() for x in (G, M, C, q, eta, gamma)]
+        y, Gi, s, sig = _f32((Nc, S, P), q), _f32((Nc, BR, BR), q), _f32((Nc,), q), torch.ones(Nc, device=q.device)
+        _readout_fwd[(Nc,)](*ins, y, Gi, s, sig, r, P, K=K, SOLVER=solver, ITERS=iters, SPECTRAL=spectral,
+                            SITERS=siters, S=S, BR=BR, BP=_block(P))
+        ctx.save_for_backward(Gi, *ins[1:4], s, eta, gamma, sig)
+        ctx.K, ctx.spectral = K, spectral
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        Gi, M, C, q, scale = ctx.saved_tensors
+        Gi, M, C, q, s, eta, gamma, sig = ctx.saved_tensors
         Nc, S, r = q.shape
         P = C.shape[1]
         dG, dM, dC = _f32(M.shape, M), _f32(M.shape, M), _f32(C.shape, C)
-        dq, ds = _f32(q.shape, q), _f32(scale.shape, scale)
-        _readout_bwd[(Nc,)](Gi, M, C, q, scale, dy.float().contiguous(), dG, dM, dC, dq, ds, r, P, K=ctx.K, S=S,
+        dq, ds = _f32(q.shape, q), _f32(s.shape, s)
+        _readout_bwd[(Nc,)](Gi, M, C, q, s, dy.float().contiguous(), dG, dM, dC, dq, ds, r, P, K=ctx.K, S=S,
                             BR=Gi.shape[-1], BP=_block(P))
-        return dG, dM, dC, dq, ds, None, None, None
+        # s = eta * f, f = (gamma / max(1, sigma))^K with sigma detached (f = 1 without the spectral norm)
+        f = (gamma / sig.clamp_min(1.0)) ** ctx.K if ctx.spectral else torch.ones_like(s)
+        d_eta = ds * f
+        d_gamma = ds * eta * ctx.K * f / gamma if ctx.spectral and ctx.K > 0 else torch.zeros_like(s)
+        return dG, dM, dC, dq, d_eta, d_gamma, None, None, None, None, None
 
 
-def readout(G, M, C, q, power_steps: int, scale, solver: str = "gj", ns_iters: int = 30):
-    """``y = scale * C G^-1 (M G^-1)^K q`` with ``G^-1`` found on chip (differentiable).
+def readout(G, M, C, q, power_steps: int, eta, gamma=None, solver: str = "chol", ns_iters: int = 30,
+            spectral_iters: int | None = None):
+    """``y = s * C G^-1 (M G^-1)^K q`` with ``G^-1`` found on chip (differentiable).
 
     G, M ``[Nc, r, r]`` (symmetric positive definite G), C ``[Nc, P, r]``, q ``[Nc, S, r]`` (S a power of
-    two >= 16), scale ``[Nc]`` -> y ``[Nc, S, P]`` float32. ``solver``: ``"gj"`` or ``"ns"`` (see the module doc)."""
+    two >= 16), eta ``[Nc]`` -> y ``[Nc, S, P]`` float32. ``s = eta``, or with ``gamma [Nc]`` and
+    ``spectral_iters`` given, ``s = eta * (gamma / max(1, sigma_max(L^-1 M L^-T)))^K`` (the spectral
+    norm, sigma detached, estimated on chip as the reference does). ``solver``: "chol", "gj" or "ns"."""
     if solver not in SOLVERS:
         raise BadArgumentError(f"solver must be one of {SOLVERS}, got {solver!r}")
     S = q.shape[1]
     if S < 16 or S & (S - 1):
         raise BadArgumentError(f"q must hold a power of two >= 16 of queries per chunk, got {S}")
-    return _Readout.apply(G, M, C, q, scale, int(power_steps), SOLVERS.index(solver), int(ns_iters))
+    spectral = gamma is not None and spectral_iters is not None and power_steps > 0
+    if spectral_iters is None and gamma is not None:
+        raise BadArgumentError("spectral_iters=None (the exact SVD) is not offered on chip: pass an int >= 1")
+    gamma = eta if gamma is None else gamma
+    return _Readout.apply(G, M, C, q, eta, gamma, int(power_steps), SOLVERS.index(solver), int(ns_iters), spectral,
+                          int(spectral_iters or 1))
 
 
 # ---------------------------------------------------------------------------------------------- the layer's entry
 def fused_forward(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gamma=1.0, spectral_norm=False,
-                  spectral_iters=6, chunk_size=64, weights=None, state=None, solver="gj", ns_iters=30):
+                  spectral_iters=6, chunk_size=64, weights=None, state=None, solver="chol", ns_iters=30):
     """Chunk-mode SKA through the two fused kernels; arguments, shapes and results as
     :func:`echo_tutor.ska.ska_chunked` with ``mode="chunk"`` (to rounding), differentiable through the
     Triton backward. ``chunk_size`` a power of two >= 16."""
@@ -319,12 +383,14 @@ def fused_forward(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gamma
     Gx, Mx, Cx, Gt, Mt, Ct = stats_prefix(okf, kkf, klf, ovf, st.G.reshape(N, r, r), st.M.reshape(N, r, r),
                                           st.C.reshape(N, P, r), S)
     Gx, Mx, Cx = Gx.reshape(-1, r, r), Mx.reshape(-1, r, r), Cx.reshape(-1, P, r)
-    eta_h = eta if isinstance(eta, torch.Tensor) else torch.tensor(float(eta))
-    scale = twin.broadcast_heads(eta_h.to(k.device).float(), B, H)[:, None].expand(N, nc).reshape(-1)
-    if spectral_norm and power_steps > 0:
-        g = twin.broadcast_heads(gamma, B, H).to(Gx.device).float()[:, None].expand(N, nc).reshape(-1)
-        scale = scale * twin.spectral_scale(Gx, Mx, power_steps, g, spectral_iters)
-    y = readout(Gx, Mx, Cx, qf.reshape(N * nc, S, r), power_steps, scale, solver, ns_iters)
+    per_chunk = lambda x: twin.broadcast_heads(x, B, H).to(k.device).float()[:, None].expand(N, nc).reshape(-1)  # noqa: E731
+    spectral = spectral_norm and power_steps > 0
+    eta_c = per_chunk(eta)
+    if spectral and spectral_iters is None:  # the exact SVD: in PyTorch, outside the kernel
+        eta_c = eta_c * twin.spectral_scale(Gx, Mx, power_steps, per_chunk(gamma), None)
+        spectral = False
+    y = readout(Gx, Mx, Cx, qf.reshape(N * nc, S, r), power_steps, eta_c,
+                per_chunk(gamma) if spectral else None, solver, ns_iters, spectral_iters if spectral else None)
     y = y.reshape(B, H, nc * S, P)[:, :, :T].permute(0, 2, 1, 3)
     new = SKAState(Gt.reshape(B, H, r, r), Mt.reshape(B, H, r, r), Ct.reshape(B, H, P, r), kw_last.float(),
                    st.count + T, st.key_scale)
