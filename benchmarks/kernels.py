@@ -4,10 +4,11 @@
 
 Measures, with CUDA events (median of --reps after warm-up), on the device it names:
 
-1. SKA chunk mode forward and forward+backward: ``echo_kernels.ska.forward`` vs
-   ``echo_tutor.ska.ska_chunked`` and ``torch.compile`` of it, at each T, B*H = 32 (B=4, H=8), r in --ranks,
-   P = 64, S = 64; then fla's MesaNet chunk kernel (the anchor) where ``fla`` imports.
-   (The kernel path's backward recomputes through the reference: see echo_kernels/ska/__init__.py.)
+1. SKA chunk mode forward and forward+backward: the fused kernels (``echo_kernels.ska.forward``, each
+   on-chip solver: chol, gj, ns) and the three unfused kernels vs ``echo_tutor.ska.ska_chunked`` and
+   ``torch.compile`` of it, at each T, B*H = 32 (B=4, H=8), r in --ranks, P = 64, S = 64, against the
+   issue's targets (met, or missed by how much); each solver's error against the float64 reference; a
+   profile of the fused path (1c); then fla's MesaNet chunk kernel (the anchor) where ``fla`` imports.
 2. The decode step: ``echo_kernels.ska.decode`` vs ``ska_recurrent`` on one token, B*H = 32.
 3. EchoKV's fused rebuild (``echo_kernels.echokv.forward``): achieved bandwidth (bytes read + written per
    second) as a fraction of the card's peak (a table of known cards, else a measured device copy).
@@ -60,22 +61,29 @@ def _inputs(B: int, T: int, H: int, r: int, P: int):
     return q, k, v
 
 
+TARGETS = {"fwd vs ref": 3.0, "fwd vs compiled": 1.5, "f+b vs ref": 2.0, "decode vs ref": 5.0, "rebuild of peak": 0.5}
+
+
+def _verdict(got: float, target: float) -> str:
+    return "met" if got >= target else f"missed by x{target / got:.2f}"
+
+
 def chunk_section(args, kska) -> None:
-    """SKA chunk forward and forward + backward: reference, torch.compile of the reference, the Triton path."""
+    """SKA chunk forward and forward + backward: reference, torch.compile of the reference, the unfused
+    kernels (three kernels + PyTorch's Cholesky), and the fused kernels with each on-chip solver."""
     from echo_tutor.ska import ska_chunked
+    from echo_tutor.ska.ops import ska_chunked_ops
 
     B, H, P, S = 4, 8, 64, 64
     compiled = torch.compile(ska_chunked, fullgraph=True, dynamic=False)
-    print(f"\n1. SKA chunk mode, B*H={B * H}, P={P}, S={S}, K=2, spectral norm on (ms; x = reference / that)")
-    print(f"{'T':>6} {'r':>3} {'fwd ref':>8} {'compiled':>9} {'x':>5} {'triton':>8} {'x':>5} {'x vs comp':>9} "
-          f"{'f+b ref':>8} {'f+b comp':>9} {'x':>5} {'f+b trit':>9} {'x':>5}")
+    paths = {"ref": ska_chunked, "compiled": compiled,
+             "unfused": lambda *a, **k: ska_chunked_ops(*a, ops=kska, **k),
+             **{f"fused {s}": (lambda s: lambda *a, **k: kska.forward(*a, solver=s, **k))(s) for s in kska.SOLVERS}}
+    print(f"\n1. SKA chunk mode, B*H={B * H}, P={P}, S={S}, K=2, spectral norm on; ms, and x = reference / path")
     for T in args.T:
         for r in args.ranks:
             q, k, v = _inputs(B, T, H, r, P)
             kw = dict(mode="chunk", chunk_size=S, spectral_norm=True)
-
-            def fwd(fn):
-                return lambda: fn(q, k, v, **kw)
 
             def fb(fn):
                 def run():
@@ -84,11 +92,48 @@ def chunk_section(args, kska) -> None:
                 return run
 
             with torch.no_grad():
-                fr, fc, ft = (_time(fwd(f), args.reps) for f in (ska_chunked, compiled, kska.forward))
-            br, bc, bt = (_time(fb(f), args.reps) for f in (ska_chunked, compiled, kska.forward))
-            print(f"{T:>6} {r:>3} {fr * 1e3:>8.2f} {fc * 1e3:>9.2f} {fr / fc:>5.2f} {ft * 1e3:>8.2f} {fr / ft:>5.2f} "
-                  f"{fc / ft:>9.2f} {br * 1e3:>8.2f} {bc * 1e3:>9.2f} {br / bc:>5.2f} {bt * 1e3:>9.2f} {br / bt:>5.2f}",
-                  flush=True)
+                fwd = {n: _time(lambda f=f: f(q, k, v, **kw), args.reps) for n, f in paths.items()}
+            both = {n: _time(fb(paths[n]), args.reps) for n in ("ref", "compiled", "fused chol")}
+            print(f"  T={T} r={r} forward: " + ", ".join(f"{n} {t * 1e3:.2f}" + ("" if n == "ref" else f" (x{fwd['ref'] / t:.2f})")
+                                                        for n, t in fwd.items()))
+            print(f"  T={T} r={r} fwd+bwd: " + ", ".join(f"{n} {t * 1e3:.2f}" + ("" if n == "ref" else f" (x{both['ref'] / t:.2f})")
+                                                        for n, t in both.items()))
+            best = min(fwd[f"fused {s}"] for s in kska.SOLVERS)
+            print(f"  targets: fwd vs ref x{fwd['ref'] / best:.2f} ({_verdict(fwd['ref'] / best, TARGETS['fwd vs ref'])}), "
+                  f"fwd vs compiled x{fwd['compiled'] / best:.2f} ({_verdict(fwd['compiled'] / best, TARGETS['fwd vs compiled'])}), "
+                  f"f+b vs ref x{both['ref'] / both['fused chol']:.2f} "
+                  f"({_verdict(both['ref'] / both['fused chol'], TARGETS['f+b vs ref'])})", flush=True)
+            print("  accuracy: " + accuracy_line(kska, q.detach(), k.detach(), v.detach(), S), flush=True)
+
+
+def accuracy_line(kska, q, k, v, S: int, ns_iters=(15, 30)) -> str:
+    """Relative RMS error of each fused solver's y against the float64 reference (same inputs)."""
+    from echo_tutor.ska import ska_chunked
+
+    kw = dict(mode="chunk", chunk_size=S, spectral_norm=True)
+    with torch.no_grad():
+        want = ska_chunked(q.double(), k.double(), v.double(), **kw)[0]
+        err = lambda y: float((y.double() - want).pow(2).mean().sqrt() / want.pow(2).mean().sqrt())  # noqa: E731
+        out = [f"float32 reference {err(ska_chunked(q, k, v, **kw)[0]):.1e}"]
+        out += [f"fused {s} {err(kska.forward(q, k, v, solver=s, **kw)[0]):.1e}" for s in ("chol", "gj")]
+        out += [f"fused ns/{n} {err(kska.forward(q, k, v, solver='ns', ns_iters=n, **kw)[0]):.1e}" for n in ns_iters]
+    return "rel-RMS error vs float64: " + ", ".join(out)
+
+
+def profile_section(args, kska) -> None:
+    """Where the fused path's time goes (one forward + backward at the largest T and rank)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    q, k, v = _inputs(4, max(args.T), 8, max(args.ranks), 64)
+    kw = dict(mode="chunk", chunk_size=64, spectral_norm=True)
+    for _ in range(2):
+        kska.forward(q, k, v, **kw)[0].sum().backward()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        kska.forward(q, k, v, **kw)[0].sum().backward()
+        torch.cuda.synchronize()
+    print(f"\n1c. profile of the fused path, forward + backward, T={max(args.T)}, r={max(args.ranks)} (top CUDA kernels)")
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=8, max_name_column_width=48), flush=True)
 
 
 def fla_section(args) -> None:
@@ -125,7 +170,8 @@ def decode_section(args, kska) -> None:
             tt0 = _time(lambda: kska.decode(q, k, v, None, st, g_inv, spectral_norm=False), args.reps * 5)
             tr0 = _time(lambda: ska_recurrent(q, k, v, state=st, spectral_norm=False), args.reps * 5)
         print(f"  r={r}: reference {tr * 1e6:.0f} us, triton {tt * 1e6:.0f} us (x{tr / tt:.2f}); "
-              f"without spectral norm x{tr0 / tt0:.2f}", flush=True)
+              f"without spectral norm x{tr0 / tt0:.2f}; target x{TARGETS['decode vs ref']:.0f}: "
+              f"{_verdict(tr / tt, TARGETS['decode vs ref'])}", flush=True)
 
 
 def rebuild_section(args, kecho, name: str) -> None:
@@ -146,7 +192,8 @@ def rebuild_section(args, kecho, name: str) -> None:
             moved = x.numel() * x.element_size() + Bb * O * T * D * x.element_size() + 2 * cos.numel() * 4 + W.numel() * 4
             gbps = moved / t / 1e9
             print(f"  T={T:>6} {str(dtype)[6:]:>8}: {t * 1e6:8.0f} us, {gbps:7.0f} GB/s = {gbps / peak:5.1%} of peak; "
-                  f"PyTorch op x{tref / t:.2f} slower", flush=True)
+                  f"PyTorch op x{tref / t:.2f} slower; target {TARGETS['rebuild of peak']:.0%}: "
+                  f"{_verdict(gbps / peak, TARGETS['rebuild of peak'])}", flush=True)
 
 
 def main(argv=None) -> int:
@@ -170,6 +217,7 @@ def main(argv=None) -> int:
     print(f"device: {name}, torch {torch.__version__}, median of {args.reps}")
     torch.manual_seed(0)
     chunk_section(args, kska)
+    profile_section(args, kska)
     fla_section(args)
     decode_section(args, kska)
     rebuild_section(args, kecho, name)

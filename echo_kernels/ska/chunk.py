@@ -129,15 +129,15 @@ def readout_inverse(Ginv, M, C, q, power_steps: int, scale):
 
 # ---------------------------------------------------------------------------------------------- layer entry points
 def forward(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gamma=1.0, spectral_norm=False,
-            spectral_iters=6, mode="token", chunk_size=64, weights=None, state=None, solver="chol"):
+            spectral_iters=6, mode="token", chunk_size=64, weights=None, state=None, solver="chol", ns_iters=30):
     """Drop-in for :func:`echo_tutor.ska.ska_chunked` (same arguments, shapes and results to rounding).
 
     q, k ``[B, T, H, r]``; v ``[B, T, H, P]``; beta, weights ``[B, T, H]``; returns y ``[B, T, H, P]`` and
     the new :class:`~echo_tutor.ska.SKAState`. Mode "chunk" with a power-of-two ``chunk_size >= 16`` runs
-    the two fused kernels of :mod:`echo_kernels.ska.fused` forward and backward (``solver`` "chol", "gj" or "ns");
+    the two fused kernels of :mod:`echo_kernels.ska.fused` forward and backward (``solver`` "chol", "gj" or "ns", ``ns_iters`` for "ns");
     anything else is delegated to the reference."""
     kw = dict(power_steps=power_steps, eps=eps, eta=eta, gamma=gamma, spectral_norm=spectral_norm,
               spectral_iters=spectral_iters, chunk_size=chunk_size, weights=weights, state=state)
     if mode != "chunk" or chunk_size < 16 or chunk_size & (chunk_size - 1):
         return ska_chunked(q, k, v, beta, mode=mode, **kw)
-    return fused_forward(q, k, v, beta, solver=solver, **kw)
+    return fused_forward(q, k, v, beta, solver=solver, ns_iters=ns_iters, **kw)
