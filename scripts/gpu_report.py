@@ -8,7 +8,8 @@ measured. Sections, in order (each gets a share of ``--budget-s``; one that woul
 
 1. environment: device, driver, memory, torch / CUDA / Triton versions, whether mamba-ssm and fla import;
 2. the GPU tests (``pytest -m gpu``);
-3. ``benchmarks/kernels.py``: the Triton paths against the reference and ``torch.compile`` of it;
+3. ``benchmarks/kernels.py``: the Triton paths against the reference and ``torch.compile`` of it, with the
+   issue's targets; then ``benchmarks/echokv_read.py``: EchoKV's compressed read by path;
 4. ``benchmarks/compile.py``: compiled against eager, a training and a decode step;
 5. one training step of every preset (lab and paper size), and the peak memory of each;
 6. Mamba-2: our chunked scan against mamba-ssm's fused kernel (parity and speed), where mamba-ssm imports;
@@ -34,8 +35,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LABS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # (section, seconds it is planned to take on one H100/H200; the last takes what is left)
-PLAN = [("environment", 10), ("GPU tests", 60), ("kernels", 100), ("compile", 60), ("preset steps", 30),
-        ("mamba-ssm", 15), ("K=1 vs K=2, paper size", 120), ("labs in FULL mode", None)]
+PLAN = [("environment", 10), ("GPU tests", 60), ("kernels", 150), ("compile", 60), ("preset steps", 30),
+        ("mamba-ssm", 15), ("K=1 vs K=2, paper size", 100), ("labs in FULL mode", None)]
 
 
 def _run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int | None, str, float]:
@@ -80,8 +81,16 @@ def gpu_tests(ctx: dict, budget: float) -> tuple[str, dict]:
 
 
 def kernels(ctx: dict, budget: float) -> tuple[str, dict]:
+    """benchmarks/kernels.py (SKA chunk, profile, fla, decode, EchoKV rebuild), then benchmarks/echokv_read.py."""
     cmd = [sys.executable, "benchmarks/kernels.py", "--T", "2048", "8192", "--ranks", "32", "64", "--reps", "10"]
-    return _block(*_run(cmd, budget), budget)
+    t0 = time.perf_counter()
+    md, data = _block(*_run(cmd, 0.8 * budget), 0.8 * budget)
+    left = budget - (time.perf_counter() - t0)
+    read = [sys.executable, "benchmarks/echokv_read.py", "--reps", "3" if ctx["quick"] else "20"]
+    if ctx["quick"]:
+        read += ["--T", "64"]
+    md2, data2 = _block(*_run(read, left), left)
+    return md + "\nEchoKV's compressed read by path (`benchmarks/echokv_read.py`):\n\n" + md2, {**data, "echokv_read": data2}
 
 
 def compile_bench(ctx: dict, budget: float) -> tuple[str, dict]:

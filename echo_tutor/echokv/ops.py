@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import check_tensor
+from .._checks import check_choice, check_tensor
 from ..errors import BadArgumentError
 from .capture import apply_rope, undo_rope
 
@@ -52,3 +52,55 @@ def rebuild_heads(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, W: torc
     if rope:
         y = apply_rope(y, cos[None].float(), sin[None].float())
     return y.to(x.dtype)
+
+
+def rebuild_scores(q: torch.Tensor, xk: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, Wk: torch.Tensor,
+                   bk: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention scores of queries against rebuilt keys (the twin of ``echo_kernels.echokv.attend.scores``).
+
+    Args:
+        q: ``[B, O, G, D]`` the G query heads that read each discarded key head (RoPE applied).
+        xk: ``[B, J, T, D]`` retained keys (post-RoPE); cos, sin ``[T, D]``; Wk ``[O, J, D, D]``; bk ``[O, D]``.
+        scale: the softmax scale (``1 / sqrt(D)`` in Llama).
+    Returns:
+        ``[B, O, G, T]`` float32 scaled scores.
+    """
+    k = rebuild_heads(xk, cos, sin, Wk, bk, True).float()
+    return torch.einsum("bogd,botd->bogt", q.float(), k) * scale
+
+
+def rebuild_attend(q, xk, xv, cos, sin, Wk, bk, Wv, bv, scale: float | None = None, *, values: str = "after",
+                   scores=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode attention of discarded heads over T past tokens, from the retained heads.
+
+    Args:
+        q: ``[B, O, G, D]``; xk, xv: ``[B, J, T, D]`` retained keys (post-RoPE) and values; cos, sin ``[T, D]``;
+        Wk, Wv: ``[O, J, D, D]``; bk, bv: ``[O, D]``; scale: softmax scale (default ``1 / sqrt(D)``).
+        values: ``"rebuilt"`` rebuilds every past value row and then averages them (what the cache's read
+            path does); ``"after"`` averages the *retained* values with the attention weights and applies
+            the linear value maps once: ``sum_t p_t (sum_j x_jt W_j + b) = sum_j (sum_t p_t x_jt) W_j + b``
+            (the weights sum to 1), so no value row is rebuilt. Same result to rounding.
+        scores: the op that scores queries against rebuilt keys (:func:`rebuild_scores`, or the Triton
+            ``echo_kernels.echokv.attend.scores``, which never writes a rebuilt key).
+    Returns:
+        ``(out [B, O, G, D], lse [B, O, G])`` float32; the log-sum-exp lets attention over further tokens
+        (the current ones, exact) be merged in exactly.
+    """
+    check_rebuild_args(xk, cos, sin, Wk, bk)
+    check_rebuild_args(xv, cos, sin, Wv, bv)
+    check_choice("values", values, ("after", "rebuilt"))
+    check_tensor("q", q, 4, layout="[B, O, G, D]", finite=False)
+    B, J, T, D = xk.shape
+    if tuple(xv.shape) != (B, J, T, D) or (q.shape[0], q.shape[1], q.shape[3]) != (B, Wk.shape[0], D):
+        raise BadArgumentError(f"q {tuple(q.shape)}, xk {tuple(xk.shape)} and xv {tuple(xv.shape)} must be "
+                               f"[B, O, G, D], [B, J, T, D] and [B, J, T, D] with O = {Wk.shape[0]} maps")
+    scale = D ** -0.5 if scale is None else float(scale)
+    s = (scores or rebuild_scores)(q, xk, cos, sin, Wk, bk, scale)
+    lse = torch.logsumexp(s, -1)
+    p = torch.exp(s - lse[..., None])
+    if values == "rebuilt":
+        v = rebuild_heads(xv, cos, sin, Wv, bv, False).float()
+        return torch.einsum("bogt,botd->bogd", p, v), lse
+    O, G = q.shape[1], q.shape[2]
+    a = torch.matmul(p.reshape(B, 1, O * G, T), xv.float()).reshape(B, J, O, G, D).permute(0, 2, 3, 1, 4)
+    return torch.einsum("bogjd,ojde->boge", a, Wv.float()) + bv.float()[None, :, None, :], lse
