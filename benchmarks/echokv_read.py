@@ -24,65 +24,9 @@ machines are noisy: quote the ratios.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import torch
-
-
-def _timer(cuda: bool):
-    def run(fn, reps: int) -> float:
-        for _ in range(3):
-            fn()
-        out = []
-        for _ in range(reps):
-            if cuda:
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if cuda:
-                torch.cuda.synchronize()
-            out.append(time.perf_counter() - t0)
-        return statistics.median(out)
-    return run
-
-
-def _case(T: int, J: int, O: int, G: int, D: int, device: str, dtype: torch.dtype):
-    g = torch.Generator().manual_seed(T)
-    xk, xv = (torch.randn(1, J, T, D, generator=g).to(device, dtype) for _ in range(2))
-    ang = torch.arange(T)[:, None] * torch.logspace(0, -4, D // 2)[None]
-    ang = torch.cat([ang, ang], -1)
-    Wk, Wv = (torch.randn(O, J, D, D, generator=g).div(D**0.5 * J**0.5).to(device) for _ in range(2))
-    bk, bv = (torch.randn(O, D, generator=g).to(device) for _ in range(2))
-    q = torch.randn(1, O, G, D, generator=g).to(device, dtype)
-    return q, xk, xv, ang.cos().to(device), ang.sin().to(device), Wk, bk, Wv, bv
-
-
-def paths(device: str):
-    from echo_tutor.echokv.ops import rebuild_attend, rebuild_heads
-
-    def attend(q, k, v):
-        s = torch.einsum("bogd,botd->bogt", q.float(), k.float()) * q.shape[-1] ** -0.5
-        return torch.softmax(s, -1) @ v.float()
-
-    def make_full(case):
-        q, xk, xv, cos, sin, Wk, bk, Wv, bv = case
-        k, v = rebuild_heads(xk, cos, sin, Wk, bk, True), rebuild_heads(xv, cos, sin, Wv, bv, False)  # stored
-        return lambda: attend(q, k, v)
-
-    out = {"full": make_full,
-           "rebuild K+V": lambda c: lambda: attend(c[0], rebuild_heads(c[1], *c[3:7], True),
-                                                   rebuild_heads(c[2], c[3], c[4], c[7], c[8], False)),
-           "values after": lambda c: lambda: rebuild_attend(*c, values="after")[0]}
-    if device == "cuda":
-        import echo_kernels.echokv as kecho
-        out["triton rebuild K+V"] = lambda c: lambda: attend(c[0], kecho.forward(c[1], *c[3:7], True),
-                                                             kecho.forward(c[2], c[3], c[4], c[7], c[8], False))
-        out["triton scores + values after"] = lambda c: lambda: rebuild_attend(*c, scores=kecho.scores)[0]
-        tf32 = lambda *a: kecho.scores(*a, precision="tf32")  # noqa: E731
-        out["same, tf32 products"] = lambda c: lambda: rebuild_attend(*c, scores=tf32)[0]
-    return out
 
 
 def main(argv=None) -> int:
@@ -94,29 +38,33 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if min(args.T) < 1 or args.J < 1 or args.O < 1 or args.reps < 1:
         ap.error("--T, --J, --O and --reps must be >= 1")
+    from echo_tutor.echokv.readpath import median_seconds, read_case, read_paths
+
     cuda = torch.cuda.is_available()
     device, dtype, D, G = ("cuda", torch.float16, 64, 3) if cuda else ("cpu", torch.float32, 64, 3)
-    time_it = _timer(cuda)
     name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     print(f"{name}, torch {torch.__version__}, {str(dtype)[6:]} cache, J={args.J} inputs, O={args.O} discarded heads, "
           f"G={G}, D={D}; median of {args.reps}; x = path time / full time")
     esize = torch.finfo(dtype).bits // 8
     flops_k = 2 * args.J * D * D
-    print(f"per past token and discarded head: rebuilding K costs {flops_k:,} FLOPs (+ as much for V), the full cache "
-          f"reads {2 * D * esize} bytes of K and V: {flops_k / (2 * D * esize):.0f} FLOPs of rebuild per byte not "
-          "stored (K alone)")
-    ps = paths(device)
+    print(f"per past token and discarded head: rebuilding the key costs {flops_k:,} FLOPs (the value as much again), "
+          f"against {2 * D * esize} bytes of K and V a full cache reads: {flops_k / (2 * D * esize):.0f} FLOPs of key "
+          "rebuild per byte not stored")
+    ps = read_paths(device)
     with torch.inference_mode():
         for T in args.T:
-            case = _case(T, args.J, args.O, G, D, device, dtype)
+            case = read_case(T, args.J, args.O, G, D, device, dtype)
             fns = {n: make(case) for n, make in ps.items()}
             ref = fns["full"]()
             for n, fn in fns.items():
                 err = float((fn().float() - ref).norm() / ref.norm())
                 assert err < 1e-2, f"{n}: rel. error {err:.1e} against the full read"
-            t = {n: time_it(fn, args.reps) for n, fn in fns.items()}
+            t = {n: median_seconds(fn, args.reps, cuda) for n, fn in fns.items()}
             print(f"T={T:>6}: " + ", ".join(f"{n} {v * 1e3:.3f} ms" + ("" if n == "full" else f" (x{v / t['full']:.1f})")
                                            for n, v in t.items()), flush=True)
+            moved = 2 * args.O * T * D * esize
+            print(f"          full read {moved / t['full'] / 1e9:.1f} GB/s; rebuild K+V "
+                  f"{2 * args.O * T * flops_k / t['rebuild K+V'] / 1e9:.1f} GFLOP/s", flush=True)
     return 0
 
 

@@ -149,20 +149,62 @@ print("readout kernel vs twin, by power order K:", {K: f"{e:.1e}" for K, e in er
 assert max(errs.values()) < 1e-5
 
 # %% [markdown]
-# The whole chunk-mode forward through the kernels (`echo_kernels.ska.forward`, what a layer with
-# `backend="triton"` calls on a GPU), and its backward: **recomputation through the reference** (the
-# saved inputs are re-run through `ska_chunked` under autograd). Exact, simple, but a GPU training
-# step then costs a reference forward + backward on top of the kernel forward; a Triton backward is
-# the next step for speed.
+# ## 3b. Fewer kernels: the chunk mode fused, forward and backward
+#
+# Sections 2-3 launch a kernel per step and leave the factorisation to PyTorch: a dozen launches and every
+# per-chunk `G_c`, `M_c`, `C_c` written to memory and read back. `echo_kernels.ska.forward` (what a layer with
+# `backend="triton"` runs) needs two kernels:
+#
+# 1. **stats + prefix**: one program per head walks the chunks in order (as fla's `chunk_h` does), writes what
+#    chunk c reads (the state plus the chunks before c), then adds c's three `tl.dot`s. No per-chunk sums
+#    in memory.
+# 2. **readout**: one program per (head, chunk) factorises its `r x r` G **on chip**, then applies the power
+#    filter and reads out the chunk's queries. Triton has no indexing into a register tile, so the Cholesky
+#    is written with masks: step j pulls column j out by a masked sum, scales it by `1/sqrt(pivot)`, and
+#    subtracts its outer product from what is left (r steps of r x r elementwise work); `L^-1` follows by
+#    forward substitution the same way. `L^-1` also gives the spectral norm's whitened operator
+#    `L^-1 M L^-T`, whose largest singular value the kernel estimates by the reference's power iterations.
+#
+# The backward is two more kernels, the same walks reversed: the readout's from the saved `G^-1`
+# (`dG = -G^-1 dG^-1 G^-1`), the prefix walk backwards with suffix sums. Below: the masked Cholesky, then the
+# fused forward and its gradients against the reference, then the three on-chip solvers on a hard G.
 
 # %%
+print(kernel_source(kska.fused._chol_linv))
 qg, kg, vg, bg = (x.clone().to(DEV).requires_grad_() for x in (q, k, v, beta))
 y_k, st_k = kska.forward(qg, kg, vg, bg, **kw)
 y_r, _ = ska_chunked(qg, kg, vg, bg, **kw)
 gk = torch.autograd.grad(y_k.square().sum(), (qg, kg, vg, bg))
 gr = torch.autograd.grad(y_r.square().sum(), (qg, kg, vg, bg))
-print(f"forward: {rel_err(y_r, y_k):.1e}; grads: " + ", ".join(f"{n} {rel_err(a, b):.1e}" for n, a, b in zip(["q", "k", "v", "beta"], gr, gk)))
+print(f"fused forward: {rel_err(y_r, y_k):.1e}; Triton backward, grads: "
+      + ", ".join(f"{n} {rel_err(a, b):.1e}" for n, a, b in zip(["q", "k", "v", "beta"], gr, gk)))
 assert rel_err(y_r, y_k) < 1e-4 and max(rel_err(a, b) for a, b in zip(gr, gk)) < 1e-4
+
+# %% [markdown]
+# Which on-chip solver? Cholesky and Gauss-Jordan are eliminations: r sequential steps, exact to rounding.
+# Newton-Schulz (`X <- X (2I - G X)` from `X0 = I / ||G||_F`) is only matrix products, which GPUs like, but
+# it needs about `log2(cond G) + 5` steps, and a fresh chunk's G is badly conditioned (r keys barely fill r
+# dimensions; the ridge `eps` is small). Here a G with condition number 10^5:
+
+# %%
+Uq = torch.linalg.qr(torch.randn(16, 16, generator=g))[0]
+Ghard = ((Uq * torch.logspace(-3, 2, 16)) @ Uq.T)[None]
+Mh, Ch, qh = torch.randn(1, 16, 16, generator=g), torch.randn(1, 4, 16, generator=g), torch.randn(1, 16, 16, generator=g)
+exact = twin.readout_inverse(torch.linalg.inv(Ghard.double()).float(), Mh, Ch, qh, 0, torch.ones(1))
+solver_err = {"chol": rel_err(exact, kska.readout(Ghard.to(DEV), Mh.to(DEV), Ch.to(DEV), qh.to(DEV), 0, torch.ones(1, device=DEV), solver="chol")),
+              "gj": rel_err(exact, kska.readout(Ghard.to(DEV), Mh.to(DEV), Ch.to(DEV), qh.to(DEV), 0, torch.ones(1, device=DEV), solver="gj"))}
+for n_it in (5, 10, 20, 30):
+    solver_err[f"ns/{n_it}"] = rel_err(exact, kska.readout(Ghard.to(DEV), Mh.to(DEV), Ch.to(DEV), qh.to(DEV), 0,
+                                                           torch.ones(1, device=DEV), solver="ns", ns_iters=n_it))
+print("rel. error of G^-1 C^T q against float64, by solver:", {n: f"{e:.1e}" for n, e in solver_err.items()})
+assert solver_err["chol"] < 1e-3 and solver_err["ns/5"] > 0.1
+
+# %% [markdown]
+# On this G both eliminations land within float32's reach of a condition number of 10^5 (Gauss-Jordan a little
+# closer; the Cholesky path goes through `L^-1`, whose rounding grows with the condition number); Newton-Schulz
+# is useless until about 20 steps (`log2(10^5) + 5` is about 22) and then as good. The kernels default to the
+# Cholesky, because the spectral norm needs `L` anyway; `solver="gj"` or `"ns"` switches, and
+# `benchmarks/kernels.py` times all three on a GPU and prints each one's error on its inputs.
 
 # %% [markdown]
 # ## 4. Decoding: rank-1 updates, and an inverse that follows along
@@ -216,10 +258,11 @@ assert err_dec < 1e-3
 # A compressed EchoKV cache rebuilds a layer's discarded heads from retained ones at every read: undo
 # [RoPE](../docs/course.md#glossary) on the inputs, apply the maps, add the bias, re-apply RoPE. The kernel
 # does it per (batch x discarded head, block of tokens); RoPE pairs dim i with i + D/2, so it loads each tile
-# as two halves and rotates in registers. Inputs may be fp16/bf16 (cast to fp32 at load).
+# as two halves and rotates in registers. Inputs may be fp16/bf16 (cast to fp32 at load). The tile work is a
+# jitted helper, `_rebuild_tile`, printed here; the kernel stores its result.
 
 # %%
-print(kernel_source(kecho_rebuild._rebuild_kernel)[:1500] + "    ...")
+print(kernel_source(kecho_rebuild._rebuild_tile))
 Tq, D, J, O = 37, 12, 3, 2
 x = torch.randn(2, J, Tq, D, generator=g)
 ang = torch.rand(Tq, D // 2, generator=g) * 6
@@ -232,22 +275,79 @@ for dtype in (torch.float32, torch.float16):
     assert e < (1e-5 if dtype == torch.float32 else 2e-3)
 
 # %% [markdown]
+# Rebuilding is why a compressed cache decodes slowly (lab 06): at every step, for every past token and
+# discarded head, rebuilding the key costs `2 J D^2` FLOPs (J retained inputs), the value as much again,
+# where a full cache would have read `2 D` stored numbers. Two exact rewrites cut the work:
+#
+# * **values after**: the attention weights `p_t` sum to 1, so `sum_t p_t (sum_j x_jt W_j + b)` equals
+#   `sum_j (sum_t p_t x_jt) W_j + b`: average the *retained* values, apply the value maps once.
+#   No value row is rebuilt (`echo_tutor.echokv.ops.rebuild_attend(values="after")`).
+# * **scores in registers**: `echo_kernels.echokv.scores` reuses `_rebuild_tile` and multiplies the rebuilt
+#   key block by the queries at once, writing G scores per token instead of a D-wide key row.
+#
+# Both are checked below against materialising K and V, and the three PyTorch paths timed on this machine
+# for one layer's two discarded heads at SmolLM2's sizes (J = 8 inputs, D = 64, 3 queries per head).
+
+# %%
+from echo_tutor.echokv.ops import rebuild_attend  # noqa: E402
+from echo_tutor.echokv.readpath import median_seconds, read_case, read_paths  # noqa: E402
+
+case = read_case(300, 8, 2, 3, 64)
+want_out = read_paths("cpu")["full"](case)()
+out_after, _ = rebuild_attend(*case, values="after")
+out_kernel, _ = rebuild_attend(*(c.to(DEV) for c in case), scores=kecho.scores)
+print(f"values after vs materialised K, V: {rel_err(want_out, out_after):.1e}; "
+      f"Triton scores + values after: {rel_err(want_out, out_kernel):.1e}")
+assert max(rel_err(want_out, out_after), rel_err(want_out, out_kernel)) < 1e-5
+Tr = 1024 if FAST else 4096
+case = read_case(Tr, 8, 2, 3, 64)
+with torch.inference_mode():
+    read_ms = {n: median_seconds(make(case), 10) * 1e3 for n, make in read_paths("cpu").items()}
+print(f"one layer's discarded heads at T={Tr}, CPU ({torch.get_num_threads()} threads), median ms: "
+      + ", ".join(f"{n} {t:.2f} (x{t / read_ms['full']:.0f})" for n, t in read_ms.items()))
+gbps = 2 * 2 * Tr * 64 * 4 / (read_ms["full"] / 1e3) / 1e9              # K and V of 2 heads, float32
+gflops = 2 * 2 * Tr * (2 * 8 * 64 * 64) / (read_ms["rebuild K+V"] / 1e3) / 1e9
+print(f"this CPU: the full read moved {gbps:.1f} GB/s, the rebuild ran at {gflops:.1f} GFLOP/s: "
+      f"{gflops / gbps:.1f} FLOPs per byte, against the 128 the key rebuild needs per byte not stored")
+fig = go.Figure(go.Bar(x=list(read_ms), y=list(read_ms.values()), marker_color=["gray", "indianred", "seagreen"]))
+fig.update_layout(height=300, yaxis_title="ms per read (median of 10)", yaxis_type="log",
+                  title=f"One decode read of two discarded heads, T={Tr}, on this CPU")
+fig.show()
+assert min(read_ms["rebuild K+V"], read_ms["values after"]) > 3 * read_ms["full"]
+
+# %% [markdown]
+# On a CPU both rebuild paths stay tens of times slower than reading stored heads (the bars are on a log
+# axis): the key rebuild, with its RoPE undo and redo on every retained input, dominates, and "values after"
+# removes only the smaller part. That is the measured reason the compressed read cannot pay off on a CPU: the
+# key rebuild alone needs 128 FLOPs per byte not stored (`2 J D^2` FLOPs against the `2 D` float32 numbers of
+# K and V, J = 8, D = 64), and the cell above prints how many FLOPs this CPU did in the time it read a byte:
+# a handful.
+#
+# A GPU is different on paper: an H100 SXM's published peaks are about 990 TFLOP/s of dense fp16 tensor-core
+# products (495 tf32) against 3.35 TB/s, 150-300 FLOPs per byte; its float32 CUDA cores about 67 TFLOP/s, 20
+# per byte. So the scores kernel could come near the full read only with tensor-core products
+# (`precision="tf32"`), never with float32 ones. Those are spec-sheet figures, not measurements:
+# `python benchmarks/echokv_read.py` measures every path on a GPU, and `make gpu-check` runs it.
+
+# %% [markdown]
 # ## 6. Benchmark
 #
 # Speed only means something on a GPU; `benchmarks/kernels.py` is the full benchmark (T up to 32k,
-# r in {32, 64}, forward+backward, decode, bandwidth of the EchoKV kernel). Here a small version runs
-# when a GPU is present; on CPU this cell says so. It times the chunk-mode forward (`B = 4, H = 8,
-# r = P = 64`) through the reference `ska_chunked` and through the kernels, and plots reference time divided
-# by kernel time: above 1 the kernels are faster, below 1 they are slower. On every machine it also plots the
-# one GPU measurement the project ships: this cell at FULL sizes on an NVIDIA H200 (torch 2.11, Triton 3.6;
-# `docs/results.md`, "Triton fast paths").
+# r in {32, 64}, every solver, forward+backward, decode, bandwidth of the EchoKV kernel, the issue's targets).
+# Here a small version runs when a GPU is present; on CPU this cell says so. It times the chunk-mode forward
+# (`B = 4, H = 8, r = P = 64`) through the reference `ska_chunked` and through `kska.forward` (the fused
+# kernels of section 3b), and plots reference time divided by kernel time: above 1 the kernels are faster,
+# below 1 slower. On every machine it also plots the one GPU measurement the project ships, made before the
+# fused kernels existed: the **unfused** path of sections 2-3 (three kernels, the Cholesky in PyTorch, a
+# dozen launches) at FULL sizes on an NVIDIA H200 (torch 2.11, Triton 3.6; `docs/results.md`, "Triton fast
+# paths"). The fused kernels have not yet run on a GPU.
 #
-# **Predict first.** "Fused Triton kernel" sounds like "faster", and a benchmark plot read with that word in
-# mind is read wrongly: say what you expect on the H200 before the cell draws it.
+# **Predict first.** "Triton kernel" sounds like "faster", and a benchmark plot read with that word in
+# mind is read wrongly: say what you expect of the unfused path on the H200 before the cell draws it.
 
 # %%
 H200_SPEED = {2048: 0.56, 8192: 0.38, 32768: 0.36}  # reference time / kernel time, forward, FULL sizes (docs/results.md)
-guess_speed = labs.Prediction("On the one GPU measured (an H200), how does the Triton SKA forward compare with the "
+guess_speed = labs.Prediction("On the one GPU measured (an H200), how did the unfused Triton SKA forward compare with the "
                               "PyTorch reference ska_chunked, at T = 2,048 to 32,768?",
                               ["faster at every length", "faster at some lengths, slower at others",
                                "slower at every length"])
@@ -255,7 +355,7 @@ guess_speed.show()
 
 # %%
 fig = go.Figure(go.Bar(x=[str(t) for t in H200_SPEED], y=list(H200_SPEED.values()), marker_color="gray",
-                       name="NVIDIA H200 (shipped, FULL)"))
+                       name="NVIDIA H200, unfused kernels (shipped, FULL)"))
 Ts = []
 if DEV == "cuda":
     def cuda_time(fn, reps=10):
@@ -278,20 +378,21 @@ if DEV == "cuda":
             tr = cuda_time(lambda: ska_chunked(qb, kb, vb, mode="chunk", chunk_size=64))
             tk = cuda_time(lambda: kska.forward(qb, kb, vb, mode="chunk", chunk_size=64))
         speed.append(tr / tk)
-        print(f"T={Tb}: reference {tr * 1e3:.2f} ms, kernels {tk * 1e3:.2f} ms, "
+        print(f"T={Tb}: reference {tr * 1e3:.2f} ms, fused kernels {tk * 1e3:.2f} ms, "
               f"reference/kernels x{tr / tk:.2f} (below 1: the kernels are slower)")
-    fig.add_bar(x=[str(t) for t in Ts], y=speed, name=f"{torch.cuda.get_device_name()} (this run)")
+    fig.add_bar(x=[str(t) for t in Ts], y=speed, name=f"{torch.cuda.get_device_name()}, fused kernels (this run)")
 else:
     print("No GPU here: the kernels ran in Triton's interpreter, which checks correctness only; the figure shows the "
-          "shipped H200 measurement.\nOn a GPU machine run `python benchmarks/kernels.py` (and this cell adds this "
-          "GPU's bars).")
+          "shipped H200 measurement of the unfused kernels.\nOn a GPU machine run `python benchmarks/kernels.py` (and "
+          "this cell adds this GPU's bars for the fused kernels).")
 fig.add_hline(y=1, line_dash="dot", annotation_text="as fast as the reference")
 fig.update_xaxes(title_text="T", type="category", categoryorder="array",
                  categoryarray=[str(t) for t in sorted({*H200_SPEED, *Ts})])
 fig.update_layout(height=340, yaxis_title="reference time / kernel time (forward)", barmode="group",
                   legend=dict(orientation="h", y=-0.3), title="Triton SKA forward against the reference")
 fig.show()
-print("shipped H200 measurement, reference time / kernel time:", {T: f"x{v:.2f}" for T, v in H200_SPEED.items()})
+print("shipped H200 measurement (unfused kernels), reference time / kernel time:",
+      {T: f"x{v:.2f}" for T, v in H200_SPEED.items()})
 faster = [v > 1 for v in H200_SPEED.values()]
 if all(faster):
     answer = "faster at every length"
@@ -302,9 +403,13 @@ else:
 guess_speed.reveal(answer)
 
 # %% [markdown]
-# **On the one GPU measured, the kernels were slower**: x0.56 at `T = 2,048`, x0.38 at 8,192, x0.36 at
-# 32,768. The kernels are correct (sections 1-5), not fast: a faster fused kernel is future work. If your GPU
-# shows ratios below 1, that is the expected result, not a broken install.
+# **On the one GPU measured, the unfused kernels were slower**: x0.56 at `T = 2,048`, x0.38 at 8,192, x0.36
+# at 32,768, forward only, and their backward was a recomputation through the reference. A dozen launches,
+# per-chunk statistics written and read back, and a batched PyTorch Cholesky of tiny matrices between them:
+# correct, not fast. That measurement is why section 3b exists (two kernels, the factorisation on chip, a
+# Triton backward); how fast the fused path is on a GPU is not measured yet. If your GPU shows ratios below
+# 1, say so in an issue with the output of `python benchmarks/kernels.py`: its profile section names where
+# the time goes.
 #
 # On a GPU machine, `make gpu-check` runs the benchmark, every GPU-marked test and the labs in FULL mode
 # (`docs/gpu.md`).
