@@ -120,6 +120,24 @@ def accuracy_line(kska, q, k, v, S: int, ns_iters=(15, 30)) -> str:
     return "rel-RMS error vs float64: " + ", ".join(out)
 
 
+def accuracy_only(args) -> int:
+    import os
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")   # before the first import of the kernels
+    import echo_kernels.ska as kska
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    g = torch.Generator().manual_seed(0)
+    print(f"fused solvers against the float64 reference, B=1, H=2, T=256, P=64, S=64, K=2, spectral norm on ({dev})")
+    for r in args.ranks:
+        q = torch.randn(1, 256, 2, r, generator=g)
+        k = torch.nn.functional.normalize(torch.randn(1, 256, 2, r, generator=g), dim=-1)
+        v = torch.randn(1, 256, 2, 64, generator=g)
+        print(f"  r={r}: " + accuracy_line(kska, q.to(dev), k.to(dev), v.to(dev), 64), flush=True)
+    return 0
+
+
 def profile_section(args, kska) -> None:
     """Where the fused path's time goes (one forward + backward at the largest T and rank)."""
     from torch.profiler import ProfilerActivity, profile
@@ -201,7 +219,12 @@ def main(argv=None) -> int:
     ap.add_argument("--T", type=int, nargs="+", default=[2048, 8192, 32768])
     ap.add_argument("--ranks", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--accuracy-only", action="store_true",
+                    help="only each fused solver's error against float64 (B=1, H=2, T=256, r in --ranks); on a CPU "
+                         "in Triton's interpreter (set here), where it measures what a GPU run would")
     args = ap.parse_args(argv)
+    if args.accuracy_only:
+        return accuracy_only(args)
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU and found none: nothing measured.\n"
               "On CPU the Triton kernels run only under TRITON_INTERPRET=1 (tests/test_kernels.py), which checks\n"
