@@ -75,3 +75,12 @@ def test_scores_precision_is_checked_and_tf32_runs():
         kecho.scores(q, xk, cos, sin, Wk, bk, 0.25, precision="bf16")
     got = kecho.scores(*(t.to(DEV) for t in (q, xk, cos, sin, Wk, bk)), 0.25, precision="tf32")
     assert_close("tf32 scores", rebuild_scores(q, xk, cos, sin, Wk, bk, 0.25), got.cpu(), 2e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision,tol", [("ieee", 1e-3), ("tf32", 5e-3)])
+def test_gpu_scores_realistic(precision, tol):
+    kecho = pytest.importorskip("echo_kernels.echokv")
+    q, xk, xv, cos, sin, Wk, bk, Wv, bv = _case(2, 8, 2, 3, 2048, 64, dtype=torch.float16)
+    got = kecho.scores(*(t.cuda() for t in (q, xk, cos, sin, Wk, bk)), 0.125, precision=precision)
+    assert_close("gpu scores", rebuild_scores(q.float(), xk.float(), cos, sin, Wk, bk, 0.125), got.cpu(), tol)
