@@ -316,9 +316,10 @@ fig.show()
 assert min(read_ms["rebuild K+V"], read_ms["values after"]) > 3 * read_ms["full"]
 
 # %% [markdown]
-# On a CPU both rebuild paths stay tens of times slower than reading stored heads (the bars are on a log
-# axis): the key rebuild, with its RoPE undo and redo on every retained input, dominates, and "values after"
-# removes only the smaller part. That is the measured reason the compressed read cannot pay off on a CPU: the
+# On a CPU both rebuild paths are far slower than reading stored heads (the bars are on a log axis; x36 and
+# x42 in our FAST run on an idle 2-core machine, much more when other jobs compete for the cores): the key
+# rebuild, with its RoPE undo and redo on every retained input, dominates, and "values after" removes only the
+# smaller part. That is the measured reason the compressed read cannot pay off on a CPU: the
 # key rebuild alone needs 128 FLOPs per byte not stored (`2 J D^2` FLOPs against the `2 D` float32 numbers of
 # K and V, J = 8, D = 64), and the cell above prints how many FLOPs this CPU did in the time it read a byte:
 # a handful.
@@ -400,7 +401,7 @@ elif any(faster):
     answer = "faster at some lengths, slower at others"
 else:
     answer = "slower at every length"
-guess_speed.reveal(answer)
+_ = guess_speed.reveal(answer)
 
 # %% [markdown]
 # **On the one GPU measured, the unfused kernels were slower**: x0.56 at `T = 2,048`, x0.38 at 8,192, x0.36
