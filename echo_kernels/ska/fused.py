@@ -41,6 +41,11 @@ def _block(n: int) -> int:
     return max(16, triton.next_power_of_2(int(n)))
 
 
+def _warps(BR: int) -> int:
+    """Warps per readout program: its half-dozen [BR, BR] float32 tiles spill registers at BR = 64 with 4."""
+    return 8 if BR >= 64 else 4
+
+
 # ---------------------------------------------------------------------------------------------- 1. stats + prefix
 @triton.jit
 def _stats_prefix_fwd(ok_ptr, kk_ptr, kl_ptr, ov_ptr, g0_ptr, m0_ptr, c0_ptr, gx_ptr, mx_ptr, cx_ptr,
@@ -326,7 +331,7 @@ class _Readout(torch.autograd.Function):
         ins = [x.contiguous() for x in (G, M, C, q, eta, gamma)]
         y, Gi, s, sig = _f32((Nc, S, P), q), _f32((Nc, BR, BR), q), _f32((Nc,), q), torch.ones(Nc, device=q.device)
         _readout_fwd[(Nc,)](*ins, y, Gi, s, sig, r, P, K=K, SOLVER=solver, ITERS=iters, SPECTRAL=spectral,
-                            SITERS=siters, S=S, BR=BR, BP=_block(P))
+                            SITERS=siters, S=S, BR=BR, BP=_block(P), num_warps=_warps(BR))
         ctx.save_for_backward(Gi, *ins[1:4], s, eta, gamma, sig)
         ctx.K, ctx.spectral = K, spectral
         return y
@@ -339,7 +344,7 @@ class _Readout(torch.autograd.Function):
         dG, dM, dC = _f32(M.shape, M), _f32(M.shape, M), _f32(C.shape, C)
         dq, ds = _f32(q.shape, q), _f32(s.shape, s)
         _readout_bwd[(Nc,)](Gi, M, C, q, s, dy.float().contiguous(), dG, dM, dC, dq, ds, r, P, K=ctx.K, S=S,
-                            BR=Gi.shape[-1], BP=_block(P))
+                            BR=Gi.shape[-1], BP=_block(P), num_warps=_warps(Gi.shape[-1]))
         # s = eta * f, f = (gamma / max(1, sigma))^K with sigma detached (f = 1 without the spectral norm)
         f = (gamma / sig.clamp_min(1.0)) ** ctx.K if ctx.spectral else torch.ones_like(s)
         d_eta = ds * f
