@@ -170,7 +170,7 @@ assert max(errs.values()) < 1e-5
 # fused forward and its gradients against the reference, then the three on-chip solvers on a hard G.
 
 # %%
-print(kernel_source(kska.fused._chol_linv))
+print(kernel_source(kska.fused_kernels._chol_linv))
 qg, kg, vg, bg = (x.clone().to(DEV).requires_grad_() for x in (q, k, v, beta))
 y_k, st_k = kska.forward(qg, kg, vg, bg, **kw)
 y_r, _ = ska_chunked(qg, kg, vg, bg, **kw)
@@ -182,9 +182,11 @@ assert rel_err(y_r, y_k) < 1e-4 and max(rel_err(a, b) for a, b in zip(gr, gk)) <
 
 # %% [markdown]
 # Which on-chip solver? Cholesky and Gauss-Jordan are eliminations: r sequential steps, exact to rounding.
-# Newton-Schulz (`X <- X (2I - G X)` from `X0 = I / ||G||_F`) is only matrix products, which GPUs like, but
-# it needs about `log2(cond G) + 5` steps, and a fresh chunk's G is badly conditioned (r keys barely fill r
-# dimensions; the ridge `eps` is small). Here a G with condition number 10^5:
+# Newton-Schulz (`X <- X (2I - G X)` from `X0 = I / ||G||_F`) is only matrix products, which suit a GPU's
+# tensor cores at low precision; in float32 ("ieee") products they run on ordinary cores, and 20-60
+# products of `r x r` matrices are more arithmetic than one elimination. It needs about `log2(cond G) + 5`
+# steps, and a fresh chunk's G is badly conditioned (r keys barely fill r dimensions; the ridge `eps` is
+# small). Here a G with condition number 10^5:
 
 # %%
 Uq = torch.linalg.qr(torch.randn(16, 16, generator=g))[0]
@@ -322,12 +324,14 @@ assert min(read_ms["rebuild K+V"], read_ms["values after"]) > 3 * read_ms["full"
 # smaller part. That is the measured reason the compressed read cannot pay off on a CPU: the
 # key rebuild alone needs 128 FLOPs per byte not stored (`2 J D^2` FLOPs against the `2 D` float32 numbers of
 # K and V, J = 8, D = 64), and the cell above prints how many FLOPs this CPU did in the time it read a byte:
-# a handful.
+# a handful (the full read is a few MB that may sit in cache, so its rate flatters the memory, if anything).
 #
 # A GPU is different on paper: an H100 SXM's published peaks are about 990 TFLOP/s of dense fp16 tensor-core
 # products (495 tf32) against 3.35 TB/s, 150-300 FLOPs per byte; its float32 CUDA cores about 67 TFLOP/s, 20
-# per byte. So the scores kernel could come near the full read only with tensor-core products
-# (`precision="tf32"`), never with float32 ones. Those are spec-sheet figures, not measurements:
+# per byte. With an fp16 cache the key rebuild needs 256 FLOPs per byte not stored, more than tf32's 148, and
+# the scores kernel as written re-reads all J retained key heads for every discarded head. So we expect it to
+# stay slower than a full cache even with tensor-core products (`precision="tf32"`), and far slower with
+# float32 ones. Those are spec-sheet figures and an expectation, not measurements:
 # `python benchmarks/echokv_read.py` measures every path on a GPU, and `make gpu-check` runs it.
 
 # %% [markdown]

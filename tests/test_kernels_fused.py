@@ -205,3 +205,59 @@ def test_gpu_fused_forward_and_backward_realistic(solver, dtype):
     tol = 2e-3 if dtype == torch.float32 else 3e-2
     for name, a, b in zip(["y", "dq", "dk", "dv"], *outs):
         assert_close(f"gpu {name}", a.float(), b.float(), tol)
+
+
+class _NoResources:
+    """Stands in for a Triton kernel that the device cannot fit: launching raises OutOfResources."""
+
+    def __getitem__(self, grid):
+        from triton.runtime.errors import OutOfResources
+
+        def launch(*args, **kwargs):
+            raise OutOfResources(232448, 101376, "shared memory")
+        return launch
+
+
+@pytest.mark.parametrize("kernel", ["_stats_prefix_fwd", "_stats_prefix_bwd", "_readout_fwd", "_readout_bwd"])
+def test_a_kernel_the_gpu_cannot_fit_falls_back_to_its_twin(monkeypatch, kernel):
+    """Each fused step, when its kernel raises OutOfResources, runs its PyTorch twin (echo_tutor.ska.ops) with a
+    warning, and the forward and every gradient still equal the reference's: the twins of the backward are tested
+    here against the reference, not only against the kernels."""
+    import echo_kernels.ska.fused as fused
+
+    monkeypatch.setattr(fused, kernel, _NoResources())
+    monkeypatch.setattr(fused, "_WARNED", set())
+    xs, eta, state = _case(2, 37, 2, 5, 7, torch.float32, seed=11, with_state=True)
+    kw = dict(mode="chunk", chunk_size=16, power_steps=2, spectral_norm=True, eps=1e-2)
+    with pytest.warns(RuntimeWarning, match="PyTorch twin"):
+        y1, s1, g1 = _run(kska.forward, xs, eta, state, kw)
+    y2, s2, g2 = _run(ska_chunked, xs, eta, state, kw)
+    assert_close("y", y2, y1, 1e-4)
+    assert_close("G", s2.G, s1.G, 1e-5)
+    for name, a, b in zip(NAMES, g1, g2):
+        assert_close(name, b, a, 1e-4)
+
+
+def test_singular_gram_stays_finite_and_spectral_scale_above_one_matches():
+    """Keys in a 3-dimensional subspace of r = 8 with a ridge of 1e-9: G is singular to float32. The eliminations
+    floor their pivots (the reference jitters), so the output is finite. And with M scaled so that
+    sigma_max(L^-1 M L^-T) > 1, the on-chip spectral scale equals the twin's."""
+    g = torch.Generator().manual_seed(5)
+    N, r, P, S = 2, 8, 4, 16
+    basis = torch.randn(3, r, generator=g)
+    kk = torch.randn(N, S, 3, generator=g) @ basis
+    G = kk.transpose(-1, -2) @ kk + 1e-9 * torch.eye(r)
+    M, C, q = torch.randn(N, r, r, generator=g), torch.randn(N, P, r, generator=g), torch.randn(N, S, r, generator=g)
+    for solver in ("chol", "gj"):
+        y = kska.readout(G, M, C, q, 1, torch.ones(N), solver=solver)
+        assert torch.isfinite(y).all(), solver
+    A = torch.randn(N, r, r, generator=g)
+    G2 = A @ A.transpose(-1, -2) / r + torch.eye(r)
+    M2 = 5.0 * torch.randn(N, r, r, generator=g)
+    gam = torch.tensor([0.7, 1.2])
+    want = twin.spectral_scale(G2, M2, 2, gam, 6)
+    sig = twin.sigma_max(twin.whiten(M2, torch.linalg.cholesky(G2)), 6) if hasattr(twin, "sigma_max") else None
+    assert sig is None or bool((sig > 1.5).all())
+    y_twin, _, s_twin, _ = twin.readout_forward(G2, M2, C, q, 2, torch.ones(N), gam, 6)
+    assert_close("scale", want, s_twin, 1e-6)
+    assert_close("y with sigma > 1", y_twin, kska.readout(G2, M2, C, q, 2, torch.ones(N), gam, spectral_iters=6), 1e-4)

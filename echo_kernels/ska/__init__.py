@@ -11,14 +11,15 @@ Kernels (same signatures as the twins; heads flattened, ``N = B * H``):
 * ``decode_step(...)``: one program per head: rank-1 updates of G, M, C, k_prev and G^-1
   (Sherman-Morrison), then the readout as matrix-vector products.
 
-* ``stats_prefix`` / ``readout`` (module ``fused``): the chunk mode in two fused kernels with a Triton
-  backward each: one program per head walks the chunks (statistics and prefix in one pass), then one
-  program per (head, chunk) inverts G on chip (Gauss-Jordan or Newton-Schulz), applies the power filter
-  and reads out the chunk's queries.
+* ``stats_prefix`` / ``readout`` (module ``fused``, kernels in ``fused_kernels``): the chunk mode in two
+  fused kernels with a Triton backward each: one program per head walks the chunks (statistics and prefix
+  in one pass), then one program per (head, chunk) factorises G on chip (Cholesky by default, Gauss-Jordan
+  or Newton-Schulz), estimates the spectral norm's sigma_max, applies the power filter and reads out the
+  chunk's queries.
 
 ``forward`` is a drop-in for :func:`echo_tutor.ska.ska_chunked` (the layer's ``backend="triton"``):
-mode "chunk" runs the fused kernels forward and backward (the optional spectral scale, detached, is
-computed in PyTorch); mode "token" is delegated to the reference. The three unfused kernels above are
+mode "chunk" runs the fused kernels forward and backward (only an exact-SVD spectral scale,
+``spectral_iters=None``, is computed in PyTorch); mode "token" is delegated to the reference. The three unfused kernels above are
 the teaching steps of lab 07 (``ska_chunked_ops(..., ops=echo_kernels.ska)`` composes them).
 
 Computation is float32 inside the kernels (fp16/bf16 inputs are loaded and cast at once: the Triton
@@ -26,7 +27,7 @@ CPU interpreter cannot do bf16 arithmetic). Under ``TRITON_INTERPRET=1`` everyth
 tensors, for tests; on a GPU the block sizes are at least 16 (``tl.dot``'s minimum).
 
 Modules: ``chunk`` (chunk_stats, exclusive_prefix, readout_inverse, forward), ``fused`` (stats_prefix,
-readout, fused_forward), ``decode`` (decode_step, decode).
+readout, fused_forward; the kernels in ``fused_kernels``), ``decode`` (decode_step, decode).
 """
 
 from .chunk import chunk_stats, exclusive_prefix, forward, readout_inverse

@@ -43,8 +43,9 @@ def read_case(T: int, J: int, O: int, G: int, D: int, device: str = "cpu", dtype
 
 
 def _attend(q, k, v):
-    s = torch.einsum("bogd,botd->bogt", q.float(), k.float()) * q.shape[-1] ** -0.5
-    return torch.softmax(s, -1) @ v.float()
+    """Softmax attention in the cache's dtype (what a model's read does); float32 out."""
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v).float()
 
 
 def read_paths(device: str = "cpu") -> dict:

@@ -12,6 +12,9 @@ forward that ``echo_kernels.ska.forward`` runs. Heads are flattened into the lea
   of queries, from ``G^-1`` (the K+2 products: A^T = G^-1 M^T and B^T = G^-1 C^T, then K + 1 applications).
 * :func:`decode_step` -- one token: rank-1 updates of G, M, C, k_prev and of ``G^-1`` (Sherman-Morrison),
   then the readout, all matrix-vector work.
+* :func:`stats_prefix` / :func:`stats_prefix_backward`, :func:`readout_forward` / :func:`readout_backward`
+  -- the twins of the fused kernels' forward and backward steps (``echo_kernels.ska.fused``), which also
+  stand in for a kernel a GPU lacks the resources to run.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from .linalg import exclusive_prefix, safe_cholesky, sigma_max, whiten
 from .reference import SKAState, _prepare
 
 __all__ = ["chunk_stats", "exclusive_prefix", "readout_inverse", "decode_step", "inverse_gram", "spectral_scale",
-           "broadcast_heads", "chunk_inputs", "ska_chunked_ops"]
+           "broadcast_heads", "chunk_inputs", "ska_chunked_ops", "stats_prefix", "stats_prefix_backward",
+           "readout_forward", "readout_backward"]
 
 
 def chunk_stats(ok: torch.Tensor, kk: torch.Tensor, k_lag: torch.Tensor, ov: torch.Tensor, chunk_size: int):
@@ -159,3 +163,71 @@ def ska_chunked_ops(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gam
     new = SKAState(G_end.reshape(B, H, r, r), M_end.reshape(B, H, r, r), C_end.reshape(B, H, P, r), kw_last,
                    st.count + T, st.key_scale)
     return y.to(p.out_dtype), new
+
+
+# ---------------------------------------------------------------------------------------------- the fused kernels' twins
+def stats_prefix(ok, kk, k_lag, ov, G0, M0, C0, chunk_size: int):
+    """Twin of ``echo_kernels.ska.stats_prefix``: :func:`chunk_stats` then :func:`exclusive_prefix` of each
+    statistic -> ``(Gx, Mx, Cx, Gt, Mt, Ct)`` (what each chunk reads ``[N, nc, ...]``, the totals ``[N, ...]``)."""
+    stats = chunk_stats(ok, kk, k_lag, ov, chunk_size)
+    (Gx, Gt), (Mx, Mt), (Cx, Ct) = (exclusive_prefix(x0, xc) for x0, xc in zip((G0, M0, C0), stats))
+    return Gx, Mx, Cx, Gt, Mt, Ct
+
+
+def stats_prefix_backward(ok, kk, k_lag, ov, dGx, dMx, dCx, dGt, dMt, dCt, chunk_size: int):
+    """The gradients of :func:`stats_prefix` (the twin of the fused backward walk).
+
+    Chunk c's sums reach the prefix of every later chunk and the total, so they receive
+    ``dXt + sum_{c' > c} dXx[c']``; the state receives ``dXt + sum_c dXx[c]``. Returns
+    ``(dok, dkk, dk_lag, dov, dG0, dM0, dC0)`` with the shapes of the inputs."""
+    N, T, _ = kk.shape
+    nc = T // chunk_size
+
+    def through(dx, dt):
+        later = dx.flip(1).cumsum(1).flip(1) - dx
+        return dt[:, None] + later, dt + dx.sum(1)
+
+    (dGc, dG0), (dMc, dM0), (dCc, dC0) = through(dGx, dGt), through(dMx, dMt), through(dCx, dCt)
+    okc, kkc, klc, ovc = (x.reshape(N, nc, chunk_size, x.shape[-1]) for x in (ok, kk, k_lag, ov))
+    dok = torch.einsum("ncsj,ncij->ncsi", kkc, dGc) + torch.einsum("ncsj,ncij->ncsi", klc, dMc)
+    dkk = torch.einsum("ncsi,ncij->ncsj", okc, dGc) + torch.einsum("ncsp,ncpj->ncsj", ovc, dCc)
+    dkl = torch.einsum("ncsi,ncij->ncsj", okc, dMc)
+    dov = torch.einsum("ncsj,ncpj->ncsp", kkc, dCc)
+    flat = lambda x: x.reshape(N, T, x.shape[-1])  # noqa: E731
+    return flat(dok), flat(dkk), flat(dkl), flat(dov), dG0, dM0, dC0
+
+
+def readout_forward(G, M, C, q, power_steps: int, eta, gamma=None, spectral_iters: int | None = None):
+    """Twin of the fused readout's forward: ``(y, G^-1, scale, sigma)``.
+
+    G, M ``[Nc, r, r]``, C ``[Nc, P, r]``, q ``[Nc, S, r]``, eta ``[Nc]``; with ``gamma [Nc]`` the scale is
+    ``eta * (gamma / max(1, sigma))^K``, sigma the largest singular value of ``L^-1 M L^-T`` by
+    ``spectral_iters`` power iterations (detached), else ``eta`` (and sigma 1)."""
+    L = safe_cholesky(G)
+    Ginv = torch.cholesky_inverse(L)
+    sig = torch.ones_like(eta)
+    scale = eta
+    if gamma is not None:
+        sig = sigma_max(whiten(M, L), spectral_iters)
+        scale = eta * (gamma / sig.clamp_min(1.0)) ** power_steps
+    return readout_inverse(Ginv, M, C, q, power_steps, scale), Ginv, scale, sig
+
+
+def readout_backward(Ginv, M, C, q, scale, dy, power_steps: int):
+    """The gradients of ``y = scale * C G^-1 (M G^-1)^K q`` (the twin of the fused readout's backward).
+
+    Ginv, M ``[Nc, r, r]``, C ``[Nc, P, r]``, q ``[Nc, S, r]``, scale ``[Nc]``, dy ``[Nc, S, P]`` ->
+    ``(dG, dM, dC, dq, dscale)``; ``dG = -G^-1 dG^-1 G^-1``, symmetrised (G is symmetric)."""
+    At, Bt = Ginv @ M.transpose(-1, -2), Ginv @ C.transpose(-1, -2)
+    us = [q]
+    for _ in range(power_steps):
+        us.append(us[-1] @ At)
+    ds = (dy * (us[-1] @ Bt)).sum((-1, -2))
+    dys = dy * scale[:, None, None]
+    dBt, du = us[-1].transpose(-1, -2) @ dys, dys @ Bt.transpose(-1, -2)
+    dAt = torch.zeros_like(At)
+    for k in reversed(range(power_steps)):
+        dAt = dAt + us[k].transpose(-1, -2) @ du
+        du = du @ At.transpose(-1, -2)
+    dG = -Ginv @ (dAt @ M + dBt @ C) @ Ginv
+    return 0.5 * (dG + dG.transpose(-1, -2)), dAt.transpose(-1, -2) @ Ginv, dBt.transpose(-1, -2) @ Ginv, du, ds
