@@ -189,15 +189,16 @@ def test_learned_gamma_gets_its_gradient_on_chip_and_from_the_exact_svd(spectral
 @pytest.mark.parametrize("solver", ["chol", "gj"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_fused_forward_and_backward_realistic(solver, dtype):
-    """The fused kernels compiled for the GPU at the benchmark's sizes (r = 64, chunks of 64), forward and
-    gradients against the reference."""
+    """The fused kernels compiled for the GPU at the benchmark's sizes (r = 64, chunks of 64, K = 2: the same
+    specialisations benchmarks/kernels.py times, so the GPU report compiles them once), forward and gradients
+    against the reference."""
     g = torch.Generator().manual_seed(0)
     B, T, H, r, P = 2, 1024, 4, 64, 64
     q = torch.randn(B, T, H, r, generator=g)
     k = torch.nn.functional.normalize(torch.randn(B, T, H, r, generator=g), dim=-1)
     v = torch.randn(B, T, H, P, generator=g)
     xs = [x.cuda().to(dtype).requires_grad_() for x in (q, k, v)]
-    kw = dict(mode="chunk", chunk_size=64, spectral_norm=True, power_steps=1)
+    kw = dict(mode="chunk", chunk_size=64, spectral_norm=True, power_steps=2)  # the benchmark's kernels: compiled once
     outs = []
     for fn in (ska_chunked, lambda *a, **k: kska.forward(*a, solver=solver, **k)):
         y, _ = fn(*xs, **kw)
