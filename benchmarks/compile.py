@@ -19,36 +19,14 @@ import sys
 sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != pathlib.Path(__file__).resolve().parent]
 
 import argparse  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 
 import torch  # noqa: E402
 
 from echo_tutor.models import build  # noqa: E402
 from echo_tutor.models.presets import LAB_PRESETS, LAB_RECIPE, PRESETS  # noqa: E402
 from echo_tutor.tasks import make_task  # noqa: E402
+from echo_tutor.timing import first_and_median_seconds  # noqa: E402
 from echo_tutor.train.loop import make_optimizer, train_step  # noqa: E402
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _timed(fn, n: int, device: torch.device) -> tuple[float, float]:
-    """(first call's seconds, median seconds of the next ``n`` calls)."""
-    _sync(device)
-    t0 = time.perf_counter()
-    fn()
-    _sync(device)
-    first = time.perf_counter() - t0
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return first, statistics.median(times)
 
 
 def _task(preset: str):
@@ -106,7 +84,7 @@ def main(argv=None) -> int:
                     label = f"train step {shape[0]} x {shape[1]}"
                 else:
                     fn, label = decode_step_fn(preset, compiled, device), "decode step (B=1, 256 in context)"
-                res[compiled] = _timed(fn, args.steps, device)
+                res[compiled] = first_and_median_seconds(fn, args.steps, device)
             (_, e), (first, c) = res[False], res[True]
             print(f"| {preset} | {label} | {e:.4f} | {c:.4f} | x{e / c:.2f} | {first - c:.1f} |", flush=True)
     return 0

@@ -38,7 +38,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if min(args.T) < 1 or args.J < 1 or args.O < 1 or args.reps < 1:
         ap.error("--T, --J, --O and --reps must be >= 1")
-    from echo_tutor.echokv.readpath import median_seconds, read_case, read_paths
+    from echo_tutor.echokv.readpath import read_case, read_paths
+    from echo_tutor.timing import median_seconds
 
     cuda = torch.cuda.is_available()
     device, dtype, D, G = ("cuda", torch.float16, 64, 3) if cuda else ("cpu", torch.float32, 64, 3)
@@ -59,7 +60,7 @@ def main(argv=None) -> int:
             for n, fn in fns.items():
                 err = float((fn().float() - ref).norm() / ref.norm())
                 assert err < 1e-2, f"{n}: rel. error {err:.1e} against the full read"
-            t = {n: median_seconds(fn, args.reps, cuda) for n, fn in fns.items()}
+            t = {n: median_seconds(fn, args.reps, device) for n, fn in fns.items()}
             print(f"T={T:>6}: " + ", ".join(f"{n} {v * 1e3:.3f} ms" + ("" if n == "full" else f" (x{v / t['full']:.1f})")
                                            for n, v in t.items()), flush=True)
             moved = 2 * args.O * T * D * esize

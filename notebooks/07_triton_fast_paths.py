@@ -292,7 +292,8 @@ for dtype in (torch.float32, torch.float16):
 
 # %%
 from echo_tutor.echokv.ops import rebuild_attend  # noqa: E402
-from echo_tutor.echokv.readpath import median_seconds, read_case, read_paths  # noqa: E402
+from echo_tutor.echokv.readpath import read_case, read_paths  # noqa: E402
+from echo_tutor.timing import median_seconds  # noqa: E402
 
 case = read_case(300, 8, 2, 3, 64)
 want_out = read_paths("cpu")["full"](case)()

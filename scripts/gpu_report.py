@@ -27,7 +27,6 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -108,27 +107,12 @@ def _batch(preset: str, n: int, device):
     return (t.to(device) for t in task.sample(n, 0))
 
 
-def _median_seconds(fn, reps: int, device) -> float:
-    import torch
-
-    fn()
-    times = []
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def preset_steps(ctx: dict, budget: float) -> tuple[str, dict]:
     """One training step (batch 16, lab recipe at gap 256) per preset: median time and peak memory."""
     import torch
 
     from echo_tutor.models.presets import LAB_PRESETS, PRESETS, build
+    from echo_tutor.timing import median_seconds
     from echo_tutor.train.loop import make_optimizer, train_step
 
     dev, rows, data = ctx["device"], ["| preset | ms / step | peak memory MB |", "|---|---|---|"], {}
@@ -143,7 +127,7 @@ def preset_steps(ctx: dict, budget: float) -> tuple[str, dict]:
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         reps = 2 if ctx["quick"] else 10
-        s = _median_seconds(step, reps, dev)
+        s = median_seconds(step, reps, dev, warmup=1)
         peak = torch.cuda.max_memory_allocated() / 1e6 if dev.type == "cuda" else float("nan")
         data[preset] = {"ms": s * 1e3, "peak_mb": peak, "tokens": list(x.shape)}
         rows.append(f"| {preset} | {s * 1e3:.1f} | {peak:.0f} |")
@@ -156,6 +140,7 @@ def mamba(ctx: dict, budget: float) -> tuple[str, dict]:
 
     from echo_tutor.backends import mamba_ssm_available
     from echo_tutor.ssm import Mamba2
+    from echo_tutor.timing import median_seconds
 
     if not (ctx["cuda"] and mamba_ssm_available()):
         return "mamba-ssm is not available here: nothing compared\n", {"available": False}
@@ -166,7 +151,7 @@ def mamba(ctx: dict, budget: float) -> tuple[str, dict]:
     u = torch.randn(4, 2048, 128, device="cuda")
     with torch.no_grad():
         err = ((ref(u)[0] - fast(u)[0]).norm() / ref(u)[0].norm()).item()
-        tr, tf = (_median_seconds(lambda m=m: m(u), 10, ctx["device"]) for m in (ref, fast))
+        tr, tf = (median_seconds(lambda m=m: m(u), 10, ctx["device"], warmup=1) for m in (ref, fast))
     return (f"B=4, T=2048, d=128: relative difference {err:.2e}; ours {tr * 1e3:.2f} ms, mamba-ssm {tf * 1e3:.2f} ms "
             f"(x{tr / tf:.2f})\n", {"rel_err": err, "ours_ms": tr * 1e3, "mamba_ssm_ms": tf * 1e3})
 

@@ -13,13 +13,11 @@ from echo_tutor.errors import BadArgumentError
 from echo_tutor.ska.reference import ska_chunked
 
 from .fused import fused_forward
+from .fused_kernels import block_size
 
 __all__ = ["chunk_stats", "exclusive_prefix", "readout_inverse", "forward", "block_size"]
 
 
-def block_size(n: int) -> int:
-    """The power-of-two block that holds ``n`` (at least 16, ``tl.dot``'s minimum on a GPU)."""
-    return max(16, triton.next_power_of_2(int(n)))
 
 
 # ---------------------------------------------------------------------------------------------- (a)

@@ -37,22 +37,17 @@ from __future__ import annotations
 import warnings
 
 import torch
-import triton
 from triton.runtime.errors import OutOfResources
 
 from echo_tutor.errors import BadArgumentError
 from echo_tutor.ska import ops as twin
 from echo_tutor.ska.reference import SKAState, _prepare
 
-from .fused_kernels import _readout_bwd, _readout_fwd, _stats_prefix_bwd, _stats_prefix_fwd
+from .fused_kernels import _readout_bwd, _readout_fwd, _stats_prefix_bwd, _stats_prefix_fwd, block_size
 
 __all__ = ["SOLVERS", "stats_prefix", "readout", "fused_forward"]
 
 SOLVERS = ("chol", "gj", "ns")
-
-
-def _block(n: int) -> int:
-    return max(16, triton.next_power_of_2(int(n)))
 
 
 def _warps(BR: int) -> int:
@@ -98,7 +93,7 @@ class _StatsPrefix(torch.autograd.Function):
         Gt, Mt, Ct = _f32((N, r, r), kk), _f32((N, r, r), kk), _f32((N, P, r), kk)
 
         def launch():
-            _stats_prefix_fwd[(N,)](*ins, Gx, Mx, Cx, Gt, Mt, Ct, T, r, P, nc, S=S, BR=_block(r), BP=_block(P),
+            _stats_prefix_fwd[(N,)](*ins, Gx, Mx, Cx, Gt, Mt, Ct, T, r, P, nc, S=S, BR=block_size(r), BP=block_size(P),
                                     num_stages=1)
             return Gx, Mx, Cx, Gt, Mt, Ct
         ctx.save_for_backward(*ins[:4])
@@ -117,7 +112,7 @@ class _StatsPrefix(torch.autograd.Function):
 
         def launch():
             _stats_prefix_bwd[(N,)](ok, kk, kl, ov, *g, dok, dkk, dkl, dov, dG0, dM0, dC0, T, r, P, nc,
-                                    S=ctx.S, BR=_block(r), BP=_block(P), num_stages=1)
+                                    S=ctx.S, BR=block_size(r), BP=block_size(P), num_stages=1)
             return dok, dkk, dkl, dov, dG0, dM0, dC0
         grads = _run("stats + prefix backward", launch,
                      lambda: twin.stats_prefix_backward(*(x.float() for x in (ok, kk, kl, ov)), *g, ctx.S))
@@ -141,13 +136,13 @@ class _Readout(torch.autograd.Function):
     def forward(ctx, G, M, C, q, eta, gamma, K: int, solver: int, iters: int, spectral: bool, siters: int):
         Nc, S, r = q.shape
         P = C.shape[1]
-        BR = _block(r)
+        BR = block_size(r)
         ins = [x.contiguous() for x in (G, M, C, q, eta, gamma)]
         y, Gi, s, sig = _f32((Nc, S, P), q), _f32((Nc, BR, BR), q), _f32((Nc,), q), torch.ones(Nc, device=q.device)
 
         def launch():
             _readout_fwd[(Nc,)](*ins, y, Gi, s, sig, r, P, iters, siters, K=K, SOLVER=solver, SPECTRAL=spectral, S=S,
-                                BR=BR, BP=_block(P), num_warps=_warps(BR))
+                                BR=BR, BP=block_size(P), num_warps=_warps(BR))
             return y, Gi, s, sig
 
         def fallback():
@@ -170,7 +165,7 @@ class _Readout(torch.autograd.Function):
 
         def launch():
             _readout_bwd[(Nc,)](Gi, M, C, q, s, dy, dG, dM, dC, dq, ds, r, P, K=ctx.K, S=S,
-                                BR=Gi.shape[-1], BP=_block(P), num_warps=_warps(Gi.shape[-1]))
+                                BR=Gi.shape[-1], BP=block_size(P), num_warps=_warps(Gi.shape[-1]))
             return dG, dM, dC, dq, ds
         dG, dM, dC, dq, ds = _run("readout backward", launch, lambda: twin.readout_backward(
             Gi[:, :r, :r], M.float(), C.float(), q.float(), s, dy, ctx.K))

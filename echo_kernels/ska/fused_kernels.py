@@ -6,20 +6,30 @@ overflow at large B * H * T."""
 import triton
 import triton.language as tl
 
-__all__: list[str] = []
+__all__ = ["block_size"]
+
+
+def block_size(n: int) -> int:
+    """The power-of-two block that holds ``n`` (at least 16, ``tl.dot``'s minimum on a GPU)."""
+    return max(16, triton.next_power_of_2(int(n)))
+
+
+@triton.jit
+def _walk_tiles(r, P, S: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
+    """Index ranges, masks and offsets of one head's [r, r] and [P, r] statistics (both walks)."""
+    s = tl.arange(0, S)
+    i = tl.arange(0, BR)
+    p = tl.arange(0, BP)
+    mrr = (i[:, None] < r) & (i[None, :] < r)
+    mpr = (p[:, None] < P) & (i[None, :] < r)
+    return s, i, p, mrr, mpr, i[:, None] * r + i[None, :], p[:, None] * r + i[None, :]
 
 
 @triton.jit
 def _stats_prefix_fwd(ok_ptr, kk_ptr, kl_ptr, ov_ptr, g0_ptr, m0_ptr, c0_ptr, gx_ptr, mx_ptr, cx_ptr,
                       gt_ptr, mt_ptr, ct_ptr, T, r, P, nc, S: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
-    s = tl.arange(0, S)
-    i = tl.arange(0, BR)
-    p = tl.arange(0, BP)
-    mrr = (i[:, None] < r) & (i[None, :] < r)
-    mpr = (p[:, None] < P) & (i[None, :] < r)
-    rr = i[:, None] * r + i[None, :]
-    pr = p[:, None] * r + i[None, :]
+    s, i, p, mrr, mpr, rr, pr = _walk_tiles(r, P, S, BR, BP)
     g = tl.load(g0_ptr + n * r * r + rr, mask=mrr, other=0.0).to(tl.float32)
     m = tl.load(m0_ptr + n * r * r + rr, mask=mrr, other=0.0).to(tl.float32)
     cv = tl.load(c0_ptr + n * P * r + pr, mask=mpr, other=0.0).to(tl.float32)
@@ -50,13 +60,7 @@ def _stats_prefix_bwd(ok_ptr, kk_ptr, kl_ptr, ov_ptr, dgx_ptr, dmx_ptr, dcx_ptr,
                       dok_ptr, dkk_ptr, dkl_ptr, dov_ptr, dg0_ptr, dm0_ptr, dc0_ptr, T, r, P, nc,
                       S: tl.constexpr, BR: tl.constexpr, BP: tl.constexpr):
     n = tl.program_id(0).to(tl.int64)
-    s = tl.arange(0, S)
-    i = tl.arange(0, BR)
-    p = tl.arange(0, BP)
-    mrr = (i[:, None] < r) & (i[None, :] < r)
-    mpr = (p[:, None] < P) & (i[None, :] < r)
-    rr = i[:, None] * r + i[None, :]
-    pr = p[:, None] * r + i[None, :]
+    s, i, p, mrr, mpr, rr, pr = _walk_tiles(r, P, S, BR, BP)
     # chunk c's sums reach the prefixes of every later chunk and the total: suffix sums, walking backwards
     ag = tl.load(dgt_ptr + n * r * r + rr, mask=mrr, other=0.0).to(tl.float32)
     am = tl.load(dmt_ptr + n * r * r + rr, mask=mrr, other=0.0).to(tl.float32)

@@ -1,32 +1,13 @@
 """EchoKV's compressed decode read, one layer's discarded heads, by path: the shared pieces of
-``benchmarks/echokv_read.py`` and lab 07 (inputs at SmolLM2's sizes, the paths, a median timer)."""
+``benchmarks/echokv_read.py`` and lab 07 (inputs at SmolLM2's sizes, the paths)."""
 
 from __future__ import annotations
-
-import statistics
-import time
 
 import torch
 
 from .ops import rebuild_attend, rebuild_heads
 
-__all__ = ["read_case", "read_paths", "median_seconds"]
-
-
-def median_seconds(fn, reps: int, cuda: bool = False) -> float:
-    """Median wall time of ``fn()`` over ``reps`` calls after 3 warm-ups (synchronising CUDA if asked)."""
-    for _ in range(3):
-        fn()
-    out = []
-    for _ in range(reps):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
+__all__ = ["read_case", "read_paths"]
 
 
 def read_case(T: int, J: int, O: int, G: int, D: int, device: str = "cpu", dtype: torch.dtype = torch.float32):
