@@ -9,6 +9,8 @@ from typing import Callable
 
 import torch
 
+from .errors import BadArgumentError
+
 __all__ = ["median_seconds", "first_and_median_seconds"]
 
 
@@ -24,6 +26,10 @@ def _is_cuda(device) -> bool:
 def median_seconds(fn: Callable[[], object], reps: int, device=None, warmup: int = 3) -> float:
     """Median wall time of ``fn()`` over ``reps`` calls after ``warmup`` untimed ones; ``device`` (a
     ``torch.device`` or string; CUDA ones are synchronised before and after each call)."""
+    if not callable(fn):
+        raise BadArgumentError(f"fn must be a function of no arguments, got {type(fn).__name__}")
+    if int(reps) < 1 or int(warmup) < 0:
+        raise BadArgumentError(f"reps must be >= 1 and warmup >= 0, got reps={reps}, warmup={warmup}")
     cuda = _is_cuda(device)
     for _ in range(warmup):
         fn()
