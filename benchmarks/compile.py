@@ -1,8 +1,8 @@
 """torch.compile against eager: one training step and one decode step per preset, in one run.
 
-    python benchmarks/compile.py [--presets echo paper-echo] [--steps 20] [--threads 1] [--device cpu]
+    python benchmarks/compile.py [--presets echo synth1m-echo] [--steps 20] [--threads 1] [--device cpu]
 
-Training step: batch 16 of the lab recipe's mqar_gap (the lab scale) or 16 x 256-token MQAR (paper size):
+Training step: batch 16 of the lab recipe's mqar_gap (the lab scale) or 16 x 256-token MQAR (synth1m size):
 ``echo_tutor.train.loop.train_step``, the step ``train`` runs (forward, backward, AdamW).
 Decode: ``model.step`` at B=1 after a 256-token prefill.
 The compiled versions use ``torch.compile(..., fullgraph=True)`` (Inductor); the first call's time is the
@@ -62,7 +62,7 @@ def decode_step_fn(preset: str, compiled: bool, device: torch.device):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--presets", nargs="+", default=["echo", "paper-echo"], choices=list(LAB_PRESETS) + list(PRESETS))
+    ap.add_argument("--presets", nargs="+", default=["echo", "synth1m-echo"], choices=list(LAB_PRESETS) + list(PRESETS))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")

@@ -2,7 +2,7 @@
 
     python benchmarks/decode.py [--contexts 1024 4096 16384] [--steps 32] [--presets ssm echo attn]
 
-For each preset (paper size: d=128, 4 blocks, vocab 128) and context T: prefill T tokens with
+For each preset (synth1m size: d=128, 4 blocks, vocab 128) and context T: prefill T tokens with
 ``forward`` (chunked), then time ``--steps`` calls of ``model.step`` (one token each, B=1) and report the
 median. State bytes are counted from the tensors the state actually holds (``state_nbytes``). CPU
 timings on shared machines are noisy: compare the ratios printed at the end, from this one run.
@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384])
     ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--presets", nargs="+", default=["paper-ssm", "paper-echo", "paper-attn"], choices=list(PRESETS))
+    ap.add_argument("--presets", nargs="+", default=["synth1m-ssm", "synth1m-echo", "synth1m-attn"], choices=list(PRESETS))
     args = ap.parse_args(argv)
     if args.steps < 3 or min(args.contexts) < 1:
         ap.error("--steps must be >= 3 and --contexts >= 1")

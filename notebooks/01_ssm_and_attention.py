@@ -214,12 +214,12 @@ assert torch.allclose(y_fwd, torch.stack(y_steps, 1), atol=1e-10)
 #
 # | preset | mixers | memory |
 # |---|---|---|
-# | `paper-ssm` | 4 x Mamba-2 | fixed |
-# | `paper-ssm+attn` | 2 x Mamba-2, 2 x attention | grows (2 KV caches) |
-# | `paper-echo` | 2 x Mamba-2, 2 x SKA (r=24, K=2) | fixed |
-# | `paper-attn` | 4 x attention | grows (4 KV caches) |
+# | `synth1m-ssm` | 4 x Mamba-2 | fixed |
+# | `synth1m-ssm+attn` | 2 x Mamba-2, 2 x attention | grows (2 KV caches) |
+# | `synth1m-echo` | 2 x Mamba-2, 2 x SKA (r=24, K=2) | fixed |
+# | `synth1m-attn` | 4 x attention | grows (4 KV caches) |
 #
-# `paper-echo` is the paper-size echo layout (d=128, r=24, K=2), built untrained; the `echo` of labs 00, 02, 03
+# `synth1m-echo` is the synth1m-size echo layout (d=128, r=24, K=2), built untrained; the `echo` of labs 00, 02, 03
 # and 05 is the smaller lab-scale model (d=64, r=32, K=1). The course guide's
 # [model table](../docs/course.md#the-models) lists both.
 #
@@ -227,7 +227,7 @@ assert torch.allclose(y_fwd, torch.stack(y_steps, 1), atol=1e-10)
 # and the figure updates live with the bytes each model's inference state holds, counted from its tensors.
 
 # %%
-presets = ["paper-ssm", "paper-ssm+attn", "paper-echo", "paper-attn"]
+presets = ["synth1m-ssm", "synth1m-ssm+attn", "synth1m-echo", "synth1m-attn"]
 models = {p: build(p, vocab_size=128).eval() for p in presets}
 for p, m in models.items():
     cfg = m.config
@@ -261,15 +261,15 @@ print(f"streamed {stream_len} tokens through {len(presets)} models in {time.perf
 # %%
 final = {p: curves[p][1][-1] for p in presets}
 print({p: f"{b:,d} B" for p, b in final.items()})
-assert curves["paper-ssm"][1][0] == final["paper-ssm"] and curves["paper-echo"][1][0] == final["paper-echo"], "fixed-size states"
-assert final["paper-attn"] == 4 * 2 * 128 * 4 * stream_len, "4 layers x (K and V) x d x float32 per token"
-assert final["paper-ssm+attn"] > final["paper-echo"]
+assert curves["synth1m-ssm"][1][0] == final["synth1m-ssm"] and curves["synth1m-echo"][1][0] == final["synth1m-echo"], "fixed-size states"
+assert final["synth1m-attn"] == 4 * 2 * 128 * 4 * stream_len, "4 layers x (K and V) x d x float32 per token"
+assert final["synth1m-ssm+attn"] > final["synth1m-echo"]
 
 # %% [markdown]
 # ## 5. Where the KV cache overtakes a fixed state
 #
 # Move the slider: each model is *prefilled* with that many tokens (the chunked forward pass) and its state
-# measured. Per token, `paper-attn` should add `4 layers x 2 (K and V) x 128 x 4 B = 4 KiB` while `paper-echo`'s state
+# measured. Per token, `synth1m-attn` should add `4 layers x 2 (K and V) x 128 x 4 B = 4 KiB` while `synth1m-echo`'s state
 # stays put; the cell after the figure measures both.
 
 # %%
@@ -302,13 +302,13 @@ display(widgets.VBox([context, bars, drawn]))
 
 # %%
 sizes_short, sizes_long = state_sizes(16), state_sizes(2048)  # numbers only: the figure follows the slider
-per_token_attn = (sizes_long["paper-attn"] - sizes_short["paper-attn"]) / (2048 - 16)
-crossover = 16 + (sizes_short["paper-echo"] - sizes_short["paper-attn"]) / per_token_attn  # where attn's line meets echo's
-print(f"attn grows {per_token_attn:,.0f} B/token; Echo stays at {sizes_short['paper-echo']:,d} B "
-      f"({sizes_short['paper-echo'] / 1024:.1f} KiB) from 16 to 2,048 tokens; attn passes it at ~{crossover:.0f} tokens")
-print(f"at 2,048 tokens attn holds {sizes_long['paper-attn'] / sizes_long['paper-echo']:.0f}x Echo's state")
-assert sizes_short["paper-echo"] == sizes_long["paper-echo"] and per_token_attn == 4096
-assert sizes_long["paper-attn"] / sizes_long["paper-echo"] > 50
+per_token_attn = (sizes_long["synth1m-attn"] - sizes_short["synth1m-attn"]) / (2048 - 16)
+crossover = 16 + (sizes_short["synth1m-echo"] - sizes_short["synth1m-attn"]) / per_token_attn  # where attn's line meets echo's
+print(f"attn grows {per_token_attn:,.0f} B/token; Echo stays at {sizes_short['synth1m-echo']:,d} B "
+      f"({sizes_short['synth1m-echo'] / 1024:.1f} KiB) from 16 to 2,048 tokens; attn passes it at ~{crossover:.0f} tokens")
+print(f"at 2,048 tokens attn holds {sizes_long['synth1m-attn'] / sizes_long['synth1m-echo']:.0f}x Echo's state")
+assert sizes_short["synth1m-echo"] == sizes_long["synth1m-echo"] and per_token_attn == 4096
+assert sizes_long["synth1m-attn"] / sizes_long["synth1m-echo"] > 50
 assert bars.layout.title.text == f"state bytes after {context.value:,d} tokens", "the figure follows the slider"
 
 # %% [markdown]

@@ -34,7 +34,7 @@
 #
 # The four models are the shipped lab-scale presets (the course guide's
 # [model table](../docs/course.md#the-models)); `echo` here is the lab-scale `echo` of lab 00, not the
-# paper-size layout of lab 01.
+# synth1m-size layout of lab 01.
 #
 # | preset | blocks (d = 64, 2 heads) | inference state |
 # |---|---|---|
@@ -731,8 +731,8 @@ for p in CLIFF_PRESETS:
 # To train your own from a terminal (lab 02 trains one live, from your own SKA layer):
 # `echo-tutor train --scale lab --preset echo --pairs 4 8 16 --gaps 0 16 32 64 128 256 512 1024 --batch-size 16 --steps 4000 --minutes 15 --out my_echo.pt`,
 # then `echo-tutor eval --model my_echo.pt --pairs 8 16 --gaps 64 256 1024 4096`. The paper's protocol, one
-# paper-size model trained per grid cell, is a GPU job:
-# `echo-tutor cliff --scale paper --executor ray --gpus-per-cell 1 --out-dir runs/cliff-paper` (recipe and
+# synth1m-size model trained per grid cell, is a GPU job:
+# `echo-tutor cliff --scale synth1m --executor ray --gpus-per-cell 1 --out-dir runs/cliff-synth1m` (recipe and
 # times: `docs/gpu.md`).
 
 # %%

@@ -593,7 +593,7 @@ for pr in (k2p, k0p):
 # %% [markdown]
 # ## 6. A smaller ablation (secondary)
 #
-# A smaller ablation (`echo-tutor ablate --fast`, shipped as `results_ablation.json`): the paper-size echo
+# A smaller ablation (`echo-tutor ablate --fast`, shipped as `results_ablation.json`): the synth1m-size echo
 # layout with a smaller width, on MQAR-gap **with the values
 # shown after the queries** and on tool traces, with the model, tasks, steps and seeds the cell prints.
 # Besides `K = 0, 1, 2` it tried `K = 4`, spectral normalisation off, and SKA's prefix mask (context tokens
@@ -609,7 +609,7 @@ cfgs = list(dict.fromkeys(r["config"] for r in abl))
 acc_s = {}
 for r in sorted(abl, key=lambda r: r["seed"]):
     acc_s.setdefault((r["config"], r["task"]), []).append(r["acc"])
-small = build("paper-echo", vocab_size=small_tasks["mqar_gap"].vocab_size, d_model=64, n_heads=4,
+small = build("synth1m-echo", vocab_size=small_tasks["mqar_gap"].vocab_size, d_model=64, n_heads=4,
               ska_rank=16, d_state=16)  # that run's model (`ablate --fast`), untrained: only its settings are read
 print("model:", {k: getattr(small.config, k) for k in ("layout", "d_model", "n_heads", "ska_rank")},
       f"; steps per run: {sorted({r['steps'] for r in abl})}; seeds {sorted({r['seed'] for r in abl})}")

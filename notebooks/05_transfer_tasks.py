@@ -45,7 +45,7 @@ steps_run = sorted({r["steps"] for r in tr["table"]})
 print("steps actually run per cell:", steps_run)
 
 # %% [markdown]
-# **The recipe, and why.** The paper-size presets (d=128, 4 blocks) trained for 60 seconds per task on a
+# **The recipe, and why.** The synth1m-size presets (d=128, 4 blocks) trained for 60 seconds per task on a
 # CPU reach only a few hundred steps and stay at chance everywhere (`docs/results.md`, "Transfer tasks").
 # So the table below uses the lab scale of lab 03 (`LAB_PRESETS`: d=64, one Mamba-2 block, then the mixer
 # under test; attention without rotary embedding), a fixed number of steps per (task, model) rather than a

@@ -11,7 +11,7 @@ measured. Sections, in order (each gets a share of ``--budget-s``; one that woul
 3. ``benchmarks/kernels.py``: the Triton paths against the reference and ``torch.compile`` of it, with the
    issue's targets; then ``benchmarks/echokv_read.py``: EchoKV's compressed read by path;
 4. ``benchmarks/compile.py``: compiled against eager, a training and a decode step;
-5. one training step of every preset (lab and paper size), and the peak memory of each;
+5. one training step of every preset (lab and synth1m size), and the peak memory of each;
 6. Mamba-2: our chunked scan against mamba-ssm's fused kernel (parity and speed), where mamba-ssm imports;
 7. K = 1 against K = 2 at the paper's size: three seeds each, trained for an equal time on the lab recipe;
 8. every lab in FULL mode, cell by cell, each within its share of what is left (the heaviest cell named).
@@ -35,7 +35,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 LABS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 # (section, seconds it is planned to take on one H100/H200; the last takes what is left)
 PLAN = [("environment", 10), ("GPU tests", 60), ("kernels", 150), ("compile", 60), ("preset steps", 30),
-        ("mamba-ssm", 15), ("K=1 vs K=2, paper size", 100), ("labs in FULL mode", None)]
+        ("mamba-ssm", 15), ("K=1 vs K=2, synth1m size", 100), ("labs in FULL mode", None)]
 
 
 def _run(cmd: list[str], timeout: float, env: dict | None = None) -> tuple[int | None, str, float]:
@@ -95,7 +95,7 @@ def kernels(ctx: dict, budget: float) -> tuple[str, dict]:
 def compile_bench(ctx: dict, budget: float) -> tuple[str, dict]:
     if ctx["quick"]:
         return "skipped (--quick: Inductor's compile takes minutes on a CPU)\n", {"skipped": True}
-    cmd = [sys.executable, "benchmarks/compile.py", "--presets", "echo", "paper-echo-k1", "--device", "cuda"]
+    cmd = [sys.executable, "benchmarks/compile.py", "--presets", "echo", "synth1m-echo-k1", "--device", "cuda"]
     return _block(*_run(cmd, budget), budget)
 
 
@@ -157,7 +157,7 @@ def mamba(ctx: dict, budget: float) -> tuple[str, dict]:
 
 
 def k_runs(ctx: dict, budget: float) -> tuple[str, dict]:
-    """paper-echo-k1 against paper-echo (K=2), 3 seeds each, equal wall-clock budgets on the lab recipe."""
+    """synth1m-echo-k1 against synth1m-echo (K=2), 3 seeds each, equal wall-clock budgets on the lab recipe."""
     import torch
 
     from echo_tutor.experiments.stats import bootstrap_ci
@@ -165,7 +165,7 @@ def k_runs(ctx: dict, budget: float) -> tuple[str, dict]:
     from echo_tutor.tasks import make_task
     from echo_tutor.train import evaluate, train
 
-    seeds, presets = (0, 1, 2), ("paper-echo-k1", "paper-echo")
+    seeds, presets = (0, 1, 2), ("synth1m-echo-k1", "synth1m-echo")
     each = budget / (len(seeds) * len(presets)) * 0.8  # evaluation and start-up take the rest
     task = make_task(**LAB_RECIPE["task"])
     probe = make_task(**{**LAB_RECIPE["task"], "num_kv_pairs": 8, "gap": [256]})

@@ -26,8 +26,8 @@ def test_recipe_and_fast_cannot_be_combined(tmp_path, capsys):
 
 
 def test_a_recipe_that_does_not_exist_at_a_scale_is_a_bad_argument(tmp_path, capsys):
-    assert main(["cliff", "--scale", "paper", "--fast", "--out-dir", str(tmp_path)]) == EXIT_BAD_ARGUMENT
-    assert "cliff has no fast recipe at scale='paper'" in capsys.readouterr().err
+    assert main(["cliff", "--scale", "synth1m", "--fast", "--out-dir", str(tmp_path)]) == EXIT_BAD_ARGUMENT
+    assert "cliff has no fast recipe at scale='synth1m'" in capsys.readouterr().err
 
 
 def test_a_users_bad_argument_exits_2_without_a_traceback(tmp_path, capsys):

@@ -35,7 +35,7 @@ def test_every_preset_traces_as_one_graph(preset):
         torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("preset", ["echo", "paper-echo"])
+@pytest.mark.parametrize("preset", ["echo", "synth1m-echo"])
 def test_backward_traces_as_one_graph(preset):
     torch._dynamo.reset()
     model = small(preset)

@@ -26,7 +26,7 @@ def test_dry_run_fills_every_section(tmp_path):
     assert not [n for n, s in data["sections"].items() if "error" in s], md
     for name, _ in gpu_report.PLAN:
         assert f"## {name}" in md
-    assert "| paper-echo-k1 |" in md and "| echo |" in md  # the preset steps and the K runs
-    k = data["sections"]["K=1 vs K=2, paper size"]
-    assert [len(k[p]) for p in ("paper-echo-k1", "paper-echo")] == [3, 3]
+    assert "| synth1m-echo-k1 |" in md and "| echo |" in md  # the preset steps and the K runs
+    k = data["sections"]["K=1 vs K=2, synth1m size"]
+    assert [len(k[p]) for p in ("synth1m-echo-k1", "synth1m-echo")] == [3, 3]
     assert data["sections"]["GPU tests"]["rc"] is not None

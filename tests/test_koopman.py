@@ -101,13 +101,13 @@ def test_model_spectra_per_head_and_errors():
     from echo_tutor.koopman import model_spectra
     from echo_tutor.models import build
 
-    m = build("paper-echo", vocab_size=32, d_model=32, n_heads=4, d_state=8, ska_rank=6)
+    m = build("synth1m-echo", vocab_size=32, d_model=32, n_heads=4, d_state=8, ska_rank=6)
     sp = model_spectra(m, torch.randint(0, 32, (40,)))
     assert sorted(sp) == [2, 3]
     assert all(v.shape == (4, 6) and v.is_complex() for v in sp.values())
     assert (sp[2].abs()[:, :-1] >= sp[2].abs()[:, 1:] - 1e-12).all(), "sorted by decreasing modulus"
     with pytest.raises(ValueError, match="no SKA mixer"):
-        model_spectra(build("paper-ssm", vocab_size=32, d_model=32, n_heads=4, d_state=8), torch.randint(0, 32, (10,)))
+        model_spectra(build("synth1m-ssm", vocab_size=32, d_model=32, n_heads=4, d_state=8), torch.randint(0, 32, (10,)))
     with pytest.raises(ValueError, match=r"ids must be a tensor of shape \[T\]"):
         model_spectra(m, torch.randint(0, 32, (2, 10)))
 

@@ -129,8 +129,8 @@ def test_lab_presets_share_the_lab_scale():
 def test_build_rejects_unknown_scales_and_presets():
     with pytest.raises(ValueError, match="scale must be one of"):
         build("echo", scale="huge")
-    with pytest.raises(ValueError, match="'paper-attn' is a paper-scale preset, not scale='lab'"):
-        build("paper-attn", scale="lab")
+    with pytest.raises(ValueError, match="'synth1m-attn' is a synth1m-scale preset, not scale='lab'"):
+        build("synth1m-attn", scale="lab")
 
 
 @pytest.mark.parametrize("preset", ["ssm+swa", "echo"])

@@ -4,7 +4,7 @@ import torch
 from conftest import assert_close, scan_steps
 from echo_tutor.models import MIXERS, PRESETS, HybridLM, build, count_parameters, load, state_nbytes
 
-PAPER_PARAMS = {"paper-ssm": 1_110_000, "paper-ssm+attn": 998_000, "paper-echo": 982_000}
+PAPER_PARAMS = {"synth1m-ssm": 1_110_000, "synth1m-ssm+attn": 998_000, "synth1m-echo": 982_000}
 
 
 @pytest.mark.parametrize("preset", list(PAPER_PARAMS))
@@ -18,20 +18,20 @@ def ska_mixers(model):
 
 
 def test_ssm_ridge_is_echo_with_k0():
-    assert [s.power_steps for s in ska_mixers(build("paper-ssm+ridge"))] == [0, 0]
-    assert [s.power_steps for s in ska_mixers(build("paper-echo"))] == [2, 2]
-    assert build("paper-echo").layout == ["mamba2", "mamba2", "ska", "ska"]
-    assert build("paper-echo", mixer_kwargs={"ska": {"rank": 8}}).blocks[2].mixer.rank == 8
+    assert [s.power_steps for s in ska_mixers(build("synth1m-ssm+ridge"))] == [0, 0]
+    assert [s.power_steps for s in ska_mixers(build("synth1m-echo"))] == [2, 2]
+    assert build("synth1m-echo").layout == ["mamba2", "mamba2", "ska", "ska"]
+    assert build("synth1m-echo", mixer_kwargs={"ska": {"rank": 8}}).blocks[2].mixer.rank == 8
 
 
 def test_every_preset_name_means_one_model():
     from echo_tutor.models import LAB_PRESETS, scale_of
 
-    assert not set(PRESETS) & set(LAB_PRESETS) and all(p.startswith("paper-") for p in PRESETS)
-    assert scale_of("echo") == "lab" and scale_of("paper-echo") == "paper"
-    assert build("echo").config.d_model == 64 and build("paper-echo").config.d_model == 128
-    with pytest.raises(ValueError, match="'echo' is a lab-scale preset, not scale='paper'"):
-        build("echo", scale="paper")
+    assert not set(PRESETS) & set(LAB_PRESETS) and all(p.startswith("synth1m-") for p in PRESETS)
+    assert scale_of("echo") == "lab" and scale_of("synth1m-echo") == "synth1m"
+    assert build("echo").config.d_model == 64 and build("synth1m-echo").config.d_model == 128
+    with pytest.raises(ValueError, match="'echo' is a lab-scale preset, not scale='synth1m'"):
+        build("echo", scale="synth1m")
     with pytest.raises(ValueError, match="preset must be one of the lab-scale presets"):
         build("attn")
 
@@ -77,19 +77,19 @@ def test_every_mixer_is_causal_in_chunk_training_mode(mixer):
 
 def test_state_bytes_constant_for_ssm_and_echo_linear_for_attention():
     sizes = {}
-    for preset in ("paper-ssm", "paper-echo", "paper-attn"):
+    for preset in ("synth1m-ssm", "synth1m-echo", "synth1m-attn"):
         m = build(preset, vocab_size=64, d_model=32, n_heads=4, d_state=8, ska_rank=6)
         sizes[preset] = []
         for T in (16, 64, 256):
             _, st = m(torch.randint(0, 64, (1, T)))
             sizes[preset].append(state_nbytes(st))
-    assert len(set(sizes["paper-ssm"])) == 1 and len(set(sizes["paper-echo"])) == 1
-    a = sizes["paper-attn"]
+    assert len(set(sizes["synth1m-ssm"])) == 1 and len(set(sizes["synth1m-echo"])) == 1
+    a = sizes["synth1m-attn"]
     assert a[1] == 4 * a[0] and a[2] == 16 * a[0]
 
 
 def test_save_and_load_roundtrip(tmp_path):
-    m = small("paper-echo")
+    m = small("synth1m-echo")
     path = tmp_path / "m.pt"
     m.float().save(path)
     m2 = load(path)
@@ -113,7 +113,7 @@ def test_bad_layouts_and_inputs():
         HybridLM(32, mixer_kwargs={"ssm": {}})
     with pytest.raises(ValueError, match="n_heads=3 must divide"):
         HybridLM(32, d_model=32, n_heads=3)
-    m = build("paper-echo", vocab_size=32, d_model=32, n_heads=4, d_state=8, ska_rank=6)
+    m = build("synth1m-echo", vocab_size=32, d_model=32, n_heads=4, d_state=8, ska_rank=6)
     with pytest.raises(ValueError, match=r"token ids in \[0, 32\)"):
         m(torch.tensor([[1, 40]]))
     with pytest.raises(ValueError, match="integer token ids"):
@@ -132,7 +132,7 @@ def test_prefix_mask_from_labels_and_passed_to_ska():
     w = prefix_mask(y)
     q0 = 6 + 5  # first query key
     assert torch.equal(w[:, : q0 - 1], torch.ones(2, q0 - 1)) and (w[:, q0 - 1:] == 0).all()
-    m = small("paper-echo")
+    m = small("synth1m-echo")
     logits_masked, st_masked = m(x, mask=w)
     logits_plain, _ = m(x)
     assert not torch.allclose(logits_masked, logits_plain), "the mask changes what SKA writes"
@@ -180,7 +180,7 @@ def _round_trip(m, tmp_path):
     return back
 
 
-@pytest.mark.parametrize("scale, preset", [("paper", p) for p in PRESETS] + [("lab", p) for p in LAB_PRESETS])
+@pytest.mark.parametrize("scale, preset", [("synth1m", p) for p in PRESETS] + [("lab", p) for p in LAB_PRESETS])
 def test_every_preset_survives_save_and_load(scale, preset, tmp_path):
     torch.manual_seed(0)
     m = build(preset, vocab_size=64, scale=scale)

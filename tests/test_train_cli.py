@@ -11,7 +11,7 @@ from echo_tutor.train import answer_accuracy, evaluate, save_records, sweep, tra
 TINY = dict(vocab_size=32, d_model=32, n_heads=4, d_state=8, ska_rank=6)
 
 
-def tiny(preset="paper-echo"):
+def tiny(preset="synth1m-echo"):
     torch.manual_seed(0)
     return build(preset, **TINY)
 
@@ -43,7 +43,7 @@ def test_time_budget_stops_training():
 def test_training_learns_a_simple_recall():
     """Attention learns single-pair recall quickly: far above chance (1/16) after 150 steps."""
     torch.manual_seed(0)
-    model = build("paper-attn", vocab_size=32, d_model=32, n_heads=4)
+    model = build("synth1m-attn", vocab_size=32, d_model=32, n_heads=4)
     task = make_task("mqar_gap", vocab_size=32, num_kv_pairs=1, gap=2)
     r = train(model, task, steps=150, batch_size=32, lr=3e-3, eval_every=150, eval_examples=128, progress=False)
     assert r.final_eval > 0.5, r.final_eval

@@ -10,14 +10,14 @@ TINY = dict(d_model=32, n_heads=4, d_state=8, ska_rank=6)
 
 
 def test_transfer_writes_both_tables(tmp_path):
-    out = transfer.run("transfer/paper-fast", tmp_path, progress=False, presets=["paper-ssm", "paper-echo"],
+    out = transfer.run("transfer/synth1m-fast", tmp_path, progress=False, presets=["synth1m-ssm", "synth1m-echo"],
                        tasks=["niah", "tool_trace"], seconds=None, steps=2, niah_lengths=[64, 128],
                        model_overrides=TINY, eval_examples=16)
-    assert {(r["task"], r["preset"]) for r in out["table"]} == {(t, p) for t in ("niah", "tool_trace") for p in ("paper-ssm", "paper-echo")}
+    assert {(r["task"], r["preset"]) for r in out["table"]} == {(t, p) for t in ("niah", "tool_trace") for p in ("synth1m-ssm", "synth1m-echo")}
     assert all(r["paper_acc"] is not None and 0 <= r["acc"] <= 1 for r in out["table"])
-    assert [(r["preset"], r["length"]) for r in out["niah_length"]] == [("paper-ssm", 64), ("paper-ssm", 128), ("paper-echo", 64), ("paper-echo", 128)]
-    assert {r["preset"] for r in out["tool_trace_overwrites"]} == {"paper-ssm", "paper-echo"}
-    assert out["recipe"] == "transfer/paper-fast" and out["max_steps"] == 2
+    assert [(r["preset"], r["length"]) for r in out["niah_length"]] == [("synth1m-ssm", 64), ("synth1m-ssm", 128), ("synth1m-echo", 64), ("synth1m-echo", 128)]
+    assert {r["preset"] for r in out["tool_trace_overwrites"]} == {"synth1m-ssm", "synth1m-echo"}
+    assert out["recipe"] == "transfer/synth1m-fast" and out["max_steps"] == 2
     assert json.loads((tmp_path / "transfer.json").read_text())["table"] == out["table"]
 
 
@@ -52,5 +52,5 @@ def test_lab_recipe_uses_lab_presets_chunks_and_zero_filler(tmp_path, monkeypatc
     assert spec["task"]["random_non_queries"] is False and spec["scale"] == "lab"
     x, _ = transfer_task("mqar").sample(4, 0)
     assert (x[:, 16:] == 0).float().mean() > 0.7  # filler 0 (queries and their values are the rest)
-    x, _ = transfer_task("mqar", recipe="transfer/paper").sample(4, 0)
+    x, _ = transfer_task("mqar", recipe="transfer/synth1m").sample(4, 0)
     assert (x[:, 16:] == 0).float().mean() < 0.3  # Zoology's random filler

@@ -2,9 +2,9 @@
 
     echo-tutor train  --scale lab --preset echo --pairs 4 8 16 --gaps 0 16 32 64 128 256 512 1024 --out m.pt
     echo-tutor eval   --model echo --pairs 8 16 --gaps 64 256 1024 4096
-    echo-tutor cliff    [--fast] [--scale lab|paper] [--recipe NAME]   the KV-pairs x gap grid per preset
-    echo-tutor transfer [--fast] [--scale lab|paper] [--recipe NAME]   transfer tasks and NIAH length generalisation
-    echo-tutor ablate   [--fast] [--scale lab|paper] [--recipe NAME]   power order K, spectral norm, prefix mask
+    echo-tutor cliff    [--fast] [--scale lab|synth1m] [--recipe NAME]   the KV-pairs x gap grid per preset
+    echo-tutor transfer [--fast] [--scale lab|synth1m] [--recipe NAME]   transfer tasks and NIAH length generalisation
+    echo-tutor ablate   [--fast] [--scale lab|synth1m] [--recipe NAME]   power order K, spectral norm, prefix mask
     echo-tutor echokv   [--fast]                                       EchoKV-lite on SmolLM2
     echo-tutor convert  [--fast] [--variants ...] [--layers N]         SmolLM2's attention into SKA / window / linear
 

@@ -28,9 +28,9 @@ def recipes_help(mod: ModuleType) -> str:
     """The help text that names an experiment's recipes and which flags pick each."""
     flags = {name: [] for name in mod.RECIPES}
     for (scale, fast), name in mod.PICK.items():
-        flags[name].append(" ".join(x for x in ("--scale paper" if scale == "paper" else "",
+        flags[name].append(" ".join(x for x in ("--scale synth1m" if scale == "synth1m" else "",
                                                  "--fast" if fast else "") if x) or "(no flags)")
-    lines = ["recipes (--recipe NAME, or the one that --scale {lab,paper} (default lab) and --fast pick):"]
+    lines = ["recipes (--recipe NAME, or the one that --scale {lab,synth1m} (default lab) and --fast pick):"]
     for name, recipe in mod.RECIPES.items():
         picked = " | ".join(flags[name]) or "only by --recipe"
         lines.append(f"  {name:<20} {picked:<28} {recipe.description}")

@@ -147,7 +147,7 @@ def add_model_commands(sub) -> None:
     """Add ``train``, ``eval`` and ``echokv`` to the subparsers ``sub``."""
     p = sub.add_parser("train", help="train a preset on a recall task and save it")
     p.add_argument("--preset", default="echo", choices=[*LAB_PRESETS, *PRESETS],
-                   help="lab scale (default echo): %s; paper size (a GPU job): %s" % (", ".join(LAB_PRESETS),
+                   help="lab scale (default echo): %s; the paper's synthetic-task size, about 1M parameters (a GPU job): %s" % (", ".join(LAB_PRESETS),
                                                                                  ", ".join(PRESETS)))
     p.add_argument("--scale", choices=list(SCALES), default=None,
                    help="optional: the preset's scale, checked (the preset's name says it)")

@@ -9,7 +9,7 @@ Recipes (``RECIPES``; the CLI's ``--fast`` / ``--scale`` pick one through ``PICK
 * ``ablation/lab`` (the CLI's default; ``make kpower``, the shipped ``results_kpower.json``): the lab-scale
   echo on the lab recipe's MQAR-gap mixture, K = 0, 1, 2, 1,500 steps, 3 seeds; each record adds the accuracy
   at 16 pairs and gap 1024, the recall breakdown at 8 pairs and gap 256, and the evaluation history.
-* ``ablation/paper`` (``--scale paper``): the paper-size echo, seven configurations, 2,000 steps (a GPU job).
+* ``ablation/synth1m`` (``--scale synth1m``): the synth1m-size echo, seven configurations, 2,000 steps (a GPU job).
 """
 
 from __future__ import annotations
@@ -136,16 +136,16 @@ def _small_tasks(V: int, small: bool) -> dict[str, dict[str, Any]]:
 
 RECIPES: dict[str, AblationRecipe] = {r.name: r for r in (
     AblationRecipe("ablation/small", "the paper's echo layout at d=64 on short tasks, 7 configs, 500 steps, 3 seeds",
-                   "paper", ABLATION_CONFIGS, _small_tasks(64, True), steps=500,
+                   "synth1m", ABLATION_CONFIGS, _small_tasks(64, True), steps=500,
                    model_overrides=dict(d_model=64, n_heads=4, ska_rank=16, d_state=16)),
     AblationRecipe("ablation/lab", "the lab-scale echo on the lab recipe, K = 0, 1, 2, 1,500 steps, 3 seeds", "lab",
                    LAB_ABLATION_CONFIGS, {"mqar_gap": dict(LAB_RECIPE["task"])}, steps=1500, eval_every=100,
                    eval_examples=128, probes=True),
-    AblationRecipe("ablation/paper", "the paper-size echo, 7 configs, 2,000 steps, 3 seeds (a GPU job)", "paper",
+    AblationRecipe("ablation/synth1m", "the synth1m-size echo, 7 configs, 2,000 steps, 3 seeds (a GPU job)", "synth1m",
                    ABLATION_CONFIGS, _small_tasks(128, False), steps=2000),
 )}
-PICK = {("lab", True): "ablation/small", ("lab", False): "ablation/lab", ("paper", True): "ablation/small",
-        ("paper", False): "ablation/paper"}
+PICK = {("lab", True): "ablation/small", ("lab", False): "ablation/lab", ("synth1m", True): "ablation/small",
+        ("synth1m", False): "ablation/synth1m"}
 
 
 def recipe_for(scale: str = "lab", fast: bool = False) -> AblationRecipe:
@@ -177,7 +177,7 @@ def cells(recipe: AblationRecipe, save_dir: pathlib.Path | None = None) -> list[
                 specs.append({
                     "experiment": "ablation", "probes": recipe.probes, "task": plain(targs), "config": c.name,
                     "power_steps": c.power_steps, "spectral_norm": c.spectral_norm, "prefix_mask": c.prefix_mask,
-                    "seed": seed, "model": {"preset": "echo" if recipe.scale == "lab" else "paper-echo",
+                    "seed": seed, "model": {"preset": "echo" if recipe.scale == "lab" else "synth1m-echo",
                                             "scale": recipe.scale, "vocab_size": targs["vocab_size"],
                                             "overrides": plain(recipe.model_overrides)},
                     "steps": recipe.steps, "batch_size": recipe.batch_size, "lr": recipe.lr,
@@ -194,7 +194,7 @@ def ablation_cell(spec: dict[str, Any]) -> dict[str, Any]:
 
         {"experiment": "ablation", "probes": False, "task": {make_task arguments}, "config": "K=2 (paper)",
          "power_steps": 2, "spectral_norm": True, "prefix_mask": False, "seed": 0,
-         "model": {"preset": "echo", "scale": "paper" | "lab", "vocab_size": 64, "overrides": {"d_model": 64, ...}},
+         "model": {"preset": "echo", "scale": "synth1m" | "lab", "vocab_size": 64, "overrides": {"d_model": 64, ...}},
          "steps": 500, "batch_size": 16, "lr": 0.003, "eval_every": 500, "eval_examples": 256,
          "save_as": "/abs/out_dir/K2_seed0.pt" or None}
 

@@ -8,7 +8,7 @@ Recipes (``RECIPES``; the CLI's ``--fast`` / ``--scale`` pick one through ``PICK
 * ``cliff/lab-full``: the same with 512 examples a point.
 * ``cliff/lab-decode``: the shipped ``echo`` only, its SKA block read token by token (``ska_mode="token"``, as
   ``model.step`` decodes) instead of in chunks, at 2-32 pairs: the shipped ``results_cliff_decode.json``.
-* ``cliff/paper`` (``--scale paper``): the paper's protocol, one paper-size model trained from scratch per
+* ``cliff/synth1m`` (``--scale synth1m``): the paper's protocol, one synth1m-size model trained from scratch per
   (preset, pairs, gap) cell, 2,000 steps each (a GPU job).
 
 One grid cell per (preset, pairs, gap) (:func:`cliff_cell`), run through :func:`echo_tutor.grid.run_grid`;
@@ -92,7 +92,7 @@ class CliffRecipe:
 
             allowed, what = available(), "the shipped checkpoints"
         else:
-            allowed, what = list(PRESETS) if self.scale == "paper" else _lab_presets(), f"the {self.scale}-scale presets"
+            allowed, what = list(PRESETS) if self.scale == "synth1m" else _lab_presets(), f"the {self.scale}-scale presets"
         object.__setattr__(self, "presets", check_names("presets", list(self.presets), allowed, what))
         object.__setattr__(self, "pairs", check_int_list("pairs", list(self.pairs), 1))
         object.__setattr__(self, "gaps", check_int_list("gaps", list(self.gaps), 0))
@@ -115,11 +115,11 @@ RECIPES: dict[str, CliffRecipe] = {r.name: r for r in (
     CliffRecipe("cliff/lab-decode", "the shipped lab-scale echo read token by token, as it decodes (64 examples a "
                 "point; the other presets read the same either way; 2 pairs added for lab 03's trained SSM cliff)",
                 "lab", "checkpoint", presets=("echo",), pairs=(2, *CLIFF_PAIRS), ska_mode="token"),
-    CliffRecipe("cliff/paper", "the paper's protocol: a paper-size model trained per cell, 2,000 steps (a GPU job)",
-                "paper", "train", presets=("paper-echo-k1", "paper-echo", "paper-ssm+attn", "paper-ssm"),
+    CliffRecipe("cliff/synth1m", "the paper's protocol: a synth1m-size model trained per cell, 2,000 steps (a GPU job)",
+                "synth1m", "train", presets=("synth1m-echo-k1", "synth1m-echo", "synth1m-ssm+attn", "synth1m-ssm"),
                 examples=512),
 )}
-PICK = {("lab", True): "cliff/lab", ("lab", False): "cliff/lab-full", ("paper", False): "cliff/paper"}
+PICK = {("lab", True): "cliff/lab", ("lab", False): "cliff/lab-full", ("synth1m", False): "cliff/synth1m"}
 
 
 def recipe_for(scale: str = "lab", fast: bool = True) -> CliffRecipe:
@@ -152,7 +152,7 @@ def cliff_cell(spec: dict[str, Any]) -> dict[str, Any]:
          # mode "checkpoint": the shipped checkpoint's {"file", "sha1"}
          "checkpoint": {...},
          # mode "train": a model of that scale trained from scratch on this one point
-         "scale": "paper", "vocab_size": 128, "steps": 2000, "batch_size": 16, "lr": 0.003,
+         "scale": "synth1m", "vocab_size": 128, "steps": 2000, "batch_size": 16, "lr": 0.003,
          # optional: SKA blocks read token by token, as the model decodes (absent: chunk mode)
          "ska_mode": "token"}
 

@@ -13,7 +13,7 @@ PRESET_COLORS: dict[str, str] = {
     "echo": "#2ca02c", "echo-r64": "#17becf", "echo-ft": "#8c564b", "echo-k2": "#bcbd22", "ssm+ridge": "#9467bd",
     "ssm+attn": "#1f77b4", "ssm+swa": "#ff7f0e", "ssm": "#d62728", "attn": "#7f7f7f",
 }
-PRESET_COLORS.update({f"paper-{k}": v for k, v in list(PRESET_COLORS.items())})  # a paper-size twin, its lab colour
+PRESET_COLORS.update({f"synth1m-{k}": v for k, v in list(PRESET_COLORS.items())})  # a synth1m-size twin, its lab colour
 
 
 

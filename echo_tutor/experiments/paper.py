@@ -36,4 +36,4 @@ PAPER: dict[str, Any] = {
 def paper_acc(table: str, key: Any, preset: str) -> float | None:
     """The paper's accuracy (%) for ``preset`` (a lab-scale name or its ``paper-`` twin) in
     ``PAPER[table][key]``, or None where the paper has none."""
-    return PAPER.get(table, {}).get(key, {}).get(preset.removeprefix("paper-"))
+    return PAPER.get(table, {}).get(key, {}).get(preset.removeprefix("synth1m-"))

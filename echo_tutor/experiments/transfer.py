@@ -8,9 +8,9 @@ Recipes (``RECIPES``; the CLI's ``--fast`` / ``--scale`` pick one through ``PICK
   (at vocabulary 128 random filler writes about 50 false bindings per prompt into statistics that never
   forget; Zoology uses a vocabulary of 8,192, where this is rare), NIAH tested to 4,096 tokens.
 * ``transfer/lab-full``: the same for 4,000 steps, 512 NIAH examples a length.
-* ``transfer/paper-fast`` (``--scale paper --fast``): the paper-size presets, 60 s of training each (at most
+* ``transfer/synth1m-fast`` (``--scale synth1m --fast``): the synth1m-size presets, 60 s of training each (at most
   2,000 steps: how many depends on the machine), NIAH to 1,024.
-* ``transfer/paper`` (``--scale paper``): the paper-size presets, 6,000 steps each.
+* ``transfer/synth1m`` (``--scale synth1m``): the synth1m-size presets, 6,000 steps each.
 * ``transfer/lab-curves`` (``--recipe``): the MQAR headline cell of lab 05 done fairly: ``ssm+attn`` and
   ``echo`` at the lab scale, 4,000 steps (past ``ssm+attn``'s plateau), 5 seeds, evaluated every 250 steps,
   so the two learning curves are compared at equal steps.
@@ -51,8 +51,8 @@ __all__ = ["TransferRecipe", "RECIPES", "PICK", "TRANSFER_TASKS", "TRANSFER_PRES
 
 TRANSFER_TASKS = ("mqar", "system_prompt", "tool_trace", "niah", "multi_hop", "common_word")
 TRANSFER_PRESETS = ("ssm", "ssm+attn", "echo")
-# paper-echo-k1 (K=1) first: it learned at the lab scale where K=2 (paper-echo, the paper's row) did not
-PAPER_TRANSFER_PRESETS = ("paper-ssm", "paper-ssm+attn", "paper-echo-k1", "paper-echo")
+# synth1m-echo-k1 (K=1) first: it learned at the lab scale where K=2 (synth1m-echo, the paper's row) did not
+SYNTH1M_TRANSFER_PRESETS = ("synth1m-ssm", "synth1m-ssm+attn", "synth1m-echo-k1", "synth1m-echo")
 NIAH_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -106,16 +106,16 @@ RECIPES: dict[str, TransferRecipe] = {r.name: r for r in (
                    **_LAB),
     TransferRecipe("transfer/lab-full", "lab-scale presets, 4,000 steps, SKA chunks of 16, MQAR with 0 filler",
                    steps=4000, niah_examples=512, **_LAB),
-    TransferRecipe("transfer/paper-fast", "paper-size presets, 60 s (at most 2,000 steps) each, NIAH to 1,024",
-                   "paper", steps=2000, seconds=60.0, niah_lengths=NIAH_LENGTHS[:5], presets=PAPER_TRANSFER_PRESETS),
-    TransferRecipe("transfer/paper", "paper-size presets, 6,000 steps each", "paper", steps=6000, niah_examples=512,
-                   presets=PAPER_TRANSFER_PRESETS),
+    TransferRecipe("transfer/synth1m-fast", "synth1m-size presets, 60 s (at most 2,000 steps) each, NIAH to 1,024",
+                   "synth1m", steps=2000, seconds=60.0, niah_lengths=NIAH_LENGTHS[:5], presets=SYNTH1M_TRANSFER_PRESETS),
+    TransferRecipe("transfer/synth1m", "synth1m-size presets, 6,000 steps each", "synth1m", steps=6000, niah_examples=512,
+                   presets=SYNTH1M_TRANSFER_PRESETS),
     TransferRecipe("transfer/lab-curves", "lab 05's MQAR cell: ssm+attn and echo, 4,000 steps, 5 seeds, learning "
                    "curves", steps=4000, presets=("ssm+attn", "echo"), tasks=("mqar",), seeds=(0, 1, 2, 3, 4),
                    eval_every=250, **_LAB),
 )}
-PICK = {("lab", True): "transfer/lab", ("lab", False): "transfer/lab-full", ("paper", True): "transfer/paper-fast",
-        ("paper", False): "transfer/paper"}  # transfer/lab-curves: by name only (--recipe)
+PICK = {("lab", True): "transfer/lab", ("lab", False): "transfer/lab-full", ("synth1m", True): "transfer/synth1m-fast",
+        ("synth1m", False): "transfer/synth1m"}  # transfer/lab-curves: by name only (--recipe)
 
 
 def recipe_for(scale: str = "lab", fast: bool = True) -> TransferRecipe:
@@ -169,7 +169,7 @@ def transfer_cell(spec: dict[str, Any]) -> dict[str, Any]:
 
     The spec (built by :func:`cells`)::
 
-        {"experiment": "transfer", "preset": "echo", "scale": "lab" | "paper",
+        {"experiment": "transfer", "preset": "echo", "scale": "lab" | "synth1m",
          "task": {make_task arguments, "name": "niah", ...}, "vocab_size": 128, "model_overrides": {},
          "steps": 2000, "time_budget_s": 60.0 or None, "batch_size": 16, "lr": 0.003, "seed": 0,
          "eval_examples": 256, ["eval_every": 250: evaluate every so many steps and return the history]

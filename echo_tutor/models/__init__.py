@@ -9,7 +9,7 @@ where ``layout`` names each block's sequence mixer in order, e.g. ``"mamba2,mamb
     linear_attn  echo_tutor.attention.LinearAttention         state: C, constant in T
 
 Two scales of presets, ``build(name, vocab_size, **overrides)``: the CPU lab scale (``LAB_PRESETS``: ``echo``,
-``ssm``, ...) and the paper's sub-million models (``PRESETS``: ``paper-echo``, ``paper-ssm``, ...); see
+``ssm``, ...) and the paper's sub-million models (``PRESETS``: ``synth1m-echo``, ``synth1m-ssm``, ...); see
 ``presets``.
 
 Modules: ``config`` (the frozen :class:`HybridConfig`), ``blocks`` (norm, MLP, block), ``hybrid``
@@ -22,8 +22,8 @@ from .checkpoint import grow_ska_rank, load
 from .config import MIXERS, HybridConfig, parse_layout
 from .hybrid import HybridLM
 from .measure import count_parameters, prefix_mask, state_nbytes
-from .presets import LAB_PRESETS, LAB_RECIPE, LAB_SCALE, PAPER_PREFIX, PRESETS, SCALES, build, presets_of, scale_of
+from .presets import LAB_PRESETS, LAB_RECIPE, LAB_SCALE, SYNTH1M_PREFIX, PRESETS, SCALES, build, presets_of, scale_of
 
 __all__ = ["HybridLM", "HybridConfig", "MIXERS", "PRESETS", "LAB_PRESETS", "LAB_SCALE", "LAB_RECIPE", "SCALES", "build",
-           "presets_of", "scale_of", "PAPER_PREFIX", "load", "grow_ska_rank", "prefix_mask", "state_nbytes",
+           "presets_of", "scale_of", "SYNTH1M_PREFIX", "load", "grow_ska_rank", "prefix_mask", "state_nbytes",
            "count_parameters", "Block", "RMSNorm", "SwiGLU", "parse_layout"]

@@ -47,7 +47,7 @@ class HybridConfig:
         n_heads: heads of attention / SKA; Mamba-2 uses ``headdim = 2 d / n_heads`` (expand 2).
         d_state: Mamba-2's N.
         ska_rank: SKA's r (a ``"rank"`` in ``mixer_kwargs["ska"]`` overrides it for every SKA block).
-        mlp_hidden: SwiGLU hidden width (None: ``13 d / 4``, 416 at d=128, which puts the paper-size presets
+        mlp_hidden: SwiGLU hidden width (None: ``13 d / 4``, 416 at d=128, which puts the synth1m-size presets
             within 3.2% of the paper's parameter counts).
         mixer_kwargs: per-mixer overrides, e.g. ``{"ska": {"power_steps": 0}, "mamba2": {"chunk_size": 32}}``;
             stored read-only.

@@ -1,9 +1,10 @@
 """The preset models at two scales (``SCALES``), the lab-scale training recipe, and ``build(name)``.
 
-* ``scale="paper"`` (``PRESETS``): the paper's sub-million models (d=128, 4 blocks, 4 heads, Mamba-2
-  d_state 16, SKA r=24): ``paper-ssm``, ``paper-ssm+attn``, ``paper-echo`` (the paper's K=2),
-  ``paper-echo-k1`` (K=1), ``paper-ssm+ridge`` (K=0), ``paper-attn``. Every name means one model: the
-  prefix keeps them apart from the lab scale's.
+* ``scale="synth1m"`` (``PRESETS``): the size of the Echo paper's synthetic-task models, about one million
+  parameters (d=128, 4 blocks, 4 heads, Mamba-2 d_state 16, SKA r=24; ``docs/claims.md`` rows E20-E21):
+  ``synth1m-ssm``, ``synth1m-ssm+attn``, ``synth1m-echo`` (the paper's K=2), ``synth1m-echo-k1`` (K=1),
+  ``synth1m-ssm+ridge`` (K=0), ``synth1m-attn``. The prefix says "synthetic tasks, ~1M parameters" and keeps
+  them apart from the lab scale's. The paper's 50M and 180M models have no preset: no lab trains them.
 * ``scale="lab"`` (``LAB_PRESETS``): the CPU lab scale of the recall experiments, chosen by measurement
   (``docs/results.md``, "The lab scale"): d=64, 2 blocks (one Mamba-2, then the mixer under test), 2 heads,
   SKA r=32, vocabulary 128. ``echo`` (K=1), ``echo-k2`` (the paper's K=2), ``ssm+ridge`` (K=0),
@@ -23,19 +24,19 @@ from typing import Any
 from ..errors import BadArgumentError
 from .hybrid import HybridLM
 
-__all__ = ["PRESETS", "PAPER_PREFIX", "LAB_SCALE", "LAB_PRESETS", "SCALES", "LAB_RECIPE", "presets_of", "scale_of", "build"]
+__all__ = ["PRESETS", "SYNTH1M_PREFIX", "LAB_SCALE", "LAB_PRESETS", "SCALES", "LAB_RECIPE", "presets_of", "scale_of", "build"]
 
-# The paper-size models carry a "paper-" prefix: no name means two models (the lab-scale `echo` is d=64, r=32,
-# K=1; `paper-echo` is d=128, r=24, K=2, the paper's).
-PAPER_PREFIX = "paper-"
+# The synthetic-task-size models carry a "synth1m-" prefix: no name means two models (the lab-scale `echo` is
+# d=64, r=32, K=1; `synth1m-echo` is d=128, r=24, K=2, the paper's synthetic-task configuration).
+SYNTH1M_PREFIX = "synth1m-"
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper-ssm": dict(layout="mamba2,mamba2,mamba2,mamba2"),
-    "paper-ssm+attn": dict(layout="mamba2,mamba2,attn,attn"),
-    "paper-echo": dict(layout="mamba2,mamba2,ska,ska"),
+    "synth1m-ssm": dict(layout="mamba2,mamba2,mamba2,mamba2"),
+    "synth1m-ssm+attn": dict(layout="mamba2,mamba2,attn,attn"),
+    "synth1m-echo": dict(layout="mamba2,mamba2,ska,ska"),
     # the paper's size with K=1: what the Echo authors' later public configurations pin (docs/results.md)
-    "paper-echo-k1": dict(layout="mamba2,mamba2,ska,ska", mixer_kwargs={"ska": {"power_steps": 1}}),
-    "paper-ssm+ridge": dict(layout="mamba2,mamba2,ska,ska", mixer_kwargs={"ska": {"power_steps": 0}}),
-    "paper-attn": dict(layout="attn,attn,attn,attn"),
+    "synth1m-echo-k1": dict(layout="mamba2,mamba2,ska,ska", mixer_kwargs={"ska": {"power_steps": 1}}),
+    "synth1m-ssm+ridge": dict(layout="mamba2,mamba2,ska,ska", mixer_kwargs={"ska": {"power_steps": 0}}),
+    "synth1m-attn": dict(layout="attn,attn,attn,attn"),
 }
 
 
@@ -56,7 +57,7 @@ LAB_PRESETS: dict[str, dict[str, Any]] = {
     "ssm": dict(layout="mamba2,mamba2"),
 }
 
-SCALES = ("paper", "lab")
+SCALES = ("synth1m", "lab")
 
 LAB_RECIPE: dict[str, Any] = dict(
     task=dict(name="mqar_gap", vocab_size=128, num_kv_pairs=[4, 8, 16], gap=[0, 16, 32, 64, 128, 256, 512, 1024],
@@ -67,25 +68,25 @@ LAB_RECIPE: dict[str, Any] = dict(
 
 
 def presets_of(scale: str) -> dict[str, dict[str, Any]]:
-    """The preset table of ``scale``: ``PRESETS`` ("paper") or ``LAB_PRESETS`` ("lab")."""
+    """The preset table of ``scale``: ``PRESETS`` ("synth1m") or ``LAB_PRESETS`` ("lab")."""
     if scale not in SCALES:
         raise BadArgumentError(f"scale must be one of {list(SCALES)}, got {scale!r}")
-    return PRESETS if scale == "paper" else LAB_PRESETS
+    return PRESETS if scale == "synth1m" else LAB_PRESETS
 
 
 def scale_of(preset: str) -> str:
-    """The scale of a preset name: "paper" for ``PRESETS`` (``paper-...``), "lab" for ``LAB_PRESETS``."""
+    """The scale of a preset name: "synth1m" for ``PRESETS`` (``synth1m-...``), "lab" for ``LAB_PRESETS``."""
     if preset in PRESETS:
-        return "paper"
+        return "synth1m"
     if preset in LAB_PRESETS:
         return "lab"
-    raise BadArgumentError(f"preset must be one of the lab-scale presets {list(LAB_PRESETS)} or the paper-size "
+    raise BadArgumentError(f"preset must be one of the lab-scale presets {list(LAB_PRESETS)} or the synth1m-size "
                            f"presets {list(PRESETS)}, got {preset!r}")
 
 
 def build(preset: str, vocab_size: int = 128, scale: str | None = None, **overrides: Any) -> HybridLM:
     """A preset model with any ``HybridLM`` argument overridden: a lab-scale preset (``LAB_PRESETS`` with
-    ``LAB_SCALE``, e.g. ``"echo"``) or a paper-size one (``PRESETS``, e.g. ``"paper-echo"``); ``scale``, if
+    ``LAB_SCALE``, e.g. ``"echo"``) or a synth1m-size one (``PRESETS``, e.g. ``"synth1m-echo"``); ``scale``, if
     given, must be the preset's (a check, for callers that hold one).
 
     ``mixer_kwargs`` overrides are merged per mixer with the preset's."""
