@@ -15,7 +15,7 @@ LAB_ENV := JUPYTER_CONFIG_PATH="$(CURDIR)/.jupyter$${JUPYTER_CONFIG_PATH:+:$$JUP
 # the labs tests/browser opens, e.g. BROWSER_LABS=01,07 (default: all)
 BROWSER_LABS ?=
 
-.PHONY: setup lab test test-fast test-min test-unit test-labs test-browser gpu-check notebooks bench checkpoints cliff kpower results convert clean
+.PHONY: claims setup lab test test-fast test-min test-unit test-labs test-browser gpu-check notebooks bench checkpoints cliff kpower results convert clean
 
 setup:
 	bash scripts/setup.sh $(EXTRAS)
@@ -63,6 +63,12 @@ notebooks:
 .PHONY: figures
 figures:
 	$(PY) scripts/make_figures.py
+
+# The claims ledger: list the course's sentences about the papers that lack a docs/claims.md link, then
+# refresh the ledger's "used in" column (tests/test_claims.py checks both).
+claims:
+	$(PY) scripts/claims.py --update
+	$(PY) scripts/claims.py
 
 bench:
 	$(PY) benchmarks/ska_forward.py

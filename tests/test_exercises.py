@@ -73,6 +73,36 @@ def rope_via_library(x, cos, sin):
     return apply_rope(x, cos, sin)
 
 
+def ridge_via_fused_twin(G, C, q):
+    """The fused readout's PyTorch twin computes C G^-1 q too (issue 25: it passed the name check)."""
+    from echo_tutor.ska import ops
+
+    n = q.shape[-2]
+    Gi = torch.linalg.inv(G)  # allowed in this exercise; the twin is not
+    lead = G.shape[:-2]
+    y = ops.readout_forward(q.reshape(-1, 1, 1, n, q.shape[-1]), G.reshape(-1, 1, 1, *G.shape[-2:]),
+                            G.reshape(-1, 1, 1, *G.shape[-2:]), C.reshape(-1, 1, 1, *C.shape[-2:]), power_steps=0)
+    return y.reshape(*lead, n, C.shape[-2]) + 0 * Gi.sum()
+
+
+def ridge_via_getattr(G, C, q):
+    """A name built at run time: no name of the package appears in the code."""
+    import importlib
+
+    mod = importlib.import_module("echo_tutor.ska." + "re" + "ference")
+    fn = getattr(mod, "ska" + "_readout")
+    return fn(G[:, None], G[:, None], C[:, None], q[:, None], power_steps=0)[:, 0]
+
+
+def power_filter_via_layer_method(G, M, C, q, K, gamma, eta):
+    """An object of the package, built from a string: its methods compute the answer."""
+    import importlib
+
+    ref = importlib.import_module("echo_tutor.ska.reference")
+    return vars(ref)["ska" + "_readout"](G[:, None], M[:, None], C[:, None], q[:, None], power_steps=K, eta=eta,
+                                         gamma=gamma, spectral_norm=True, spectral_iters=None)[:, 0]
+
+
 SHORTCUTS = [
     (lab01.check_ssm_scan, uses_the_scan, "ssd_recurrent"),
     (lab01.check_ssd_quadratic, quadratic_via_scan, "ssm_scan"),
@@ -80,13 +110,41 @@ SHORTCUTS = [
     (lab02.check_ska_statistics, statistics_via_ska, "ska_recurrent"),
     (lab02.check_whitened_operator, whitened_via_library, "koopman_operator"),
     (lab04.check_sigma_max_power, sigma_by_svd, "svdvals"),
-    (lab04.check_sigma_max_power, sigma_by_alias, "`smax` (that is `sigma_max`)"),
+    (lab04.check_sigma_max_power, sigma_by_alias, "`smax` (that is `echo_tutor.ska.linalg.sigma_max`)"),
     (lab07.check_chunk_gram, gram_via_twin, "chunk_stats"),
     (lab07.check_sherman_morrison, sherman_morrison_by_inverse, "`inv`"),
     (lab07.check_sherman_morrison, sherman_morrison_by_solve, "`solve`"),
     (lab07.check_sherman_morrison, sherman_morrison_via_a_helper, "your helper `_helper`"),
     (lab06.check_rope_rotate, rope_via_library, "apply_rope"),
 ]
+
+# Shortcuts that no name check can see: the calls the student's function makes while it runs are watched.
+RUNTIME_SHORTCUTS = [
+    (lab02.check_ridge_readout, ridge_via_getattr, "echo_tutor.ska.reference.ska_readout"),
+    (lab02.check_power_filter, power_filter_via_layer_method, "echo_tutor.ska.reference.ska_readout"),
+]
+
+
+@pytest.mark.parametrize("check, student, name", RUNTIME_SHORTCUTS, ids=[s[1].__name__ for s in RUNTIME_SHORTCUTS])
+def test_a_call_reached_at_run_time_is_refused(check, student, name):
+    with pytest.raises(ExerciseError, match="the answer for you") as e:
+        check(student)
+    assert name in str(e.value)
+
+
+def test_the_fused_twin_after_a_reshape_is_refused():
+    with pytest.raises(ExerciseError, match="readout_forward"):
+        lab02.check_ridge_readout(ridge_via_fused_twin)
+
+
+def test_the_forbidden_set_is_computed_from_the_package():
+    import echo_tutor.ska.ops  # noqa: F401  (loaded, as a student's import would)
+
+    from echo_tutor.labs.guard import package_routines
+
+    names = package_routines()
+    assert {"readout_forward", "stats_prefix", "ska_readout", "ssd_chunked", "koopman_operator"} <= names
+    assert not {"solve", "cholesky", "cumsum", "step", "sum"} & names  # torch's names stay the student's
 
 
 @pytest.mark.parametrize("check, student, name", SHORTCUTS, ids=[s[1].__name__ for s in SHORTCUTS])

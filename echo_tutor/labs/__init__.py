@@ -18,11 +18,12 @@ exercise wrapper, the ``checker`` decorator, shortcut detection, the report), ``
 widgets), ``labNN`` (one per lab).
 """
 
-from .checking import ExerciseError, NotAttempted, call_student, close, expect_tensor, fresh_generator, passed
+from .checking import (LEADING_DIMS, ExerciseError, NotAttempted, batch_dims_hint, call_student, close, expect_tensor,
+                       fresh_generator, leading_dims, passed)
 from .exercises import REGISTRY, Exercise, checker, exercise, find_shortcut, report
 from .predict import Prediction
 from .switches import FAST, SOLUTIONS, is_fast, solutions_enabled
 
 __all__ = ["FAST", "SOLUTIONS", "ExerciseError", "NotAttempted", "is_fast", "solutions_enabled", "exercise", "Exercise",
            "checker", "find_shortcut", "report", "REGISTRY", "fresh_generator", "passed", "call_student", "expect_tensor",
-           "close", "Prediction"]
+           "close", "Prediction", "LEADING_DIMS", "leading_dims", "batch_dims_hint"]

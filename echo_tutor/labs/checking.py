@@ -8,7 +8,10 @@ from typing import Callable
 
 import torch
 
-__all__ = ["ExerciseError", "NotAttempted", "fresh_generator", "passed", "call_student", "expect_tensor", "close"]
+from .guard import ALLOW, short_path, watch_calls
+
+__all__ = ["ExerciseError", "NotAttempted", "fresh_generator", "passed", "call_student", "expect_tensor", "close",
+           "LEADING_DIMS", "leading_dims", "batch_dims_hint"]
 
 
 class ExerciseError(AssertionError):
@@ -31,17 +34,31 @@ def passed(name: str) -> None:
 
 
 def call_student(name: str, fn: Callable, *args, **kwargs):
-    """Call the student's function, turning 'not done yet' and crashes into readable messages."""
+    """Call the student's function, turning 'not done yet' and crashes into readable messages.
+
+    Inside a checker (:data:`~echo_tutor.labs.guard.ALLOW` set) the call runs under
+    :class:`~echo_tutor.labs.guard.watch_calls`: a call it makes into the package's answer-computing code is
+    refused with the routine's name."""
     if not callable(fn):
         raise ExerciseError(f"{name}: expected a function, got {type(fn).__name__}")
+    allow = ALLOW.get()
     try:
-        return fn(*args, **kwargs)
+        if allow is None:
+            return fn(*args, **kwargs)
+        with watch_calls(allow) as watch:
+            out = fn(*args, **kwargs)
     except NotImplementedError:
         raise NotAttempted(f"{name}: not attempted yet - replace `raise NotImplementedError` with your code.") from None
     except ExerciseError:
         raise
     except Exception as e:  # the student's own bug: say where, without hiding it
         raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}") from e
+    if watch.violation is not None:
+        qual, path = watch.violation
+        raise ExerciseError(
+            f"{name}: your function calls `{qual}` (in {short_path(path)}), which computes (part of) the answer "
+            "for you. Write it yourself with tensor operations: building it is the point of the exercise.")
+    return out
 
 
 def expect_tensor(name: str, out: object, shape: tuple[int, ...], what: str) -> torch.Tensor:
@@ -57,3 +74,29 @@ def expect_tensor(name: str, out: object, shape: tuple[int, ...], what: str) -> 
 def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-6) -> bool:
     a, b = a.double(), b.double()
     return bool((a - b).norm() <= tol * (1.0 + b.norm()))
+
+
+# Array exercises take any number of leading batch dims ``[...]``: a checker tries none, one and two, and then
+# every shape the lab's later cells call the function with (a function right for one leading dim only, such
+# as ``X.cumsum(1)`` or ``k[:, None, :]``, passes a one-dim test and breaks in a later cell).
+LEADING_DIMS: tuple[tuple[int, ...], ...] = ((), (3,), (2, 3))
+
+
+def leading_dims(*later: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """The leading batch shapes to try: ``LEADING_DIMS``, then each shape in ``later`` not already there."""
+    out = list(LEADING_DIMS)
+    for lead in later:
+        if tuple(lead) not in out:
+            out.append(tuple(lead))
+    return out
+
+
+def batch_dims_hint(lead: tuple[int, ...], passed: list[tuple[int, ...]]) -> str:
+    """A sentence for a function that is right for some leading batch shapes and wrong for ``lead``."""
+    if not passed:
+        return ""
+    ok = ", ".join(str(p) for p in passed)
+    return (f" It was right with leading dims {ok} and is wrong with {lead}: it assumes a fixed number of leading "
+            "batch dims (e.g. `x.cumsum(1)`, `x[:, None]`, a 3-D einsum). Count dims from the end instead "
+            "(`dim=-3`, `x[..., None, :]`, `...` in einsum), so that it works for any number, as the lab's later "
+            "cells need.")

@@ -13,11 +13,20 @@ the lab; the checker prints what is wrong instead of raising. In instructor mode
 it is the solution, and the checker runs on the solution. :func:`report` (the last cell of every lab) lists
 which exercises pass.
 
-A checker (a ``check_*`` function decorated with :func:`checker`) first reads the student's code: a call to
-a function that computes the answer (the library's reference, a kernel twin, a lab's private solution, or
-names the exercise forbids, such as ``inv`` where the exercise is Sherman-Morrison) is rejected with a message
-that says why. It follows the student's own helper functions too. Called with a plain function (the tests,
-``echo_tutor.labs.grade``), a checker raises :class:`~echo_tutor.labs.checking.ExerciseError` as before.
+A checker (a ``check_*`` function decorated with :func:`checker`) refuses a call to code that computes the
+answer, twice over:
+
+* before running it, it reads the student's code (and the student's own helpers, two levels deep) for a name
+  of the package's routines: the set is *computed* (:func:`package_routines`: every function and class that
+  ``echo_tutor``'s method packages and ``echo_kernels`` define), plus the names the exercise forbids (such as
+  ``inv`` where the exercise is Sherman-Morrison), a lab's private ``_*_solution``, and aliases of either;
+* while running it, a profiler watches every Python call: entering any function defined in ``echo_tutor``
+  (outside ``echo_tutor.labs``) or ``echo_kernels``, or a lab's solution, is refused, however it was reached
+  (an alias, ``getattr``, a reshape around a fused twin, a method of an object the student built). An
+  exercise that needs some of the package says so with ``allow=``.
+
+Called with a plain function (the tests, ``echo_tutor.labs.grade``), a checker raises
+:class:`~echo_tutor.labs.checking.ExerciseError` as before.
 """
 
 from __future__ import annotations
@@ -30,21 +39,13 @@ from typing import Any, Callable, Iterable
 
 from ..errors import BadArgumentError
 from .checking import ExerciseError, NotAttempted
+from .guard import ALLOW, answer_module, package_routines, watch_calls
 from .switches import solutions_enabled
 
-__all__ = ["Exercise", "exercise", "checker", "find_shortcut", "report", "REGISTRY"]
+__all__ = ["Exercise", "exercise", "checker", "find_shortcut", "report", "REGISTRY", "package_routines",
+           "watch_calls"]
 
 REGISTRY: dict[str, "Exercise"] = {}  # "lab01.ssm_scan" -> the latest Exercise of this Python session
-
-# Library functions that compute an exercise's answer whatever the exercise: the SKA and SSD references, their
-# twins and kernels, the experiments' task generators. Each checker adds its own (e.g. "inv").
-ALWAYS_FORBIDDEN = frozenset({
-    "ska_recurrent", "ska_chunked", "ska_readout", "ska_chunked_ops", "readout_inverse", "chunk_stats",
-    "exclusive_prefix", "decode_step", "inverse_gram", "spectral_scale", "whiten", "sigma_max", "safe_cholesky",
-    "ssd_recurrent", "ssd_chunked", "segsum", "koopman_operator", "koopman_spectrum", "dmd", "rebuild_heads",
-    "apply_rope", "undo_rope", "SpectralKoopmanAttention", "Mamba2",
-})
-
 
 class Exercise:
     """An exercise of a lab: the student's function, the solution, and what the checker said.
@@ -70,16 +71,20 @@ class Exercise:
     def __repr__(self) -> str:
         return f"<exercise {self.lab}.{self.name}: {self.status}>"
 
-    def run_check(self, check: Callable, forbid: Iterable[str]) -> Any:
+    def run_check(self, check: Callable, forbid: Iterable[str], allow: Iterable[str] = ()) -> Any:
         """Run ``check`` on the student's function (the solution in instructor mode); record and print the
         outcome instead of raising."""
         if self.instructor:
             return check(self.solution)
         try:
-            shortcut = find_shortcut(self.student, forbid)
+            shortcut = find_shortcut(self.student, forbid, allow=allow)
             if shortcut:
                 raise ExerciseError(f"{self.name}: {shortcut}")
-            out = check(self.student)
+            token = ALLOW.set(frozenset(allow))
+            try:
+                out = check(self.student)
+            finally:
+                ALLOW.reset(token)
         except ExerciseError as e:
             self.status = "not attempted" if isinstance(e, NotAttempted) else "failed"
             self.message = str(e)
@@ -117,12 +122,14 @@ def exercise(student: Callable, lab: str | Callable) -> Exercise:
     return ex
 
 
-def checker(*, forbid: Iterable[str] = ()) -> Callable[[Callable], Callable]:
+def checker(*, forbid: Iterable[str] = (), allow: Iterable[str] = ()) -> Callable[[Callable], Callable]:
     """Decorate a lab's ``check_<name>(fn)``: with an :class:`Exercise` it checks without stopping the lab
-    (see :meth:`Exercise.run_check`); with a plain function it raises ``ExerciseError``, after rejecting a
-    call to a function that computes the answer (``ALWAYS_FORBIDDEN``, any lab's ``_*_solution``, and
-    ``forbid``)."""
-    banned = frozenset(forbid)
+    (see :meth:`Exercise.run_check`); with a plain function it raises ``ExerciseError``. Either way it refuses
+    code that computes the answer: by name before the call (:func:`package_routines`, any lab's
+    ``_*_solution``, and ``forbid``), and by watching the calls made during it (:class:`watch_calls`).
+    ``allow``: the package routines (names, qualified names or module prefixes ending in ".") this exercise
+    may use."""
+    banned, allowed = frozenset(forbid), frozenset(allow)
 
     def decorate(check: Callable) -> Callable:
         name = check.__name__.removeprefix("check_")
@@ -130,13 +137,17 @@ def checker(*, forbid: Iterable[str] = ()) -> Callable[[Callable], Callable]:
         @functools.wraps(check)
         def run(fn: Any) -> Any:
             if isinstance(fn, Exercise):
-                return fn.run_check(check, banned)
-            shortcut = find_shortcut(fn, banned)
+                return fn.run_check(check, banned, allowed)
+            shortcut = find_shortcut(fn, banned, allow=allowed)
             if shortcut:
                 raise ExerciseError(f"{name}: {shortcut}")
-            return check(fn)
+            token = ALLOW.set(allowed)
+            try:
+                return check(fn)
+            finally:
+                ALLOW.reset(token)
 
-        run.forbid = banned  # type: ignore[attr-defined]
+        run.forbid, run.allow = banned, allowed  # type: ignore[attr-defined]
         return run
 
     return decorate
@@ -163,13 +174,15 @@ def _is_solution(obj: Any) -> bool:
             and getattr(obj, "__name__", "").endswith("_solution"))
 
 
-def find_shortcut(fn: Callable, forbid: Iterable[str] = (), _depth: int = 0) -> str | None:
+def find_shortcut(fn: Callable, forbid: Iterable[str] = (), _depth: int = 0, allow: Iterable[str] = ()) -> str | None:
     """Why ``fn`` is a shortcut (a call to a function that computes the answer), or None.
 
-    Looks at the names the function's code uses, and at what its global names stand for (an alias of a
-    forbidden function, a lab's private solution, another exercise's solution); follows the student's own
-    helper functions (defined outside the package) two levels deep."""
-    banned = ALWAYS_FORBIDDEN | set(forbid)
+    Looks at the names the function's code uses (:func:`package_routines` and ``forbid``, less ``allow``), and
+    at what its global names stand for (an alias of such a function, a routine or module of the package, a
+    lab's private solution, another exercise's solution); follows the student's own helper functions (defined
+    outside the package) two levels deep."""
+    allowed = set(allow)
+    banned = (package_routines() | set(forbid)) - allowed
     fn = getattr(fn, "student", fn)
     if _is_solution(fn):
         return (f"that is the lab's own solution (`{fn.__name__}`), which computes the answer for you. Write "
@@ -183,12 +196,16 @@ def find_shortcut(fn: Callable, forbid: Iterable[str] = (), _depth: int = 0) -> 
     for n in names:
         obj = glb.get(n)
         target = getattr(obj, "__name__", None)
-        if _is_solution(obj) or (target in banned and n not in banned):
-            return (f"your function calls `{n}` (that is `{target}`), which computes the answer for you. Write it "
-                    "yourself: building it is the point of the exercise.")
+        module = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None) or ""
+        from_package = answer_module(module) and target not in allowed and not any(
+            a.endswith(".") and module.startswith(a.rstrip(".")) for a in allowed)
+        if _is_solution(obj) or (target in banned and n not in banned) or (
+                from_package and not isinstance(obj, types.ModuleType) and callable(obj)):
+            return (f"your function calls `{n}` (that is `{module}.{target}`), which computes the answer for you. "
+                    "Write it yourself: building it is the point of the exercise.")
         own = isinstance(obj, types.FunctionType) and not obj.__module__.startswith("echo_tutor")
         if own and obj is not fn and _depth < 2:
-            inner = find_shortcut(obj, forbid, _depth + 1)
+            inner = find_shortcut(obj, forbid, _depth + 1, allow=allow)
             if inner:
                 return f"your helper `{n}`: {inner}"
     return None
