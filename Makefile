@@ -15,7 +15,7 @@ LAB_ENV := JUPYTER_CONFIG_PATH="$(CURDIR)/.jupyter$${JUPYTER_CONFIG_PATH:+:$$JUP
 # the labs tests/browser opens, e.g. BROWSER_LABS=01,07 (default: all)
 BROWSER_LABS ?=
 
-.PHONY: claims setup lab test test-fast test-min test-unit test-labs test-browser gpu-check notebooks bench checkpoints cliff kpower results convert clean
+.PHONY: claims preview setup lab test test-fast test-min test-unit test-labs test-browser gpu-check notebooks bench checkpoints cliff kpower results convert clean
 
 setup:
 	bash scripts/setup.sh $(EXTRAS)
@@ -63,6 +63,11 @@ notebooks:
 .PHONY: figures
 figures:
 	$(PY) scripts/make_figures.py
+
+# Every lab executed (FAST, solutions on) and rendered to static HTML with its figures, in preview/ (open
+# preview/index.html; publish the folder as it is: docs/course.md, "Publishing the previews"). LABS=00,03 for some.
+preview: setup
+	$(PY) -m echo_tutor.labs.preview --out preview $(if $(LABS),--labs $(LABS),)
 
 # The claims ledger: list the course's sentences about the papers that lack a docs/claims.md link, then
 # refresh the ledger's "used in" column (tests/test_claims.py checks both).

@@ -1,0 +1,57 @@
+"""`make preview`: a lab executed (FAST, solutions on) and rendered to static HTML with its figures, the figures of
+widgets as they were when the run ended, and controls as their values."""
+
+import json
+import pathlib
+
+import pytest
+
+pytest.importorskip("nbclient")
+nbformat = pytest.importorskip("nbformat")
+pytest.importorskip("nbconvert")
+
+from echo_tutor.errors import BadArgumentError  # noqa: E402
+from echo_tutor.labs import preview  # noqa: E402
+
+CELLS = [
+    "import plotly.graph_objects as go, ipywidgets as widgets\nfrom IPython.display import display\n"
+    "go.Figure(go.Scatter(y=[1, 3, 2], name='shown')).show()",
+    "fw = go.FigureWidget(go.Bar(y=[2, 1]))\ns = widgets.IntSlider(value=3, description='gap')\n"
+    "display(widgets.VBox([s, fw]))",
+    "fw.data[0].y = [7, 8]  # a control's callback redraws the figure after it was displayed\ns.value = 5",
+    "print('done')",
+]
+
+
+def _write(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in CELLS])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "99_demo.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def test_a_lab_renders_with_its_figures_as_left(tmp_path):
+    row = preview.render_lab(_write(tmp_path), tmp_path / "out", timeout=120)
+    page = (tmp_path / "out" / "99_demo.html").read_text()
+    assert row["figures"] == 2 and page.count("Plotly.newPlot") == 2
+    assert '<script src="plotly.min.js"></script>' in page
+    assert "widget-view+json" not in page and "ECHO_TUTOR_PREVIEW" not in page
+    data = [json.loads(m) for m in __import__("re").findall(r'"y":(\[[^\]]*\])', page)]
+    assert [1, 3, 2] in data and [7, 8] in data, "the FigureWidget is drawn as it was at the end of the run"
+    assert "gap: <b>5</b>" in page, "a control shows its last value"
+    assert "done" in page
+
+
+def test_bad_lab_names_are_refused(tmp_path):
+    with pytest.raises(BadArgumentError, match="no lab numbered"):
+        preview.render_labs(["42"], tmp_path)
+    with pytest.raises(BadArgumentError, match="src must be a lab's .ipynb"):
+        preview.render_lab(pathlib.Path(tmp_path / "nope.ipynb"), tmp_path)
+
+
+@pytest.mark.slow
+def test_a_real_lab_renders(tmp_path):
+    rows = preview.render_labs(["04"], tmp_path)
+    assert rows[0]["figures"] >= 3
+    assert (tmp_path / "index.html").exists() and (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
