@@ -37,3 +37,51 @@ def test_grade_rechecks_and_refuses_shortcuts(tmp_path):
     res = grade(str(path), timeout=300)
     assert res["kv_cache_bytes"].startswith("FAIL: kv_cache_bytes: expected")
     assert res["ska_state_floats"].startswith("FAIL: ska_state_floats") and "the answer for you" in res["ska_state_floats"]
+
+
+RIGHT = '''# %%
+from echo_tutor import labs
+from echo_tutor.labs import lab00
+
+# %%
+def kv_cache_bytes(n_layers, n_kv_heads, head_dim, tokens, dtype_bytes):
+    return 2 * n_layers * n_kv_heads * head_dim * tokens * dtype_bytes
+
+
+kv_cache_bytes = labs.exercise(kv_cache_bytes, "lab00")
+lab00.check_kv_cache_bytes(kv_cache_bytes)
+'''
+
+
+def test_a_class_is_graded_into_one_report_per_student_and_a_csv(tmp_path):
+    import csv
+
+    from echo_tutor.cli import main
+    from echo_tutor.labs.rubric import items_of
+
+    subs = tmp_path / "subs"
+    (subs / "alice").mkdir(parents=True)
+    (subs / "bob").mkdir()
+    (subs / "alice" / "00_tour.py").write_text(NOTEBOOK)
+    (subs / "bob" / "00_tour.py").write_text(RIGHT)
+    assert main(["grade", str(subs), "--out", str(tmp_path / "grades"), "--timeout", "300"]) == 0
+    alice = (tmp_path / "grades" / "alice.md").read_text()
+    bob = (tmp_path / "grades" / "bob.md").read_text()
+    share = next(it.checked for it in items_of("lab00") if it.key == "lab00.kv_cache_bytes")
+    assert "| `kv_cache_bytes` | FAIL: kv_cache_bytes: expected" in alice and f"| `kv_cache_bytes` | pass | {share:g} |" in bob
+    assert "the answer for you" in alice and "not in the notebook" in bob  # bob did not hand in ska_state_floats
+    assert "## To mark by hand" in bob and "Written analysis" in bob and "Labs not submitted: lab01" in bob
+    rows = list(csv.DictReader(open(tmp_path / "grades" / "grades.csv")))
+    got = {(r["student"], r["item"]): r for r in rows}
+    assert float(got[("bob", "kv_cache_bytes")]["points"]) == share and float(got[("alice", "kv_cache_bytes")]["points"]) == 0
+    assert got[("bob", "written")]["marked_by"] == "instructor"
+
+
+def test_grade_refuses_what_is_not_a_submission(tmp_path, capsys):
+    from echo_tutor.cli import main
+
+    assert main(["grade", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["grade", str(tmp_path / "empty")]) == 2
+    assert "no .ipynb or .py notebook found" in capsys.readouterr().err

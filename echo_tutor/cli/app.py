@@ -7,6 +7,8 @@
     echo-tutor ablate   [--fast] [--scale lab|synth1m] [--recipe NAME]   power order K, spectral norm, prefix mask
     echo-tutor echokv   [--fast]                                       EchoKV-lite on SmolLM2
     echo-tutor convert  [--fast] [--variants ...] [--layers N]         SmolLM2's attention into SKA / window / linear
+    echo-tutor grade    SUBMISSIONS... [--out grades]                  checkers + rubric: a report per student
+    echo-tutor preview  [--labs 00,03] [--out preview]                 the labs executed, as static HTML
 
 cliff, transfer and ablate each run one named recipe of their experiment (echo_tutor.experiments.RECIPES):
 --recipe names it, or --scale (default lab) and --fast pick it; `echo-tutor cliff --help` lists them.
@@ -28,6 +30,7 @@ import sys
 
 from ..errors import BadArgumentError
 from ..grid import GridError
+from .course import add_course_commands
 from .experiments import add_experiment_commands
 from .flags import check_grid_flags
 from .models import add_convert_command, add_model_commands
@@ -40,10 +43,11 @@ EXIT_BAD_ARGUMENT = 2  # as argparse's own errors
 
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="echo-tutor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,cliff,transfer,ablate,echokv,convert}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,cliff,transfer,ablate,echokv,convert,grade,preview}")
     add_model_commands(sub)
     add_convert_command(sub)
     add_experiment_commands(sub)
+    add_course_commands(sub)
     return ap
 
 
