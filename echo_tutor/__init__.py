@@ -16,7 +16,7 @@ Subpackages:
 
 __version__ = "0.1.0"
 
-from .pretrained import load_pretrained as pretrained  # noqa: E402
+from . import pretrained  # noqa: E402  (a callable module: pretrained(name), pretrained.info(name), ...)
 from .ska import SKAState, SpectralKoopmanAttention, ska_chunked, ska_recurrent  # noqa: E402
 
 __all__ = ["SKAState", "SpectralKoopmanAttention", "ska_chunked", "ska_recurrent", "pretrained", "__version__"]

@@ -59,3 +59,13 @@ def test_ssm_recall_is_a_pure_mamba2_with_its_seeds_recorded():
     assert meta["seeds"][0]["seed"] == meta["args"]["seed"] == 0 and meta["seeds"][0]["acc"] == meta["acc"]
     for s in meta["seeds"]:
         assert len(s["gaps"]) == len(s["acc"]) and s["examples"] > 0
+
+
+def test_the_documented_calls_work():
+    """README and guide: echo_tutor.pretrained(name), echo_tutor.pretrained.info(name), .results(kind), .available()."""
+    import echo_tutor.pretrained as mod
+
+    assert echo_tutor.pretrained is mod
+    assert echo_tutor.pretrained.info("echo")["preset"] == "echo"
+    assert "echo" in echo_tutor.pretrained.available() and echo_tutor.pretrained.results("cliff")
+    assert count_parameters(echo_tutor.pretrained("echo")) == count_parameters(build("echo"))
