@@ -213,3 +213,14 @@ def test_exercise_names_its_lab_and_function():
         def nope():
             pass
         labs.exercise(nope, "lab02")
+
+
+def test_a_shortcut_that_crashes_is_still_named_as_a_shortcut():
+    def ridge_readout(G, C, q):
+        import importlib
+
+        ref = importlib.import_module("echo_tutor.ska." + "reference")
+        return vars(ref)["ska_" + "readout"](G, G, C, q[..., None, :], power_steps=-1)  # bad arguments: it raises
+
+    with pytest.raises(ExerciseError, match="echo_tutor.ska.reference.ska_readout"):
+        lab02.check_ridge_readout(ridge_readout)

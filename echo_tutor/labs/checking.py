@@ -42,23 +42,31 @@ def call_student(name: str, fn: Callable, *args, **kwargs):
     if not callable(fn):
         raise ExerciseError(f"{name}: expected a function, got {type(fn).__name__}")
     allow = ALLOW.get()
+    watch = watch_calls(allow or ())
     try:
         if allow is None:
             return fn(*args, **kwargs)
-        with watch_calls(allow) as watch:
+        with watch:
             out = fn(*args, **kwargs)
     except NotImplementedError:
+        _refuse_shortcut(name, watch)
         raise NotAttempted(f"{name}: not attempted yet - replace `raise NotImplementedError` with your code.") from None
     except ExerciseError:
         raise
-    except Exception as e:  # the student's own bug: say where, without hiding it
+    except Exception as e:  # the student's own bug: say where, without hiding it (unless it came from a shortcut)
+        _refuse_shortcut(name, watch)
         raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}") from e
+    _refuse_shortcut(name, watch)
+    return out
+
+
+def _refuse_shortcut(name: str, watch: watch_calls) -> None:
+    """Raise the shortcut's refusal if the watched call entered the package's answer-computing code."""
     if watch.violation is not None:
         qual, path = watch.violation
         raise ExerciseError(
             f"{name}: your function calls `{qual}` (in {short_path(path)}), which computes (part of) the answer "
             "for you. Write it yourself with tensor operations: building it is the point of the exercise.")
-    return out
 
 
 def expect_tensor(name: str, out: object, shape: tuple[int, ...], what: str) -> torch.Tensor:
