@@ -17,13 +17,17 @@
 #
 # This course is about **memory in sequence models**, through two 2026 papers:
 #
-# * **Echo / Spectral Koopman Attention (SKA)** (Sridhar & Johansen, arXiv 2605.06997): a block for
-#   [state-space models](../docs/course.md#glossary) (models that carry the past in a fixed-size state) that
-#   recalls facts *without a [KV cache](../docs/course.md#glossary)* (the keys and values attention keeps for
-#   every past token). It keeps a few `r x r` and `P x r` statistics of the key/value history and reads
-#   queries out of them in closed form.
-# * **EchoKV** (Wang et al., arXiv 2603.22910): shrink a transformer's KV cache by *keeping some heads and
-#   rebuilding the others* from them, with a switch back to the exact cache.
+# * **Echo / Spectral Koopman Attention (SKA)** (Sridhar & Johansen, arXiv 2605.06997,
+#   [E1](../docs/claims.md#E1)): a block for [state-space models](../docs/course.md#glossary) (models that
+#   carry the past in a fixed-size state) that recalls facts *without a [KV cache](../docs/course.md#glossary)*
+#   (the keys and values attention keeps for every past token). It keeps a few `r x r` and `P x r`
+#   statistics of the key/value history and reads queries out of them in closed form
+#   ([E7](../docs/claims.md#E7), [E10](../docs/claims.md#E10)).
+# * **EchoKV** (Wang et al., arXiv 2603.22910, [K1](../docs/claims.md#K1)): shrink a transformer's KV cache
+#   by keeping part of it and *rebuilding the discarded part* from what is kept, using how similar attention
+#   heads are within and across layers ([K3](../docs/claims.md#K3)), with a switch back to the full cache
+#   ([K2](../docs/claims.md#K2)). We have read only its abstract; the course's version, EchoKV-lite, keeps and
+#   rebuilds whole heads, our choice ([R11](../docs/claims.md#R11)).
 #
 # Every term the labs use without defining it is in the [glossary](../docs/course.md#glossary) of the course
 # guide; every symbol is in one notation table (`echo_tutor/ska/README.md`).
@@ -34,6 +38,8 @@
 # %%
 import json
 import math
+import pathlib
+import re
 import time
 
 import ipywidgets as widgets
@@ -63,8 +69,9 @@ t_start = time.perf_counter()
 # ### SKA: statistics instead of a cache
 #
 # Attention keeps every key and value it has seen. SKA keeps, per head, running sums over the tokens
-# (keys `k_t` of width `r`, values `v_t` of width `P`; in the layer each term is also weighted by a learned
-# write gate `beta_t`):
+# (keys `k_t` of width `r`, values `v_t` of width `P`; in this course's layer each term is also weighted by a
+# learned write gate `beta_t`, taken from the authors' later code, not from the paper:
+# [A5](../docs/claims.md#A5)):
 #
 # $$G = \varepsilon I + \sum_t k_t k_t^\top\ (r \times r), \qquad M = \sum_t k_t k_{t-1}^\top\ (r \times r),
 # \qquad C = \sum_t v_t k_t^\top\ (P \times r),$$
@@ -131,15 +138,17 @@ assert len(set(ska_bytes)) == 1 and kv_bytes == [int(per_token) * T for T in len
 # ### EchoKV: keep some heads, rebuild the others
 #
 # The bet: a head's keys (or values) are largely predictable from other heads of the same and neighbouring
-# layers. EchoKV keeps a fraction of the (layer, KV head) *slots* and rebuilds the rest with maps fitted on
-# calibration text. Here is that bet on data built to satisfy it: 6 layers x 4 KV heads whose keys and values
+# layers (the EchoKV abstract's "inter-layer and intra-layer similarities among attention heads",
+# [K3](../docs/claims.md#K3)). EchoKV-lite, the course's reconstruction ([R11](../docs/claims.md#R11)), keeps a
+# fraction of the (layer, KV head) *slots* and rebuilds the rest with maps fitted on calibration text. Here is
+# that bet on data built to satisfy it: 6 layers x 4 KV heads whose keys and values
 # mix a few signals shared within a layer (drifting from layer to layer), plus private noise per head, and
-# one *loner* head (layer 4, head 1) that is pure noise. `fit_reconstructor` (this project's EchoKV-lite,
-# built from the EchoKV abstract) keeps half the slots of each kind (a *kept fraction* of 0.5, the `ratio`
-# the figure's title shows; keys and values are chosen separately), greedily by how well the others
-# can then be rebuilt, and fits a ridge map to each dropped slot from the kept ones of its layer and the two
-# layers on either side; we
-# score the rebuilt heads on fresh tokens. Lab 06 does the same on SmolLM2-135M.
+# one *loner* head (layer 4, head 1) that is pure noise. `fit_reconstructor` (EchoKV-lite, built from the
+# EchoKV abstract, [R11](../docs/claims.md#R11)) keeps half the slots of each kind (a *kept fraction* of 0.5,
+# the `ratio` the figure's title shows; keys and values are chosen separately), greedily by how well the
+# others can then be rebuilt, and fits a ridge map to each dropped slot from the kept ones of its layer and
+# the two layers on either side; we score the rebuilt heads on fresh tokens. Lab 06 does the same on
+# SmolLM2-135M.
 
 # %%
 gk = torch.Generator().manual_seed(0)
@@ -216,8 +225,10 @@ assert all(loner[0] * H_kv + loner[1] in rec.kept[k] for k in ("K", "V")), "the 
 # | `echo` | [Mamba-2](../docs/course.md#glossary), then SKA (`r = 32`, `K = 1`) | fixed |
 # | `ssm+attn` | Mamba-2, then full attention | grows: a KV cache |
 #
-# In labs 00 and 03 `echo` is this model, and lab 05 trains the same layout once per task; lab 01 builds a
-# larger, untrained layout under the same name, and lab 04 reads another checkpoint, `echo-d128`.
+# In labs 00, 03 and 04 `echo` is this shipped model (lab 04 reads its Koopman spectra), lab 02 trains the
+# same layout with your own SKA layer in it, and lab 05 trains it once per task. Lab 01 builds larger, untrained
+# models of the size of the Echo paper's synthetic-task models under other names (`synth1m-*`, about 1M
+# parameters, [E20](../docs/claims.md#E20)).
 #
 # Decoding means calling `model.step(token, state)` once per token. Move the slider: that many random tokens
 # are streamed through both models, and the figure shows the bytes of each model's state as it goes.
@@ -396,33 +407,101 @@ assert kv_cache_bytes(1, H, d // H, crossover, 4) > mine_ska >= kv_cache_bytes(1
 assert crossover == math.floor(break_even) + 1, "the first whole token count past the measured break-even"
 
 # %% [markdown]
+# ### The paper's "≈77 KB", checked with your functions
+#
+# The Echo paper quotes one number for the size of SKA's state ([E24](../docs/claims.md#E24)). For its 180M
+# language model (§6.2: `r = 56`, `P = 64`, `H = 12` heads, 2 SKA layers) it writes that the "total SKA state
+# across 2 layers is approximately 77 KB", next to "384 MB in FP16" for one attention layer's KV cache at 131K
+# tokens with `d = 768` ([E24](../docs/claims.md#E24)); §3.5 gives the same ≈77 KB "For the 50M model" (4 SKA
+# layers, `r = 56`, `H = 7` in §3.4, [E22](../docs/claims.md#E22)). Per head the state is `2r² + Pr + r + 1`
+# floats (§3.5, [E23](../docs/claims.md#E23)): your `ska_state_floats` counts all of it but the `+ 1`, a
+# scalar (the largest key norm) that this course's layer does not keep; the cell below adds it back.
+#
+# **Predict first**, before your functions do the arithmetic.
+
+# %%
+ska_kb_options = {"about 8 KB": 8e3, "about 77 KB, as §6.2 says": 77e3, "about 1 MB": 1e6,  # claims.md#E24
+                  "about 10 MB": 1e7}
+guess_77kb = labs.Prediction("The 180M model as §6.2 gives it: 2 SKA layers of 12 heads each, r = 56, P = 64, "  # claims.md#E24
+                             "float32. How many bytes does the whole SKA state hold?", list(ska_kb_options))
+guess_77kb.show()
+
+# %%
+# (SKA layers, heads, r, P) as the paper gives them: section 6.2 (claims.md#E24) and section 3.4 (claims.md#E22);
+# P = d / H = 64 for the two models of section 3.4 (claims.md#R50)
+paper_sizes = {
+    "180M, sizes of section 6.2": (2, 12, 56, 64),
+    "180M, sizes of section 3.4": (2, 12, 48, 768 // 12),
+    "50M, sizes of section 3.4": (4, 7, 56, 448 // 7),
+}
+KB = 1024  # 77 KB read as KiB; read as 1,000 B, the same rows match
+readings = {}
+for model, (layers, heads, r_p, P_p) in paper_sizes.items():
+    for who, n in (("all heads", heads), ("one head per layer", 1)):
+        floats = layers * (ska_state_floats(n, r_p, P_p) + n)  # + n: one scalar per head (claims.md#E23)
+        readings[f"{model}, {who}"] = 4 * floats               # float32
+print(f"{'reading':<50} {'bytes':>11} {'KiB':>8}  within 5% of 77 KB?")
+for reading, nbytes in readings.items():
+    near = abs(nbytes / (77 * KB) - 1) < 0.05 or abs(nbytes / 77e3 - 1) < 0.05
+    print(f"{reading:<50} {nbytes:>11,d} {nbytes / KB:>8.1f}  {'<- yes' if near else ''}")
+matches = [k for k, v in readings.items() if abs(v / (77 * KB) - 1) < 0.05 or abs(v / 77e3 - 1) < 0.05]
+whole = readings["180M, sizes of section 6.2, all heads"]
+guess_77kb.reveal(min(ska_kb_options, key=lambda o: abs(math.log(ska_kb_options[o] / whole))))
+
+kv_131k = kv_cache_bytes(1, 12, 64, 131072, 2)  # one layer, d = 768 = 12 heads x 64, 131,072 tokens, FP16
+print(f"\nsection 6.2's KV cache, one layer, d = 768, 131,072 tokens, FP16: {kv_131k:,d} B = "
+      f"{kv_131k / 2**20:.0f} MiB (quoted: 384 MB); {kv_131k / whole:,.0f}x the whole SKA state of 2 layers")
+assert matches == ["180M, sizes of section 6.2, one head per layer"], matches
+assert kv_131k == 384 * 2**20
+
+# %% [markdown]
+# **What we concluded** ([R3](../docs/claims.md#R3)): of the readings above, only one gives 77 KB: §6.2's
+# sizes counted for **one head per layer** (79,304 B, 77.4 KiB). All 12 heads of the two layers hold about
+# 0.95 MB, twelve times more, and §3.4's 50M model about 1.1 MB ([R3](../docs/claims.md#R3)). So "≈77 KB"
+# counts one head, and for the 50M model, where §3.5 uses the same number, it matches none of the readings
+# above ([R3](../docs/claims.md#R3)). The paper also gives the 180M model two ranks, `r = 48` in §3.4 and
+# `r = 56` in §6.2 ([R50](../docs/claims.md#R50)). The point the number was there to make stands: your
+# `kv_cache_bytes` reproduces §6.2's 384 MB exactly ([E24](../docs/claims.md#E24)), and even the whole SKA
+# state is hundreds of times smaller than that one cache, and does not grow.
+
+# %% [markdown]
 # ## 4. The course
 #
-# Each lab answers one question. The FAST times below are measured, not estimated: `scripts/time_labs.py`
-# runs every lab top to bottom in a fresh kernel (solutions on) and writes `echo_tutor/pretrained/lab_times.json`,
-# the one source of the times this cell, the README and the course guide show. Expect the same order of
-# magnitude on your machine, not the same seconds.
+# Each lab answers one question, with exercises of its own (counted below from each lab's source, so the count
+# follows the labs). The FAST times below are measured, not estimated: `scripts/time_labs.py` runs every lab
+# top to bottom in a fresh kernel (solutions on) and writes `echo_tutor/pretrained/lab_times.json`, the one
+# source of the times this cell, the README and the course guide show. Expect the same order of magnitude on
+# your machine, not the same seconds.
 
 # %%
 QUESTIONS = {
-    "00_tour": "what the two papers do, in ten minutes",
+    "00_tour": "what do the two papers do, and what does each memory cost?",
     "01_ssm_and_attention": "how do an SSM and attention each carry the past, and what does each cost in memory?",
     "02_ska_from_scratch": "can you build SKA from its equations, and does your layer learn recall?",
     "03_memory_cliff": "at what gap does each kind of fixed memory stop recalling, and does SKA?",
     "04_koopman_spectra": "what does the Koopman operator see in keys, and what does `A^K` add?",
-    "05_transfer_tasks": "does SKA's recall carry over to other retrieval tasks and longer contexts?",
+    "05_transfer_tasks": "does SKA's recall carry over to other retrieval tasks and longer contexts, and where do overwrites hurt?",
     "06_echokv": "how much of a real model's KV cache can be rebuilt from the rest, and at what cost?",
     "07_triton_fast_paths": "how do the references become Triton kernels, checked step by step?",
-    "08_echo_meets_smollm2": "how many of a pretrained model's attention layers can SKA's fixed state replace?",
+    "08_echo_meets_smollm2": "can a pretrained model's attention become a fixed state, and does SKA keep what a window forgets?",
 }
 times_file = PRETRAINED_DIR / "lab_times.json"  # absent only while scripts/time_labs.py times this very lab
 times = json.loads(times_file.read_text()) if times_file.exists() else {"labs": {}}
 fmt = lambda s: f"{s / 60:.1f} min" if s >= 120 else f"{s:.0f} s"  # noqa: E731
+
+
+def exercise_count(lab):
+    """How many "your turn" exercises the lab's source holds (None where the source is not beside this one)."""
+    src = pathlib.Path(f"{lab}.py")
+    return len(re.findall(r"labs\.exercise\(\w+,", src.read_text())) if src.exists() else None
+
+
 if times["labs"]:
     print(f"FAST times measured on {times['date']} ({times['machine']}, {times['threads']} thread(s)):")
+print(f"  {'lab':<22} {'FAST':>9} {'exercises':>9}  the question")
 for lab, question in QUESTIONS.items():
-    t = times["labs"].get(lab)
-    print(f"  {lab:<22} {fmt(t['wall_s']) if t else 'not timed':>9}  {question}")
+    t, n = times["labs"].get(lab), exercise_count(lab)
+    print(f"  {lab:<22} {fmt(t['wall_s']) if t else 'not timed':>9} {n if n is not None else '-':>9}  {question}")
 assert not times["labs"] or set(times["labs"]) == set(QUESTIONS), "every lab timed, and only the labs that exist"
 
 # %% [markdown]

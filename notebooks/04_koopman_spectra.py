@@ -23,13 +23,16 @@
 # decays the data follows. SKA then reads a query out through `A^K`, which keeps some modes and damps others.
 #
 # This lab: (1) DMD on systems whose answer we know, and how SKA's fit differs from textbook DMD;
-# (2) spectral normalisation; (3) the spectra of a trained SKA model next to the same model untrained;
-# (4) what `A^K` keeps; (5) the power order `K = 0, 1, 2` measured at the lab scale (the paper reports no
-# `K = 0` or `K = 1` run), with a Koopman picture of where each power of `A` reads; (6) a smaller ablation
-# at another scale and task layout.
+# (2) spectral normalisation; (3) the spectra of a trained SKA model (the lab-scale `echo` of labs 00 and 03:
+# `d = 64`, `r = 32`, `K = 1`) next to the same model untrained; (4) what `A^K` keeps; (5) the power order
+# `K = 0, 1, 2` measured at the lab scale (the paper runs `K = 2` throughout and reports no `K = 0` or `K = 1`
+# run: [E21](../docs/claims.md#E21), [R1](../docs/claims.md#R1)), with a Koopman picture of where each power of `A` reads; (6) a smaller
+# ablation at another scale and task layout; (7) a paired ablation of your own design, with its interval, its
+# verdict and what it says about `K = 2`.
 
 # %%
 import math
+import time
 
 import ipywidgets as widgets
 from IPython.display import display
@@ -45,7 +48,7 @@ from echo_tutor.koopman import (damped_rotation, dmd, mode_energies, model_spect
 from echo_tutor.labs import lab04
 from echo_tutor.models import LAB_RECIPE, HybridLM, build, prefix_mask
 from echo_tutor.pretrained import info, results
-from echo_tutor.ska import SpectralKoopmanAttention, ska_chunked, ska_recurrent
+from echo_tutor.ska import SpectralKoopmanAttention, ska_chunked, ska_readout, ska_recurrent
 from echo_tutor.tasks import make_task, mqar_gap, tool_trace
 
 FAST = labs.FAST  # nothing in this lab trains: FAST and full mode run the same cells
@@ -69,13 +72,19 @@ def complex_plane(fig, row=None, col=None):
 # has eigenvalues `rho e^{+-i theta}`: modulus = decay per step, angle = rotation per step.
 #
 # ### Your turn 1: `dmd_operator`
-# Write `dmd_operator(X [N, d], Y [N, d], eps) -> A [d, d]`: the [ridge](../docs/course.md#glossary) fit
-# `y_i ~ A x_i`, i.e. `A = (Y^T X)(X^T X + eps I)^-1` (rows are snapshots: `x_i` a state, `y_i` the state one
-# step later).
+# Write `dmd_operator(X [..., N, d], Y [..., N, d], eps) -> A [..., d, d]`: the [ridge](../docs/course.md#glossary)
+# fit of one step of the system, `y_i ~ A x_i` (rows are snapshots: `x_i` a state, `y_i` the state one step
+# later). "Ridge fit" means: the `A` that minimises `sum_i ||y_i - A x_i||^2 + eps ||A||_F^2`. Derive it first
+# (set the gradient with respect to `A` to zero, and write the sums as matrix products of `X` and `Y`), then
+# code it for any number of leading batch dims (one system per batch element; the checker tries none, one and
+# two).
 
 # %%
 def dmd_operator(X, Y, eps):
-    """X, Y [N, d] (y_i follows x_i) -> A [d, d]"""
+    """X, Y [..., N, d] (row i of Y follows row i of X); eps >= 0 -> A [..., d, d], the ridge fit y_i ~ A x_i.
+
+    Hints: the normal equations are linear in A; prefer torch.linalg.solve to an explicit inverse; `.mT`
+    transposes the last two dims of a batch (`.T` reverses all of them)."""
     # YOUR CODE HERE
     raise NotImplementedError
 
@@ -205,12 +214,18 @@ assert dmd_fig.layout.title.text == dmd_title(**{k: w.value for k, w in dmd_cont
 # they differ, and `sigma_max` is what guarantees `||s A_w|| <= gamma`.
 #
 # ### Your turn 2: `sigma_max_power`
-# Write `sigma_max_power(A [r, r], iters) -> float`: start from `x = ones(r) / sqrt(r)`, repeat
-# `x <- A^T A x / ||A^T A x||`, return `||A x||`. (SKA runs 6 such iterations, detached from autograd.)
+# Write `sigma_max_power(A [..., r, r], iters) -> [...]`: an estimate of the largest singular value of each
+# `A`, by power iteration. What you need: `sigma_max(A)^2` is the largest eigenvalue of the symmetric matrix
+# `A^T A`, with eigenvector `v`, and `||A v|| = sigma_max(A)`; power iteration on a symmetric matrix (multiply,
+# normalise, repeat) turns a start vector towards that eigenvector. Start from the unit vector
+# `ones(r) / sqrt(r)` and do exactly `iters` iterations, as SKA's spectral normalisation does (the paper's SKA
+# runs 6, detached from autograd: [E17](../docs/claims.md#E17)); then decide what to return. Any number of leading dims (one
+# matrix per head and sequence in SKA).
 
 # %%
 def sigma_max_power(A, iters):
-    """A [r, r], iters -> estimate of the largest singular value"""
+    """A [..., r, r], iters >= 0 -> [...]: the estimate of sigma_max(A) after `iters` power iterations on A^T A
+    from ones(r) / sqrt(r)."""
     # YOUR CODE HERE
     raise NotImplementedError
 
@@ -440,8 +455,9 @@ assert energy_fig.layout.title.text == energy_title(**{k: w.value for k, w in en
 # %% [markdown]
 # ## 5. The power order K at the lab scale
 #
-# Does the power filter carry SKA's recall? The paper reads out with `K = 2` and reports no run with `K = 0`
-# (plain causal ridge regression, the [mesa layer](../docs/course.md#glossary)) or `K = 1`. We trained the
+# Does the power filter carry SKA's recall? The paper reads out with `K = 2` ([E21](../docs/claims.md#E21)) and reports no run
+# with `K = 0` (plain causal ridge regression, the [mesa layer](../docs/course.md#glossary)) or `K = 1`
+# ([R1](../docs/claims.md#R1), our reading of its tables and figures). We trained the
 # lab-scale echo model of lab 03 (Mamba-2 then SKA; config printed below) on the lab recipe's MQAR-gap mixture
 # (values hidden after the queries; printed below) with `K = 0, 1, 2`, five seeds each, with the same steps,
 # batch and learning rate (`make kpower`: the recipe `ablation/lab`; command and table in `docs/results.md`,
@@ -467,15 +483,15 @@ assert all([r["seed"] for r in by[c]] == seeds for c in configs), "every order h
 K_PRESET = {0: "ssm+ridge", 1: "echo", 2: "echo-k2"}  # each order's shipped lab-scale checkpoint (and its colour)
 power = {c: by[c][0]["power_steps"] for c in configs}
 print(f"{len(kp)} runs; steps per run: {sorted({r['steps'] for r in kp})}; seeds {seeds}")
-print(f"{'config':<20}{'mixture acc (256 ex.)':<24}{'16 pairs, gap 1024 (64 ex.)':<30}"
-      f"{'bound-wrong, 8 pairs gap 256':<30}learned")
+print(f"{'config':<20}{'mixture acc (256 ex.)':<40}{'16 pairs, gap 1024 (64 ex.)':<36}"
+      f"{'bound-wrong, 8 pairs gap 256':<36}learned")
 learned = {}
 for c in configs:
     learned[c] = sum(r["acc_16pairs_gap1024"] > 0.5 for r in by[c])
     mix = " / ".join(f"{r['acc']:.3f}" for r in by[c])
     far = " / ".join(f"{r['acc_16pairs_gap1024']:.2f}" for r in by[c])
     bw = " / ".join(f"{r['bound_wrong_8pairs_gap256']:.2f}" for r in by[c])
-    print(f"{c:<20}{mix:<24}{far:<30}{bw:<30}{learned[c]} of {len(seeds)}")
+    print(f"{c:<20}{mix:<40}{far:<36}{bw:<36}{learned[c]} of {len(seeds)}")
 bw_not = [r["bound_wrong_8pairs_gap256"] for c in (k0, k2) for r in by[c]]
 print(f"bound-wrong: the share of answers that were a value bound in the prompt, but to another key; over the "
       f"{k0} and {k2} runs {min(bw_not):.2f}-{max(bw_not):.2f}, against 7/64 = {7 / 64:.2f} for a "
@@ -514,11 +530,34 @@ assert learned == {k0: 0, k1: 4, k2: 0}, learned
 # exclude zero, by about a quarter of the accuracy scale at their near end); between `K = 2` and `K = 0` the
 # interval includes zero: no difference shown. Read the per-seed columns with them: `K = 1` learned in 4 of 5
 # seeds (its seed 2 did not, in the steps printed), `K = 0` and `K = 2` in none. The learned `K = 1` seeds sit
-# at about 0.75 on the training mixture because chunk mode hides the bindings of the first chunk from SKA (the
-# ceiling lab 03 computes), and at 1.00 at 16 pairs and gap 1024. The `K = 0` and `K = 2` runs did learn
-# *which values* were bound, though not to which key: their bound-wrong shares (printed) are well above a
-# blind guess's.
-#
+# at about 0.75 on the training mixture, and at 1.00 at 16 pairs and gap 1024: 0.75 is the ceiling of a model
+# read in chunks whose Mamba-2 block recalls nothing, the share of the evaluation's answers whose binding sits
+# in an earlier 64-token chunk than its query (lab 03, section 3, explains chunk mode; the cell below counts it
+# on the same 256 examples). The `K = 0` and `K = 2` runs did learn *which values* were bound, though not to
+# which key: their bound-wrong shares (printed) are well above a blind guess's.
+
+# %%
+def chunk_ceiling(task, n_examples=256, batch_size=16, seed=10_000, S=64):
+    """Share of the answers, on evaluate's draws (the same seeds and batches), whose binding (the queried key's
+    first occurrence, and the value after it) sits in a chunk before the query's."""
+    seen = total = 0
+    for i in range(n_examples // batch_size):
+        x, y = task.sample(batch_size, seed + i)
+        for xb, yb in zip(x, y):
+            for pos in (yb != -100).nonzero().flatten().tolist():
+                first = int((xb[:pos] == xb[pos]).nonzero()[0])  # where the queried key was bound
+                seen += (first + 1) // S < pos // S
+                total += 1
+    return seen / total
+
+
+ceiling = chunk_ceiling(make_task(**LAB_RECIPE["task"]), S=lab_models["echo"].blocks[1].mixer.chunk_size)
+learned_acc = [r["acc"] for r in by[k1] if r["acc_16pairs_gap1024"] > 0.5]
+print(f"chunk-mode ceiling on the mixture's 256 evaluation examples: {ceiling:.3f}; the learned {k1} seeds: "
+      f"{min(learned_acc):.3f}-{max(learned_acc):.3f}")
+assert all(abs(a - ceiling) < 0.02 for a in learned_acc), "the learned K = 1 seeds sit at the chunk-mode ceiling"
+
+# %% [markdown]
 # ### Where each power of `A` reads: a Koopman picture of `K = 2`
 #
 # SKA's output is a weighted sum of the values it stored: `C G^-1 A^K q = sum_t alpha_t v_t` with readout
@@ -581,7 +620,8 @@ for pr in (k2p, k0p):
 # model computed that token's features before its value arrived, so it cannot hold the answer), one power
 # lands on its value, two on the *next binding's key*, three on that binding's value. So on an operator
 # that has learned the one-step shift, `K = 2` reads a key, not the answer: the Koopman picture of why the
-# paper's order suits this task layout, where a value sits one token after its key, worse than `K = 1`.
+# paper's order ([E21](../docs/claims.md#E21)) suits this task layout, where a value sits one token after its key, worse than
+# `K = 1`.
 #
 # `echo-k2`, trained with `K = 2`, did not find another route in its run: its own readout spreads over the
 # value tokens (`-1`, `+1`, `+3` about equal) without singling out the queried key's value, and puts
@@ -666,6 +706,145 @@ assert small_verdicts["mqar_gap", K2s, K0s] == small_verdicts["mqar_gap", K4s, K
 assert small_verdicts["mqar_gap", NOSN, K2s] == NO_DIFF
 
 # %% [markdown]
+# ## 7. A paired ablation of your own (open-ended)
+#
+# Sections 5 and 6 read ablations someone else designed. Here you design one, run it, and judge it: two
+# settings ("arms") of SKA compared seed by seed, a 95% interval of the mean difference, a verdict only where
+# the interval excludes zero, then a paragraph on what your result does and does not say about the paper's
+# `K = 2` ([E21](../docs/claims.md#E21); the paper reports no other order, [R1](../docs/claims.md#R1)).
+#
+# **The testbed: SKA's closed-form readout, no training** (it runs in about a second on a laptop core, printed
+# below). Per seed: random unit embeddings for 128 tokens (keys from the lower half, values from the upper
+# half), `sequences` contexts of `pairs` bindings `[k1 v1 k2 v2 ...]` (with `offset - 1` random filler tokens
+# between each key and its value if you ask for them), each key and query perturbed by a random vector of
+# norm about `noise`. The package's `ska_chunked` (token mode) accumulates `G`, `M`, `C` over the context,
+# `ska_readout` reads each bound key out through `A^K`, and the answer is the value whose embedding is closest
+# to the readout (chance: 1/64). The stream has section 5's one-step structure: the token after a key is its
+# value, so `A q` points at the value and `A^0 q` at the key itself. An arm may change `K`, the rank `r`, or
+# any other setting, all else equal.
+#
+# *How the testbed was chosen (measured first).* Without noise, `K = 1` answers every query of every seed
+# (1.00 on five seeds of 8 pairs at `r = 16`) and `K = 0` none: the differences are the same on every seed,
+# so an interval has nothing to estimate. With key noise 0.5, `K = 1` falls to about 0.45 per seed with some
+# spread between seeds, so the interval has a width to report: that is the default below.
+
+# %%
+def readout_recall(K, seed, *, pairs=8, rank=16, offset=1, noise=0.5, sequences=32, P=32, vocab=64, eps=1e-3):
+    """Accuracy of SKA's closed-form readout through A^K on `sequences` synthetic contexts of `pairs` bindings
+    (key, offset - 1 fillers, value) with key noise `noise`; everything drawn from `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    emb_k = torch.nn.functional.normalize(torch.randn(2 * vocab, rank, generator=g, dtype=torch.float64), dim=-1)
+    emb_v = torch.nn.functional.normalize(torch.randn(2 * vocab, P, generator=g, dtype=torch.float64), dim=-1)
+    keys = torch.stack([torch.randperm(vocab, generator=g)[:pairs] for _ in range(sequences)])  # [B, n], lower half
+    vals = vocab + torch.randint(0, vocab, (sequences, pairs), generator=g)  # [B, n], upper half
+    fill = vocab + torch.randint(0, vocab, (sequences, pairs, offset - 1), generator=g)
+    ctx = torch.cat([keys[..., None], fill, vals[..., None]], -1).reshape(sequences, -1)  # [B, T]: k f.. v k f.. v
+    jitter = lambda *shape: noise * torch.randn(*shape, rank, generator=g, dtype=torch.float64) / rank**0.5  # noqa: E731
+    k = emb_k[ctx] + jitter(*ctx.shape)  # [B, T, r]
+    _, st = ska_chunked(k[:, :, None], k[:, :, None], emb_v[ctx][:, :, None], power_steps=0, eps=eps, mode="token")
+    q = emb_k[keys] + jitter(sequences, pairs)  # [B, n, r]: each bound key, asked once
+    y = ska_readout(st.G, st.M, st.C, q[:, None], power_steps=K)[:, 0]  # [B, n, P] = C G^-1 (M G^-1)^K q
+    guess = (y @ emb_v[vocab:].T).argmax(-1) + vocab  # the nearest value embedding
+    return float((guess == vals).double().mean())
+
+
+t0 = time.perf_counter()
+print("no noise, 8 pairs, r = 16, seeds 0-4:  K=1 " + " ".join(f"{readout_recall(1, s, noise=0.0):.2f}" for s in range(5))
+      + "  K=0 " + " ".join(f"{readout_recall(0, s, noise=0.0):.2f}" for s in range(5)))
+print("noise 0.5:                             K=1 " + " ".join(f"{readout_recall(1, s):.2f}" for s in range(5))
+      + "  K=0 " + " ".join(f"{readout_recall(0, s):.2f}" for s in range(5)))
+print(f"20 readouts in {time.perf_counter() - t0:.1f} s")
+
+# %% [markdown]
+# ### Your turn 3: `paired_ablation`
+#
+# Write `paired_ablation(measure, arm_a, arm_b, seeds) -> dict`, the machinery of a paired comparison.
+# `measure(arm, seed)` returns an accuracy. Return
+#
+# * `"records"`: one dict `{"seed": s, "arm": arm, "acc": accuracy}` per seed and arm;
+# * `"diffs"`: the per-seed differences `acc(arm_a) - acc(arm_b)`, in the order of `seeds`;
+# * `"mean"`: their mean;
+# * `"interval"`: `(lo, hi)`, a 95% interval of the mean difference: a percentile bootstrap over seeds
+#   (resample the differences with replacement, 5,000 times or more, and take the 2.5% and 97.5% quantiles of
+#   the resampled means; fix the generator's seed, so the same records always give the same interval), or a
+#   t interval;
+# * `"verdict"`: the better arm's name (`arm_a` or `arm_b`) where the interval excludes 0, else `"no verdict"`.
+#
+# What makes it *paired*: both arms run at every seed, so each difference compares the two settings on the
+# same data and budget, and the seed-to-seed variation that both arms share cancels. The checker runs your
+# function on measures of its own (an effect each way, and none), recomputes the interval from your records
+# and checks the verdict against it. Write the statistics yourself: the project's `paired_ci` and `verdict`
+# (sections 5 and 6) are refused here.
+
+# %%
+def paired_ablation(measure, arm_a, arm_b, seeds):
+    """measure(arm, seed) -> accuracy; arm_a, arm_b: names; seeds: a list (3 or more)
+    -> {"records", "diffs", "mean", "interval", "verdict"} (see above)."""
+    # YOUR CODE HERE
+    raise NotImplementedError
+
+
+paired_ablation = labs.exercise(paired_ablation, "lab04")
+lab04.check_paired_ablation(paired_ablation)
+
+# %% [markdown]
+# **Your design.** Edit the cell below: the setting both arms share (data and budget), the arms, the seeds (at
+# least 3). The default compares `K = 1` with `K = 0` on the one-step stream. Then run the next cell, which
+# runs your design through your `paired_ablation` and grades the result from its records
+# (`lab04.review_ablation`: complete and paired, the interval, the verdict).
+
+# %%
+SETTING = dict(K=1, pairs=8, rank=16, offset=1, noise=0.5, sequences=32)  # the same for both arms
+ARMS = {"K=0": dict(K=0), "K=1": dict(K=1), "K=2": dict(K=2), "r=8": dict(rank=8), "r=16": dict(rank=16)}
+ARM_A, ARM_B = "K=1", "K=0"
+SEEDS = [0, 1, 2, 3, 4]
+
+
+def measure(arm, seed):
+    return readout_recall(seed=seed, **{**SETTING, **ARMS[arm]})
+
+
+# %%
+def show_ablation(result):
+    acc = {(r["arm"], r["seed"]): r["acc"] for r in result["records"]}
+    arm_a, arm_b = dict.fromkeys(r["arm"] for r in result["records"])
+    for s, d in zip(dict.fromkeys(r["seed"] for r in result["records"]), result["diffs"]):
+        print(f"  seed {s}: {arm_a} {acc[arm_a, s]:.3f}, {arm_b} {acc[arm_b, s]:.3f}, difference {d:+.3f}")
+    lo, hi = result["interval"]
+    print(f"  mean difference {result['mean']:+.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}] -> verdict: "
+          f"{result['verdict']!r}")
+
+
+t0 = time.perf_counter()
+ablation = paired_ablation(measure, ARM_A, ARM_B, SEEDS)
+print(f"{ARM_A} against {ARM_B}, setting {SETTING} ({time.perf_counter() - t0:.1f} s):")
+show_ablation(ablation)
+_ = lab04.review_ablation(ablation)
+
+# %% [markdown]
+# A second design to read beside yours: the same testbed with one filler token between each key and its value
+# (`offset = 2`), `K = 2` against `K = 1`, seeds 0-4.
+
+# %%
+ablation_2 = paired_ablation(lambda arm, s: readout_recall(seed=s, **{**SETTING, "offset": 2, **ARMS[arm]}),
+                             "K=2", "K=1", [0, 1, 2, 3, 4])
+print("K=2 against K=1 with the value two tokens after its key:")
+show_ablation(ablation_2)
+
+# %% [markdown]
+# **Your verdict, and what it says about `K = 2`** (graded by your instructor's rubric, not by a checker).
+# Replace the text of this cell with:
+#
+# 1. one sentence: the verdict, with the mean difference, its interval and the number of seeds;
+# 2. a short paragraph: what your result does and does not say about the paper's `K = 2`
+#    ([E21](../docs/claims.md#E21)), which the paper never compares with another order ([R1](../docs/claims.md#R1)). Think about what
+#    your testbed lacks that the paper's trained models have ([E20](../docs/claims.md#E20), [E22](../docs/claims.md#E22)): training (here
+#    the keys, values and operator are given, not learned), the layout of the stream, the scale and the
+#    budget; and about the second design above.
+#
+# *(your sentence and paragraph here)*
+
+# %% [markdown]
 # ## In plain words
 #
 # * **Spectra (section 3).** DMD finds the rhythm of whatever it reads: the `+-120` degree pair of the
@@ -675,10 +854,10 @@ assert small_verdicts["mqar_gap", NOSN, K2s] == NO_DIFF
 # * **The power order at the lab scale (section 5)**, by the intervals printed there (five seeds): `K = 1`
 #   better than `K = 0` and than `K = 2`; `K = 2` against `K = 0`, no difference shown. `K = 1` learned
 #   recall in 4 of 5 seeds, `K = 0` and `K = 2` in none, within the same steps. The abstract
-#   says "the spectral operator, not the prefix masking strategy, drives the retrieval gain". Our runs do
-#   not test that sentence as the paper did, but they bear on it: read through the paper's `K = 2`, the
-#   operator did no better than no operator at all (`K = 0`) on this task, and one power of it (`K = 1`) is
-#   what let the lab model learn recall (4 seeds of 5) in the same budget. The Koopman picture gives a
+#   says "the spectral operator, not the prefix masking strategy, drives the retrieval gain" ([E8](../docs/claims.md#E8)). Our
+#   runs do not test that sentence as the paper did, but they bear on it: read through the paper's `K = 2`
+#   ([E21](../docs/claims.md#E21)), the operator did no better than no operator at all (`K = 0`) on this task, and one power
+#   of it (`K = 1`) is what let the lab model learn recall (4 seeds of 5) in the same budget. The Koopman picture gives a
 #   reason, measured on one prompt:
 #   on `echo`'s operator each power of `A` moves the read one token along the context, and the value sits
 #   one token after its key, so `A^2` reads the next binding's key; `echo-k2`, trained with `K = 2`, reads
@@ -687,7 +866,11 @@ assert small_verdicts["mqar_gap", NOSN, K2s] == NO_DIFF
 #   than `K = 0` (the interval only just excludes zero), `K = 2` is worse than both, `K = 4` is worse than
 #   `K = 2`; turning spectral normalisation off shows no difference. The prefix mask and the tool traces
 #   could not show anything there, for the structural reasons printed.
-# * These are our measurements at two small scales and budgets, not a verdict on the paper's larger models.
+# * **Your own ablation (section 7)**: on closed-form readouts of streams whose value follows its key, the
+#   order that reads one token ahead wins; put one filler token between key and value and `K = 2` wins
+#   instead. The best `K` is a property of where the answer sits, not a constant.
+# * These are our measurements at small scales and budgets, not a verdict on the paper's larger models
+#   ([E21](../docs/claims.md#E21), [R1](../docs/claims.md#R1)).
 
 
 # %% [markdown]

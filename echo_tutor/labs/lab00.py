@@ -7,6 +7,10 @@
 3. ``crossover_tokens(n_kv_heads, head_dim, n_heads, r, P) -> int``: the smallest context length ``T`` at which
    one layer's KV cache (``2 T n_kv_heads head_dim`` numbers) holds *more* numbers than one SKA layer's state
    (``n_heads (2 r^2 + P r + r)``), in exact integer arithmetic.
+
+Each checker tries fresh random sizes and then every call the lab itself makes with the learner's function
+(``LAB_CALLS``: section 1's layers, section 3's comparison, and the paper's model sizes the "77 KB" cell uses),
+so a function that is right on random sizes and wrong on the lab's own cannot pass.
 """
 
 from __future__ import annotations
@@ -19,7 +23,16 @@ import torch
 from . import ExerciseError, call_student, checker, fresh_generator, passed
 
 __all__ = ["_kv_cache_bytes_solution", "_ska_state_floats_solution", "_crossover_tokens_solution",
-           "check_kv_cache_bytes", "check_ska_state_floats", "check_crossover_tokens"]
+           "check_kv_cache_bytes", "check_ska_state_floats", "check_crossover_tokens", "LAB_CALLS"]
+
+# The calls lab 00 makes with the learner's functions (its layers: d = 64, 2 heads of 32, r = 32; the paper's
+# 180M and 50M models as sections 3.4 and 6.2 give them, r = 56 or 48, P = 64; the 131K-token FP16 cache of
+# section 6.2). tests/test_lab00_checkers.py checks the notebook still makes exactly these.
+LAB_CALLS: dict[str, tuple[tuple[int, ...], ...]] = {
+    "kv_cache_bytes": ((1, 2, 32, 4096, 4), (1, 2, 32, 49, 4), (1, 2, 32, 48, 4), (1, 12, 64, 131072, 2)),
+    "ska_state_floats": ((2, 32, 32), (12, 56, 64), (1, 56, 64), (12, 48, 64), (1, 48, 64), (7, 56, 64)),
+    "crossover_tokens": ((2, 32, 2, 32, 32), (1, 32, 2, 32, 32)),
+}
 
 
 # ---------------------------------------------------------------------------------------------- solutions
@@ -88,7 +101,8 @@ _SKA_TYPICAL = [
 
 @checker(forbid=("state_nbytes", "nbytes", "KVCache", "init_state"))
 def check_kv_cache_bytes(fn) -> None:
-    """Check ``fn(n_layers, n_kv_heads, head_dim, tokens, dtype_bytes) -> int`` on fresh random sizes."""
+    """Check ``fn(n_layers, n_kv_heads, head_dim, tokens, dtype_bytes) -> int`` on fresh random sizes and the
+    lab's own calls."""
     g, seed = fresh_generator()
     cases = []
     for _ in range(4):
@@ -96,16 +110,17 @@ def check_kv_cache_bytes(fn) -> None:
         T = int(torch.randint(1, 5000, (1,), generator=g))
         B = [2, 4, 8][int(torch.randint(0, 3, (1,), generator=g))]
         cases.append((L, H, D, T, B))
-    cases.append((1, 1, 1, 1, 1))
+    cases += [(1, 1, 1, 1, 1), *LAB_CALLS["kv_cache_bytes"]]
     return _check_counts("kv_cache_bytes", fn, ("n_layers", "n_kv_heads", "head_dim", "tokens", "dtype_bytes"),
                          cases, _kv_cache_bytes_solution, _KV_TYPICAL, seed)
 
 
 @checker(forbid=("state_nbytes", "nbytes", "SKAState", "init_state"))
 def check_ska_state_floats(fn) -> None:
-    """Check ``fn(n_heads, r, head_dim) -> int`` on fresh random sizes."""
+    """Check ``fn(n_heads, r, head_dim) -> int`` on fresh random sizes and the lab's own calls."""
     g, seed = fresh_generator()
     cases = [tuple(int(v) for v in torch.randint(2, 65, (3,), generator=g)) for _ in range(4)] + [(1, 1, 1)]
+    cases += LAB_CALLS["ska_state_floats"]
     return _check_counts("ska_state_floats", fn, ("n_heads", "r", "head_dim"), cases, _ska_state_floats_solution,
                          _SKA_TYPICAL, seed)
 
@@ -142,7 +157,8 @@ def _odd(g: torch.Generator, lo: int, hi: int) -> int:
 def check_crossover_tokens(fn) -> None:
     """Check ``fn(n_kv_heads, head_dim, n_heads, r, P) -> int`` on fresh random sizes, two of them built so that
     every typical mistake shows: one where the break-even point is never a whole number (one KV head of size 1,
-    an odd state), one where it always is (``n_heads = 2 n_kv_heads``, ``r`` a multiple of ``head_dim``)."""
+    an odd state), one where it always is (``n_heads = 2 n_kv_heads``, ``r`` a multiple of ``head_dim``); then
+    the lab's own calls."""
     g, seed = fresh_generator()
     rand = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=g))  # noqa: E731
     cases = [(1, 1, _odd(g, 3, 15), _odd(g, 3, 63), 2 * rand(2, 64))]  # state odd, 2 numbers per token
@@ -151,5 +167,6 @@ def check_crossover_tokens(fn) -> None:
     for _ in range(3):
         A = rand(1, 8)
         cases.append((A, rand(8, 128), A * [1, 2, 4][rand(0, 2)], rand(4, 64), rand(8, 128)))
+    cases += LAB_CALLS["crossover_tokens"]
     return _check_counts("crossover_tokens", fn, ("n_kv_heads", "head_dim", "n_heads", "r", "P"), cases,
                          _crossover_tokens_solution, _CROSSOVER_TYPICAL, seed)

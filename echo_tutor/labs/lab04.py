@@ -1,95 +1,426 @@
 """Lab 04 (Koopman spectra): exercises, checkers and solutions.
 
-1. ``dmd_operator(X [N, d], Y [N, d], eps) -> A [d, d]``: the ridge DMD fit ``y_i ~ A x_i``,
-   ``A = (Y^T X)(X^T X + eps I)^-1``. (SKA's ``M G^-1`` is this fit only approximately: its ``M`` is the
-   gate-weighted ``Y^T X``, but its ``G`` is the gate-weighted Gram of the keys themselves, last key
+1. ``dmd_operator(X [..., N, d], Y [..., N, d], eps) -> A [..., d, d]``: the ridge DMD fit ``y_i ~ A x_i``,
+   the ``A`` that minimises ``sum_i ||y_i - A x_i||^2 + eps ||A||_F^2``, i.e. ``A = (Y^T X)(X^T X + eps I)^-1``
+   (the learner derives it from the objective). (SKA's ``M G^-1`` is this fit only approximately: its ``M`` is
+   the gate-weighted ``Y^T X``, but its ``G`` is the gate-weighted Gram of the keys themselves, last key
    included, not of the previous keys; the lab checks this on ``ska_recurrent``.)
-2. ``sigma_max_power(A [r, r], iters) -> float``: the largest singular value of A by power iteration on
-   ``A^T A`` (what SKA's spectral normalisation divides by), from the start vector ``ones / sqrt(r)``.
+2. ``sigma_max_power(A [..., r, r], iters) -> [...]``: the largest singular value of each A by power iteration
+   on ``A^T A`` (what SKA's spectral normalisation divides by), from the start vector ``ones / sqrt(r)``.
+3. ``paired_ablation(measure, arm_a, arm_b, seeds) -> dict`` (open-ended, with a rubric in the instructor's
+   answer key): a paired comparison of two settings ("arms") of SKA over seeds: ``measure(arm, seed)`` for
+   both arms at every seed, the per-seed differences ``a - b``, their mean, a 95% interval of the mean (a
+   percentile bootstrap over seeds, or a t interval) and a verdict: the better arm's name where the interval
+   excludes 0, else ``"no verdict"``. The checker runs it on measures of its own (an effect each way and
+   none); :func:`review_ablation` grades the learner's own run from its records.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import statistics
+from typing import Any, Mapping
+
+import numpy as np
 import torch
 
-from . import ExerciseError, call_student, checker, close, expect_tensor, fresh_generator, passed
+from . import (ExerciseError, NotAttempted, batch_dims_hint, call_student, checker, close, expect_tensor,
+               fresh_generator, leading_dims, passed)
 
-__all__ = ["_dmd_operator_solution", "_sigma_max_power_solution", "check_dmd_operator", "check_sigma_max_power"]
+__all__ = ["_dmd_operator_solution", "_sigma_max_power_solution", "_paired_ablation_solution", "check_dmd_operator",
+           "check_sigma_max_power", "check_paired_ablation", "review_ablation", "NO_VERDICT"]
 
 
+def _one_by_one(fn, lead: tuple[int, ...], args: tuple, same) -> bool:
+    """Whether ``fn``, called on each example of the batch alone (the tensors in ``args`` indexed by each index of
+    ``lead``), gives the right answer ``same(out, index)`` every time: then only its batching is wrong."""
+    try:
+        for idx in itertools.product(*(range(n) for n in lead)):
+            sub = tuple(a[idx] if isinstance(a, torch.Tensor) else a for a in args)
+            if not same(call_student(getattr(fn, "__name__", "fn"), fn, *sub), idx):
+                return False
+    except Exception:  # a crash on one example: not only its batching is wrong
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------------------- dmd_operator
 def _dmd_operator_solution(X, Y, eps):
-    d = X.shape[1]
-    return torch.linalg.solve(X.T @ X + eps * torch.eye(d, dtype=X.dtype), X.T @ Y).T  # (Y^T X)(X^T X + eps I)^-1
-
-
-def _sigma_max_power_solution(A, iters):
-    # exactly what SKA's spectral normalisation runs (ones / sqrt(r) start, iters steps on A^T A)
-    from ..ska import sigma_max
-
-    return float(sigma_max(A, iters))
-
-
-def _power_on_A(A, iters):
-    """The usual mistake: power iteration on A itself (tends to the spectral radius, when it converges)."""
-    x = torch.ones(A.shape[1], dtype=A.dtype) / A.shape[1] ** 0.5
-    for _ in range(iters):
-        x = A @ x
-        x = x / x.norm()
-    return float((A @ x).norm())
+    d = X.shape[-1]
+    eye = torch.eye(d, dtype=X.dtype, device=X.device)
+    return torch.linalg.solve(X.mT @ X + eps * eye, X.mT @ Y).mT  # (Y^T X)(X^T X + eps I)^-1, [..., d, d]
 
 
 @checker()
 def check_dmd_operator(fn) -> None:
-    """Check ``fn(X [N, d], Y [N, d], eps) -> A [d, d]``."""
+    """Check ``fn(X [..., N, d], Y [..., N, d], eps) -> A [..., d, d]`` with zero, one and two leading dims."""
     name = "dmd_operator"
     g, seed = fresh_generator()
     N, d, eps = 30, 4, 0.3
-    X = torch.randn(N, d, generator=g, dtype=torch.float64)
-    Y = X @ torch.randn(d, d, generator=g, dtype=torch.float64).T + 0.1 * torch.randn(N, d, generator=g, dtype=torch.float64)
-    out = expect_tensor(name, call_student(name, fn, X, Y, eps), (d, d), "[d, d]")
-    want = _dmd_operator_solution(X, Y, eps)
-    if close(out, want):
-        return passed(name)
-    typical = {
-        " You have the transpose: rows of X and Y are snapshots, and y_i ~ A x_i means A = (Y^T X)(X^T X + eps I)^-1.":
-            want.T,
-        " It matches the fit without ridge: add eps * I to X^T X.": _dmd_operator_solution(X, Y, 0.0),
-        " That fits x_i from y_i (X and Y swapped).": _dmd_operator_solution(Y, X, eps),
-    }
-    hint = next((h for h, w in typical.items() if close(out, w)), "")
-    raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
+    ok: list[tuple[int, ...]] = []
+    for lead in leading_dims():
+        X = torch.randn(*lead, N, d, generator=g, dtype=torch.float64)
+        W = torch.randn(*lead, d, d, generator=g, dtype=torch.float64)
+        Y = X @ W.mT + 0.1 * torch.randn(*lead, N, d, generator=g, dtype=torch.float64)
+        where = f"X, Y {tuple(X.shape)}"
+        try:
+            out = expect_tensor(name, call_student(name, fn, X, Y, eps), (*lead, d, d), "[..., d, d]")
+        except NotAttempted:
+            raise
+        except ExerciseError as e:
+            raise ExerciseError(f"{e} ({where}, seed {seed}).{batch_dims_hint(lead, ok)}") from None
+        want = _dmd_operator_solution(X, Y, eps)
+        if close(out, want):
+            ok.append(lead)
+            continue
+        typical = {
+            " You have the transpose: rows of X and Y are snapshots, and y_i ~ A x_i means A = (Y^T X)(X^T X + eps I)^-1.":
+                want.mT,
+            " It matches the fit without ridge: the eps ||A||^2 term adds eps * I to X^T X.": _dmd_operator_solution(X, Y, 0.0),
+            " That fits x_i from y_i (X and Y swapped).": _dmd_operator_solution(Y, X, eps),
+        }
+        batching = bool(ok) and _one_by_one(fn, lead, (X, Y, eps), lambda o, i: isinstance(o, torch.Tensor) and close(o, want[i]))
+        hint = batch_dims_hint(lead, ok) if batching else next((h for h, w in typical.items() if close(out, w)), "")
+        raise ExerciseError(f"{name}: wrong values with {where} (seed {seed}): max abs error "
+                            f"{(out - want).abs().max():.3g}.{hint}")
+    return passed(name)
+
+
+# -------------------------------------------------------------------------------------- sigma_max_power
+def _sigma_max_power_solution(A, iters):
+    x = torch.ones(A.shape[:-1], dtype=A.dtype, device=A.device) / A.shape[-1] ** 0.5  # [..., r]
+    for _ in range(iters):
+        x = (A.mT @ (A @ x[..., None]))[..., 0]  # A^T A x
+        x = x / x.norm(dim=-1, keepdim=True)
+    return (A @ x[..., None])[..., 0].norm(dim=-1)  # ||A x|| -> sigma_max, [...]
+
+
+def _power_on_A(A, iters):
+    """The usual mistake: power iteration on A itself (tends to the spectral radius, when it converges)."""
+    x = torch.ones(A.shape[:-1], dtype=A.dtype) / A.shape[-1] ** 0.5
+    for _ in range(iters):
+        x = (A @ x[..., None])[..., 0]
+        x = x / x.norm(dim=-1, keepdim=True)
+    return (A @ x[..., None])[..., 0].norm(dim=-1)
+
+
+def _as_values(name: str, out: Any, lead: tuple[int, ...]) -> torch.Tensor:
+    if isinstance(out, (float, int)) and lead == ():
+        return torch.tensor(float(out), dtype=torch.float64)
+    if not isinstance(out, torch.Tensor):
+        raise ExerciseError(f"{name}: return a tensor of shape [...] = {lead} (one sigma_max per matrix), got "
+                            f"{type(out).__name__}")
+    if tuple(out.shape) != lead:
+        raise ExerciseError(f"{name}: wrong shape: expected [...] = {lead} (one number per matrix), got "
+                            f"{tuple(out.shape)}")
+    return out.double()
+
+
+def _non_normal(g: torch.Generator, lead: tuple[int, ...], r: int) -> torch.Tensor:
+    """Upper-triangular matrices with a large corner: the spectral radius is well below sigma_max."""
+    A = torch.triu(torch.randn(*lead, r, r, generator=g, dtype=torch.float64)) * 0.5
+    A = A + torch.diag(torch.full((r,), 0.3, dtype=torch.float64))
+    A[..., 0, -1] = 3.0
+    return A
 
 
 @checker(forbid=("svd", "svdvals", "matrix_norm", "eig", "eigh", "eigvals", "eigvalsh", "cond", "spectral_norm"))
 def check_sigma_max_power(fn) -> None:
-    """Check ``fn(A [r, r], iters) -> float`` against power iteration on A^T A (and, for many
-    iterations, against the exact sigma_max)."""
+    """Check ``fn(A [..., r, r], iters) -> [...]`` against power iteration on A^T A (after 2 iterations) and,
+    for many iterations, against the exact sigma_max; with zero, one and two leading dims."""
     name = "sigma_max_power"
     g, seed = fresh_generator()
     r = 5
-    # a non-normal matrix: its spectral radius is well below its largest singular value
-    A = torch.triu(torch.randn(r, r, generator=g, dtype=torch.float64)) * 0.5 + torch.diag(torch.full((r,), 0.3, dtype=torch.float64))
-    A[0, -1] = 3.0
-    out = call_student(name, fn, A, 60)
-    if isinstance(out, torch.Tensor):
-        if out.numel() != 1:
-            raise ExerciseError(f"{name}: return one number, got a tensor of shape {tuple(out.shape)}")
-        out = float(out)
-    if not isinstance(out, (float, int)):
-        raise ExerciseError(f"{name}: return a float, got {type(out).__name__}")
-    exact = float(torch.linalg.matrix_norm(A, ord=2))
-    if abs(out - exact) < 1e-6 * exact:
-        few = call_student(name, fn, A, 2)
-        if abs(float(few) - _sigma_max_power_solution(A, 2)) < 1e-9 * exact:
-            return passed(name)
-        raise ExerciseError(f"{name}: right after 60 iterations but not after 2 ({float(few):.6g} vs "
-                            f"{_sigma_max_power_solution(A, 2):.6g}): start from ones/sqrt(r) and use iters steps.")
-    radius = float(torch.linalg.eigvals(A).abs().max())
-    on_A = _power_on_A(A, 60)
-    hint = ""
-    if abs(out - radius) < 1e-3 * radius or abs(out - on_A) < 1e-9 * max(on_A, 1e-12):
-        hint = (" That is the spectral radius |lambda|_max (power iteration on A). sigma_max needs A^T A; for a "
-                "non-normal A the two differ, and spectral normalisation bounds sigma_max.")
-    elif abs(out - exact**2) < 1e-3 * exact**2:
-        hint = " That is sigma_max squared (the eigenvalue of A^T A): return ||A x||."
-    raise ExerciseError(f"{name}: got {out:.6g}, expected {exact:.6g} (seed {seed}).{hint}")
+    ok: list[tuple[int, ...]] = []
+    for lead in leading_dims():
+        A = _non_normal(g, lead, r)
+        where = f"A {tuple(A.shape)}"
+        try:
+            out = _as_values(name, call_student(name, fn, A.clone(), 60), lead)
+            few = _as_values(name, call_student(name, fn, A.clone(), 2), lead)
+        except NotAttempted:
+            raise
+        except ExerciseError as e:
+            raise ExerciseError(f"{e} ({where}, seed {seed}).{batch_dims_hint(lead, ok)}") from None
+        exact = torch.linalg.matrix_norm(A, ord=2)
+        want_few = _sigma_max_power_solution(A, 2)
+        if bool(((out - exact).abs() < 1e-6 * exact).all()):
+            if bool(((few - want_few).abs() < 1e-9 * exact).all()):
+                ok.append(lead)
+                continue
+            raise ExerciseError(f"{name}: right after 60 iterations but not after 2 ({few.flatten()[0]:.10g} vs "
+                                f"{want_few.flatten()[0]:.10g}) with {where}: start from ones/sqrt(r) and use iters "
+                                f"steps (seed {seed}).{batch_dims_hint(lead, ok)}")
+        radius = torch.linalg.eigvals(A).abs().amax(-1)
+        hint = batch_dims_hint(lead, ok) if ok and _one_by_one(
+            fn, lead, (A, 60), lambda o, i: abs(float(o) - float(exact[i])) < 1e-6 * float(exact[i])) else ""
+        if not hint and (bool(((out - radius).abs() < 1e-3 * radius).all())
+                         or bool(((out - _power_on_A(A, 60)).abs() < 1e-9 * exact).all())):
+            hint = (" That is the spectral radius |lambda|_max (power iteration on A). sigma_max needs A^T A; for a "
+                    "non-normal A the two differ, and spectral normalisation bounds sigma_max.")
+        elif not hint and bool(((out - exact**2).abs() < 1e-3 * exact**2).all()):
+            hint = " That is sigma_max squared (the eigenvalue of A^T A): return ||A x||."
+        raise ExerciseError(f"{name}: got {out.flatten()[:3].tolist()}, expected {exact.flatten()[:3].tolist()} "
+                            f"(first 3) with {where} (seed {seed}).{hint}")
+    return passed(name)
+
+
+# -------------------------------------------------------------------------------------- paired_ablation
+NO_VERDICT = "no verdict"
+_KEYS = ("records", "diffs", "mean", "interval", "verdict")
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
+         25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}  # t quantiles, 97.5%, by degrees of freedom
+
+
+def _paired_ablation_solution(measure, arm_a, arm_b, seeds):
+    seeds = list(seeds)
+    # the design: every seed runs both arms (same data, same budget), so each difference is paired
+    records = [{"seed": s, "arm": arm, "acc": float(measure(arm, s))} for s in seeds for arm in (arm_a, arm_b)]
+    acc = {(r["arm"], r["seed"]): r["acc"] for r in records}
+    diffs = np.array([acc[arm_a, s] - acc[arm_b, s] for s in seeds])  # a - b, seed by seed
+    rng = np.random.default_rng(0)  # a fixed seed: the same records always give the same interval
+    means = diffs[rng.integers(0, diffs.size, size=(10_000, diffs.size))].mean(1)  # resample seeds, 10,000 times
+    lo, hi = np.quantile(means, [0.025, 0.975])  # the percentile bootstrap's 95% interval
+    verdict = arm_a if lo > 0 else arm_b if hi < 0 else NO_VERDICT  # a verdict only where 0 is outside
+    return {"records": records, "diffs": diffs.tolist(), "mean": float(diffs.mean()),
+            "interval": (float(lo), float(hi)), "verdict": verdict}
+
+
+def _t_quantile(df: int) -> float:
+    if df in _T975:
+        return _T975[df]
+    below = max(k for k in _T975 if k < df)
+    above = min((k for k in _T975 if k > df), default=None)
+    if above is None:
+        return 1.96
+    return _T975[below] + (_T975[above] - _T975[below]) * (df - below) / (above - below)
+
+
+def _bootstrap_distribution(diffs: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """The bootstrap distribution of the mean of ``diffs`` (resampling them with replacement): its values, sorted,
+    and their probabilities. Exact for up to 9 seeds (every multiset of draws, with its multinomial weight),
+    else 200,000 resamples."""
+    d = np.asarray(diffs, dtype=np.float64)
+    n = d.size
+    if n <= 9:
+        idx = np.array(list(itertools.combinations_with_replacement(range(n), n)))  # [C(2n-1, n), n]
+        counts = np.stack([(idx == i).sum(1) for i in range(n)], 1)  # [C, n]: how often each seed is drawn
+        logw = math.lgamma(n + 1) - np.vectorize(math.lgamma)(counts + 1).sum(1) - n * math.log(n)
+        values, weights = counts @ d / n, np.exp(logw)
+    else:
+        values = d[np.random.default_rng(12345).integers(0, n, size=(200_000, n))].mean(1)
+        weights = np.full(values.size, 1.0 / values.size)
+    order = np.argsort(values, kind="stable")
+    return values[order], weights[order]
+
+
+def _bootstrap_quantile(values: np.ndarray, weights: np.ndarray, p: float) -> float:
+    return float(values[min(np.searchsorted(np.cumsum(weights), p - 1e-12), values.size - 1)])
+
+
+def _at_level(values: np.ndarray, weights: np.ndarray, x: float, p: float, slack: float = 0.0125) -> bool:
+    """Whether ``x`` is a ``p``-quantile of the distribution, give or take ``slack`` in probability (what a few
+    thousand resamples and any quantile rule can move)."""
+    eps = 1e-9 * (1.0 + abs(x))
+    below = float(weights[values < x - eps].sum())  # P(mean < x)
+    at_most = float(weights[values <= x + eps].sum())  # P(mean <= x)
+    return below <= p + slack and at_most >= p - slack
+
+
+def _t_interval(diffs: list[float]) -> tuple[float, float]:
+    d = np.asarray(diffs, dtype=np.float64)
+    half = _t_quantile(d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
+    return float(d.mean() - half), float(d.mean() + half)
+
+
+def _matching_interval(diffs: list[float], lo: float, hi: float) -> str | None:
+    """Which accepted 95% interval of the mean of ``diffs`` ``(lo, hi)`` is: "a percentile bootstrap" (each end
+    at its quantile level of the bootstrap distribution, within resampling noise) or "a t interval" (within 2% of
+    the differences' standard deviation); None if neither."""
+    values, weights = _bootstrap_distribution(diffs)
+    if _at_level(values, weights, lo, 0.025) and _at_level(values, weights, hi, 0.975):
+        return "a percentile bootstrap"
+    tl, th = _t_interval(diffs)
+    tol = 0.02 * statistics.stdev(diffs) + 1e-9
+    if abs(lo - tl) <= tol and abs(hi - th) <= tol:
+        return "a t interval"
+    return None
+
+
+def _reference_intervals(diffs: list[float]) -> dict[str, tuple[float, float]]:
+    """The two 95% intervals of the mean of ``diffs`` the lab accepts: the percentile bootstrap's (exact
+    quantiles of the bootstrap distribution) and the t interval."""
+    values, weights = _bootstrap_distribution(diffs)
+    boot = (_bootstrap_quantile(values, weights, 0.025), _bootstrap_quantile(values, weights, 0.975))
+    return {"a percentile bootstrap": boot, "a t interval": _t_interval(diffs)}
+
+
+def _grade(name: str, out: Any, arms: tuple[str, str] | None, seeds: list[int] | None,
+           table: Mapping[tuple[str, int], float] | None, min_seeds: int = 3) -> dict[str, Any]:
+    """Check a paired ablation's result; raise ExerciseError saying what is wrong. ``arms``/``seeds``/``table``:
+    what the result must cover and what measure returned (None: read them from the records)."""
+    if not isinstance(out, Mapping) or any(k not in out for k in _KEYS):
+        have = sorted(out) if isinstance(out, Mapping) else type(out).__name__
+        raise ExerciseError(f"{name}: return a dict with the keys {list(_KEYS)}, got {have}")
+    records = out["records"]
+    if not isinstance(records, (list, tuple)) or not all(
+            isinstance(r, Mapping) and {"seed", "arm", "acc"} <= set(r) for r in records):
+        raise ExerciseError(f"{name}: 'records' should be a list of dicts with keys 'seed', 'arm', 'acc' (one per seed "
+                            "and arm)")
+    acc: dict[tuple[str, int], float] = {}
+    for r in records:
+        key = (str(r["arm"]), int(r["seed"]))
+        if key in acc:
+            raise ExerciseError(f"{name}: two records for arm {key[0]!r}, seed {key[1]}: one record per (seed, arm)")
+        acc[key] = float(r["acc"])
+    if arms is None:
+        arms = tuple(dict.fromkeys(a for a, _ in acc))  # type: ignore[assignment]
+        if len(arms) != 2:
+            raise ExerciseError(f"{name}: the records should hold exactly two arms, got {list(arms)}")
+    if seeds is None:
+        seeds = list(dict.fromkeys(s for _, s in acc))
+    a, b = arms
+    for arm in arms:
+        for s in seeds:
+            if (arm, s) not in acc:
+                other = b if arm == a else a
+                paired = (other, s) in acc
+                raise ExerciseError(f"{name}: no record for arm {arm!r} at seed {s}"
+                                    + (f" (arm {other!r} has one): not paired: every seed must run both arms."
+                                       if paired else ": the records should cover every seed, for both arms."))
+    extra = sorted(set(acc) - {(arm, s) for arm in arms for s in seeds})
+    if extra:
+        raise ExerciseError(f"{name}: records for (arm, seed) {extra[:3]} that were not asked for: arms {list(arms)}, "
+                            f"seeds {seeds}")
+    if len(seeds) < min_seeds:
+        raise ExerciseError(f"{name}: {len(seeds)} seed(s): a paired comparison needs at least {min_seeds} seeds "
+                            "for an interval that means anything")
+    if table is not None:
+        for key, v in acc.items():
+            if abs(v - table[key]) > 1e-9:
+                raise ExerciseError(f"{name}: the record for arm {key[0]!r}, seed {key[1]} says acc {v:.4f}, but "
+                                    f"measure({key[0]!r}, {key[1]}) returned {table[key]:.4f}: record what it returns")
+    want = [acc[a, s] - acc[b, s] for s in seeds]
+    diffs = out["diffs"]
+    try:
+        diffs = [float(x) for x in diffs]
+    except (TypeError, ValueError):
+        raise ExerciseError(f"{name}: 'diffs' should be a list of numbers, one per seed") from None
+    if len(diffs) != len(seeds) or any(abs(x - y) > 1e-9 for x, y in zip(diffs, want)):
+        hint = ""
+        if len(diffs) == len(seeds) and all(abs(x + y) <= 1e-9 for x, y in zip(diffs, want)):
+            hint = f" Yours are {b!r} minus {a!r}: the differences (and the interval) are arm_a minus arm_b."
+        elif sorted(diffs) == sorted(want):
+            hint = " Keep them in the order of the seeds."
+        raise ExerciseError(f"{name}: 'diffs' should be acc({a!r}) - acc({b!r}) seed by seed, in the order of the seeds "
+                            f"{seeds}: expected {[round(x, 4) for x in want]}, got {[round(x, 4) for x in diffs]}.{hint}")
+    mean = statistics.fmean(want)
+    if not isinstance(out["mean"], (int, float, np.floating)) or abs(float(out["mean"]) - mean) > 1e-9:
+        raise ExerciseError(f"{name}: 'mean' should be the mean of the differences, {mean:.4f}, got {out['mean']!r}")
+    iv = out["interval"]
+    try:
+        lo, hi = (float(x) for x in iv)
+    except (TypeError, ValueError):
+        raise ExerciseError(f"{name}: 'interval' should be a pair (lo, hi), got {iv!r}") from None
+    refs = _reference_intervals(want)
+    match = _matching_interval(want, lo, hi) if lo <= hi else None
+    if match is None:
+        sd = statistics.stdev(want)
+        se = sd / math.sqrt(len(want))
+        tol = 0.02 * sd + 1e-9
+        hint = ""
+        if lo > hi:
+            hint = " lo should not be above hi."
+        elif abs(lo - (mean - se)) <= tol and abs(hi - (mean + se)) <= tol:
+            hint = " That is one standard error either side of the mean (about a 68% interval), not a 95% one."
+        elif abs(lo - (mean - sd)) <= tol and abs(hi - (mean + sd)) <= tol:
+            hint = " That is one standard deviation of the differences either side: an interval of the mean is narrower."
+        elif _matching_interval([-x for x in want], lo, hi):
+            hint = f" Yours is the interval of {b!r} minus {a!r}: flip it (arm_a minus arm_b)."
+        elif abs(lo - min(want)) <= tol and abs(hi - max(want)) <= tol:
+            hint = " That is the range of the differences, not an interval of their mean."
+        shown = "; ".join(f"{k} [{rl:+.4f}, {rh:+.4f}]" for k, (rl, rh) in refs.items())
+        raise ExerciseError(f"{name}: interval [{lo:+.4f}, {hi:+.4f}] is not a 95% interval of the mean of these "
+                            f"{len(want)} differences: {shown} (a bootstrap's ends may differ by resampling noise). "
+                            f"Resample the per-seed differences with replacement a few thousand times and take the "
+                            f"2.5% and 97.5% quantiles of the resampled means.{hint}")
+    expected = a if lo > 0 else b if hi < 0 else NO_VERDICT  # from the learner's own interval, now accepted
+    got = str(out["verdict"]).strip()
+    if got.lower() == NO_VERDICT:
+        got = NO_VERDICT
+    if got != expected:
+        if got not in (a, b, NO_VERDICT):
+            why = f"the verdict should be exactly {a!r}, {b!r} or {NO_VERDICT!r}"
+        elif expected == NO_VERDICT:
+            why = f"the interval [{lo:+.4f}, {hi:+.4f}] includes 0: the data do not say which arm is better, so {NO_VERDICT!r}"
+        elif got == NO_VERDICT:
+            why = (f"the interval [{lo:+.4f}, {hi:+.4f}] lies entirely {'above' if expected == a else 'below'} 0: name "
+                   f"the better arm, {expected!r}")
+        else:
+            why = (f"the interval of {a!r} minus {b!r}, [{lo:+.4f}, {hi:+.4f}], lies "
+                   f"{'above' if expected == a else 'below'} 0, so {expected!r} is the better arm, not {got!r}")
+        raise ExerciseError(f"{name}: verdict {out['verdict']!r}: {why}.")
+    return {"arms": arms, "seeds": seeds, "method": match, "interval": (lo, hi), "verdict": got}
+
+
+_ARM_PAIRS = [("K=1", "K=0"), ("K=0", "K=1"), ("K=2", "K=1"), ("r=16", "r=32"), ("eps=1e-3", "eps=1e-1")]
+
+
+@checker(forbid=("paired_ci", "bootstrap_ci", "verdict", "paired", "proportion_ci"))
+def check_paired_ablation(fn) -> None:
+    """Check ``fn(measure, arm_a, arm_b, seeds) -> dict`` on three measures of the checker's (arm_a better, no
+    difference, arm_b better), each with fresh arm names and 3-8 fresh seeds: the records (complete, paired,
+    what measure returned), the differences, their mean, the interval (within bootstrap noise of a percentile
+    bootstrap or a t interval) and the verdict."""
+    name = "paired_ablation"
+    g, seed = fresh_generator()
+    for effect in (+1, 0, -1):
+        a, b = _ARM_PAIRS[int(torch.randint(len(_ARM_PAIRS), (1,), generator=g))]
+        n = int(torch.randint(3, 9, (1,), generator=g))
+        seeds = (torch.randperm(1000, generator=g)[:n] * 7 + 3).tolist()
+        base = (0.2 + 0.4 * torch.rand(n, generator=g, dtype=torch.float64)).tolist()
+        if effect:  # a clear effect: 0.25 +- 0.03, of the sign asked
+            d = (effect * (0.25 + 0.03 * torch.randn(n, generator=g, dtype=torch.float64))).tolist()
+        else:  # no effect: differences symmetric about 0, mean exactly 0
+            half = (0.02 + 0.08 * torch.rand(n // 2, generator=g, dtype=torch.float64)).tolist()
+            d = half + [-x for x in half] + [0.0] * (n % 2)
+            d = [d[i] for i in torch.randperm(n, generator=g).tolist()]
+        table = {}
+        for s, b0, dd in zip(seeds, base, d):
+            table[b, s] = round(b0, 6)
+            table[a, s] = round(b0 + dd, 6)
+        calls: list[tuple[str, int]] = []
+
+        def measure(arm, s, table=table, calls=calls, seeds=seeds, arms=(a, b)):
+            if arm not in arms:
+                raise ExerciseError(f"{name}: measure was called with arm {arm!r}; the arms are {list(arms)}")
+            if s not in seeds:
+                raise ExerciseError(f"{name}: measure was called with seed {s!r}, not one of the seeds given {seeds}")
+            calls.append((arm, s))
+            return table[arm, s]
+
+        what = {+1: f"{a!r} better", 0: "no difference", -1: f"{b!r} better"}[effect]
+        out = call_student(name, fn, measure, a, b, list(seeds))
+        try:
+            _grade(name, out, (a, b), list(seeds), table)
+        except ExerciseError as e:
+            raise ExerciseError(f"{e} (the checker's measure: {what}, arms {a!r} / {b!r}, seeds {seeds}; seed {seed})") from None
+    return passed(name)
+
+
+def review_ablation(result: Any, min_seeds: int = 3) -> bool:
+    """Grade your own run's result (what the checker grades, from the records alone): print what holds and what
+    does not, and return whether it all holds. Does not raise."""
+    try:
+        got = _grade("your ablation", result, None, None, None, min_seeds=min_seeds)
+    except ExerciseError as e:
+        print(f"\N{CROSS MARK} {e}")
+        return False
+    a, b = got["arms"]
+    lo, hi = got["interval"]
+    print(f"\N{WHITE HEAVY CHECK MARK} your ablation: {len(got['seeds'])} seeds, both arms at every seed (paired); "
+          f"the interval [{lo:+.4f}, {hi:+.4f}] of {a} minus {b} matches {got['method']} of your differences; "
+          f"the verdict {got['verdict']!r} follows from it.")
+    return True
