@@ -224,3 +224,21 @@ def test_a_shortcut_that_crashes_is_still_named_as_a_shortcut():
 
     with pytest.raises(ExerciseError, match="echo_tutor.ska.reference.ska_readout"):
         lab02.check_ridge_readout(ridge_readout)
+
+
+from torch.linalg import inv as invert  # noqa: E402  (an alias of a forbidden built-in, under another name)
+
+
+def sherman_morrison_by_alias(Ginv, k, a):
+    return invert(invert(Ginv) + a * torch.outer(k, k))
+
+
+def sherman_morrison_by_dynamic_name(Ginv, k, a):
+    fn = getattr(torch.linalg, "i" + "nv")
+    return fn(fn(Ginv) + a * torch.outer(k, k))
+
+
+@pytest.mark.parametrize("student", [sherman_morrison_by_alias, sherman_morrison_by_dynamic_name])
+def test_a_forbidden_builtin_is_refused_under_any_name(student):
+    with pytest.raises(ExerciseError, match="inv"):
+        lab07.check_sherman_morrison(student)

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from .guard import ALLOW, short_path, watch_calls
+from .guard import ALLOW, FORBID, short_path, watch_calls
 
 __all__ = ["ExerciseError", "NotAttempted", "fresh_generator", "passed", "call_student", "expect_tensor", "close",
            "LEADING_DIMS", "leading_dims", "batch_dims_hint"]
@@ -42,7 +42,7 @@ def call_student(name: str, fn: Callable, *args, **kwargs):
     if not callable(fn):
         raise ExerciseError(f"{name}: expected a function, got {type(fn).__name__}")
     allow = ALLOW.get()
-    watch = watch_calls(allow or ())
+    watch = watch_calls(allow or (), FORBID.get())
     try:
         if allow is None:
             return fn(*args, **kwargs)
@@ -64,9 +64,11 @@ def _refuse_shortcut(name: str, watch: watch_calls) -> None:
     """Raise the shortcut's refusal if the watched call entered the package's answer-computing code."""
     if watch.violation is not None:
         qual, path = watch.violation
+        where = path if not path.startswith("/") else short_path(path)
+        what = qual if qual.startswith("`") else f"`{qual}`"
         raise ExerciseError(
-            f"{name}: your function calls `{qual}` (in {short_path(path)}), which computes (part of) the answer "
-            "for you. Write it yourself with tensor operations: building it is the point of the exercise.")
+            f"{name}: your function calls {what} ({where}), which computes (part of) the answer for you. Write it "
+            "yourself with tensor operations: building it is the point of the exercise.")
 
 
 def expect_tensor(name: str, out: object, shape: tuple[int, ...], what: str) -> torch.Tensor:

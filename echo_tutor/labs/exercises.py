@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable
 
 from ..errors import BadArgumentError
 from .checking import ExerciseError, NotAttempted
-from .guard import ALLOW, answer_module, package_routines, watch_calls
+from .guard import ALLOW, FORBID, answer_module, forbidden_objects, package_routines, watch_calls
 from .switches import solutions_enabled
 
 __all__ = ["Exercise", "exercise", "checker", "find_shortcut", "report", "REGISTRY", "package_routines",
@@ -80,11 +80,12 @@ class Exercise:
             shortcut = find_shortcut(self.student, forbid, allow=allow)
             if shortcut:
                 raise ExerciseError(f"{self.name}: {shortcut}")
-            token = ALLOW.set(frozenset(allow))
+            token, token_f = ALLOW.set(frozenset(allow)), FORBID.set(frozenset(forbid))
             try:
                 out = check(self.student)
             finally:
                 ALLOW.reset(token)
+                FORBID.reset(token_f)
         except ExerciseError as e:
             self.status = "not attempted" if isinstance(e, NotAttempted) else "failed"
             self.message = str(e)
@@ -141,11 +142,12 @@ def checker(*, forbid: Iterable[str] = (), allow: Iterable[str] = ()) -> Callabl
             shortcut = find_shortcut(fn, banned, allow=allowed)
             if shortcut:
                 raise ExerciseError(f"{name}: {shortcut}")
-            token = ALLOW.set(allowed)
+            token, token_f = ALLOW.set(allowed), FORBID.set(banned)
             try:
                 return check(fn)
             finally:
                 ALLOW.reset(token)
+                FORBID.reset(token_f)
 
         run.forbid, run.allow = banned, allowed  # type: ignore[attr-defined]
         return run
@@ -193,8 +195,12 @@ def find_shortcut(fn: Callable, forbid: Iterable[str] = (), _depth: int = 0, all
         return (f"your function calls `{hit[0]}`, which computes (part of) the answer for you. Write it yourself "
                 "with tensor operations: building it is the point of the exercise.")
     glb = getattr(fn, "__globals__", {})
+    torch_aliases = forbidden_objects(set(forbid) - allowed)
     for n in names:
         obj = glb.get(n)
+        if obj is not None and id(obj) in torch_aliases and n not in banned:
+            return (f"your function calls `{n}` (that is `{torch_aliases[id(obj)]}`), which this exercise asks you "
+                    "not to use. Write it yourself: building it is the point of the exercise.")
         target = getattr(obj, "__name__", None)
         module = obj.__name__ if isinstance(obj, types.ModuleType) else getattr(obj, "__module__", None) or ""
         from_package = answer_module(module) and target not in allowed and not any(

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 
 import torch
 
-__all__ = ["package_routines", "watch_calls", "answer_module", "ALLOW", "short_path"]
+__all__ = ["package_routines", "watch_calls", "answer_module", "ALLOW", "FORBID", "short_path", "forbidden_objects"]
 
 # The packages whose routines compute exercises' answers (the references, their twins and kernels, the
 # method packages, the task generators and models): every function and class they define is refused unless
@@ -69,6 +69,33 @@ def _common_names() -> frozenset[str]:
 _PKG_DIRS = (str(pathlib.Path(__file__).parent.parent) + "/",)
 _LABS_DIR = str(pathlib.Path(__file__).parent) + "/"
 ALLOW: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar("exercise_allow", default=None)
+# The names an exercise forbids beyond the package (e.g. ``inv``, ``solve`` in Sherman-Morrison): also refused
+# when a built-in (torch's C functions and tensor methods) of that name is called, however it was reached.
+FORBID: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("exercise_forbid", default=frozenset())
+_TORCH_NAMESPACES = ("torch", "torch.linalg", "torch.nn.functional", "torch.special", "torch.fft")
+
+
+def _builtin_name(fn: Any) -> str:
+    """A built-in's name as an exercise forbids it: ``linalg_inv`` -> ``inv``."""
+    name = getattr(fn, "__name__", "") or ""
+    for prefix in ("_linalg_", "linalg_", "special_", "fft_"):
+        name = name.removeprefix(prefix)
+    return name
+
+
+def forbidden_objects(names: Iterable[str]) -> dict[int, str]:
+    """``id(object) -> name`` of the torch functions the names stand for (``inv`` -> ``torch.linalg.inv``,
+    ``torch.inverse``), so that an alias (``from torch.linalg import inv as invert``) is recognised."""
+    out: dict[int, str] = {}
+    for ns_name in _TORCH_NAMESPACES:
+        ns = sys.modules.get(ns_name)
+        if ns is None:
+            continue
+        for n in names:
+            obj = getattr(ns, n, None)
+            if obj is not None and callable(obj):
+                out[id(obj)] = f"{ns_name}.{n}"
+    return out
 
 
 def _kernel_dirs() -> tuple[str, ...]:
@@ -80,11 +107,13 @@ class watch_calls:
     """Context manager: record the first call, made inside it, into the package's answer-computing code.
 
     ``allow``: qualified names (``"echo_tutor.ska.layer.SpectralKoopmanAttention"``), plain function names or
-    module prefixes (``"echo_tutor.convert."``) the exercise may call. After the block, ``violation`` is None or
-    ``(qualified name, file)`` of the first refused call."""
+    module prefixes (``"echo_tutor.convert."``) the exercise may call. ``forbid``: names of built-ins (torch's C
+    functions and tensor methods, e.g. ``inv``, ``solve``) the exercise refuses. After the block,
+    ``violation`` is None or ``(qualified name, where)`` of the first refused call."""
 
-    def __init__(self, allow: Iterable[str] = ()) -> None:
+    def __init__(self, allow: Iterable[str] = (), forbid: Iterable[str] = ()) -> None:
         self.allow = frozenset(allow)
+        self.forbid = frozenset(forbid)
         self.violation: tuple[str, str] | None = None
         self._dirs = _PKG_DIRS + _kernel_dirs()
         self._previous: Any = None
@@ -95,7 +124,14 @@ class watch_calls:
             a.endswith(".") and qual.startswith(a) for a in self.allow)
 
     def _profile(self, frame: types.FrameType, event: str, arg: Any) -> None:
-        if event != "call" or self.violation is not None:
+        if self.violation is not None:
+            return
+        if event == "c_call":
+            if self.forbid and _builtin_name(arg) in self.forbid and not self._importing(frame):
+                self.violation = (f"`{_builtin_name(arg)}` (torch's `{getattr(arg, '__name__', '?')}`)",
+                                  "a built-in this exercise forbids")
+            return
+        if event != "call":
             return
         path = frame.f_code.co_filename
         func = frame.f_code.co_name
