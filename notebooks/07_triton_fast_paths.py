@@ -39,6 +39,8 @@ if not torch.cuda.is_available():
 
 import numpy as np
 import plotly.graph_objects as go
+import triton
+import triton.language as tl
 
 import echo_kernels.echokv as kecho
 import echo_kernels.ska as kska
@@ -91,14 +93,14 @@ assert rel_err(y_ref, y_twin) < 1e-5
 
 # %% [markdown]
 # ### Your turn 1: `chunk_gram`
-# Write the per-chunk Gram term: `ok, kk [N, T, r]` (heads flattened: `N = B x H` here, not Mamba-2's state
-# size; T a multiple of S) ->
-# `[N, T/S, r, r]` with entry `[n, c] = sum over the chunk's S tokens of ok_s kk_s^T`. Only the
-# chunk's own tokens: the prefix over chunks is step (b).
+# Write (a)'s Gram term in PyTorch: `ok, kk [..., T, r]` (any leading dims: heads, or batch x heads; T a
+# multiple of S) -> `[..., T/S, r, r]`, entry `[..., c]` the sum over chunk c's own S tokens of `ok_s kk_s^T`.
+# Only the chunk's own tokens: the prefix over chunks is step (b). This is the twin of the kernel you write
+# next: it says what the kernel must compute.
 
 # %%
 def chunk_gram(ok, kk, S):
-    """ok, kk [N, T, r] -> [N, T/S, r, r]"""
+    """ok, kk [..., T, r] -> [..., T/S, r, r]"""
     # YOUR CODE HERE
     raise NotImplementedError
 
@@ -109,9 +111,77 @@ lab07.check_chunk_gram(chunk_gram)
 # %% [markdown]
 # ## 2. The kernel for (a)
 #
-# One Triton *program* per (head, chunk). It loads the chunk's `[S, r]` tiles (masked: rows past T and
-# columns past r read as 0, so a padded block changes nothing), and three `tl.dot`s give G, M, C.
-# Block sizes are powers of two and at least 16; `r = 5` lives in a 16-wide block.
+# ### Your turn 2: `chunk_gram_triton`, your own kernel
+# Now the same Gram term as a Triton kernel that you write, and its launcher. The kernel is the body of one
+# *program*; the launcher picks how many programs run (the *grid*), allocates the output and passes the
+# pointers, sizes and strides. What you have to decide:
+#
+# * **the grid**: what one program computes. One chunk of one row of the flattened leading dims is a natural
+#   unit (`tl.program_id(0)`, `tl.program_id(1)`); how many chunks are there when T is not a multiple of S?
+# * **the tiles**: a program loads the chunk's rows of `ok` and `kk` as blocks. Block shapes are powers of two,
+#   and on a GPU `tl.dot` needs every side at least 16, so `r = 5` lives in a 16-wide block. What must the
+#   rows past T and the columns past r read, so that they change nothing?
+# * **the addresses**: element `(t, i)` of row `n` is not always at `(n T + t) r + i`; a slice or a transpose
+#   of a bigger tensor has other strides, and section 1's `[B, T, H, r]` keys seen as `[B, H, T, r]` are such a
+#   view.
+# * **the product and the store**: one `tl.dot` gives the block's Gram; only its `r x r` corner is the chunk's,
+#   and it goes at the chunk's place in the `[..., nc, r, r]` output. On a GPU `tl.dot` rounds float32 to tf32
+#   unless told `input_precision="ieee"`.
+#
+# The checker runs your launcher (here in Triton's interpreter, on a GPU compiled) on sizes chosen so that the
+# first one that fails names the mistake: r = 16 and T a multiple of S, then r = 5, then a partial last chunk,
+# then a strided view, then S = 32, then zero, one and two leading dims. It surrounds every input with NaN in
+# memory, so a load that should have been masked shows, and gives your `torch.empty` a NaN tail, so a store
+# past the end shows instead of overwriting another tensor. It refuses the project's kernels (below), by name
+# and when launched.
+
+# %%
+@triton.jit
+def chunk_gram_kernel(ok_ptr, kk_ptr, out_ptr, T, r,  # add what else your kernel needs (strides, ...)
+                      S: tl.constexpr, BR: tl.constexpr):
+    # YOUR CODE HERE: one program, the Gram of one chunk of one row
+    pass
+
+
+def chunk_gram_triton(ok, kk, S):
+    """ok, kk [..., T, r] (any strides), S a power of two >= 16 -> float32 [..., ceil(T/S), r, r]: each chunk's
+    sum_s ok_s kk_s^T, computed by chunk_gram_kernel; the last chunk may have fewer than S tokens."""
+    # YOUR CODE HERE
+    raise NotImplementedError
+
+
+chunk_gram_triton = labs.exercise(chunk_gram_triton, "lab07")
+lab07.check_chunk_gram_triton(chunk_gram_triton)
+
+# %% [markdown]
+# Your kernel inside the chunk-mode statistics: section 1's keys and write weights (`T = 53`, four chunks of
+# 16, the last with 5 tokens; `r = 5`), passed as the `[B, H, T, r]` view of the `[B, T, H, r]` tensors, no
+# copy. Per chunk it must agree with your PyTorch `chunk_gram` on the zero-padded sequence; summed over the
+# chunks, plus the ridge `eps I`, it is the reference's final `G` (what `ska_chunked` returned in section 1);
+# and the exclusive prefix of its chunks is what each chunk reads.
+
+# %%
+okv, kkv = (beta[..., None] * k).transpose(1, 2), k.transpose(1, 2)          # [B, H, T, r], strided views
+Gc_mine = chunk_gram_triton(okv.to(DEV), kkv.to(DEV), 16).cpu()               # [B, H, 4, r, r]
+pad = torch.nn.functional.pad
+Gc_torch = chunk_gram(pad(okv, (0, 0, 0, 11)), pad(kkv, (0, 0, 0, 11)), 16)   # T padded to 64 with zeros
+eps_I = 1e-3 * torch.eye(r)
+G_reads = eps_I + Gc_mine.cumsum(-3) - Gc_mine                                 # what chunk c reads: chunks < c
+G_reads_twin = twin.exclusive_prefix(eps_I.expand(B * H, r, r), Gc_torch.reshape(B * H, 4, r, r))[0]
+err_chunks, err_state = rel_err(Gc_torch, Gc_mine), rel_err(st_ref.G, eps_I + Gc_mine.sum(-3))
+print(f"your kernel's per-chunk G vs your chunk_gram: {err_chunks:.1e}; what each chunk reads (the exclusive "
+      f"prefix) vs the twin's: {rel_err(G_reads_twin, G_reads.reshape(B * H, 4, r, r)):.1e}; eps I + the sum of "
+      f"the chunks vs the reference's final G: {err_state:.1e}")
+if err_chunks > 1e-5:
+    print("-> `chunk_gram_triton` and `chunk_gram` disagree: the one whose checker did not pass is at fault "
+          f"(statuses: {chunk_gram_triton.status}, {chunk_gram.status}).")
+assert err_state < 1e-5, "chunk_gram_triton: eps I + the sum of its chunks is not the reference's final G"
+
+# %% [markdown]
+# The project's kernel for (a) does the same with three products in one program: G, M and C. One Triton
+# *program* per (head, chunk). It loads the chunk's `[S, r]` tiles (masked: rows past T and columns past r read
+# as 0, so a padded block changes nothing), and three `tl.dot`s give G, M, C. Compare it with yours: it takes
+# contiguous `[N, T, r]` inputs (its wrapper copies a strided view), and its wrapper asks for T a multiple of S.
 
 # %%
 print(kernel_source(kska_chunk._chunk_stats_kernel))
@@ -126,7 +196,8 @@ dt = time.perf_counter() - t0
 Gt, Mt, Ct = twin.chunk_stats(ok, kk, kl, ov, S)
 print(f"kernel vs twin (N={N}, T={T2}, r={r}, P={P}): G {rel_err(Gt, Gk):.1e}, M {rel_err(Mt, Mk):.1e}, "
       f"C {rel_err(Ct, Ck):.1e}  ({dt * 1e3:.0f} ms{' in the interpreter' if INTERP else ''})")
-print(f"your chunk_gram vs the kernel: {rel_err(chunk_gram(ok, kk, S), Gk):.1e}")
+print(f"your chunk_gram vs the kernel: {rel_err(chunk_gram(ok, kk, S), Gk):.1e}; "
+      f"your kernel vs the project's: {rel_err(chunk_gram_triton(ok.to(DEV), kk.to(DEV), S), Gk):.1e}")
 assert max(rel_err(Gt, Gk), rel_err(Mt, Mk), rel_err(Ct, Ck)) < 1e-5
 
 # %% [markdown]
@@ -135,6 +206,9 @@ assert max(rel_err(Gt, Gk), rel_err(Mt, Mk), rel_err(Ct, Ck)) < 1e-5
 # After the factorisation (PyTorch: a batched r x r Cholesky per chunk, then `G^-1`), one program per
 # (head x chunk, block of queries) forms `A^T = G^-1 M^T` and `B^T = G^-1 C^T` in registers and applies
 # them: `K + 1` more products, `y = scale * (q A^T ... A^T) B^T`. Nothing of size r x r goes back to memory.
+# This is how far the Echo paper's own Triton kernel goes: it fuses the matmul chain after the Cholesky into
+# one pass in on-chip memory and leaves the factorisation in PyTorch; the paper names the factorisation (with
+# the spectral normalisation) as the bottleneck ([E35](../docs/claims.md#E35)).
 
 # %%
 print(kernel_source(kska_chunk._readout_kernel))
@@ -151,8 +225,9 @@ assert max(errs.values()) < 1e-5
 # %% [markdown]
 # ## 3b. Fewer kernels: the chunk mode fused, forward and backward
 #
-# Sections 2-3 launch a kernel per step and leave the factorisation to PyTorch: a dozen launches and every
-# per-chunk `G_c`, `M_c`, `C_c` written to memory and read back. `echo_kernels.ska.forward` (what a layer with
+# Sections 2-3 launch a kernel per step and leave the factorisation to PyTorch (as the paper's kernel does,
+# [E35](../docs/claims.md#E35)): a dozen launches and every per-chunk `G_c`, `M_c`, `C_c` written to memory and
+# read back. `echo_kernels.ska.forward` (what a layer with
 # `backend="triton"` runs) needs two kernels:
 #
 # 1. **stats + prefix**: one program per head walks the chunks in order (as fla's `chunk_h` does), writes what
@@ -202,9 +277,10 @@ print("rel. error of G^-1 C^T q against float64, by solver:", {n: f"{e:.1e}" for
 assert solver_err["chol"] < 1e-3 and solver_err["ns/5"] > 0.1
 
 # %% [markdown]
-# On this G both eliminations land within float32's reach of a condition number of 10^5 (Gauss-Jordan a little
-# closer; the Cholesky path goes through `L^-1`, whose rounding grows with the condition number); Newton-Schulz
-# is useless until about 20 steps (`log2(10^5) + 5` is about 22) and then as good. The kernels default to the
+# On this G both eliminations land within float32's reach of a condition number of 10^5 (errors from under
+# 1e-4 to 5e-4 in our runs; which of the two comes out closer changed with the rounding of the machine's
+# products, so do not read their order); Newton-Schulz is useless until about 20 steps
+# (`log2(10^5) + 5` is about 22) and then as good. The kernels default to the
 # Cholesky, because the spectral norm needs `L` anyway; `solver="gj"` or `"ns"` switches, and
 # `benchmarks/kernels.py` times all three on a GPU and prints each one's error on its inputs.
 
@@ -216,13 +292,15 @@ assert solver_err["chol"] < 1e-3 and solver_err["ns/5"] > 0.1
 # to date with the [Sherman-Morrison](../docs/course.md#glossary) formula, so one program per
 # head does the updates and the readout with matrix-vector products only.
 #
-# ### Your turn 2: `sherman_morrison`
-# Given `Ginv = G^-1`, a vector `k [r]` and a weight `a > 0`, return `(G + a k k^T)^-1`:
-# `G^-1 - a (G^-1 k)(G^-1 k)^T / (1 + a k^T G^-1 k)`.
+# ### Your turn 3: `sherman_morrison`
+# Given `Ginv = G^-1`, a vector `k` and a weight `a > 0`, return `(G + a k k^T)^-1`:
+# `G^-1 - a (G^-1 k)(G^-1 k)^T / (1 + a k^T G^-1 k)`. With any leading dims: the decode cell below updates
+# both heads at once (`Ginv [1, 2, r, r]`, `k [1, 2, r]`), and `a` may be a float or one weight per head
+# (a tensor of the leading shape).
 
 # %%
 def sherman_morrison(Ginv, k, a):
-    """Ginv [r, r], k [r], a -> [r, r]"""
+    """Ginv [..., r, r], k [..., r], a (a float or [...]) -> [..., r, r]"""
     # YOUR CODE HERE
     raise NotImplementedError
 
@@ -237,17 +315,17 @@ kd = torch.nn.functional.normalize(torch.randn(1, n_steps, 2, r, generator=g), d
 vd = torch.randn(1, n_steps, 2, P, generator=g)
 y_rec, _ = ska_recurrent(qd, kd, vd, mode="token")
 state, g_inv, ys, drift = SKAState.zeros(1, 2, r, P, device=DEV), None, [], []
-Gi_mine = torch.eye(r, dtype=torch.float64) / 1e-3
+Gi_mine = (torch.eye(r, dtype=torch.float64) / 1e-3).expand(1, 2, r, r)   # G^-1 of eps I, both heads
 for t in range(n_steps):
     y, state, g_inv = kska.decode(qd[:, t:t + 1].to(DEV), kd[:, t:t + 1].to(DEV), vd[:, t:t + 1].to(DEV), None, state, g_inv)
     ys.append(y.cpu())
-    Gi_mine = sherman_morrison(Gi_mine, kd[0, t, 0].double(), 1.0)
+    Gi_mine = sherman_morrison(Gi_mine, kd[:, t].double(), 1.0)               # [1, 2, r, r], k [1, 2, r]
     exact = torch.linalg.inv(state.G.double().cpu())
     drift.append(rel_err(exact, g_inv.cpu()))
 err_dec = rel_err(y_rec, torch.cat(ys, 1))
 print(f"decode kernel over {n_steps} tokens vs the token recurrence: rel. error {err_dec:.1e}")
-print(f"your Sherman-Morrison chain (float64) vs the exact inverse after {n_steps} steps: "
-      f"{rel_err(torch.linalg.inv(state.G[0, 0].double().cpu()), Gi_mine):.1e}")
+print(f"your Sherman-Morrison chain (float64, both heads) vs the exact inverse after {n_steps} steps: "
+      f"{rel_err(torch.linalg.inv(state.G.double().cpu()), Gi_mine):.1e}")
 fig = go.Figure(go.Scatter(y=drift, mode="lines"))
 fig.update_layout(height=280, xaxis_title="decode step", yaxis_title="rel. error of G^-1 (float32)", yaxis_type="log",
                   title="Sherman-Morrison in float32: how far the carried inverse drifts")
@@ -257,7 +335,9 @@ assert err_dec < 1e-3
 # %% [markdown]
 # ## 5. EchoKV's read path in one kernel
 #
-# A compressed EchoKV cache rebuilds a layer's discarded heads from retained ones at every read: undo
+# A compressed EchoKV-lite cache (lab 06: our reconstruction of EchoKV from its abstract,
+# [R11](../docs/claims.md#R11); EchoKV rebuilds discarded KV components from a retained subset,
+# [K3](../docs/claims.md#K3)) rebuilds a layer's discarded heads from retained ones at every read: undo
 # [RoPE](../docs/course.md#glossary) on the inputs, apply the maps, add the bias, re-apply RoPE. The kernel
 # does it per (batch x discarded head, block of tokens); RoPE pairs dim i with i + D/2, so it loads each tile
 # as two halves and rotates in registers. Inputs may be fp16/bf16 (cast to fp32 at load). The tile work is a
@@ -327,7 +407,7 @@ assert min(read_ms["rebuild K+V"], read_ms["values after"]) > 3 * read_ms["full"
 # K and V, J = 8, D = 64), and the cell above prints how many FLOPs this CPU did in the time it read a byte:
 # a handful (the full read is a few MB that may sit in cache, so its rate flatters the memory, if anything).
 #
-# A GPU is different on paper: an H100 SXM's published peaks are about 990 TFLOP/s of dense fp16 tensor-core
+# A GPU is different by its specifications: an H100 SXM's published peaks are about 990 TFLOP/s of dense fp16 tensor-core
 # products (495 tf32) against 3.35 TB/s, 150-300 FLOPs per byte; its float32 CUDA cores about 67 TFLOP/s, 20
 # per byte. With an fp16 cache the key rebuild needs 256 FLOPs per byte not stored, more than tf32's 148, and
 # the scores kernel as written re-reads all J retained key heads for every discarded head. So we expect it to
@@ -346,7 +426,9 @@ assert min(read_ms["rebuild K+V"], read_ms["values after"]) > 3 * read_ms["full"
 # below 1 slower. On every machine it also plots the one GPU measurement the project ships, made before the
 # fused kernels existed: the **unfused** path of sections 2-3 (three kernels, the Cholesky in PyTorch, a
 # dozen launches) at FULL sizes on an NVIDIA H200 (torch 2.11, Triton 3.6; `docs/results.md`, "Triton fast
-# paths"). The fused kernels have not yet run on a GPU.
+# paths"). The fused kernels have not yet run on a GPU. The Echo paper's own kernel stops where our unfused
+# path does, at the Cholesky, which it leaves in PyTorch and names (with the spectral normalisation) as the
+# bottleneck ([E35](../docs/claims.md#E35)); section 3b's kernels move both on chip.
 #
 # **Predict first.** "Triton kernel" sounds like "faster", and a benchmark plot read with that word in
 # mind is read wrongly: say what you expect of the unfused path on the H200 before the cell draws it.

@@ -1,76 +1,449 @@
 """Lab 07 (Triton fast paths): exercises, checkers and solutions.
 
-1. ``chunk_gram(ok [N, T, r], kk [N, T, r], S) -> [N, T/S, r, r]``: each chunk's own Gram term
-   ``sum_{s in chunk} ok_s kk_s^T`` (not a running sum): what ``echo_kernels.ska.chunk_stats`` computes for G.
-2. ``sherman_morrison(Ginv [r, r], k [r], a) -> [r, r]``: the inverse of ``G + a k k^T`` from ``G^-1``,
-   the rank-1 update the decode kernel keeps ``G^-1`` with.
+Array exercises take any number of leading batch dims ``[...]`` (heads, batch x heads); each checker tries
+none, one and two, and the shapes the lab's later cells use.
+
+1. ``chunk_gram(ok [..., T, r], kk [..., T, r], S) -> [..., T/S, r, r]``: each chunk's own Gram term
+   ``sum_{s in chunk} ok_s kk_s^T`` (not a running sum), ``T`` a multiple of ``S``: the PyTorch twin of what
+   ``echo_kernels.ska.chunk_stats`` computes for G.
+2. ``chunk_gram_triton(ok [..., T, r], kk [..., T, r], S) -> [..., ceil(T/S), r, r]``: the same per-chunk
+   Gram, computed by the learner's own ``@triton.jit`` kernel and its launcher (grid, strides, masks), for any
+   ``T`` (the last chunk may be partial) and any ``r``; ``S`` a power of two >= 16. Checked in Triton's
+   interpreter on a CPU and compiled on a GPU, on awkward sizes, NaN-poisoned memory around the inputs and
+   strided views; the project's kernels are refused.
+3. ``sherman_morrison(Ginv [..., r, r], k [..., r], a) -> [..., r, r]``: the inverse of ``G + a k k^T`` from
+   ``G^-1`` (``a`` a float or a tensor of the leading shape), the rank-1 update the decode kernel keeps
+   ``G^-1`` with.
 """
 
-from __future__ import annotations
+import contextlib
+import math
+import sys
+from typing import Callable
 
 import torch
 
-from . import ExerciseError, call_student, checker, close, expect_tensor, fresh_generator, passed
+from . import (ExerciseError, NotAttempted, batch_dims_hint, call_student, checker, close, expect_tensor,
+               fresh_generator, leading_dims, passed)
+from .guard import ALLOW, _kernel_dirs
 
-__all__ = ["_chunk_gram_solution", "_sherman_morrison_solution", "check_chunk_gram", "check_sherman_morrison"]
+try:  # the Triton exercise needs triton (the `triton` extra); the other exercises do not
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised where triton is missing
+    triton = tl = None
+
+__all__ = ["_chunk_gram_solution", "_chunk_gram_triton_solution", "_sherman_morrison_solution", "check_chunk_gram",
+           "check_chunk_gram_triton", "check_sherman_morrison", "LATER_GRAM_LEADS", "LATER_SM_LEADS"]
+
+# The leading shapes the lab's later cells call the exercises with: chunk_gram on [N = 3, T, r] (section 2);
+# chunk_gram_triton on section 1's [B = 2, H = 3, T = 53, r] (a permuted, strided view); sherman_morrison on
+# the decode cell's [B = 1, H = 2, r, r].
+LATER_GRAM_LEADS = ((3,), (2, 3))
+LATER_SM_LEADS = ((1, 2),)
 
 
+def _over_leads(cases, run_one: Callable, hint_of: Callable, seed: int) -> None:
+    """Run ``run_one(case) -> (ok, detail)`` for every ``case = (leading shape, variant)``; refuse with the first
+    failure's detail and :func:`batch_dims_hint` when that leading shape failed where others passed, else
+    ``hint_of(case)``."""
+    passed_leads, failures = [], []
+    for case in cases:
+        try:
+            ok, detail = run_one(case)
+        except NotAttempted:
+            raise
+        except ExerciseError as e:
+            ok, detail = False, str(e)
+        if ok:
+            passed_leads.append(case[0])
+        else:
+            failures.append((case, detail))
+    if not failures:
+        return
+    case, detail = failures[0]
+    lead = case[0]
+    hint = "" if lead in passed_leads else batch_dims_hint(lead, list(dict.fromkeys(passed_leads)))
+    raise ExerciseError(f"{detail} (seed {seed}).{hint or hint_of(case)}")
+
+
+# ---------------------------------------------------------------------------------------------- chunk_gram
 def _chunk_gram_solution(ok, kk, S):
-    # G's part of the twin that echo_kernels.ska.chunk_stats is tested against
-    from ..ska.ops import chunk_stats
-
-    return chunk_stats(ok, kk, kk, ok, S)[0]
-
-
-def _sherman_morrison_solution(Ginv, k, a):
-    g = Ginv @ k
-    return Ginv - a * torch.outer(g, g) / (1.0 + a * (k @ g))
+    *lead, T, r = ok.shape
+    ch = lambda x: x.reshape(*lead, T // S, S, x.shape[-1])  # noqa: E731  [..., nc, S, r]: chunk-major
+    return torch.einsum("...csi,...csj->...cij", ch(ok), ch(kk))  # sum over the chunk's own tokens
 
 
-@checker()
+def _gram_hint(out: torch.Tensor, ok: torch.Tensor, kk: torch.Tensor, S: int) -> str:
+    want = _chunk_gram_solution(ok, kk, S)
+    *lead, T, r = ok.shape
+    nc = T // S
+    interleaved = torch.einsum("...sci,...scj->...cij", ok.reshape(*lead, S, nc, r), kk.reshape(*lead, S, nc, r))
+    typical = {
+        " You return a running (inclusive) sum over chunks: each chunk's own term is wanted; the prefix is a "
+        "separate step (b).": want.cumsum(-3),
+        " Transposed: the term is ok_s kk_s^T (rows from ok), i.e. einsum '...si,...sj->...ij'.": want.mT,
+        " That is the exclusive prefix (what chunk c reads), not the per-chunk term.":
+            want.cumsum(-3) - want,
+        " Your chunks are interleaved (token t went to chunk t % nc): split T as (nc, S), chunk-major, so that "
+        "chunk c holds tokens c S ... c S + S - 1.": interleaved,
+        " Every chunk holds the Gram of the whole sequence: sum over each chunk's S tokens only.":
+            want.sum(-3, keepdim=True).expand_as(want),
+    }
+    if out.shape == want.shape:
+        return next((h for h, w in typical.items() if close(out, w)), "")
+    return ""
+
+
+@checker(forbid=("chunk_stats", "_chunk_stats_kernel", "ska_chunked", "ska_chunked_ops", "stats_prefix",
+                 "exclusive_prefix"))
 def check_chunk_gram(fn) -> None:
-    """Check ``fn(ok [N, T, r], kk [N, T, r], S) -> [N, T/S, r, r]``."""
+    """Check ``fn(ok [..., T, r], kk [..., T, r], S) -> [..., T/S, r, r]`` with zero, one and two leading dims
+    and the shapes the lab uses later."""
     name = "chunk_gram"
     g, seed = fresh_generator()
-    N, S, nc, r = 2, 4, 3, 3
-    ok = torch.randn(N, nc * S, r, generator=g, dtype=torch.float64)
-    kk = torch.randn(N, nc * S, r, generator=g, dtype=torch.float64)
-    out = expect_tensor(name, call_student(name, fn, ok, kk, S), (N, nc, r, r), "[N, T/S, r, r]")
-    want = _chunk_gram_solution(ok, kk, S)
-    if close(out, want):
-        return passed(name)
+    S, nc, r = 4, 3, 3
+    data = {}
+
+    def run_one(case):
+        lead = case[0]
+        ok = torch.randn(*lead, nc * S, r, generator=g, dtype=torch.float64)
+        kk = torch.randn(*lead, nc * S, r, generator=g, dtype=torch.float64)
+        data[lead] = (ok, kk)
+        where = f"ok, kk {tuple(ok.shape)}, S = {S}"
+        try:
+            out = expect_tensor(name, call_student(name, fn, ok, kk, S), (*lead, nc, r, r), "[..., T/S, r, r]")
+        except NotAttempted:
+            raise
+        except ExerciseError as e:
+            return False, f"{e} ({where})"
+        want = _chunk_gram_solution(ok, kk, S)
+        if close(out, want):
+            return True, ""
+        data[lead] = (ok, kk, out)
+        return False, f"{name}: wrong values with {where}: max abs error {(out - want).abs().max():.3g}"
+
+    def hint_of(case):
+        got = data.get(case[0], ())
+        return _gram_hint(got[2], got[0], got[1], S) if len(got) == 3 else ""
+
+    _over_leads([(lead, None) for lead in leading_dims(*LATER_GRAM_LEADS)], run_one, hint_of, seed)
+    return passed(name)
+
+
+# ------------------------------------------------------------------------------------- chunk_gram_triton
+if tl is not None:  # (its annotations need triton.language)
+    def _chunk_gram_kernel_solution(ok_ptr, kk_ptr, out_ptr, T, r, s_on, s_ot, s_or, s_kn, s_kt, s_kr,
+                                    S: tl.constexpr, BR: tl.constexpr):
+        # one program per (flattened batch row n, chunk c): the [S, BR] tiles of the chunk, one tl.dot
+        n = tl.program_id(0)
+        c = tl.program_id(1)
+        t = c * S + tl.arange(0, S)                                    # the chunk's token rows
+        i = tl.arange(0, BR)                                           # feature columns, padded to BR >= 16
+        m = (t[:, None] < T) & (i[None, :] < r)                        # rows past T, columns past r read as 0
+        a = tl.load(ok_ptr + n * s_on + t[:, None] * s_ot + i[None, :] * s_or, mask=m, other=0.0).to(tl.float32)
+        b = tl.load(kk_ptr + n * s_kn + t[:, None] * s_kt + i[None, :] * s_kr, mask=m, other=0.0).to(tl.float32)
+        gram = tl.dot(tl.trans(a), b, input_precision="ieee")          # [BR, BR] sum_s ok_s kk_s^T (ieee: no tf32)
+        o = out_ptr + (n * tl.num_programs(1) + c) * r * r + i[:, None] * r + i[None, :]
+        tl.store(o, gram, mask=(i[:, None] < r) & (i[None, :] < r))   # only the r x r corner is ours
+
+
+_KERNEL: dict[str, object] = {}
+
+
+def _solution_kernel():
+    """``_chunk_gram_kernel_solution`` under ``triton.jit``, made on first use (after the lab has chosen the
+    interpreter or a GPU: ``TRITON_INTERPRET`` is read when a kernel is defined)."""
+    if triton is None:
+        raise ExerciseError("chunk_gram_triton needs triton: pip install 'echo_tutor[triton]'")
+    if "k" not in _KERNEL:
+        _KERNEL["k"] = triton.jit(_chunk_gram_kernel_solution)
+    return _KERNEL["k"]
+
+
+def _chunk_gram_triton_solution(ok, kk, S):
+    *lead, T, r = ok.shape
+    a, b = ok.reshape(-1, T, r), kk.reshape(-1, T, r)  # leading dims flattened (a view where it can be)
+    N, nc = a.shape[0], triton.cdiv(T, S)                # the last chunk may be partial
+    out = torch.empty(N, nc, r, r, device=ok.device, dtype=torch.float32)
+    BR = max(16, triton.next_power_of_2(r))               # tl.dot needs >= 16 on a GPU
+    _solution_kernel()[(N, nc)](a, b, out, T, r, *a.stride(), *b.stride(), S=S, BR=BR)
+    return out.reshape(*lead, nc, r, r)
+
+
+def _gram_padded(ok: torch.Tensor, kk: torch.Tensor, S: int) -> torch.Tensor:
+    """The reference for any T: zero rows pad T to whole chunks (float64)."""
+    pad = (-ok.shape[-2]) % S
+    z = lambda x: torch.nn.functional.pad(x.double(), (0, 0, 0, pad))  # noqa: E731
+    return _chunk_gram_solution(z(ok), z(kk), S)
+
+
+_SLACK = 1 << 14  # NaN-filled elements after every buffer the checker hands out or watches
+
+
+def _poisoned(shape: tuple[int, ...], g: torch.Generator, device: str, strided: bool) -> torch.Tensor:
+    """A float32 tensor of random values whose surroundings in memory are NaN: ``_SLACK`` elements after it
+    (and, if ``strided``, padding after every row and every T), so that a load the kernel should have masked
+    reads NaN instead of another tensor's numbers."""
+    *lead, T, r = shape
+    vals = torch.randn(*shape, generator=g)
+    if strided:
+        bigger = (*lead, T + 3, r + 5)
+        buf = torch.full((math.prod(bigger) + _SLACK,), float("nan"))
+        view = buf[:math.prod(bigger)].view(bigger)[..., :T, :r]
+    else:
+        buf = torch.full((math.prod(shape) + _SLACK,), float("nan"))
+        view = buf[:math.prod(shape)].view(shape)
+    view.copy_(vals)
+    if device != "cpu":  # the same layout on the GPU
+        dbuf = buf.to(device)
+        view = dbuf.as_strided(view.shape, view.stride(), view.storage_offset())
+    return view
+
+
+@contextlib.contextmanager
+def _watch_kernels(student_files: set[str]):
+    """Within the block: count the Triton kernels launched (any ``@triton.jit`` function's ``run``), and give
+    every floating tensor that the student's own code allocates with ``torch.empty/zeros/full(_like)`` a
+    NaN-filled tail of ``_SLACK`` elements, so a store past its end lands there (seen after the call) instead
+    of in someone else's memory; ``torch.empty`` comes back NaN-filled, so an entry never written shows.
+    Yields ``(launched kernels, [(buffer, used elements)])``."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+
+    launched: list[object] = []
+    buffers: list[tuple[torch.Tensor, int]] = []
+    full = torch.full  # the real one: the padding's own allocation must not be padded
+    saved_runs = {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
+
+    def counting(run):
+        def wrapped(self, *args, **kwargs):
+            launched.append(getattr(self, "fn", self))
+            return run(self, *args, **kwargs)
+        return wrapped
+
+    def padded(alloc, unset):
+        def make(*args, **kwargs):
+            out = alloc(*args, **kwargs)
+            caller = sys._getframe(1).f_code.co_filename
+            if caller not in student_files or "out" in kwargs or not out.is_floating_point() or out.numel() == 0:
+                return out
+            buf = full((out.numel() + _SLACK,), float("nan"), dtype=out.dtype, device=out.device)
+            view = buf[:out.numel()].view(out.shape)
+            if not unset:  # torch.empty's memory stays NaN: an entry the kernel never writes shows
+                view.copy_(out)
+            buffers.append((buf, out.numel()))
+            return view
+        return make
+
+    names = ("empty", "zeros", "full", "empty_like", "zeros_like", "full_like")
+    saved_allocs = {n: getattr(torch, n) for n in names}
+    try:
+        for cls, run in saved_runs.items():
+            cls.run = counting(run)
+        for n, f in saved_allocs.items():
+            setattr(torch, n, padded(f, n.startswith("empty")))
+        yield launched, buffers
+    finally:
+        for cls, run in saved_runs.items():
+            cls.run = run
+        for n, f in saved_allocs.items():
+            setattr(torch, n, f)
+
+
+def _student_files(fn) -> set[str]:
+    """The files of the student's launcher and of the functions it names (its helpers): their allocations
+    are watched."""
+    fn = getattr(fn, "student", fn)
+    files = {getattr(getattr(fn, "__code__", None), "co_filename", "")}
+    for n in getattr(getattr(fn, "__code__", None), "co_names", ()):
+        obj = getattr(fn, "__globals__", {}).get(n)
+        code = getattr(obj, "__code__", None)
+        if code is not None and not code.co_filename.startswith(sys.prefix):
+            files.add(code.co_filename)
+    return files - {""}
+
+
+def _kernel_file(kernel) -> str:
+    code = getattr(getattr(kernel, "fn", kernel), "__code__", None)
+    return getattr(code, "co_filename", "")
+
+
+# (what the stage adds, leading shape, T, r, S, strided): each stage adds one difficulty to the ones before it,
+# so the first stage that fails names the mistake; then the leading shapes, and the lab's later shapes.
+_STAGES = [
+    ("T a multiple of S, r = 16, contiguous", (2,), 32, 16, 16, False),
+    ("r = 5, not a multiple of 16", (2,), 32, 5, 16, False),
+    ("T = 37, not a multiple of S = 16 (the last chunk has 5 tokens)", (2,), 37, 5, 16, False),
+    ("a strided view (rows r + 5 apart, as a slice of a bigger tensor is)", (2,), 37, 5, 16, True),
+    ("S = 32, T = 45, r = 7", (2,), 45, 7, 32, True),
+]
+
+
+def _triton_hint(what: str, strided: bool, passed_so_far: list[str], out: torch.Tensor, ok, kk, S: int) -> str:
+    """What the first failing stage says about the mistake."""
+    nan = not bool(torch.isfinite(out).all())
+    if not passed_so_far:
+        if bool(torch.isnan(out).all()):
+            return (" Every entry is NaN: your kernel wrote nothing into the output (the checker fills torch.empty "
+                    "with NaN). Store the chunk's Gram, and launch a grid that covers every (row, chunk).")
+        if nan:
+            return (" NaN in the output: your kernel read memory outside the inputs (the checker surrounds them "
+                    "with NaN) or left entries unwritten (torch.empty is NaN-filled here).")
+        return _gram_hint(out, ok.cpu().double(), kk.cpu().double(), S) or (
+            " Check the offsets: element (t, i) of row n is at n * stride(0) + t * stride(1) + i * stride(2).")
+    if what.startswith("r = 5"):
+        return (" Right for r = 16, wrong for r = 5: the block is BR >= 16 wide but a row of the inputs is r "
+                "long and the output is r x r per chunk: mask the columns past r on load (other=0.0) and on store, "
+                "and address the output with r, not BR.")
+    if what.startswith("T = 37"):
+        return (" Right when T is a multiple of S, wrong for T = 37: the last chunk's rows past T must be loaded "
+                "as 0 (mask the rows, other=0.0)" + ("; unmasked, they read NaN here." if nan else "."))
+    if strided and not any("strided" in p for p in passed_so_far):
+        return (" Right on contiguous inputs, wrong on a strided view: address the inputs with their strides "
+                "(pass ok.stride(...) to the kernel), or make them contiguous in the launcher.")
+    if what.startswith("S = 32"):
+        return " Right for S = 16 only: take the chunk size from the argument S (a tl.constexpr), not a constant."
+    if nan:
+        return (" NaN in the output: your kernel read memory outside the inputs (the checker surrounds them "
+                "with NaN: mask every load, rows past T and columns past r, with other=0.0), or left entries "
+                "unwritten (torch.empty is NaN-filled here: the grid must cover every (row, chunk)).")
+    return ""
+
+
+@checker(forbid=("chunk_stats", "_chunk_stats_kernel", "_readout_kernel", "_prefix_kernel", "_stats_prefix_fwd",
+                 "_stats_prefix_bwd", "_walk_tiles", "_readout_fwd", "_readout_bwd", "_decode_kernel",
+                 "fused_forward", "ska_chunked", "ska_chunked_ops", "_solution_kernel", "chunk_gram"))
+def check_chunk_gram_triton(fn) -> None:
+    """Check ``fn(ok [..., T, r], kk [..., T, r], S) -> [..., ceil(T/S), r, r]``: a launcher of the student's
+    own Triton kernel, on sizes chosen to show one mistake each (the first failing stage names it), inputs
+    surrounded by NaN in memory, then zero, one and two leading dims and the lab's later shapes."""
+    name = "chunk_gram_triton"
+    if triton is None:
+        raise ExerciseError(f"{name}: needs triton (pip install 'echo_tutor[triton]')")
+    g, seed = fresh_generator()
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    files = _student_files(fn)
+    watching = ALLOW.get() is not None  # the learner's function, not the solution run by the lab or a test
+    stages = _STAGES + [(f"leading dims {lead}", lead, 21, 6, 16, lead == (2, 3))
+                        for lead in leading_dims(*LATER_GRAM_LEADS)]
+    passed_so_far: list[str] = []
+    passed_leads: list[tuple[int, ...]] = []
+    for what, lead, T, r, S, strided in stages:
+        ok = _poisoned((*lead, T, r), g, dev, strided)
+        kk = _poisoned((*lead, T, r), g, dev, strided)
+        nc = -(-T // S)
+        where = f"{what}: ok, kk {tuple(ok.shape)}, S = {S}, seed {seed}"
+        lead_hint = batch_dims_hint(lead, passed_leads) if lead not in passed_leads else ""
+        try:
+            with _watch_kernels(files) as (launched, buffers):
+                out = call_student(name, fn, ok, kk, S)
+        except NotAttempted:
+            raise
+        except ExerciseError as e:
+            raise ExerciseError(f"{e} ({where}).{lead_hint}") from None
+        if watching:
+            theirs = [k for k in launched if _kernel_file(k).startswith(_kernel_dirs())
+                      or getattr(getattr(k, "fn", k), "__name__", "").endswith("_solution")]
+            if theirs:
+                raise ExerciseError(f"{name}: your launcher runs the project's kernel "
+                                    f"`{getattr(getattr(theirs[0], 'fn', theirs[0]), '__name__', '?')}`, which "
+                                    "computes the answer for you. Write your own @triton.jit kernel.")
+            if not launched:
+                raise ExerciseError(f"{name}: your launcher launched no @triton.jit kernel ({where}). The "
+                                    "exercise is the kernel: launch yours with kernel[grid](...).")
+        if any(bool(torch.isfinite(buf[n:]).any()) for buf, n in buffers):
+            raise ExerciseError(f"{name}: your kernel stores past the end of its output ({where}). The stored "
+                                "block is BR x BR with BR >= 16 > r: store only its r x r corner (a mask), at the "
+                                "chunk's place in the [..., nc, r, r] output (rows r apart, chunks r * r apart).")
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (*lead, nc, r, r):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            hint = lead_hint
+            if isinstance(out, torch.Tensor) and tuple(out.shape) == (*lead, T // S, r, r):
+                hint = (f" The last, partial chunk is a chunk too: nc = ceil(T / S) = {nc} (`triton.cdiv`), "
+                        "and its missing rows read as 0.")
+            raise ExerciseError(f"{name}: expected a tensor [..., ceil(T/S), r, r] = {(*lead, nc, r, r)} "
+                                f"({where}), got {got}.{hint}")
+        out = out.detach().cpu().double()
+        want = _gram_padded(ok.cpu(), kk.cpu(), S)
+        if close(out, want, 1e-5):
+            passed_so_far.append(what)
+            passed_leads.append(lead)
+            continue
+        finite = bool(torch.isfinite(out).all())
+        err = ((out - want).norm() / want.norm()).item() if finite else float("nan")
+        hint = lead_hint or _triton_hint(what, strided, passed_so_far, out, ok, kk, S)
+        if finite and 1e-5 < err < 1e-2 and dev == "cuda":
+            hint += (" An error of about 1e-3 is tf32: tl.dot rounds float32 inputs to tf32 on a GPU unless you "
+                     "pass input_precision=\"ieee\".")
+        raise ExerciseError(f"{name}: wrong values ({where}): relative error {err:.2g}.{hint}")
+    return passed(name)
+
+
+# ------------------------------------------------------------------------------------------ sherman_morrison
+def _sherman_morrison_solution(Ginv, k, a):
+    a = torch.as_tensor(a, dtype=Ginv.dtype, device=Ginv.device)       # a float or a tensor [...]
+    g = (Ginv @ k[..., None])[..., 0]                                    # G^-1 k   [..., r]
+    den = 1.0 + a * (k * g).sum(-1)                                      # 1 + a k^T G^-1 k   [...]
+    return Ginv - (a / den)[..., None, None] * g[..., :, None] * g[..., None, :]
+
+
+def _sm_hint(out, Ginv, k, a) -> str:
+    a_ = torch.as_tensor(a, dtype=Ginv.dtype)[..., None, None]
+    gk = (Ginv @ k[..., None])[..., 0]
+    outer = gk[..., :, None] * gk[..., None, :]
+    kg = (k * gk).sum(-1)[..., None, None]
     typical = {
-        " You return a running (inclusive) sum over chunks: each chunk's own term is wanted; the prefix is a separate step.":
-            want.cumsum(1),
-        " Transposed: the term is ok_s kk_s^T (rows from ok), i.e. einsum 'si,sj->ij'.": want.transpose(-1, -2),
-        " That is the exclusive prefix (what chunk c reads), not the per-chunk term.":
-            torch.cat([torch.zeros_like(want[:, :1]), want.cumsum(1)[:, :-1]], 1),
+        " Wrong sign: the update subtracts a (G^-1 k)(G^-1 k)^T / (1 + a k^T G^-1 k).":
+            Ginv + a_ * outer / (1 + a_ * kg),
+        " The denominator 1 + a k^T G^-1 k is missing.": Ginv - a_ * outer,
+        " The weight a is missing (that is the inverse of G + k k^T).": Ginv - outer / (1 + kg),
+        " The weight a is missing from the denominator: 1 + a k^T G^-1 k.": Ginv - a_ * outer / (1 + kg),
     }
-    hint = next((h for h, w in typical.items() if close(out, w)), "")
-    raise ExerciseError(f"{name}: wrong values (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
+    return next((h for h, w in typical.items() if out.shape == w.shape and close(out, w, 1e-8)), "")
 
 
-@checker(forbid=("inv", "inv_ex", "inverse", "solve", "solve_ex", "pinv", "lstsq", "cholesky", "cholesky_ex", "cholesky_inverse", "cholesky_solve", "solve_triangular"))
+@checker(forbid=("inv", "inv_ex", "inverse", "solve", "solve_ex", "pinv", "lstsq", "cholesky", "cholesky_ex",
+                 "cholesky_inverse", "cholesky_solve", "solve_triangular", "decode_step", "decode"))
 def check_sherman_morrison(fn) -> None:
-    """Check ``fn(Ginv [r, r], k [r], a) -> (G + a k k^T)^-1`` against an explicit inverse."""
+    """Check ``fn(Ginv [..., r, r], k [..., r], a) -> (G + a k k^T)^-1`` against an explicit inverse, with zero,
+    one and two leading dims (``a`` a float, or a tensor of the leading shape) and the decode cell's [1, 2]."""
     name = "sherman_morrison"
     g, seed = fresh_generator()
     r = 4
-    A = torch.randn(r, r, generator=g, dtype=torch.float64)
-    G = A @ A.T + torch.eye(r, dtype=torch.float64)
-    k = torch.randn(r, generator=g, dtype=torch.float64)
-    a = 0.3 + torch.rand(1, generator=g, dtype=torch.float64).item()
-    Ginv = torch.linalg.inv(G)
-    out = expect_tensor(name, call_student(name, fn, Ginv, k, a), (r, r), "[r, r]")
-    want = torch.linalg.inv(G + a * torch.outer(k, k))
-    if close(out, want, 1e-8):
-        return passed(name)
-    gk = Ginv @ k
-    typical = {
-        " Wrong sign: the update subtracts a (G^-1 k)(G^-1 k)^T / (1 + a k^T G^-1 k).":
-            Ginv + a * torch.outer(gk, gk) / (1 + a * (k @ gk)),
-        " The denominator 1 + a k^T G^-1 k is missing.": Ginv - a * torch.outer(gk, gk),
-        " The weight a is missing (that is the inverse of G + k k^T).": Ginv - torch.outer(gk, gk) / (1 + k @ gk),
-    }
-    hint = next((h for h, w in typical.items() if close(out, w, 1e-8)), "")
-    raise ExerciseError(f"{name}: not the inverse of G + a k k^T (seed {seed}): max abs error {(out - want).abs().max():.3g}.{hint}")
+    data = {}
+    # (lead, a given as a tensor of the leading shape): every leading shape with a float a, then a tensor a
+    cases = [(lead, False) for lead in leading_dims(*LATER_SM_LEADS)] + [((2, 3), True)]
+
+    def run_one(case):
+        lead, a_tensor = case
+        A = torch.randn(*lead, r, r, generator=g, dtype=torch.float64)
+        G = A @ A.mT + torch.eye(r, dtype=torch.float64)
+        k = torch.randn(*lead, r, generator=g, dtype=torch.float64)
+        a_t = 0.3 + torch.rand(lead, generator=g, dtype=torch.float64)
+        a = a_t if a_tensor else float(a_t.flatten()[0])
+        a_t = torch.as_tensor(a, dtype=torch.float64).expand(lead)
+        Ginv = torch.linalg.inv(G)
+        where = f"Ginv {tuple(Ginv.shape)}, k {tuple(k.shape)}, a {'a tensor ' + str(lead) if a_tensor else 'a float'}"
+        try:
+            out = expect_tensor(name, call_student(name, fn, Ginv, k, a), (*lead, r, r), "[..., r, r]")
+        except NotAttempted:
+            raise
+        except ExerciseError as e:
+            return False, f"{e} ({where})"
+        want = torch.linalg.inv(G + a_t[..., None, None] * k[..., :, None] * k[..., None, :])
+        if close(out, want, 1e-8):
+            return True, ""
+        data[case] = (out, Ginv, k, a)
+        return False, f"{name}: not the inverse of G + a k k^T with {where}: max abs error {(out - want).abs().max():.3g}"
+
+    def hint_of(case):
+        got = data.get(case)
+        hint = _sm_hint(*got) if got else ""
+        if not hint and case[1]:
+            hint = (" Here a is a tensor of the leading shape [...] (one weight per batch element): broadcast it "
+                    "over the last two dims (a[..., None, None]) and over the denominator.")
+        return hint
+
+    _over_leads(cases, run_one, hint_of, seed)
+    return passed(name)
