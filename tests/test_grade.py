@@ -57,7 +57,7 @@ def test_a_class_is_graded_into_one_report_per_student_and_a_csv(tmp_path):
     import csv
 
     from echo_tutor.cli import main
-    from echo_tutor.labs.rubric import items_of
+    from echo_tutor.labs.rubric import fmt_points, items_of
 
     subs = tmp_path / "subs"
     (subs / "alice").mkdir(parents=True)
@@ -68,12 +68,12 @@ def test_a_class_is_graded_into_one_report_per_student_and_a_csv(tmp_path):
     alice = (tmp_path / "grades" / "alice.md").read_text()
     bob = (tmp_path / "grades" / "bob.md").read_text()
     share = next(it.checked for it in items_of("lab00") if it.key == "lab00.kv_cache_bytes")
-    assert "| `kv_cache_bytes` | FAIL: kv_cache_bytes: expected" in alice and f"| `kv_cache_bytes` | pass | {share:g} |" in bob
+    assert "| `kv_cache_bytes` | FAIL: kv_cache_bytes: expected" in alice and f"| `kv_cache_bytes` | pass | {fmt_points(share)} |" in bob
     assert "the answer for you" in alice and "not in the notebook" in bob  # bob did not hand in ska_state_floats
     assert "## To mark by hand" in bob and "Written analysis" in bob and "Labs not submitted: lab01" in bob
     rows = list(csv.DictReader(open(tmp_path / "grades" / "grades.csv")))
     got = {(r["student"], r["item"]): r for r in rows}
-    assert float(got[("bob", "kv_cache_bytes")]["points"]) == share and float(got[("alice", "kv_cache_bytes")]["points"]) == 0
+    assert float(got[("bob", "kv_cache_bytes")]["points"]) == round(share, 3) and float(got[("alice", "kv_cache_bytes")]["points"]) == 0
     assert got[("bob", "written")]["marked_by"] == "instructor"
 
 

@@ -24,7 +24,7 @@ import sys
 from typing import Iterable
 
 from ..errors import BadArgumentError
-from .rubric import OPEN, PARTICIPATION, RUBRIC, WRITTEN, items_of, total_points
+from .rubric import OPEN, PARTICIPATION, RUBRIC, WRITTEN, fmt_points, items_of, total_points
 
 __all__ = ["grade", "main", "find_submissions", "grade_submissions", "student_report"]
 
@@ -126,16 +126,16 @@ def student_report(student: str, verdicts: dict[str, dict[str, str]]) -> tuple[s
             got = it.checked if verdict == "pass" else 0.0
             checked, checked_max = checked + got, checked_max + it.checked
             short = verdict if len(verdict) <= 160 else verdict[:157] + "..."
-            lines.append(f"| `{name}` | {short.replace('|', '/')} | {got:g} | {it.checked:g} |")
-            rows.append(dict(student=student, lab=lab, item=name, verdict=verdict, points=got, of=it.checked,
+            lines.append(f"| `{name}` | {short.replace('|', '/')} | {fmt_points(got)} | {fmt_points(it.checked)} |")
+            rows.append(dict(student=student, lab=lab, item=name, verdict=verdict, points=round(got, 3), of=round(it.checked, 3),
                              marked_by="checker"))
         lines.append("")
     manual = [it for it in OPEN.values() if it.lab in verdicts] + [WRITTEN, PARTICIPATION]
-    lines += [f"**Checked by the checkers: {checked:g} of {checked_max:g} points** (of the labs submitted; "
-              f"{total_points():g} in the whole module).", "", "## To mark by hand", "",
+    lines += [f"**Checked by the checkers: {fmt_points(checked)} of {fmt_points(checked_max)} points** (of the labs "
+              f"submitted; {fmt_points(total_points())} in the whole module).", "", "## To mark by hand", "",
               "| part | points | of | criteria |", "|---|---:|---:|---|"]
     for it in manual:
-        lines.append(f"| {it.title} | | {it.manual:g} | {it.criteria} |")
+        lines.append(f"| {it.title} | | {fmt_points(it.manual)} | {it.criteria} |")
         rows.append(dict(student=student, lab=it.lab, item=it.key, verdict="", points="", of=it.manual,
                          marked_by="instructor"))
     missing = sorted({it.lab for it in RUBRIC if it.lab} - set(verdicts))
@@ -162,7 +162,7 @@ def grade_submissions(paths: Iterable[str | os.PathLike], out_dir: str | os.Path
         all_rows += rows
         results[student] = verdicts
         got = sum(r["points"] for r in rows if r["marked_by"] == "checker")
-        print(f"[grade] {student}: {got:g} checked points; report {out / (student + '.md')}", flush=True)
+        print(f"[grade] {student}: {fmt_points(got)} checked points; report {out / (student + '.md')}", flush=True)
     with open(out / "grades.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["student", "lab", "item", "verdict", "points", "of", "marked_by"])
         w.writeheader()

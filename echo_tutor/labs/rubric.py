@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Item", "RUBRIC", "LAB_EXERCISES", "OPEN", "AUTO_POINTS", "WRITTEN", "PARTICIPATION", "items_of",
-           "total_points"]
+           "total_points", "fmt_points"]
 
 AUTO_POINTS = 36.0
 
@@ -46,12 +46,12 @@ LAB_EXERCISES: dict[str, tuple[str, ...]] = {
     "lab01": ("ssm_scan", "decay_mask", "ssd_quadratic", "ssd_chunked"),
     "lab02": ("ska_statistics", "ridge_readout", "kernel_ridge_readout", "whitened_operator", "power_filter",
               "exclusive_prefix_sum", "ska_step"),
-    "lab03": ("gap_example", "elimination_accuracy"),
+    "lab03": ("gap_example", "elimination_accuracy", "cliff_gap"),
     "lab04": ("dmd_operator", "sigma_max_power", "paired_ablation"),
-    "lab05": ("tool_trace_answers", "forgetting_readout"),
-    "lab06": ("rope_rotate", "ridge_with_intercept", "streaming_keep", "choose_kept"),
-    "lab07": ("chunk_gram", "sherman_morrison"),
-    "lab08": ("visible_parts", "converted_state_bytes"),
+    "lab05": ("tool_trace_answers", "rising_gate", "forgetting_readout"),
+    "lab06": ("rope_rotate", "ridge_with_intercept", "choose_kept", "streaming_keep"),
+    "lab07": ("chunk_gram", "chunk_gram_triton", "sherman_morrison"),
+    "lab08": ("visible_parts", "converted_state_bytes", "convert_layer"),
 }
 
 # The four open-ended exercises: checker points + hand-marked points, with the criteria the instructor marks.
@@ -86,7 +86,7 @@ def _auto_items() -> list[Item]:
     for lab, names in LAB_EXERCISES.items():
         plain = [n for n in names if f"{lab}.{n}" not in OPEN]
         for n in plain:
-            out.append(Item(f"{lab}.{n}", lab, n, checked=round(per_lab / len(plain), 3)))
+            out.append(Item(f"{lab}.{n}", lab, n, checked=per_lab / len(plain)))
     return out
 
 
@@ -102,3 +102,8 @@ def items_of(lab: str) -> list[Item]:
 
 def total_points() -> float:
     return round(sum(it.points for it in RUBRIC), 6)
+
+
+def fmt_points(x: float) -> str:
+    """Points as a report shows them: two decimals at most (``1.33``, ``4``)."""
+    return f"{x:.2f}".rstrip("0").rstrip(".")
