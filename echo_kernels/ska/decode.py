@@ -37,7 +37,7 @@ def _decode_kernel(g_ptr, gi_ptr, m_ptr, c_ptr, kp_ptr, q_ptr, k_ptr, v_ptr, om_
     gi = tl.load(gi_ptr + rr, mask=mrr, other=0.0)
     gk = tl.sum(gi * k[None, :], axis=1)                          # G^-1 k
     denom = 1.0 + a * tl.sum(k * gk, axis=0)
-    gi = gi - (a / denom) * gk[:, None] * gk[None, :]             # Sherman-Morrison
+    gi = gi - (a / denom) * (gk[:, None] * gk[None, :])           # Sherman-Morrison, c (g g^T): symmetric
     tl.store(g_ptr + rr, g, mask=mrr)
     tl.store(m_ptr + rr, m, mask=mrr)
     tl.store(c_ptr + pr, c, mask=mpr)

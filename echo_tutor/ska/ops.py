@@ -75,8 +75,10 @@ def decode_step(G, Ginv, M, C, k_prev, q, k, v, omega, w, power_steps: int, scal
         omega (``beta_t w_t``), w, scale: ``[N]``.
     Returns:
         ``(y [N, P], G, Ginv, M, C, k_prev)`` after absorbing the token; ``y`` reads the updated
-        statistics. ``Ginv`` follows by Sherman-Morrison, exact in exact arithmetic; in float32 it
-        drifts slowly over very long decodes (refresh it from G with :func:`inverse_gram`).
+        statistics. ``Ginv`` follows by Sherman-Morrison, exact in exact arithmetic. The rank-1 term is
+        formed as ``c (g g^T)``, exactly symmetric in float32 (``(c g) g^T`` is not, and its asymmetry
+        accumulates: lab 02, section 8, measures both); over very long decodes refresh it from G with
+        :func:`inverse_gram`.
     """
     a = omega[:, None]
     G = G + a[..., None] * k[:, :, None] * k[:, None, :]
@@ -84,7 +86,7 @@ def decode_step(G, Ginv, M, C, k_prev, q, k, v, omega, w, power_steps: int, scal
     C = C + a[..., None] * v[:, :, None] * k[:, None, :]
     g = (Ginv @ k[:, :, None])[..., 0]                                  # G^-1 k
     denom = 1.0 + a[:, 0] * (k * g).sum(-1)
-    Ginv = Ginv - (a[:, 0] / denom)[:, None, None] * g[:, :, None] * g[:, None, :]
+    Ginv = Ginv - (a[:, 0] / denom)[:, None, None] * (g[:, :, None] * g[:, None, :])  # c (g g^T): symmetric
     k_prev = w[:, None] * k
     u = q
     for _ in range(power_steps):
