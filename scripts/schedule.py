@@ -35,9 +35,12 @@ DISCUSSION_MIN = 8
 # Exercises that ask for reasoning rather than a formula printed above them (the rest not open-ended are
 # warm-ups). Kept by hand: the labs' docstrings say which is which.
 THOUGHT = {
-    "lab00.crossover_tokens", "lab02.kernel_ridge_readout", "lab03.elimination_accuracy",
+    "lab00.crossover_tokens", "lab01.decay_mask", "lab02.ridge_readout", "lab02.kernel_ridge_readout",
+    "lab03.elimination_accuracy", "lab03.cliff_gap", "lab04.dmd_operator", "lab04.sigma_max_power",
+    "lab05.rising_gate", "lab05.forgetting_readout", "lab06.ridge_with_intercept", "lab07.chunk_gram_triton",
+    "lab08.converted_state_bytes", "lab08.convert_layer",
 }
-WEEKS = {1: ("00", "01", "02"), 2: ("03", "04"), 3: ("05", "06"), 4: ("07", "08")}
+WEEKS = {1: ("00", "01"), 2: ("02", "03"), 3: ("04", "05"), 4: ("06", "07", "08")}
 BEGIN, END = "<!-- schedule -->", "<!-- /schedule -->"
 
 
