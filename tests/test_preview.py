@@ -32,7 +32,7 @@ def _write(tmp_path):
 
 
 def test_a_lab_renders_with_its_figures_as_left(tmp_path):
-    row = preview.render_lab(_write(tmp_path), tmp_path / "out", timeout=120)
+    row = preview.render_lab(_write(tmp_path), tmp_path / "out", timeout=120, markdown=True)
     page = (tmp_path / "out" / "99_demo.html").read_text()
     assert row["figures"] == 2 and page.count("Plotly.newPlot") == 2
     assert '<script src="plotly.min.js"></script>' in page
@@ -41,6 +41,8 @@ def test_a_lab_renders_with_its_figures_as_left(tmp_path):
     assert [1, 3, 2] in data and [7, 8] in data, "the FigureWidget is drawn as it was at the end of the run"
     assert "gap: <b>5</b>" in page, "a control shows its last value"
     assert "done" in page
+    text = (tmp_path / "out" / "99_demo.md").read_text()
+    assert "done" in text and "[figure]" in text and "Plotly.newPlot" not in text
 
 
 def test_bad_lab_names_are_refused(tmp_path):

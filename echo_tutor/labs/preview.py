@@ -122,8 +122,9 @@ def static_outputs(nb: Any, figures: dict[str, Any]) -> int:
     return drawn
 
 
-def render_lab(src: pathlib.Path, out_dir: pathlib.Path, timeout: int = 900) -> dict[str, Any]:
-    """Execute one lab (``notebooks/NN_name.ipynb``, FAST, solutions on) and write ``out_dir/NN_name.html``."""
+def render_lab(src: pathlib.Path, out_dir: pathlib.Path, timeout: int = 900, markdown: bool = False) -> dict[str, Any]:
+    """Execute one lab (``notebooks/NN_name.ipynb``, FAST, solutions on) and write ``out_dir/NN_name.html``
+    (and, with ``markdown``, ``out_dir/NN_name.md``: the text of the executed lab, figures left out)."""
     import nbformat
     from nbclient import NotebookClient
     from nbconvert import HTMLExporter
@@ -146,6 +147,16 @@ def render_lab(src: pathlib.Path, out_dir: pathlib.Path, timeout: int = 900) -> 
     dump = nb.cells.pop()
     text = "".join(o.get("text", "") for o in dump.get("outputs", []) if o.get("output_type") == "stream")
     figures = json.loads(text.split(_MARK, 1)[1]) if _MARK in text else {}
+    if markdown:
+        from nbconvert import MarkdownExporter
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        text_nb = nbformat.from_dict(json.loads(nbformat.writes(nb)))
+        for cell in text_nb.cells:  # keep what a reader sees as text: printed lines and text outputs
+            for out in cell.get("outputs", []):
+                if "data" in out:
+                    out["data"] = {k: v for k, v in out["data"].items() if k == "text/plain"} or {"text/plain": "[figure]"}
+        (out_dir / f"{src.stem}.md").write_text(MarkdownExporter().from_notebook_node(text_nb)[0])
     drawn = static_outputs(nb, figures)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
     stamp = (f"Executed {datetime.date.today().isoformat()} in FAST mode with the solutions filled in "
@@ -172,7 +183,7 @@ def _title(src: pathlib.Path) -> str:
 
 
 def render_labs(labs: list[str] | None = None, out_dir: pathlib.Path | str = ROOT / "preview",
-                timeout: int = 900) -> list[dict[str, Any]]:
+                timeout: int = 900, markdown: bool = False) -> list[dict[str, Any]]:
     """Render the labs named by number (``["00", "03"]``; all when None) into ``out_dir`` with an index."""
     out_dir = pathlib.Path(out_dir)
     sources = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -189,7 +200,7 @@ def render_labs(labs: list[str] | None = None, out_dir: pathlib.Path | str = ROO
     rows = []
     for src in sources:
         print(f"[preview] {src.stem} ...", flush=True)
-        row = render_lab(src, out_dir, timeout)
+        row = render_lab(src, out_dir, timeout, markdown)
         row["title"] = _title(src)
         rows.append(row)
         print(f"[preview] {src.stem}: {row['figures']} figure(s), {row['seconds']} s", flush=True)
@@ -211,9 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labs", default="", help="comma-separated lab numbers (default: all), e.g. 00,03")
     ap.add_argument("--out", default=str(ROOT / "preview"), help="output folder (default: preview/)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per cell (default 900)")
+    ap.add_argument("--markdown", action="store_true", help="also write each executed lab as text (NN_name.md)")
     args = ap.parse_args(argv)
     try:
-        rows = render_labs([x for x in args.labs.split(",") if x] or None, args.out, args.timeout)
+        rows = render_labs([x for x in args.labs.split(",") if x] or None, args.out, args.timeout, args.markdown)
     except BadArgumentError as e:
         print(f"preview: error: {e}", file=sys.stderr)
         return 2
