@@ -16,6 +16,7 @@ stores holds only the figure a widget started with), by a cell the preview appen
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import html
 import json
@@ -151,7 +152,7 @@ def render_lab(src: pathlib.Path, out_dir: pathlib.Path, timeout: int = 900, mar
         from nbconvert import MarkdownExporter
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        text_nb = nbformat.from_dict(json.loads(nbformat.writes(nb)))
+        text_nb = copy.deepcopy(nb)
         for cell in text_nb.cells:  # keep what a reader sees as text: printed lines and text outputs
             for out in cell.get("outputs", []):
                 if "data" in out:
