@@ -40,8 +40,14 @@ _DUMP_CELL = f'''
 import gc as _gc, json as _json
 import plotly.graph_objects as _go
 from plotly.utils import PlotlyJSONEncoder as _Enc
-print({_MARK!r} + _json.dumps({{o._model_id: o.to_plotly_json() for o in _gc.get_objects()
-       if isinstance(o, _go.FigureWidget) and getattr(o, "_model_id", None)}}, cls=_Enc))
+_figs = {{}}
+for _o in _gc.get_objects():
+    try:  # a dead weak proxy among the objects raises on any attribute
+        if isinstance(_o, _go.FigureWidget) and getattr(_o, "_model_id", None):
+            _figs[_o._model_id] = _o.to_plotly_json()
+    except ReferenceError:
+        pass
+print({_MARK!r} + _json.dumps(_figs, cls=_Enc))
 '''
 _WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 _PLOTLY = "application/vnd.plotly.v1+json"
