@@ -242,3 +242,41 @@ def sherman_morrison_by_dynamic_name(Ginv, k, a):
 def test_a_forbidden_builtin_is_refused_under_any_name(student):
     with pytest.raises(ExerciseError, match="inv"):
         lab07.check_sherman_morrison(student)
+
+
+def ridge_in_a_thread(G, C, q):
+    """The review's bypass: the solution run in a worker thread, which a per-thread profiler does not see."""
+    from concurrent.futures import ThreadPoolExecutor
+    import importlib
+
+    mod = importlib.import_module("echo_tutor.labs.lab02")
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(getattr(mod, "_ridge_readout" + "_solution"), G, C, q).result()
+
+
+def ridge_that_patches_the_checker(G, C, q):
+    """Right answer or not, it makes every later comparison pass."""
+    import echo_tutor.labs.checking as chk
+
+    chk.close = lambda a, b, tol=1e-6: True
+    return (C @ q.mT).mT
+
+
+def test_a_thread_started_by_the_learner_is_refused():
+    with pytest.raises(ExerciseError, match="thread or process"):
+        lab02.check_ridge_readout(ridge_in_a_thread)
+
+
+def test_a_function_that_patches_what_the_checker_uses_is_refused(monkeypatch):
+    import echo_tutor.labs.checking as chk
+
+    monkeypatch.setattr(chk, "close", chk.close)  # restored after the test whatever happens
+    with pytest.raises(ExerciseError, match="replaced echo_tutor.labs.checking.close"):
+        lab02.check_ridge_readout(ridge_that_patches_the_checker)
+
+
+def test_a_function_with_bare_globals_does_not_crash_the_scan():
+    ns: dict = {}
+    exec("def ridge_readout(G, C, q):\n    return q", ns)
+    with pytest.raises(ExerciseError, match="ridge_readout"):
+        lab02.check_ridge_readout(ns["ridge_readout"])

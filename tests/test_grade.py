@@ -85,3 +85,69 @@ def test_grade_refuses_what_is_not_a_submission(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["grade", str(tmp_path / "empty")]) == 2
     assert "no .ipynb or .py notebook found" in capsys.readouterr().err
+
+
+TAMPERED = RIGHT + '''
+# %%
+def ska_state_floats(n_heads, r, head_dim):
+    return 0
+
+
+ska_state_floats = labs.exercise(ska_state_floats, "lab00")
+
+# %%
+import echo_tutor.labs.lab00 as _m
+for _n in ("kv_cache_bytes", "ska_state_floats", "crossover_tokens"):
+    setattr(_m, "check_" + _n, lambda f: None)
+'''
+
+PATCHED_TORCH = RIGHT + '''
+# %%
+import torch
+torch.allclose = lambda *a, **k: True
+'''
+
+COPIED = '''# %%
+from echo_tutor import labs
+from echo_tutor.labs import lab02
+import torch
+
+# %%
+def ridge_readout(G, C, q):
+    """my own"""
+    # the learner pasted the package's solution, renaming its variables
+    return (C @ torch.linalg.solve(G, q.mT)).mT
+
+
+ridge_readout = labs.exercise(ridge_readout, "lab02")
+lab02.check_ridge_readout(ridge_readout)
+'''
+
+
+def test_a_notebook_cannot_replace_the_checkers_or_the_libraries_they_use(tmp_path):
+    """The review's attack: a last cell replacing the checkers graded 'three of three pass'."""
+    path = tmp_path / "00_tour.py"
+    path.write_text(TAMPERED)
+    res = grade(str(path), timeout=300)
+    assert res["kv_cache_bytes"] == "pass" and res["ska_state_floats"].startswith("FAIL: ska_state_floats")
+    path.write_text(PATCHED_TORCH)
+    res = grade(str(path), timeout=300)
+    assert res["kv_cache_bytes"] == "FAIL: not graded: the notebook replaced library functions the checkers use (torch.allclose)"
+
+
+def test_flags_point_the_instructor_at_copies_and_odd_code(tmp_path):
+    import inspect
+    import textwrap
+
+    from echo_tutor.labs import lab02
+    from echo_tutor.labs.grade import flags
+
+    pasted = inspect.getsource(lab02._ridge_readout_solution).replace("_ridge_readout_solution", "ridge_readout")
+    path = tmp_path / "02_ska.py"
+    path.write_text(COPIED.split("# %%\ndef ridge_readout")[0] + "# %%\n" + textwrap.dedent(pasted) +
+                    '\n\nridge_readout = labs.exercise(ridge_readout, "lab02")\n')
+    got = flags(path)
+    assert got["ridge_readout"] == ["a copy of the reference solution (names and comments aside)"]
+    path = tmp_path / "00_tour.py"
+    path.write_text(TAMPERED)
+    assert "setattr(...)" in flags(path)["notebook"]

@@ -8,6 +8,7 @@ from typing import Callable
 
 import torch
 
+from . import integrity
 from .guard import ALLOW, FORBID, short_path, watch_calls
 
 __all__ = ["ExerciseError", "NotAttempted", "fresh_generator", "passed", "call_student", "expect_tensor", "close",
@@ -43,9 +44,11 @@ def call_student(name: str, fn: Callable, *args, **kwargs):
         raise ExerciseError(f"{name}: expected a function, got {type(fn).__name__}")
     allow = ALLOW.get()
     watch = watch_calls(allow or (), FORBID.get())
+    before = None
     try:
         if allow is None:
             return fn(*args, **kwargs)
+        before = integrity.snapshot()
         with watch:
             out = fn(*args, **kwargs)
     except NotImplementedError:
@@ -57,6 +60,10 @@ def call_student(name: str, fn: Callable, *args, **kwargs):
         _refuse_shortcut(name, watch)
         raise ExerciseError(f"{name}: your function raised {type(e).__name__}: {e}") from e
     _refuse_shortcut(name, watch)
+    tampered = integrity.changed(before) if before is not None else []
+    if tampered:
+        raise ExerciseError(f"{name}: your function replaced {', '.join(tampered[:3])} while it ran: a checker relies on "
+                            "them. Compute your answer; leave the libraries as they are.")
     return out
 
 

@@ -22,8 +22,10 @@ answer, twice over:
   ``inv`` where the exercise is Sherman-Morrison), a lab's private ``_*_solution``, and aliases of either;
 * while running it, a profiler watches every Python call: entering any function defined in ``echo_tutor``
   (outside ``echo_tutor.labs``) or ``echo_kernels``, or a lab's solution, is refused, however it was reached
-  (an alias, ``getattr``, a reshape around a fused twin, a method of an object the student built). An
-  exercise that needs some of the package says so with ``allow=``.
+  (an alias, ``getattr``, a reshape around a fused twin, a method of an object the student built); starting a
+  thread or a process (code the profiler would not see) and replacing anything a checker relies on
+  (:mod:`echo_tutor.labs.integrity`) are refused too. An exercise that needs some of the package says so with
+  ``allow=``.
 
 Called with a plain function (the tests, ``echo_tutor.labs.grade``), a checker raises
 :class:`~echo_tutor.labs.checking.ExerciseError` as before.
@@ -172,7 +174,7 @@ def _names_used(fn: Callable) -> set[str]:
 
 
 def _is_solution(obj: Any) -> bool:
-    return (callable(obj) and getattr(obj, "__module__", "").startswith("echo_tutor.labs.")
+    return (callable(obj) and (getattr(obj, "__module__", None) or "").startswith("echo_tutor.labs.")
             and getattr(obj, "__name__", "").endswith("_solution"))
 
 
@@ -209,7 +211,7 @@ def find_shortcut(fn: Callable, forbid: Iterable[str] = (), _depth: int = 0, all
                 from_package and not isinstance(obj, types.ModuleType) and callable(obj)):
             return (f"your function calls `{n}` (that is `{module}.{target}`), which computes the answer for you. "
                     "Write it yourself: building it is the point of the exercise.")
-        own = isinstance(obj, types.FunctionType) and not obj.__module__.startswith("echo_tutor")
+        own = isinstance(obj, types.FunctionType) and not (obj.__module__ or "").startswith("echo_tutor")
         if own and obj is not fn and _depth < 2:
             inner = find_shortcut(obj, forbid, _depth + 1, allow=allow)
             if inner:

@@ -3,7 +3,8 @@
 * :func:`package_routines`: the names of every function and class the package's method modules define
   (computed from the modules loaded when the check runs), for a check of the student's code before it runs;
 * :class:`watch_calls`: a profiler that sees every Python call made while the student's function runs and
-  records the first one into those modules (or into a lab's ``_*_solution``), however it was reached.
+  records the first one into those modules (or into a lab's ``_*_solution``), however it was reached in this
+  thread; starting a thread or a process (code it would not see) is refused.
 
 The checkers (:mod:`echo_tutor.labs.exercises`) set :data:`ALLOW` while they check a student's function;
 :func:`~echo_tutor.labs.checking.call_student` then calls it under :class:`watch_calls`.
@@ -72,6 +73,9 @@ ALLOW: contextvars.ContextVar[frozenset[str] | None] = contextvars.ContextVar("e
 # The names an exercise forbids beyond the package (e.g. ``inv``, ``solve`` in Sherman-Morrison): also refused
 # when a built-in (torch's C functions and tensor methods) of that name is called, however it was reached.
 FORBID: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("exercise_forbid", default=frozenset())
+# Starting a thread or a process would run code the profiler does not see: refused inside a checker.
+_CONCURRENCY = frozenset({"start_new_thread", "start_joinable_thread", "_start_new_thread", "fork", "forkpty",
+                          "fork_exec", "posix_spawn", "posix_spawnp", "system", "execv", "execve", "spawnv"})
 _TORCH_NAMESPACES = ("torch", "torch.linalg", "torch.nn.functional", "torch.special", "torch.fft")
 
 
@@ -127,7 +131,9 @@ class watch_calls:
         if self.violation is not None:
             return
         if event == "c_call":
-            if self.forbid and _builtin_name(arg) in self.forbid and not self._importing(frame):
+            if getattr(arg, "__name__", "") in _CONCURRENCY:
+                self.violation = (f"`{arg.__name__}` (a new thread or process)", "code a checker cannot watch")
+            elif self.forbid and _builtin_name(arg) in self.forbid and not self._importing(frame):
                 self.violation = (f"`{_builtin_name(arg)}` (torch's `{getattr(arg, '__name__', '?')}`)",
                                   "a built-in this exercise forbids")
             return
