@@ -42,7 +42,7 @@ def test_a_lab_renders_with_its_figures_as_left(tmp_path):
     assert "gap: <b>5</b>" in page, "a control shows its last value"
     assert "done" in page
     text = (tmp_path / "out" / "99_demo.md").read_text()
-    assert "done" in text and "[figure]" in text and "Plotly.newPlot" not in text
+    assert "done" in text and "[figure or control" in text and "Plotly.newPlot" not in text
 
 
 def test_bad_lab_names_are_refused(tmp_path):

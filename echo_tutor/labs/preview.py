@@ -161,8 +161,11 @@ def render_lab(src: pathlib.Path, out_dir: pathlib.Path, timeout: int = 900, mar
         text_nb = copy.deepcopy(nb)
         for cell in text_nb.cells:  # keep what a reader sees as text: printed lines and text outputs
             for out in cell.get("outputs", []):
-                if "data" in out:
-                    out["data"] = {k: v for k, v in out["data"].items() if k == "text/plain"} or {"text/plain": "[figure]"}
+                if "data" in out and (_WIDGET_VIEW in out["data"] or _PLOTLY in out["data"]):
+                    out["data"] = {"text/plain": "[figure or control: see the HTML page]"}
+                elif "data" in out:
+                    keep = {k: v for k, v in out["data"].items() if k in ("text/markdown", "text/plain")}
+                    out["data"] = ({"text/markdown": keep["text/markdown"]} if "text/markdown" in keep else keep) or {"text/plain": "[figure]"}
         (out_dir / f"{src.stem}.md").write_text(MarkdownExporter().from_notebook_node(text_nb)[0])
     drawn = static_outputs(nb, figures)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
