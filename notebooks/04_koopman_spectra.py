@@ -42,7 +42,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from echo_tutor import labs, pretrained
-from echo_tutor.experiments import PRESET_COLORS, ablation_tasks, paired_ci, verdict
+from echo_tutor.experiments import PRESET_COLORS, ablation_tasks, bootstrap_ci, paired_ci, t_ci, verdict
 from echo_tutor.koopman import (damped_rotation, dmd, mode_energies, model_spectra, offset_profile, oscillators,
                                 readout_weights)
 from echo_tutor.labs import lab04
@@ -463,10 +463,12 @@ assert energy_fig.layout.title.text == energy_title(**{k: w.value for k, w in en
 # batch and learning rate (`make kpower`: the recipe `ablation/lab`; command and table in `docs/results.md`,
 # "The power order K at the lab scale"). The cell reads the shipped records (`results_kpower.json`) and
 # compares each pair of orders seed by seed, with the labs' one statistical standard: **an interval first**
-# (`paired_ci(a, b)`: the mean of the seed-by-seed differences `a - b` and its 95% bootstrap interval over
-# seeds), and **a verdict only where the interval excludes zero** (`verdict(lo, hi)`). Five seeds make a rough
-# interval: it says how far apart the orders are, not a p-value. A seed counts as *learned* when it scores above
-# 0.5 at 16 pairs and gap 1024.
+# (`paired_ci(a, b)`: the mean of the seed-by-seed differences `a - b` and its 95% interval over seeds), and
+# **a verdict only where the interval excludes zero** (`verdict(lo, hi)`). The interval follows one rule
+# (`echo_tutor.experiments.stats`): from five seeds on, a percentile bootstrap over seeds; below five,
+# Student's t (section 6 shows why). Five seeds make a rough interval, still narrower than t's: it says how far
+# apart the orders are, not a p-value, so the cell prints the t interval beside it as a check. A seed counts as
+# *learned* when it scores above 0.5 at 16 pairs and gap 1024.
 
 # %%
 kp = results("kpower")
@@ -498,14 +500,17 @@ print(f"bound-wrong: the share of answers that were a value bound in the prompt,
       "blind guess among the 64 values")
 
 accs = {c: [r["acc"] for r in by[c]] for c in configs}
-k_verdicts, k_ci = {}, {}
+k_verdicts, k_ci, k_t_same = {}, {}, {}
 print(f"\npaired differences of the mixture accuracy, seed by seed ({len(seeds)} seeds), with the 95% bootstrap "
-      "interval of their mean:")
+      "interval of their mean (the rule at five seeds) and, as a check, Student's t interval:")
 for a, b in ((k1, k0), (k2, k0), (k2, k1)):
     m, lo, hi = paired_ci(accs[a], accs[b])
     k_ci[a, b], k_verdicts[a, b] = (m, lo, hi), verdict(lo, hi)
     per_seed = " ".join(f"{x - y:+.3f}" for x, y in zip(accs[a], accs[b]))
-    print(f"  {a} minus {b}: {per_seed} -> mean {m:+.3f}, interval [{lo:+.3f}, {hi:+.3f}] -> {k_verdicts[a, b]}")
+    _, tlo, thi = t_ci([x - y for x, y in zip(accs[a], accs[b])])
+    k_t_same[a, b] = verdict(tlo, thi) == k_verdicts[a, b]
+    print(f"  {a} minus {b}: {per_seed} -> mean {m:+.3f}, interval [{lo:+.3f}, {hi:+.3f}] -> {k_verdicts[a, b]} "
+          f"(t: [{tlo:+.3f}, {thi:+.3f}], " + ("the same verdict)" if k_t_same[a, b] else "ANOTHER verdict)"))
 
 fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.12,
                     subplot_titles=["training mixture (256 examples)", "16 pairs, gap 1024 (64 examples)"])
@@ -523,11 +528,13 @@ fig.update_layout(height=400, width=1000, title=f"Power order K at the lab scale
 fig.show()
 NO_DIFF = "no difference shown (the interval includes 0)"
 assert k_verdicts == {(k1, k0): "better", (k2, k0): NO_DIFF, (k2, k1): "worse"}, k_verdicts  # the text below
+assert all(k_t_same.values()), k_t_same
 assert learned == {k0: 0, k1: 4, k2: 0}, learned
 
 # %% [markdown]
 # **What the intervals say.** `K = 1` is better than `K = 0` and better than `K = 2` (both intervals, printed,
-# exclude zero, by about a quarter of the accuracy scale at their near end); between `K = 2` and `K = 0` the
+# exclude zero, by about a quarter of the accuracy scale at their near end; the wider t intervals exclude it
+# too); between `K = 2` and `K = 0` the
 # interval includes zero: no difference shown. Read the per-seed columns with them: `K = 1` learned in 4 of 5
 # seeds (its seed 2 did not, in the steps printed), `K = 0` and `K = 2` in none. The learned `K = 1` seeds sit
 # at about 0.75 on the training mixture, and at 1.00 at 16 pairs and gap 1024: 0.75 is the ceiling of a model
@@ -638,8 +645,8 @@ for pr in (k2p, k0p):
 # shown after the queries** and on tool traces, with the model, tasks, steps and seeds the cell prints.
 # Besides `K = 0, 1, 2` it tried `K = 4`, spectral normalisation off, and SKA's prefix mask (context tokens
 # write to the statistics, query tokens only read). A different scale and task layout from section 5; the
-# same standard, on three seeds (a bootstrap interval over three seeds is narrow for what it knows: read the
-# per-seed numbers beside it).
+# same standard, on **three seeds**. With three seeds the rule's interval is Student's t (2 degrees of
+# freedom), not the bootstrap: the cell prints both, so you can see why.
 
 # %%
 abl = results("ablation")
@@ -662,16 +669,35 @@ for c in cfgs:
 K0s, K1s, K2s, K4s, NOSN, MASK2, MASK0 = cfgs
 small_pairs = [(K1s, K0s), (K2s, K0s), (K2s, K1s), (K4s, K2s), (NOSN, K2s), (MASK2, K2s), (MASK0, K0s)]
 small_verdicts = {}
-print("\npaired differences, seed by seed (3 seeds): mean and 95% bootstrap interval")
+n_small = len(acc_s[K0s, tasks_run[0]])
+print(f"\npaired differences, seed by seed ({n_small} seeds): mean and the rule's 95% interval (Student's t, "
+      f"{n_small - 1} degrees of freedom); beside it, what a percentile bootstrap of the same {n_small} differences gives")
+small_boot = {}
 for t in tasks_run:
     for a, b in small_pairs:
         m, lo, hi = paired_ci(acc_s[a, t], acc_s[b, t])
         small_verdicts[t, a, b] = verdict(lo, hi)
-        print(f"  {t:<11} {a} minus {b}: mean {m:+.3f}, interval [{lo:+.3f}, {hi:+.3f}] -> {small_verdicts[t, a, b]}")
+        diffs = [x - y for x, y in zip(acc_s[a, t], acc_s[b, t])]
+        _, blo, bhi = small_boot[t, a, b] = bootstrap_ci(diffs)
+        print(f"  {t:<11} {a} minus {b}: " + " ".join(f"{x:+.3f}" for x in diffs) + f" -> mean {m:+.3f}, "
+              f"t interval [{lo:+.3f}, {hi:+.3f}] -> {small_verdicts[t, a, b]} (bootstrap: [{blo:+.3f}, {bhi:+.3f}])")
 same = {t: all(acc_s[c, t] == acc_s[K0s, t] for c in cfgs) for t in tasks_run}
 print("every config gives the same accuracy, seed by seed:", same)
 print("prefix mask on == off, seed by seed:", {t: acc_s[MASK2, t] == acc_s[K2s, t] and acc_s[MASK0, t] == acc_s[K0s, t]
                                                for t in tasks_run})
+
+# %% [markdown]
+# **Three seeds are not enough.** On MQAR-gap the means line up `K = 1` (0.433) > `K = 0` (0.249) > `K = 2`
+# (0.174) > `K = 4` (0.097), and two of `K = 1`'s three seeds beat every other run. Yet no paired t interval
+# excludes zero: `K = 1` minus `K = 0` is +0.184 on average, but its three differences (+0.403, +0.001,
+# +0.146) scatter so widely that the interval runs from -0.322 to +0.690. **No verdict**, on any pair: that is
+# this section's result, and its lesson. The bootstrap column shows the trap. Resampling three values can
+# only return what they already show: its 95% interval is their range (drawing the smallest value three
+# times has probability 1/27, more than 2.5%), and read as an interval it would have named four verdicts
+# (`K = 1` better than `K = 0`; `K = 2` worse than `K = 0` and `K = 1`; `K = 4` worse than `K = 2`) that
+# three seeds cannot carry. Section 5's five seeds, with larger and steadier differences, keep their
+# verdicts under either interval (printed there). To settle this section's question, run more seeds, not
+# another interval.
 
 # %% [markdown]
 # Two of those results are structural, and the cell below shows why. SKA in chunk mode (the training form)
@@ -701,9 +727,11 @@ for gap in t_m.kwargs["gap"]:
           f"{last_answer} (chunk {last_answer // S}) -> an answer reads a masked write: {mask_reads[gap]}")
 assert T_t <= S and float(y_first.abs().max()) == 0.0 and same["tool_trace"]
 assert not any(mask_reads.values())
-assert small_verdicts["mqar_gap", K1s, K0s] == "better" and small_verdicts["mqar_gap", K2s, K1s] == "worse"
-assert small_verdicts["mqar_gap", K2s, K0s] == small_verdicts["mqar_gap", K4s, K2s] == "worse"
-assert small_verdicts["mqar_gap", NOSN, K2s] == NO_DIFF
+assert n_small == 3 and all(v == NO_DIFF for v in small_verdicts.values())  # the rule on the shipped numbers
+for (t, a, b), (_, blo, bhi) in small_boot.items():  # three values: the bootstrap's 95% interval is their range
+    diffs = [x - y for x, y in zip(acc_s[a, t], acc_s[b, t])]
+    assert abs(blo - min(diffs)) < 1e-9 and abs(bhi - max(diffs)) < 1e-9, (t, a, b)
+assert [p for p in small_pairs if verdict(*small_boot["mqar_gap", p[0], p[1]][1:]) != NO_DIFF] == small_pairs[:4]
 
 # %% [markdown]
 # ## 7. A paired ablation of your own (open-ended)
@@ -764,16 +792,19 @@ print(f"20 readouts in {time.perf_counter() - t0:.1f} s")
 # * `"records"`: one dict `{"seed": s, "arm": arm, "acc": accuracy}` per seed and arm;
 # * `"diffs"`: the per-seed differences `acc(arm_a) - acc(arm_b)`, in the order of `seeds`;
 # * `"mean"`: their mean;
-# * `"interval"`: `(lo, hi)`, a 95% interval of the mean difference: a percentile bootstrap over seeds
-#   (resample the differences with replacement, 5,000 times or more, and take the 2.5% and 97.5% quantiles of
-#   the resampled means; fix the generator's seed, so the same records always give the same interval), or a
-#   t interval;
+# * `"interval"`: `(lo, hi)`, a 95% interval of the mean difference, by the labs' rule (section 6 shows why):
+#   with **fewer than 5 seeds**, Student's t interval, `mean +- t * sd / sqrt(n)` with `sd` the differences'
+#   sample standard deviation and `t` the 97.5% quantile of Student's t with `n - 1` degrees of freedom (4.303,
+#   3.182, 2.776, 2.571, 2.447, 2.365 for 2 to 7 degrees of freedom); **from 5 seeds on**, that t interval
+#   or a percentile bootstrap over seeds (resample the differences with replacement, 5,000 times or more,
+#   and take the 2.5% and 97.5% quantiles of the resampled means; fix the generator's seed, so the same
+#   records always give the same interval);
 # * `"verdict"`: the better arm's name (`arm_a` or `arm_b`) where the interval excludes 0, else `"no verdict"`.
 #
 # What makes it *paired*: both arms run at every seed, so each difference compares the two settings on the
 # same data and budget, and the seed-to-seed variation that both arms share cancels. The checker runs your
-# function on measures of its own (an effect each way, and none), recomputes the interval from your records
-# and checks the verdict against it. Write the statistics yourself: the project's `paired_ci` and `verdict`
+# function on measures of its own (an effect each way, and none; 3 to 8 seeds, at least one measure with
+# fewer than 5), recomputes the interval from your records and checks the verdict against it. Write the statistics yourself: the project's `paired_ci` and `verdict`
 # (sections 5 and 6) are refused here.
 
 # %%
@@ -862,10 +893,11 @@ show_ablation(ablation_2)
 #   on `echo`'s operator each power of `A` moves the read one token along the context, and the value sits
 #   one token after its key, so `A^2` reads the next binding's key; `echo-k2`, trained with `K = 2`, reads
 #   value tokens without singling out the queried key's value, and so does `ssm+ridge` with `K = 0`.
-# * **The smaller ablation (section 6)**, by its intervals (three seeds): on MQAR-gap `K = 1` is better
-#   than `K = 0` (the interval only just excludes zero), `K = 2` is worse than both, `K = 4` is worse than
-#   `K = 2`; turning spectral normalisation off shows no difference. The prefix mask and the tool traces
-#   could not show anything there, for the structural reasons printed.
+# * **The smaller ablation (section 6)**, three seeds: no verdict. On MQAR-gap the means order `K = 1` >
+#   `K = 0` > `K = 2` > `K = 4`, but no paired t interval excludes zero (`K = 1` minus `K = 0`: +0.184,
+#   [-0.322, +0.690]); a percentile bootstrap of three values is their range and would have called four
+#   verdicts. Three seeds are not enough: that is the lesson. The prefix mask and the tool traces could not
+#   show anything there, for the structural reasons printed.
 # * **Your own ablation (section 7)**: on closed-form readouts of streams whose value follows its key, the
 #   order that reads one token ahead wins; put one filler token between key and value and `K = 2` wins
 #   instead. The best `K` is a property of where the answer sits, not a constant.

@@ -160,7 +160,7 @@ def k_runs(ctx: dict, budget: float) -> tuple[str, dict]:
     """synth1m-echo-k1 against synth1m-echo (K=2), 3 seeds each, equal wall-clock budgets on the lab recipe."""
     import torch
 
-    from echo_tutor.experiments.stats import bootstrap_ci
+    from echo_tutor.experiments.stats import mean_ci
     from echo_tutor.models.presets import LAB_RECIPE, build
     from echo_tutor.tasks import make_task
     from echo_tutor.train import evaluate, train
@@ -182,11 +182,12 @@ def k_runs(ctx: dict, budget: float) -> tuple[str, dict]:
             acc = evaluate(model, probe, n_eval, device=ctx["device"])
             data[preset].append({"seed": seed, "steps": res.steps_done, "seconds": res.time_s, "acc_8pairs_gap256": acc})
     lines = [f"{len(seeds)} seeds each, {each:.0f} s of training per run (lab recipe, batch 16, lr 3e-3); accuracy at "
-             f"8 pairs, gap 256 ({n_eval} examples); mean [95% bootstrap interval over seeds]", "",
+             f"8 pairs, gap 256 ({n_eval} examples); mean [95% t interval over "
+             "seeds: the labs' rule below 5 seeds]", "",
              "| preset | steps (per seed) | accuracy | per seed |", "|---|---|---|---|"]
     for preset, runs in data.items():
         accs = [r["acc_8pairs_gap256"] for r in runs]
-        mean, lo, hi = bootstrap_ci(accs)
+        mean, lo, hi = mean_ci(accs)
         lines.append(f"| {preset} | {', '.join(str(r['steps']) for r in runs)} | {mean:.3f} [{lo:.3f}, {hi:.3f}] | "
                      f"{', '.join(f'{a:.3f}' for a in accs)} |")
     return "\n".join(lines) + "\n", data

@@ -10,6 +10,8 @@ from echo_tutor.experiments import (ablate_mixer, hold_decay, paired, recall_bre
 from echo_tutor.models import HybridLM, build
 from echo_tutor.tasks import IGNORE, make_task, writes_at_answers
 
+NO_DIFF = "no difference shown (the interval includes 0)"
+
 
 class Oracle(torch.nn.Module):
     """Answers every query with a fixed rule, to test recall_breakdown's bookkeeping."""
@@ -61,6 +63,50 @@ def test_intervals_and_the_verdict():
         paired_ci([1.0], [1.0, 2.0])
     with pytest.raises(ValueError, match="xs must be a non-empty list"):
         bootstrap_ci([])
+
+
+def test_the_small_sample_rule():
+    """Below 5 values an interval of a mean is Student's t (a percentile bootstrap of 3 values is their range);
+    from 5 on, the percentile bootstrap. The shipped results keep or change their verdicts as documented."""
+    from echo_tutor.experiments import bootstrap_ci, mean_ci, paired_ci, t_ci
+    from echo_tutor.experiments.stats import SMALL_SAMPLE, t_quantile
+    from echo_tutor.pretrained import results
+
+    assert SMALL_SAMPLE == 5
+    for df, q in ((1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (29, 2.045), (500, 1.965)):
+        assert t_quantile(0.95, df) == pytest.approx(q, abs=5e-4)
+    # lab 04 section 6: K=1 minus K=0 on MQAR-gap at d = 64, three seeds
+    k1, k0 = [0.624, 0.257, 0.417], [0.221, 0.256, 0.271]
+    d = [a - b for a, b in zip(k1, k0)]
+    assert bootstrap_ci(d)[1:] == pytest.approx((0.001, 0.403), abs=1e-9)  # the range: it would say "better"
+    m, lo, hi = paired_ci(k1, k0)
+    assert (m, lo, hi) == t_ci(d) and m == pytest.approx(0.1833, abs=1e-4)
+    assert (round(lo, 2), round(hi, 2)) == (-0.32, 0.69) and verdict(lo, hi) == NO_DIFF
+    assert mean_ci([0.3]) == (0.3, -math.inf, math.inf) and verdict(*mean_ci([0.3])[1:]) == NO_DIFF
+    assert mean_ci([0.1, 0.1, 0.1])[1:] == pytest.approx((0.1, 0.1))  # no spread: nothing to be unsure of
+    five = [0.5, 0.6, 0.7, 0.8, 0.9]
+    assert mean_ci(five) == bootstrap_ci(five) and paired_ci(five, [0.0] * 5) == bootstrap_ci(five)
+
+    # every verdict over seeds the shipped results give: section 6 (3 seeds) has none left on MQAR-gap
+    abl = results("ablation")
+    acc = {}
+    for r in sorted(abl, key=lambda r: r["seed"]):
+        acc.setdefault((r["config"], r["task"]), []).append(r["acc"])
+    K0, K1, K2, K4, NOSN, MASK2, MASK0 = dict.fromkeys(r["config"] for r in abl)
+    for t in ("mqar_gap", "tool_trace"):
+        for a, b in ((K1, K0), (K2, K0), (K2, K1), (K4, K2), (NOSN, K2), (MASK2, K2), (MASK0, K0)):
+            assert len(acc[a, t]) == 3 and verdict(*paired_ci(acc[a, t], acc[b, t])[1:]) == NO_DIFF, (t, a, b)
+    # lab 04 section 5 (5 seeds): the published verdicts and intervals stand, and t agrees with them
+    kp = results("kpower")
+    by = {}
+    for r in sorted(kp, key=lambda r: r["seed"]):
+        by.setdefault(r["config"], []).append(r["acc"])
+    c0, c1, c2 = by
+    want = {(c1, c0): ("better", 0.248, 0.678), (c2, c0): (NO_DIFF, -0.007, 0.035), (c2, c1): ("worse", -0.654, -0.253)}
+    for (a, b), (v, wlo, whi) in want.items():
+        _, lo, hi = paired_ci(by[a], by[b])
+        assert len(by[a]) == 5 and verdict(lo, hi) == v and (round(lo, 3), round(hi, 3)) == (wlo, whi), (a, b)
+        assert verdict(*t_ci([x - y for x, y in zip(by[a], by[b])])[1:]) == v, (a, b)
 
 
 def test_ablate_mixer_silences_one_block_and_restores_it():

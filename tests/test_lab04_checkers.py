@@ -139,7 +139,16 @@ def decide(lo, hi, a, b):
     return a if lo > 0 else b if hi < 0 else "no verdict"
 
 
-def paired_ablation(measure, arm_a, arm_b, seeds):  # a learner's answer (its own bootstrap)
+T975 = {2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365}  # a learner's t table (97.5%, by df)
+
+
+def t_interval(diffs, q=None):
+    d = np.asarray(diffs)
+    half = (T975[d.size - 1] if q is None else q) * d.std(ddof=1) / math.sqrt(d.size)
+    return d.mean() - half, d.mean() + half
+
+
+def paired_ablation_bootstrap(measure, arm_a, arm_b, seeds):  # a bootstrap at every seed count
     records = [{"seed": s, "arm": arm, "acc": measure(arm, s)} for s in seeds for arm in (arm_a, arm_b)]
     acc = {(r["arm"], r["seed"]): r["acc"] for r in records}
     diffs = [acc[arm_a, s] - acc[arm_b, s] for s in seeds]
@@ -148,13 +157,19 @@ def paired_ablation(measure, arm_a, arm_b, seeds):  # a learner's answer (its ow
             "verdict": decide(lo, hi, arm_a, arm_b)}
 
 
-def paired_ablation_t(measure, arm_a, arm_b, seeds):  # a t interval instead of a bootstrap
-    out = paired_ablation(measure, arm_a, arm_b, seeds)
-    d = np.asarray(out["diffs"])
-    half = lab04._t_quantile(d.size - 1) * d.std(ddof=1) / math.sqrt(d.size)
-    out["interval"] = (d.mean() - half, d.mean() + half)
-    out["verdict"] = decide(*out["interval"], arm_a, arm_b)
-    return out
+def with_interval(interval):
+    def fn(measure, arm_a, arm_b, seeds):
+        out = paired_ablation_bootstrap(measure, arm_a, arm_b, seeds)
+        out["interval"] = interval(out["diffs"])
+        out["verdict"] = decide(*out["interval"], arm_a, arm_b)
+        return out
+    return fn
+
+
+# a learner's answer by the course's rule: t below 5 seeds, its own bootstrap from 5
+paired_ablation = with_interval(lambda d: t_interval(d) if len(d) < 5 else bootstrap(d))
+paired_ablation_t = with_interval(t_interval)  # a t interval at every seed count
+normal_interval = with_interval(lambda d: t_interval(d, q=1.96))  # mean +- 1.96 standard errors
 
 
 def with_(change):
@@ -253,8 +268,10 @@ def test_paired_ablation_solution_and_learners_pass():
     (with_(flipped_interval), "flip it"),
     (with_(lambda out, m, a, b, s: out.pop("interval")), "return a dict with the keys"),
     (with_(lambda out, m, a, b, s: out.__setitem__("verdict", f"{a} is better")), "should be exactly"),
+    (paired_ablation_bootstrap, "With fewer than 5 seeds the course's interval is Student's t"),
+    (normal_interval, "the normal interval"),
 ], ids=["unpaired", "incomplete", "fudged", "verdict-on-zero", "no-verdict-on-effect", "wrong-way", "se",
-        "b-minus-a", "flipped-interval", "no-interval", "free-text-verdict"])
+        "b-minus-a", "flipped-interval", "no-interval", "free-text-verdict", "bootstrap-below-5-seeds", "normal-1.96"])
 def test_paired_ablation_refuses(fn, msg):
     refused(lab04.check_paired_ablation, fn, msg)
 
@@ -276,3 +293,28 @@ def test_review_ablation_grades_a_run_from_its_records(capsys):
     assert not lab04.review_ablation(short) and "at least 3 seeds" in capsys.readouterr().out
     bad = dict(good, verdict="no verdict")
     assert not lab04.review_ablation(bad) and "name the better arm" in capsys.readouterr().out
+    boot5 = paired_ablation_bootstrap(lambda arm, s: table[arm, s], "K=1", "K=0", range(5))
+    assert lab04.review_ablation(boot5) and "percentile bootstrap" in capsys.readouterr().out  # accepted from 5 seeds
+
+
+def test_three_seeds_take_a_t_interval_and_get_no_verdict(capsys):
+    """Lab 04 section 6's K=1 - K=0 case: per-seed differences 0.403, 0.001, 0.146. A percentile bootstrap of
+    3 values is their range, [+0.001, +0.403], which would name K=1; the course's t interval includes 0."""
+    diffs = {0: 0.403, 1: 0.001, 2: 0.146}
+    table = {("K=1", s): 0.2 + d for s, d in diffs.items()} | {("K=0", s): 0.2 for s in diffs}
+    measure = lambda arm, s: table[arm, s]  # noqa: E731
+    ref = lab04._paired_ablation_solution(measure, "K=1", "K=0", [0, 1, 2])
+    lo, hi = ref["interval"]
+    assert (round(lo, 2), round(hi, 2)) == (-0.32, 0.69) and ref["verdict"] == lab04.NO_VERDICT
+    assert lab04.review_ablation(ref) and "a t interval" in capsys.readouterr().out
+    boot = paired_ablation_bootstrap(measure, "K=1", "K=0", [0, 1, 2])
+    assert boot["interval"] == pytest.approx((0.001, 0.403)) and boot["verdict"] == "K=1"  # the range
+    assert not lab04.review_ablation(boot) and "Student's t" in capsys.readouterr().out
+
+
+def test_the_checker_follows_the_package_rule():
+    from echo_tutor.experiments.stats import SMALL_SAMPLE, t_quantile
+
+    assert lab04._T_BELOW == SMALL_SAMPLE
+    for df in range(1, 21):
+        assert lab04._t_quantile(df) == pytest.approx(t_quantile(0.95, df), abs=6e-4)

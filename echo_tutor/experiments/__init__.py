@@ -9,7 +9,7 @@ out_dir, grid=..., **overrides)``, e.g. ``cliff.run("cliff/lab", "runs/cliff")``
 * ``ablation``  SKA's power order K, spectral norm and prefix mask over seeds  ``RECIPES["ablation/lab"]``, ...
 
 Beside them: ``figures`` (plotly figures, one colour per preset), ``stats`` (paired differences, the labs'
-verdict), ``paper`` (the paper's numbers by preset name), ``diagnostics`` (looking inside trained models),
+interval rule and verdict), ``paper`` (the paper's numbers by preset name), ``diagnostics`` (looking inside trained models),
 ``common`` (the lab task at a grid point, recipe lookup), ``registry`` (all recipes). Every ``run`` its cells through
 :func:`echo_tutor.grid.run_grid` (``grid=GridOptions(...)``: locally or on Ray), appends each record to
 ``<out_dir>/records.jsonl`` as it finishes, and builds its summary files from the records; a rerun into the
@@ -38,7 +38,7 @@ from .diagnostics import (
 from .figures import PRESET_COLORS, cliff_figure, state_figure
 from .paper import PAPER, paper_acc
 from .registry import EXPERIMENTS, RECIPES
-from .stats import bootstrap_ci, paired, paired_ci, proportion_ci, verdict
+from .stats import bootstrap_ci, mean_ci, paired, paired_ci, proportion_ci, t_ci, verdict
 from .transfer import (
     NIAH_LENGTHS,
     TRANSFER_PRESETS,
@@ -54,6 +54,6 @@ __all__ = [
     "CLIFF_PRESETS", "CLIFF_PAIRS", "CLIFF_GAPS", "TRANSFER_TASKS", "TRANSFER_PRESETS", "NIAH_LENGTHS",
     "ABLATION_CONFIGS", "LAB_ABLATION_CONFIGS", "TRAINED_GAP_MAX", "VOCAB", "lab_task", "lab_task_args",
     "PRESET_COLORS", "cliff_figure", "state_figure", "PAPER", "paper_acc", "paired", "paired_ci", "bootstrap_ci",
-    "proportion_ci", "verdict",
+    "mean_ci", "t_ci", "proportion_ci", "verdict",
     "ablate_mixer", "model_state_bytes", "recall_breakdown", "ssm_decay", "retention_after", "hold_decay", "tool_trace_by_writes",
 ]

@@ -9,10 +9,12 @@
    on ``A^T A`` (what SKA's spectral normalisation divides by), from the start vector ``ones / sqrt(r)``.
 3. ``paired_ablation(measure, arm_a, arm_b, seeds) -> dict`` (open-ended, with a rubric in the instructor's
    answer key): a paired comparison of two settings ("arms") of SKA over seeds: ``measure(arm, seed)`` for
-   both arms at every seed, the per-seed differences ``a - b``, their mean, a 95% interval of the mean (a
-   percentile bootstrap over seeds, or a t interval) and a verdict: the better arm's name where the interval
-   excludes 0, else ``"no verdict"``. The checker runs it on measures of its own (an effect each way and
-   none); :func:`review_ablation` grades the learner's own run from its records.
+   both arms at every seed, the per-seed differences ``a - b``, their mean, a 95% interval of the mean by the
+   course's rule (``echo_tutor.experiments.stats``: with fewer than 5 seeds Student's t interval, ``n - 1``
+   degrees of freedom; from 5 seeds a percentile bootstrap over seeds or a t interval) and a verdict: the
+   better arm's name where the interval excludes 0, else ``"no verdict"``. The checker runs it on measures of
+   its own (an effect each way and none; one with fewer than 5 seeds, one with 5 or more);
+   :func:`review_ablation` grades the learner's own run from its records.
 """
 
 from __future__ import annotations
@@ -169,6 +171,7 @@ def check_sigma_max_power(fn) -> None:
 # -------------------------------------------------------------------------------------- paired_ablation
 NO_VERDICT = "no verdict"
 _KEYS = ("records", "diffs", "mean", "interval", "verdict")
+_T_BELOW = 5  # the course's rule (echo_tutor.experiments.stats.SMALL_SAMPLE): below 5 seeds, only a t interval
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
          25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}  # t quantiles, 97.5%, by degrees of freedom
@@ -180,9 +183,13 @@ def _paired_ablation_solution(measure, arm_a, arm_b, seeds):
     records = [{"seed": s, "arm": arm, "acc": float(measure(arm, s))} for s in seeds for arm in (arm_a, arm_b)]
     acc = {(r["arm"], r["seed"]): r["acc"] for r in records}
     diffs = np.array([acc[arm_a, s] - acc[arm_b, s] for s in seeds])  # a - b, seed by seed
-    rng = np.random.default_rng(0)  # a fixed seed: the same records always give the same interval
-    means = diffs[rng.integers(0, diffs.size, size=(10_000, diffs.size))].mean(1)  # resample seeds, 10,000 times
-    lo, hi = np.quantile(means, [0.025, 0.975])  # the percentile bootstrap's 95% interval
+    if diffs.size < _T_BELOW:  # so few seeds that a bootstrap would be about their range: Student's t
+        half = _t_quantile(diffs.size - 1) * diffs.std(ddof=1) / math.sqrt(diffs.size)
+        lo, hi = diffs.mean() - half, diffs.mean() + half
+    else:
+        rng = np.random.default_rng(0)  # a fixed seed: the same records always give the same interval
+        means = diffs[rng.integers(0, diffs.size, size=(10_000, diffs.size))].mean(1)  # resample seeds 10,000 times
+        lo, hi = np.quantile(means, [0.025, 0.975])  # the percentile bootstrap's 95% interval
     verdict = arm_a if lo > 0 else arm_b if hi < 0 else NO_VERDICT  # a verdict only where 0 is outside
     return {"records": records, "diffs": diffs.tolist(), "mean": float(diffs.mean()),
             "interval": (float(lo), float(hi)), "verdict": verdict}
@@ -250,8 +257,10 @@ def _matching_interval(diffs: list[float], lo: float, hi: float) -> str | None:
 
 
 def _reference_intervals(diffs: list[float]) -> dict[str, tuple[float, float]]:
-    """The two 95% intervals of the mean of ``diffs`` the lab accepts: the percentile bootstrap's (exact
-    quantiles of the bootstrap distribution) and the t interval."""
+    """The 95% intervals of the mean of ``diffs`` the lab accepts: the t interval, and from 5 seeds on the
+    percentile bootstrap's too (exact quantiles of the bootstrap distribution)."""
+    if len(diffs) < _T_BELOW:
+        return {"a t interval": _t_interval(diffs)}
     values, weights = _bootstrap_distribution(diffs)
     boot = (_bootstrap_quantile(values, weights, 0.025), _bootstrap_quantile(values, weights, 0.975))
     return {"a percentile bootstrap": boot, "a t interval": _t_interval(diffs)}
@@ -326,6 +335,15 @@ def _grade(name: str, out: Any, arms: tuple[str, str] | None, seeds: list[int] |
         raise ExerciseError(f"{name}: 'interval' should be a pair (lo, hi), got {iv!r}") from None
     refs = _reference_intervals(want)
     match = _matching_interval(want, lo, hi) if lo <= hi else None
+    if match == "a percentile bootstrap" and len(want) < _T_BELOW:
+        tl, th = refs["a t interval"]
+        raise ExerciseError(
+            f"{name}: interval [{lo:+.4f}, {hi:+.4f}] is a percentile bootstrap of {len(want)} differences. With "
+            f"fewer than {_T_BELOW} seeds the course's interval is Student's t ({len(want) - 1} degrees of freedom): "
+            f"[{tl:+.4f}, {th:+.4f}]. Resampling so few values can only return what they already show: with 3 "
+            f"seeds the bootstrap's 95% interval is exactly their range (drawing the smallest three times has "
+            f"probability 1/27, more than 2.5%), which covers the true mean far less often than 95%. Use "
+            f"mean +- t * sd / sqrt(n) below {_T_BELOW} seeds; from {_T_BELOW} on a bootstrap is accepted too.")
     if match is None:
         sd = statistics.stdev(want)
         se = sd / math.sqrt(len(want))
@@ -333,6 +351,10 @@ def _grade(name: str, out: Any, arms: tuple[str, str] | None, seeds: list[int] |
         hint = ""
         if lo > hi:
             hint = " lo should not be above hi."
+        elif abs(lo - (mean - 1.96 * se)) <= tol and abs(hi - (mean + 1.96 * se)) <= tol:
+            hint = (f" That is mean +- 1.96 standard errors, the normal interval: with {len(want)} seeds the spread is "
+                    f"itself estimated from {len(want)} values, so use t's 97.5% quantile with {len(want) - 1} degrees "
+                    f"of freedom ({_t_quantile(len(want) - 1):.3f}).")
         elif abs(lo - (mean - se)) <= tol and abs(hi - (mean + se)) <= tol:
             hint = " That is one standard error either side of the mean (about a 68% interval), not a 95% one."
         elif abs(lo - (mean - sd)) <= tol and abs(hi - (mean + sd)) <= tol:
@@ -342,10 +364,13 @@ def _grade(name: str, out: Any, arms: tuple[str, str] | None, seeds: list[int] |
         elif abs(lo - min(want)) <= tol and abs(hi - max(want)) <= tol:
             hint = " That is the range of the differences, not an interval of their mean."
         shown = "; ".join(f"{k} [{rl:+.4f}, {rh:+.4f}]" for k, (rl, rh) in refs.items())
+        how = (f"With {len(want)} seeds (fewer than {_T_BELOW}) use Student's t: mean +- t * sd / sqrt(n), t the "
+               f"97.5% quantile with n - 1 degrees of freedom." if len(want) < _T_BELOW else
+               "Resample the per-seed differences with replacement a few thousand times and take the 2.5% and "
+               "97.5% quantiles of the resampled means, or use Student's t.")
         raise ExerciseError(f"{name}: interval [{lo:+.4f}, {hi:+.4f}] is not a 95% interval of the mean of these "
                             f"{len(want)} differences: {shown} (a bootstrap's ends may differ by resampling noise). "
-                            f"Resample the per-seed differences with replacement a few thousand times and take the "
-                            f"2.5% and 97.5% quantiles of the resampled means.{hint}")
+                            f"{how}{hint}")
     expected = a if lo > 0 else b if hi < 0 else NO_VERDICT  # from the learner's own interval, now accepted
     got = str(out["verdict"]).strip()
     if got.lower() == NO_VERDICT:
@@ -368,17 +393,20 @@ def _grade(name: str, out: Any, arms: tuple[str, str] | None, seeds: list[int] |
 _ARM_PAIRS = [("K=1", "K=0"), ("K=0", "K=1"), ("K=2", "K=1"), ("r=16", "r=32"), ("eps=1e-3", "eps=1e-1")]
 
 
-@checker(forbid=("paired_ci", "bootstrap_ci", "verdict", "paired", "proportion_ci"))
+@checker(forbid=("paired_ci", "bootstrap_ci", "mean_ci", "t_ci", "t_quantile", "verdict", "paired", "proportion_ci"))
 def check_paired_ablation(fn) -> None:
     """Check ``fn(measure, arm_a, arm_b, seeds) -> dict`` on three measures of the checker's (arm_a better, no
-    difference, arm_b better), each with fresh arm names and 3-8 fresh seeds: the records (complete, paired,
-    what measure returned), the differences, their mean, the interval (within bootstrap noise of a percentile
-    bootstrap or a t interval) and the verdict."""
+    difference, arm_b better), each with fresh arm names and 3-8 fresh seeds (one of them with 3-4 seeds, one
+    with 5-8): the records (complete, paired, what measure returned), the differences, their mean, the
+    interval (the course's rule: a t interval below 5 seeds; from 5, a t interval or, within bootstrap noise,
+    a percentile bootstrap) and the verdict."""
     name = "paired_ablation"
     g, seed = fresh_generator()
-    for effect in (+1, 0, -1):
+    few = torch.randperm(3, generator=g).tolist()  # which measure gets 3-4 seeds, which 5-8, which 3-8
+    for effect, size in zip((+1, 0, -1), few):
         a, b = _ARM_PAIRS[int(torch.randint(len(_ARM_PAIRS), (1,), generator=g))]
-        n = int(torch.randint(3, 9, (1,), generator=g))
+        low, high = ((3, _T_BELOW), (_T_BELOW, 9), (3, 9))[size]
+        n = int(torch.randint(low, high, (1,), generator=g))
         seeds = (torch.randperm(1000, generator=g)[:n] * 7 + 3).tolist()
         base = (0.2 + 0.4 * torch.rand(n, generator=g, dtype=torch.float64)).tolist()
         if effect:  # a clear effect: 0.25 +- 0.03, of the sign asked
