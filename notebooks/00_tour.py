@@ -70,8 +70,8 @@ t_start = time.perf_counter()
 #
 # Attention keeps every key and value it has seen. SKA keeps, per head, running sums over the tokens
 # (keys `k_t` of width `r`, values `v_t` of width `P`; in this course's layer each term is also weighted by a
-# learned write gate `beta_t`, taken from the authors' later code, not from the paper:
-# [A5](../docs/claims.md#A5)):
+# learned write gate `beta_t`; the paper's text describes no gate, but the authors' own audit of their code
+# says the code that produced the paper's numbers has one: [A5](../docs/claims.md#A5)):
 #
 # $$G = \varepsilon I + \sum_t k_t k_t^\top\ (r \times r), \qquad M = \sum_t k_t k_{t-1}^\top\ (r \times r),
 # \qquad C = \sum_t v_t k_t^\top\ (P \times r),$$

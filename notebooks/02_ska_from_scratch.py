@@ -57,8 +57,8 @@
 # two leading batch dims and with the shapes the later cells call it with, and says what is wrong; it refuses
 # a call to the library function that computes the answer. An exercise you have not done never stops the lab:
 # until it passes, later cells use the reference solution, and the last cell lists which exercises pass.
-# Instructors: `ECHO_TUTOR_SOLUTIONS=1` fills in the solutions; the answer key and rubrics are in
-# `docs/instructor/parts/lab02.md`.
+# Instructors: `ECHO_TUTOR_SOLUTIONS=1` fills in the solutions; the answers and rubrics are in the
+# instructor's answer key.
 
 # %%
 import math
@@ -289,7 +289,7 @@ for T_c, tp, td in cost:
 r_lab, T_long = 32, 4096
 print(f"memory at T = {T_long:,}, r = {r_lab} (float32): kernel matrix {T_long**2 * 4:,} bytes, G {r_lab**2 * 4:,} bytes "
       f"(x{T_long**2 // r_lab**2:,})")
-guess_kernel.reveal(f"{T_long**2 // r_lab**2:,} x")
+_ = guess_kernel.reveal(f"{T_long**2 // r_lab**2:,} x")
 
 # %% [markdown]
 # Why they agree: the **push-through identity** `(eps I_r + Z^T B Z)^-1 Z^T B = Z^T B (eps I_T + Z Z^T B)^-1`
@@ -356,8 +356,9 @@ assert abs(abs(ev[0].angle()) - theta) < 0.01 and torch.allclose(ev.abs(), torch
 #   \qquad s = \frac{\gamma}{\max(1, \sigma_{\max}(A_w))}.$$
 #
 # `sigma_max(A_w)` is the largest singular value of `A_w`: dividing by it (when it exceeds 1) keeps `A_w^K`
-# from blowing up, and `gamma` (learned) sets the scale back; the layer clamps it to [0.5, 1.5] as the
-# authors' reference code does [A5](../docs/claims.md#A5) (the paper gives [1, 1.5] [E17](../docs/claims.md#E17)). `eta` is a learned output
+# from blowing up, and `gamma` (learned) sets the scale back; the layer clamps it to [0.5, 1.5], the range the
+# authors' reference code keeps it in by a sigmoid squash [A5](../docs/claims.md#A5) (the paper gives [1, 1.5]
+# [E17](../docs/claims.md#E17)). `eta` is a learned output
 # scale. The paper estimates `sigma_max` with 6 power iterations and stops its gradient [E17](../docs/claims.md#E17); here
 # compute it exactly, with `torch.linalg.matrix_norm(A_w.detach(), ord=2)`. `K = 0` gives back section 2's
 # ridge readout (times `eta`).
@@ -518,7 +519,9 @@ print("chunk mode: pairs each position recalls:", (seen["chunk"] > 0.99).sum(1).
 # The layer below is SKA in chunk mode, built from your functions (they are the ones it calls; until an
 # exercise passes, its reference solution stands in). Per head: `k_t, q_t` are L2-normalised projections of
 # the input (width `r`), `v_t` a projection of width `P`, `beta_t = sigmoid(w_beta . x_t + b_beta)` (the
-# per-token normalisation and the write gate follow the authors' reference code, not the paper [A5](../docs/claims.md#A5)); the
+# per-token normalisation and the write gate are not in the paper's text, which divides by the sequence's
+# largest key norm [E14](../docs/claims.md#E14), but the authors' audit says the code that produced the
+# paper's numbers uses both [A5](../docs/claims.md#A5)); the
 # output projection `W_O` starts at zero, as in the paper [E34](../docs/claims.md#E34), so a fresh layer adds nothing to the
 # model. Read it next to the equations.
 
@@ -855,9 +858,9 @@ fig.update_layout(height=340, xaxis_title="tokens decoded", yaxis_title="relativ
                   title=f"Float32 drift of the carried inverse (r = {r_f}, eps = {eps_f})")
 fig.show()
 final = drift["the update written (c g) g^T"][-1]
-guess_drift.reveal(min(["about 1e-7", "about 1e-5", "about 1e-3", "above 1e-1"],
-                       key=lambda o: abs(math.log10(final) - {"about 1e-7": -7, "about 1e-5": -5, "about 1e-3": -3,
-                                                              "above 1e-1": -1}[o])))
+_ = guess_drift.reveal(min(["about 1e-7", "about 1e-5", "about 1e-3", "above 1e-1"],
+                           key=lambda o: abs(math.log10(final) - {"about 1e-7": -7, "about 1e-5": -5,
+                                                                  "about 1e-3": -3, "above 1e-1": -1}[o])))
 
 # %% [markdown]
 # Read the printed numbers. Each Sherman-Morrison update rounds its result to float32 (about `6e-8` relative

@@ -21,8 +21,10 @@
 # the effective horizon of the recurrent state" ([E2](../docs/claims.md#E2)). What the paper measured, on multi-query
 # associative recall with a distractor gap ([MQAR-gap](../docs/course.md#glossary)), with a 50M-parameter model
 # trained per cell of 4-32 pairs by gaps of 64-4,096 tokens ([E6](../docs/claims.md#E6)): "a pure Mamba-2 SSM fails to exceed
-# chance accuracy (∼3%) across all gap lengths and KV-pair counts" ([E3](../docs/claims.md#E3)). So the paper shows no horizon
-# cliff for Mamba-2, only failure at every gap (our reading, [R5](../docs/claims.md#R5)). And Mamba-2 + SKA scores 100% on
+# chance accuracy (∼3%) across all gap lengths and KV-pair counts" ([E3](../docs/claims.md#E3)). So on MQAR the paper shows no
+# horizon cliff for Mamba-2, only failure at every gap (our reading, [R5](../docs/claims.md#R5)); on its
+# needle-in-a-haystack test its pure SSM does fall, from 88.6% at 64 tokens to 2.0% at 2,048
+# ([E27](../docs/claims.md#E27); lab 05). And Mamba-2 + SKA scores 100% on
 # every cell tested, up to gaps of 4,096 tokens with 32 key/value pairs, without a KV cache
 # ([E4](../docs/claims.md#E4); the paper gives the grid in prose only, no per-cell table: [R9](../docs/claims.md#R9)).
 #
@@ -167,8 +169,9 @@ print(f"mean accuracy of the shortcut at 8 pairs: {shortcut_mean:.3f}; with valu
 # * **sliding window** (attention over the last `W` tokens): exact inside the window, nothing beyond it.
 # * **ridge statistics** (SKA with `K = 0`, i.e. [ridge regression](../docs/course.md#glossary) from keys to
 #   values): `C G^-1 q` with `G = eps I + sum beta k k^T`, `C = sum beta v k^T`. With a write gate (`beta = 0`
-#   on distractors) nothing fades. The course's SKA layer can learn such a gate: its sigmoid write gate
-#   `beta_t` comes from the Echo authors' later code, not from the paper, which describes none ([A5](../docs/claims.md#A5)).
+#   on distractors) nothing fades. The course's SKA layer can learn such a gate: a sigmoid write gate
+#   `beta_t`. The paper's text describes none; the Echo authors' own audit says the code that produced the
+#   paper's numbers has it ([A5](../docs/claims.md#A5)).
 #
 # Move the sliders: the decay's horizon, the window, the pairs and the rank.
 
@@ -802,7 +805,7 @@ for p in CLIFF_PRESETS:
 #
 # * **The power order, the largest difference.** Our `echo` reads through `A^1`, the paper's through `A^2`
 #   ([E21](../docs/claims.md#E21); lab 04, section 5, measures `K = 0, 1, 2` over five seeds at our scale). The Echo authors'
-#   later public code, `anusridh97/Koopman_Mamba`, leans the other way in places: some later versions of its
+#   public code, `anusridh97/Koopman_Mamba`, leans the other way in places: some later versions of its
 #   configurations pin `K = 1` (a 50M one with `d_model` 384, and a 180M one with `d_model` 640), while the
 #   versions with the paper's own sizes set no `K`, so the default 2 ([A2](../docs/claims.md#A2), [A1](../docs/claims.md#A1)); its 180M
 #   hyper-parameter search fixes `K = 1` because "K=1 won decisively at 3M (4.251 vs 4.419)", a held-out loss,
@@ -811,7 +814,8 @@ for p in CLIFF_PRESETS:
 # * `echo` drops to about 0.80 with 32 pairs (section 6), where the paper reports 100% on every cell
 #   ([E4](../docs/claims.md#E4)); read in chunks rather than token by token it is also at chance at short gaps (section 5).
 # * Pure Mamba-2: the paper measured it at about 3% (chance) at every gap and pair count ([E3](../docs/claims.md#E3)), so
-#   it shows no horizon cliff ([R5](../docs/claims.md#R5)); our `ssm` row matches that number, for the same reason as far as
+#   it shows no horizon cliff on MQAR ([R5](../docs/claims.md#R5); on NIAH its SSM does fall,
+#   [E27](../docs/claims.md#E27)); our `ssm` row matches that number, for the same reason as far as
 #   we can tell: it never learned recall, even at gap 0. The cliff the abstract describes ([E2](../docs/claims.md#E2)) needs
 #   a Mamba-2 that recalls in the first place; section 4's `ssm-recall` (2 pairs, a larger state) does, and
 #   shows it, with its fall predicted from its own decay. That model is ours: the paper's pure Mamba-2 is the

@@ -36,8 +36,8 @@ import plotly.graph_objects as go
 import torch
 
 from echo_tutor import labs
-from echo_tutor.experiments import (PAPER, PRESET_COLORS, TRANSFER_PRESETS, TRANSFER_TASKS, bootstrap_ci, paired_ci,
-                                    transfer_task, verdict)
+from echo_tutor.experiments import (PAPER, PRESET_COLORS, RECIPES, TRANSFER_PRESETS, TRANSFER_TASKS, bootstrap_ci,
+                                    paired_ci, t_ci, transfer_task, verdict)
 from echo_tutor.labs import lab05
 from echo_tutor.pretrained import results
 from echo_tutor.ska import ska_chunked, ska_readout
@@ -126,9 +126,9 @@ print("trace:", x[0].tolist(), "\nanswers:", oracle)
 # ## 2. Statistics that never forget, and what a write gate can do
 #
 # Our SKA writes `G = eps I + sum_t beta_t k_t k_t^T` and `C = sum_t beta_t v_t k_t^T` and keeps every
-# binding. (The per-token write gate `beta_t` is the one of the Echo authors' later reference code,
-# [A5](../docs/claims.md#A5); the paper's statistics have no gate, [E10](../docs/claims.md#E10), which is
-# `beta = 1` below.)
+# binding. (The per-token write gate `beta_t` is the one of the Echo authors' reference code, which their own
+# audit says produced the paper's numbers, [A5](../docs/claims.md#A5); the statistics in the paper's text
+# have no gate, [E10](../docs/claims.md#E10), which is `beta = 1` below.)
 # If variable `x` (key `k_x`, unit norm) is written `n` times and nothing else shares its key direction,
 # the ridge readout for `k_x` is
 #
@@ -397,7 +397,9 @@ for step in (tr["max_steps"], 4000):
     a = [r["evals"][i]["eval_acc"] for r in sorted(tc, key=lambda r: r["seed"]) if r["preset"] == "echo"]
     b = [r["evals"][i]["eval_acc"] for r in sorted(tc, key=lambda r: r["seed"]) if r["preset"] == "ssm+attn"]
     m, lo, hi = paired_ci(a, b)
-    print(f"echo minus ssm+attn at step {step}: {m:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired over seeds) -> echo {verdict(lo, hi)}")
+    _, tlo, thi = t_ci([x - y for x, y in zip(a, b)])
+    print(f"echo minus ssm+attn at step {step}: {m:+.3f}, bootstrap [{lo:+.3f}, {hi:+.3f}] -> echo {verdict(lo, hi)}; "
+          f"Student's t [{tlo:+.3f}, {thi:+.3f}] -> echo {verdict(tlo, thi)} (paired over {len(a)} seeds)")
 
 learned = {p: sum(a > 0.9 for a in final[p]) for p in curve_presets}
 print("seeds above 0.9 after 4,000 steps:", learned)
@@ -421,8 +423,10 @@ assert 1 <= learned["echo"] < 5, "the text below reads some, not all, echo seeds
 # one half with a bootstrap interval over seeds from about 0.2 to 0.8, where the table shows 1.00. "`echo`
 # reaches 100% on MQAR" is true of one seed, not of the recipe. The table's ordering on
 # this task rests on attention's plateau, not on a capability attention lacks: lab 03's `ssm+attn`, trained
-# with the values hidden, recalls everywhere. The paired interval of the difference excludes zero at both step
-# counts, but with five seeds and a split `echo` it is wide: "better here, by an amount we cannot pin down".
+# with the values hidden, recalls everywhere. With five seeds and a split `echo`, the interval of the paired
+# difference depends on how it is computed (both printed above): the percentile bootstrap, the course's rule
+# from five seeds on, excludes zero at both step counts; Student's t, which covers better with this few seeds
+# (lab 04, section 6), does not. So: `echo` ahead on average, not shown better with five seeds.
 
 # %% [markdown]
 # ## 5. NIAH: trained at length 64, tested up to 4096
@@ -493,12 +497,25 @@ assert niah["echo", longest] > 2 * chance["niah"], "SKA keeps the needle far bey
 
 # %%
 first, last = min(lengths), max(lengths)
+attn_low = min(niah['ssm+attn', L] for L in lengths)
 print(f"NIAH, trained at {first}: ssm {100 * niah['ssm', first]:.0f}% -> {100 * niah['ssm', last]:.0f}% at {last}; "
       f"echo {100 * niah['echo', first]:.0f}% -> {100 * niah['echo', last]:.0f}% (lowest beyond {first}: "
-      f"{100 * min(niah['echo', L] for L in lengths if L > first):.0f}%); ssm+attn at least {100 * min(niah['ssm+attn', L] for L in lengths):.0f}% at every length")
-best_task = {t: max(TRANSFER_PRESETS, key=lambda p: acc[t, p]) for t in tasks_run}
-print("echo is the best of the three on:", [t for t in tasks_run if best_task[t] == "echo"],
-      "| ssm+attn on:", [t for t in tasks_run if best_task[t] == "ssm+attn"])
+      f"{100 * min(niah['echo', L] for L in lengths if L > first):.0f}%); ssm+attn "
+      + ("100% at every length" if attn_low == 1 else f"{100 * attn_low:.0f}% or more at every length"))
+# The transfer table is one seed per cell, so a lead smaller than the sampling noise is a tie. A rough 95% margin
+# for the difference of two accuracies over n examples each: 1.96 sqrt(p1 (1 - p1) / n + p2 (1 - p2) / n); we
+# count examples, not answers (the answers of one example are not independent draws).
+n_eval = RECIPES[tr["recipe"]].eval_examples
+best_task, tied = {}, {}
+for t in tasks_run:
+    top, second = sorted(TRANSFER_PRESETS, key=lambda p: -acc[t, p])[:2]
+    a1, a2 = acc[t, top], acc[t, second]
+    best_task[t] = top
+    if a1 - a2 < 1.96 * math.sqrt((a1 * (1 - a1) + a2 * (1 - a2)) / n_eval):
+        tied[t] = f"{top} {100 * a1:.1f}% vs {second} {100 * a2:.1f}%"
+print("echo is the best of the three on:", [t for t in tasks_run if best_task[t] == "echo" and t not in tied],
+      "| ssm+attn on:", [t for t in tasks_run if best_task[t] == "ssm+attn" and t not in tied])
+print(f"a tie (the lead within the sampling noise of {n_eval} examples, one seed):", tied or "none")
 assert niah["ssm", last] < 0.5 * niah["ssm", first], "pure Mamba-2 loses the needle as the haystack grows"
 assert min(niah["echo", L] for L in lengths if L > first) >= niah["echo", first] - 0.05, "echo does not lose it"
 assert best_task["common_word"] == "ssm+attn"
@@ -518,13 +535,15 @@ assert best_task["common_word"] == "ssm+attn"
 #   ([E27](../docs/claims.md#E27); dotted).
 # * **MQAR, over five seeds and 4,000 steps**: `echo` beats `ssm+attn`, whose every seed sits at the
 #   elimination shortcut; not every `echo` seed learns (section 4's curves).
-# * **On the transfer table echo is the best of the three on four of the six tasks** (printed above, one seed
-#   each). On MQAR that one seed is `echo`'s best of five: at the table's 1,500 steps the five seeds of
-#   section 4's curves give `echo` a mean near one half, with a bootstrap interval from about 0.2 to 0.8
-#   (printed there), not 100%; `echo` stays ahead of `ssm+attn` there too. In the paper SKA is the best on
-#   all six ([E26](../docs/claims.md#E26)), so our ordering differs from the paper's on NIAH, where our NoPE
-#   attention hybrid is perfect, and on `common_word`, where full attention wins clearly: counting which
-#   word recurs most is not a key-value lookup, and there our small SKA model is far behind attention.
+# * **On the transfer table echo is the best of the three on three of the six tasks** (MQAR, system prompt,
+#   tool trace), **and ties with `ssm+attn` on multi-hop** (52.6% against 50.9%: one seed, 256 examples, a
+#   lead well inside the sampling noise; printed above). On MQAR that one seed is `echo`'s best of five: at
+#   the table's 1,500 steps the five seeds of section 4's curves give `echo` a mean near one half, with a
+#   bootstrap interval from about 0.2 to 0.8 (printed there), not 100%; `echo` stays ahead of `ssm+attn`
+#   there on average, but five seeds do not show it better (section 4). In the paper SKA is the best on all six ([E26](../docs/claims.md#E26)), so our ordering differs
+#   from the paper's on NIAH, where our NoPE attention hybrid is perfect, and on `common_word`, where full
+#   attention wins clearly (counting which word recurs most is not a key-value lookup, and there our small
+#   SKA model is far behind attention); on multi-hop one seed cannot order them.
 # * **Scale and protocol.** These are 2-block, d = 64 models trained 1,500 steps on one CPU core each, one per
 #   task; the paper's are about a million parameters, trained 6,000 steps ([E20](../docs/claims.md#E20)), once,
 #   on a system-prompt and tool-trace mix and tested zero-shot ([E28](../docs/claims.md#E28)), on its own

@@ -399,8 +399,9 @@ fig.show()
 assert min(read_ms["rebuild K+V"], read_ms["values after"]) > 3 * read_ms["full"]
 
 # %% [markdown]
-# On a CPU both rebuild paths are far slower than reading stored heads (the bars are on a log axis; between
-# about x40 and x110 in our runs on an idle 2-core machine, far more when other jobs compete for the cores): the key
+# On a CPU both rebuild paths are far slower than reading stored heads (the bars are on a log axis; the cell
+# prints this machine's ratios: between about x34 and x110 across our runs on 2-core machines, for example x46
+# and x34 in one, far more when other jobs compete for the cores): the key
 # rebuild, with its RoPE undo and redo on every retained input, dominates, and "values after" removes only the
 # smaller part. That is the measured reason the compressed read cannot pay off on a CPU: the
 # key rebuild alone needs 128 FLOPs per byte not stored (`2 J D^2` FLOPs against the `2 D` float32 numbers of

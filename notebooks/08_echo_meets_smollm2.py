@@ -652,4 +652,4 @@ display(Markdown("\n".join(lines)))
 assert S["budget"][SKA]["5%"] >= 1
 
 # %%
-labs.report("lab08")
+_ = labs.report("lab08")

@@ -9,8 +9,8 @@ Array exercises take any number of leading batch dims ``[...]``; their checkers 
 2. ``ridge_with_intercept(X [..., N, a], Y [..., N, b], lam) -> (W [..., a, b], c [..., b])``: minimise
    ``||X W + 1 c^T - Y||^2 + lam ||W||^2`` (the intercept is not penalised): the stage-1 map of one
    discarded head from the retained ones.
-3. ``choose_kept(r2 [S, S], cost [S], budget) -> list[int]`` (open-ended; rubric in
-   ``docs/instructor/parts/lab06.md``): greedy choice of the slots to keep under a byte budget. A slot's
+3. ``choose_kept(r2 [S, S], cost [S], budget) -> list[int]`` (open-ended; rubric in the instructor's
+   answer key): greedy choice of the slots to keep under a byte budget. A slot's
    rebuild quality given a kept set A is 1 if it is kept, else the best single-source R^2
    ``max(0, max_{i in A} r2[i, j])``; the score of A is the mean quality over all S slots. Each step keeps the
    slot that fits in the budget left with the largest score gain *per byte* (gains within 1e-9 of the best
