@@ -15,7 +15,8 @@ instead of raising and later cells fall back to the solution, so an unfinished e
 
 Modules: ``switches`` (FAST, SOLUTIONS), ``checking`` (what every checker uses), ``exercises`` (the
 exercise wrapper, the ``checker`` decorator, shortcut detection, the report), ``predict`` (predict-then-run
-widgets), ``labNN`` (one per lab).
+widgets), ``labNN`` (one per lab; a long lab's code is split into ``labNN_<topic>`` modules that
+``labNN`` re-exports).
 """
 
 from .checking import (LEADING_DIMS, ExerciseError, NotAttempted, batch_dims_hint, call_student, close, expect_tensor,

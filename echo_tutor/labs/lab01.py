@@ -15,92 +15,30 @@ one and two of them and the shapes the lab's later cells use (``_LATER_LEADS``):
    recurrence on awkward lengths, refuses a call to ``ssm_scan`` (a token loop is not the chunked algorithm),
    and watches the tensor operations it makes: their number must not grow with the chunk's length (no loop
    over tokens) and no tensor may be ``T x T`` (no quadratic form over the whole sequence).
+
+This module holds the checkers of exercises 1-3. The solutions and the helpers the checkers share live in
+:mod:`echo_tutor.labs.lab01_common`, exercise 4's checker in :mod:`echo_tutor.labs.lab01_chunked`; both are
+re-exported here (the lab, the grader and the tests import every name from ``lab01``).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.overrides import TorchFunctionMode
 
-from . import (ExerciseError, NotAttempted, batch_dims_hint, call_student, checker, close, expect_tensor,
-               fresh_generator, leading_dims, passed)
+from . import (ExerciseError, NotAttempted, call_student, checker, close, expect_tensor, fresh_generator, leading_dims,
+               passed)
+from .lab01_chunked import _CHUNK_CASES, _CHUNK_MISTAKES, _chunked_variant, check_ssd_chunked
+from .lab01_common import (_LATER_LEADS, _decay_mask_solution, _first_failure, _inputs, _shapes,
+                           _ssd_chunked_solution, _ssd_quadratic_solution, _ssm_scan_solution)
 
 __all__ = [
     "_ssm_scan_solution", "_decay_mask_solution", "_ssd_quadratic_solution", "_ssd_chunked_solution",
     "check_ssm_scan", "check_decay_mask", "check_ssd_quadratic", "check_ssd_chunked",
+    "_LATER_LEADS", "_inputs", "_scan_variants", "_chunked_variant", "_CHUNK_MISTAKES", "_CHUNK_CASES",
 ]
-
-# The leading dims the lab's later cells call the exercises with, beyond (), (3,), (2, 3): section 2c times
-# ssm_scan and ssd_chunked on 4 heads of one long sequence, [4, T, P].
-_LATER_LEADS: tuple[tuple[int, ...], ...] = ((4,),)
-
-
-# ---------------------------------------------------------------------------------------------- solutions
-def _ssm_scan_solution(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    h = x.new_zeros(*x.shape[:-2], x.shape[-1], b.shape[-1])  # [..., P, N]
-    ys = []
-    for t in range(x.shape[-2]):
-        # decay the old state, then write x_t b_t^T (an outer product per leading index)
-        h = torch.exp(a[..., t, None, None]) * h + x[..., t, :, None] * b[..., t, None, :]
-        ys.append((h @ c[..., t, :, None])[..., 0])  # read after writing: y_t sees x_t   [..., P]
-    return torch.stack(ys, dim=-2)  # [..., T, P]
-
-
-def _decay_mask_solution(a: torch.Tensor) -> torch.Tensor:
-    T = a.shape[-1]
-    below = torch.tril(torch.ones(T, T, dtype=torch.bool, device=a.device), diagonal=-1)  # i > j
-    terms = a[..., :, None].expand(*a.shape, T).masked_fill(~below, 0)  # terms[..., i, j] = a_i where i > j
-    seg = torch.cumsum(terms, dim=-2)  # seg[..., i, j] = a_{j+1} + ... + a_i (i >= j): no difference of large sums
-    return torch.tril(torch.exp(seg))  # 0 above the diagonal
-
-
-def _ssd_quadratic_solution(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    return ((c @ b.mT) * _decay_mask_solution(a)) @ x
-
-
-def _ssd_chunked_solution(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-                          chunk: int) -> torch.Tensor:
-    T = x.shape[-2]
-    h = x.new_zeros(*x.shape[:-2], x.shape[-1], b.shape[-1])  # the state entering the chunk   [..., P, N]
-    ys = []
-    for s in range(0, T, chunk):  # the loop runs over chunks only: ceil(T / chunk) steps
-        xs, as_, bs, cs = x[..., s:s + chunk, :], a[..., s:s + chunk], b[..., s:s + chunk, :], c[..., s:s + chunk, :]
-        L = _decay_mask_solution(as_)  # [..., S, S]: decay between the chunk's own tokens
-        # (1) inside the chunk: the quadratic form, O(S^2) per chunk
-        y = ((cs @ bs.mT) * L) @ xs  # [..., S, P]
-        # (2) what the entering state adds: token l reads h decayed by a_s + ... + a_{s+l} (its own a included)
-        y = y + torch.exp(torch.cumsum(as_, dim=-1))[..., None] * (cs @ h.mT)
-        # (3) the state leaving the chunk: h decayed by the whole chunk, plus each token's write decayed by the
-        #     a's after it, which is the last row of L: L[S-1, l] = exp(a_{l+1} + ... + a_{S-1})
-        total = torch.exp(as_.sum(-1))[..., None, None]
-        h = total * h + (xs * L[..., -1, :, None]).mT @ bs
-        ys.append(y)
-    return torch.cat(ys, dim=-2)  # [..., T, P]
 
 
 # ---------------------------------------------------------------------------------------------- checkers
-def _inputs(g: torch.Generator, lead=(), T=9, P=3, N=4, dtype=torch.float64):
-    x = torch.randn(*lead, T, P, generator=g, dtype=dtype)
-    a = -torch.rand(*lead, T, generator=g, dtype=dtype)
-    b = torch.randn(*lead, T, N, generator=g, dtype=dtype)
-    c = torch.randn(*lead, T, N, generator=g, dtype=dtype)
-    return x, a, b, c
-
-
-def _shapes(x, a, b, c) -> str:
-    return f"x {tuple(x.shape)}, a {tuple(a.shape)}, b and c {tuple(b.shape)}"
-
-
-def _first_failure(name: str, failures: list, ok: list, seed: int) -> None:
-    """Raise the first lead's failure, with the batch-dims hint when other leads passed (a function right for
-    some numbers of leading dims only)."""
-    if not failures:
-        return
-    lead, message, typical_hint = failures[0]
-    hint = batch_dims_hint(lead, ok) or typical_hint
-    raise ExerciseError(f"{message} (seed {seed}).{hint}")
-
-
 def _check_sequence_fn(name, fn, solution, typical):
     """``fn(x, a, b, c) -> [..., T, P]`` on every leading shape: shape, causality (inputs from t=6 on changed),
     values; the typical mistakes are named on the no-leading-dims case."""
@@ -254,152 +192,3 @@ def check_ssd_quadratic(fn) -> None:
         }
 
     return _check_sequence_fn("ssd_quadratic", fn, _ssd_quadratic_solution, typical)
-
-
-# ------------------------------------------------------------------------------------------- ssd_chunked
-def _chunked_variant(x, a, b, c, chunk, *, carry=True, decay_carry=True, read_shift=0, end_off_by_one=False):
-    """The chunked algorithm with one typical mistake (see ``_CHUNK_MISTAKES``)."""
-    T = x.shape[-2]
-    h = x.new_zeros(*x.shape[:-2], x.shape[-1], b.shape[-1])
-    ys = []
-    for s in range(0, T, chunk):
-        xs, as_, bs, cs = x[..., s:s + chunk, :], a[..., s:s + chunk], b[..., s:s + chunk, :], c[..., s:s + chunk, :]
-        L = _decay_mask_solution(as_)
-        y = ((cs @ bs.mT) * L) @ xs
-        if carry:
-            read = torch.cumsum(as_, dim=-1) + read_shift * as_[..., :1]
-            y = y + torch.exp(read)[..., None] * (cs @ h.mT)
-        to_end = L[..., -1, :] * (torch.exp(as_) if end_off_by_one else 1.0)
-        total = torch.exp(as_.sum(-1))[..., None, None] if decay_carry else 1.0
-        h = total * h + (xs * to_end[..., None]).mT @ bs
-        ys.append(y)
-    return torch.cat(ys, dim=-2)
-
-
-_CHUNK_MISTAKES = {
-    " The state is not carried across chunks: every chunk starts from zero, so a token never reads the tokens "
-    "of earlier chunks. Keep a state h [..., P, N]: chunk k's outputs add what h (left by chunks 0..k-1, decayed "
-    "to each token) contributes, and chunk k then updates h for the next chunk.":
-        dict(carry=False),
-    " The carried state does not fade across a chunk: the state leaving a chunk is exp(a_s + ... + a_e) times "
-    "the state that entered it (every token of the chunk decays it once), plus what the chunk wrote.":
-        dict(decay_carry=False),
-    " Off by one at the chunk boundary, one decay too few: the token at position l of a chunk reads the entering "
-    "state decayed by a_s + ... + a_(s+l), its own a included (in the recurrence h_t = exp(a_t) h_(t-1) + ..., "
-    "token t decays the old state before reading it): an inclusive cumsum over the chunk, not an exclusive one.":
-        dict(read_shift=-1),
-    " One decay too many at the chunk boundary: the entering state is decayed by the chunk's first a twice (once "
-    "before the chunk and once again through the cumsum). Token l of the chunk reads it decayed by "
-    "a_s + ... + a_(s+l), each a once.":
-        dict(read_shift=1),
-    " Off by one in the decay to the chunk's end: what token t writes fades by a_(t+1) + ... + a_e, the a's of "
-    "the tokens after it (exclusive of a_t, which fades only what was written before t), so the last token's "
-    "write leaves the chunk undecayed. That is the last row of the chunk's decay mask.":
-        dict(end_off_by_one=True),
-}
-
-# (T, chunk) cases, the first with every typical mistake showing (three chunks, the last one short); then a
-# multiple, chunk = 1 (one chunk per token), chunk = T, chunk > T, and a single token.
-_CHUNK_CASES = ((11, 4), (12, 3), (7, 1), (6, 6), (5, 9), (1, 4))
-
-
-class _CountOps(TorchFunctionMode):
-    """Counts the tensor operations made inside it and records the largest tensor one of them returned."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops, self.largest = 0, 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.ops += 1
-        for t in (out if isinstance(out, (tuple, list)) else (out,)):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
-def _call_chunked(name, fn, *args):
-    """``call_student``, with a word on a refused call to a lab solution standing in for an unfinished
-    exercise (the learner's own ``decay_mask`` or ``ssd_quadratic`` that has not passed yet)."""
-    try:
-        return call_student(name, fn, *args)
-    except NotAttempted:
-        raise
-    except ExerciseError as e:
-        if "_decay_mask_solution" in str(e) or "_ssd_quadratic_solution" in str(e):
-            raise ExerciseError(f"{e} Here that is the reference solution standing in for your own `decay_mask` or "
-                                "`ssd_quadratic`, which has not passed its checker yet: finish that exercise first, "
-                                "or write the within-chunk product here.") from None
-        raise
-
-
-@checker(forbid=("ssm_scan",))
-def check_ssd_chunked(fn) -> None:
-    """Check ``fn(x [..., T, P], a [..., T], b [..., T, N], c [..., T, N], chunk) -> [..., T, P]``, the chunked SSD
-    algorithm: equal to the recurrence (the lab's ``_ssm_scan_solution``) in float64 with zero, one and two
-    leading dims and the lab's (4,), for T not a multiple of the chunk, chunk = 1, chunk = T, chunk > T and T = 1;
-    the typical chunk-boundary mistakes are named. Then two checks of the algorithm itself: with the number of
-    chunks fixed, doubling the chunk's length must not grow the number of tensor operations (a loop over tokens
-    does), and with short chunks no tensor may hold T x T numbers (the quadratic form over the whole sequence)."""
-    name = "ssd_chunked"
-    g, seed = fresh_generator()
-    ok, failures = [], []
-    for lead in leading_dims(*_LATER_LEADS):
-        for T, chunk in _CHUNK_CASES:
-            x, a, b, c = _inputs(g, lead, T=T)
-            where = f"{_shapes(x, a, b, c)}, chunk={chunk}"
-            try:
-                out = expect_tensor(name, _call_chunked(name, fn, x, a, b, c, chunk), (*lead, T, x.shape[-1]),
-                                    "y [..., T, P]")
-            except NotAttempted:
-                raise
-            except ExerciseError as e:
-                failures.append((lead, f"{e} (with {where})", ""))
-                break
-            if out.dtype != x.dtype:
-                failures.append((lead, f"{name}: returns {out.dtype} for {x.dtype} inputs (with {where})",
-                                 " Keep the inputs' dtype: create the state with x.new_zeros(...)."))
-                break
-            want = _ssm_scan_solution(x, a, b, c)
-            if not close(out, want):
-                hint = ""
-                if not lead:
-                    hint = next((h for h, kw in _CHUNK_MISTAKES.items()
-                                 if close(out, _chunked_variant(x, a, b, c, chunk, **kw))), "")
-                    if not hint and close(out[..., :chunk, :], want[..., :chunk, :]):
-                        hint = (" The first chunk is right and a later one is not: look at what crosses the chunk "
-                                "boundary (the state, and how much it has decayed).")
-                failures.append((lead, f"{name}: differs from the recurrence with {where}: max abs error "
-                                       f"{(out - want).abs().max():.3g}", hint))
-                break
-        else:
-            ok.append(lead)
-    _first_failure(name, failures, ok, seed)
-
-    # the algorithm: a loop over chunks, not over tokens ...
-    counts = []
-    for T, chunk in ((256, 64), (512, 128)):  # 4 chunks each, twice the tokens per chunk
-        x, a, b, c = _inputs(g, (), T=T, P=2, N=3)
-        with _CountOps() as count:
-            _call_chunked(name, fn, x, a, b, c, chunk)
-        counts.append(count.ops)
-    if counts[1] > 1.5 * counts[0] + 32:
-        raise ExerciseError(
-            f"{name}: right values, but not the chunked algorithm (seed {seed}): with 4 chunks of 64 tokens it made "
-            f"{counts[0]:,d} tensor operations, with 4 chunks of 128 tokens {counts[1]:,d}. The work grows with the tokens per "
-            "chunk, so something loops over tokens (the recurrence, or a mask built row by row). Loop over the "
-            "chunks only: inside a chunk, one masked matrix product (section 2's quadratic form) does every token "
-            "at once.")
-    # ... and no quadratic form over the whole sequence
-    T, chunk = 256, 8
-    x, a, b, c = _inputs(g, (), T=T, P=2, N=3)
-    with _CountOps() as count:
-        _call_chunked(name, fn, x, a, b, c, chunk)
-    if count.largest >= T * T // 2:
-        raise ExerciseError(
-            f"{name}: right values, but not the chunked algorithm (seed {seed}): for T = {T} tokens in chunks of {chunk} it built a "
-            f"tensor of {count.largest:,d} numbers, a T x T matrix (a decay mask or score matrix over the whole "
-            f"sequence, T^2 = {T * T:,d}). The chunked algorithm never builds more than chunk x chunk per chunk: "
-            "that is what makes it O(T chunk) instead of O(T^2).")
-    return passed(name)

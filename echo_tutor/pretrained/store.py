@@ -1,9 +1,12 @@
-"""Find, load and describe the shipped models and results files (stored beside this module)."""
+"""Find, load and describe the shipped models and results files (stored beside this module), and make the package
+callable: ``echo_tutor.pretrained("echo")`` loads a model."""
 
 from __future__ import annotations
 
 import json
 import pathlib
+import sys
+import types
 from typing import Any
 
 from ..errors import BadArgumentError
@@ -59,3 +62,14 @@ def results(kind: str) -> Any:
         raise BadArgumentError(f"kind: no shipped results_{kind}.json (have: {[q.stem for q in HERE.glob('results_*.json')]})")
     return json.loads(p.read_text())
 
+
+class _CallableModule(types.ModuleType):
+    """``echo_tutor.pretrained("echo")`` loads a model; ``echo_tutor.pretrained.info("echo")`` and the other
+    functions stay reachable as attributes (the package used to bind the name to the function, which hid them)."""
+
+    def __call__(self, name: str, *args, **kwargs):
+        return load_pretrained(name, *args, **kwargs)
+
+
+# the package (``echo_tutor.pretrained``, being imported: its ``__init__`` imports this module) becomes callable
+sys.modules[__package__].__class__ = _CallableModule
