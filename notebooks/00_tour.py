@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown]
-# # Lab 00: A ten-minute tour
+# # Lab 00: A tour of the two papers
 #
 # This course is about **memory in sequence models**, through two 2026 papers:
 #
@@ -32,8 +32,9 @@
 # Every term the labs use without defining it is in the [glossary](../docs/course.md#glossary) of the course
 # guide; every symbol is in one notation table (`echo_tutor/ska/README.md`).
 #
-# In the next ten minutes: one computed picture per paper, the shipped lab-scale models decoding live,
-# three small exercises, and the map of the labs.
+# What follows: one computed picture per paper, the shipped lab-scale models decoding live, three small
+# exercises, and the map of the labs. A first pass through the cells takes about ten minutes; with the
+# exercises, the two predictions and the questions, plan on about two hours.
 
 # %%
 import json
@@ -226,7 +227,8 @@ assert all(loner[0] * H_kv + loner[1] in rec.kept[k] for k in ("K", "V")), "the 
 # | `ssm+attn` | Mamba-2, then full attention | grows: a KV cache |
 #
 # In labs 00, 03 and 04 `echo` is this shipped model (lab 04 reads its Koopman spectra), lab 02 trains the
-# same layout with your own SKA layer in it, and lab 05 trains it once per task. Lab 01 builds larger, untrained
+# same layout with your own SKA layer in it, and lab 05 reads the results of it trained once per task (by
+# `echo-tutor transfer`, shipped with the package; lab 05 trains nothing). Lab 01 builds larger, untrained
 # models of the size of the Echo paper's synthetic-task models under other names (`synth1m-*`, about 1M
 # parameters, [E20](../docs/claims.md#E20)).
 #

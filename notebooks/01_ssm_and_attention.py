@@ -220,7 +220,9 @@ assert through_gate <= torch.exp(a[20]).item(), "the forget gate at t=20 cuts th
 # checker compares your function with the recurrence on awkward lengths (`T` not a multiple of `chunk`,
 # `chunk = 1`, `chunk >= T`, any leading dims) and names the usual boundary mistakes; it also checks the
 # algorithm: the number of tensor operations must not grow with the chunk's length (no token loop hidden
-# inside), and no tensor may be `T x T` (no quadratic form over the whole sequence).
+# inside), no tensor may be `T x T` (no quadratic form over the whole sequence), and at a fixed chunk the
+# work must grow in step with `T` (a chunk that reads every earlier token, not the carried state, costs
+# more the later it sits: `O(T^2)` in all, even in chunk-sized blocks).
 #
 # Before you run it, write down what your function costs, as a function of `T`, `chunk`, `P` and `N`:
 # the arithmetic, the memory of its largest tensor, and the number of steps that must run one after

@@ -790,9 +790,11 @@ assert swa_bytes[-1] == swa_bytes[CLIFF_GAPS.index(256)] > swa_bytes[0], "the wi
 # %%
 # the paper's 50M rows: pure Mamba-2 [E3](../docs/claims.md#E3), Mamba-2 + attention [E5](../docs/claims.md#E5), Mamba-2 + SKA [E4](../docs/claims.md#E4);
 # one model per cell [E6](../docs/claims.md#E6), the cells in prose only [R9](../docs/claims.md#R9)
-print("Paper (50M-parameter models, each cell trained separately; §5.2's prose, no per-cell table):")
+ledger_row = {"ssm": "E3", "ssm+attn": "E5", "echo": "E4"}  # where docs/claims.md quotes each row's source
+print("Paper (50M-parameter models, each cell trained separately; §5.2's prose, no per-cell table; "
+      "sources: docs/claims.md#E6, docs/claims.md#R9):")
 for k, v in PAPER["mqar_50M"].items():
-    print(f"  {k:<9} {v}")
+    print(f"  {k:<9} {v}   (docs/claims.md#{ledger_row[k]})")  # [E3](../docs/claims.md#E3), [E5](../docs/claims.md#E5), [E4](../docs/claims.md#E4)
 print("\nOurs (about 130K parameters, one model per preset, one CPU core for minutes), 8 pairs, read as each decodes:")
 for p in CLIFF_PRESETS:
     print(f"  {p:<9} gaps 64 / 256 / 1024 / 4096: " + " / ".join(f"{acc(p, 8, g):.2f}" for g in (64, 256, 1024, 4096)))

@@ -230,9 +230,10 @@ assert max(errs.values()) < 1e-5
 # read back. `echo_kernels.ska.forward` (what a layer with
 # `backend="triton"` runs) needs two kernels:
 #
-# 1. **stats + prefix**: one program per head walks the chunks in order (as fla's `chunk_h` does), writes what
-#    chunk c reads (the state plus the chunks before c), then adds c's three `tl.dot`s. No per-chunk sums
-#    in memory.
+# 1. **stats + prefix**: one program per head walks the chunks in order (as `chunk_h` does in fla,
+#    flash-linear-attention: the `fla-org/flash-linear-attention` library of Triton kernels for linear
+#    attention and state-space layers, file `fla/ops/common/chunk_h.py`), writes what chunk c reads (the state
+#    plus the chunks before c), then adds c's three `tl.dot`s. No per-chunk sums in memory.
 # 2. **readout**: one program per (head, chunk) factorises its `r x r` G **on chip**, then applies the power
 #    filter and reads out the chunk's queries. Triton has no indexing into a register tile, so the Cholesky
 #    is written with masks: step j pulls column j out by a masked sum, scales it by `1/sqrt(pivot)`, and

@@ -183,7 +183,7 @@ def k_runs(ctx: dict, budget: float) -> tuple[str, dict]:
             data[preset].append({"seed": seed, "steps": res.steps_done, "seconds": res.time_s, "acc_8pairs_gap256": acc})
     lines = [f"{len(seeds)} seeds each, {each:.0f} s of training per run (lab recipe, batch 16, lr 3e-3); accuracy at "
              f"8 pairs, gap 256 ({n_eval} examples); mean [95% t interval over "
-             "seeds: the labs' rule below 5 seeds]", "",
+             "seeds: the labs' rule below 10 seeds]", "",
              "| preset | steps (per seed) | accuracy | per seed |", "|---|---|---|---|"]
     for preset, runs in data.items():
         accs = [r["acc_8pairs_gap256"] for r in runs]

@@ -41,6 +41,9 @@ THOUGHT = {
     "lab08.converted_state_bytes", "lab08.convert_layer",
 }
 WEEKS = {1: ("00", "01"), 2: ("02", "03"), 3: ("04", "05"), 4: ("06", "07", "08")}
+# Labs a course may skip: not counted in their week's hours (listed apart). Lab 07 (Triton kernels) is for a class
+# with an interest in GPU programming; no later lab builds on it, and week 4 is the heaviest without it.
+OPTIONAL = ("07",)
 BEGIN, END = "<!-- schedule -->", "<!-- /schedule -->"
 
 
@@ -95,19 +98,25 @@ def table(rows: list[dict]) -> str:
     ]
     week_of = {n: w for w, nums in WEEKS.items() for n in nums}
     by_week: dict[int, float] = {}
+    optional: list[tuple[str, float]] = []
     for r in rows:
         k = r["kinds"]
         w = week_of.get(r["lab"][:2], 0)
-        by_week[w] = by_week.get(w, 0.0) + r["total"] / 60
+        if r["lab"][:2] in OPTIONAL:
+            optional.append((r["lab"][:2], r["total"] / 60))
+        else:
+            by_week[w] = by_week.get(w, 0.0) + r["total"] / 60
         m = r["minutes"]
+        shown = f"{w} (optional)" if r["lab"][:2] in OPTIONAL else f"{w}"
         lines.append(
-            f"| {w} | `{r['lab']}` | {r['words']:,} | {r['code']:,} | {k.count('warm-up')} / {k.count('thought')} / "
+            f"| {shown} | `{r['lab']}` | {r['words']:,} | {r['code']:,} | {k.count('warm-up')} / {k.count('thought')} / "
             f"{k.count('open-ended')} | {r['predictions']} | {r['discussion']} | {m['read']:.0f} min | "
             f"{m['exercises']:.0f} min | {m['predict + discuss']:.0f} min | {r['run_s']:.0f} s | {r['total'] / 60:.1f} |")
-    total = sum(r["total"] for r in rows) / 60
+    total = sum(by_week.values())
     weeks = ", ".join(f"week {w}: {h:.1f} h" for w, h in sorted(by_week.items()))
-    lines += ["", f"In all about **{total:.0f} hours** of class and lab time ({weeks}), before the written analysis "
-              "(about 4 hours of the learner's own time) and any FULL-mode runs on a GPU."]
+    extra = "".join(f"; optional lab {n}: {h:.1f} h more" for n, h in optional)
+    lines += ["", f"In all about **{total:.0f} hours** of class and lab time ({weeks}{extra}), before the written "
+              "analysis (about 4 hours of the learner's own time) and any FULL-mode runs on a GPU."]
     return "\n".join(lines)
 
 

@@ -280,3 +280,36 @@ def test_a_function_with_bare_globals_does_not_crash_the_scan():
     exec("def ridge_readout(G, C, q):\n    return q", ns)
     with pytest.raises(ExerciseError, match="ridge_readout"):
         lab02.check_ridge_readout(ns["ridge_readout"])
+
+
+def ridge_after_switching_the_watcher_off(G, C, q):
+    """The second review's bypass: the profiler switched off by a computed name, then the package called."""
+    getattr(__import__("s" + "ys"), "set" + "profile")(None)
+    import importlib
+
+    ref = importlib.import_module("echo_tutor.ska." + "reference")
+    return vars(ref)["ska_" + "readout"](G[..., None, :, :], G[..., None, :, :], C[..., None, :, :], q[..., None, :, :],
+                                          power_steps=0)[..., 0, :, :]
+
+
+def ridge_that_rewrites_the_checkers_code(G, C, q):
+    import echo_tutor.labs.checking as chk
+
+    chk.close.__code__ = (lambda a, b, tol=1e-6: True).__code__
+    return torch.zeros(*q.shape[:-1], C.shape[-2], dtype=q.dtype)
+
+
+def test_switching_the_watcher_off_is_refused():
+    with pytest.raises(ExerciseError, match="watcher was switched off"):
+        lab02.check_ridge_readout(ridge_after_switching_the_watcher_off)
+
+
+def test_rewriting_a_checkers_code_is_refused():
+    import echo_tutor.labs.checking as chk
+
+    code = chk.close.__code__
+    try:
+        with pytest.raises(ExerciseError, match=r"replaced echo_tutor.labs.checking.close.__code__"):
+            lab02.check_ridge_readout(ridge_that_rewrites_the_checkers_code)
+    finally:
+        chk.close.__code__ = code

@@ -1,6 +1,9 @@
 """The grading script re-runs the checkers on the learner's own functions: editing a check call away, or
 calling the library, does not pass."""
 
+import pathlib
+import re
+
 import pytest
 
 pytest.importorskip("nbclient")
@@ -107,6 +110,15 @@ import torch
 torch.allclose = lambda *a, **k: True
 '''
 
+HOOKED = NOTEBOOK + '''
+# %%
+def _rewrite(lines):
+    return ["print('GRADE {}')\\n"]
+
+
+get_ipython().input_transformers_post.append(_rewrite)
+'''
+
 COPIED = '''# %%
 from echo_tutor import labs
 from echo_tutor.labs import lab02
@@ -130,9 +142,12 @@ def test_a_notebook_cannot_replace_the_checkers_or_the_libraries_they_use(tmp_pa
     path.write_text(TAMPERED)
     res = grade(str(path), timeout=300)
     assert res["kv_cache_bytes"] == "pass" and res["ska_state_floats"].startswith("FAIL: ska_state_floats")
-    path.write_text(PATCHED_TORCH)
+    path.write_text(PATCHED_TORCH)  # the patch is not a definition: the grading kernel never runs it
     res = grade(str(path), timeout=300)
-    assert res["kv_cache_bytes"] == "FAIL: not graded: the notebook replaced library functions the checkers use (torch.allclose)"
+    assert res["kv_cache_bytes"] == "pass"
+    path.write_text(HOOKED)  # the second review's attack: an IPython hook rewriting the grading cell
+    res = grade(str(path), timeout=300)
+    assert res["kv_cache_bytes"].startswith("FAIL: kv_cache_bytes") and res["ska_state_floats"].startswith("FAIL")
 
 
 def test_flags_point_the_instructor_at_copies_and_odd_code(tmp_path):
@@ -142,12 +157,65 @@ def test_flags_point_the_instructor_at_copies_and_odd_code(tmp_path):
     from echo_tutor.labs import lab02
     from echo_tutor.labs.grade import flags
 
-    pasted = inspect.getsource(lab02._ridge_readout_solution).replace("_ridge_readout_solution", "ridge_readout")
+    pasted = inspect.getsource(lab02._power_filter_solution).replace("_power_filter_solution", "power_filter")
     path = tmp_path / "02_ska.py"
     path.write_text(COPIED.split("# %%\ndef ridge_readout")[0] + "# %%\n" + textwrap.dedent(pasted) +
-                    '\n\nridge_readout = labs.exercise(ridge_readout, "lab02")\n')
+                    '\n\npower_filter = labs.exercise(power_filter, "lab02")\n')
     got = flags(path)
-    assert got["ridge_readout"] == ["a copy of the reference solution (names and comments aside)"]
+    assert got["power_filter"] == ["a copy of the reference solution (names and comments aside)"]
+    path.write_text(COPIED)  # a one-line formula: any right answer looks like the solution, so no flag
+    assert "ridge_readout" not in flags(path)
     path = tmp_path / "00_tour.py"
     path.write_text(TAMPERED)
     assert "setattr(...)" in flags(path)["notebook"]
+
+
+def _solved(src_text: str, lab: str):
+    """The lab's own source with each stub replaced by its solution's code, renamed, where that code stands alone
+    (uses no other private name of the lab): what a learner who got them right hands in."""
+    import ast
+    import importlib
+    import inspect
+    import textwrap
+    import types
+
+    mod = importlib.import_module(f"echo_tutor.labs.{lab}")
+    names = re.findall(r'(\w+) = labs\.exercise\(\1, "lab\d\d"\)', src_text)
+    lines = src_text.splitlines()
+    stubs = {n.name: n for n in ast.parse(src_text).body if isinstance(n, ast.FunctionDef) and n.name in names}
+    solved = []
+    for name in sorted(stubs, key=lambda k: -stubs[k].lineno):  # bottom-up, so earlier line numbers hold
+        sol = getattr(mod, f"_{name}_solution")
+        code = textwrap.dedent(inspect.getsource(sol)).replace(f"_{name}_solution", name)
+        tree = ast.parse(code)
+        used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        relative = any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree))
+        insides = {u for u in used if u in sol.__globals__ and not isinstance(sol.__globals__[u], types.ModuleType)}
+        if relative or insides:  # leans on the lab module's own names, which a notebook does not have
+            continue
+        node = stubs[name]
+        start = min([node.lineno] + [d.lineno for d in node.decorator_list]) - 1
+        mods = sorted(f"import {sol.__globals__[u].__name__} as {u}" for u in used
+                      if isinstance(sol.__globals__.get(u), types.ModuleType))  # what the learner imports
+        lines[start:node.end_lineno] = mods + code.rstrip("\n").splitlines()
+        solved.append(name)
+    return "\n".join(lines) + "\n", solved
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lab_src", sorted(pathlib.Path(__file__).resolve().parents[1].glob("notebooks/0*.py")),
+                         ids=lambda p: p.stem)
+def test_every_lab_grades_its_solved_exercises_in_the_definitions_only_kernel(lab_src, tmp_path):
+    """Run only the notebook's definitions, then the checkers: a right answer passes in every lab (the grading
+    kernel has what the learner's functions need), an untouched stub is 'not attempted'."""
+    lab = "lab" + lab_src.name[:2]
+    text, solved = _solved(lab_src.read_text(), lab)
+    path = tmp_path / lab_src.name
+    path.write_text(text)
+    res = grade(str(path), timeout=600)
+    for name, verdict in res.items():
+        if name in solved:
+            assert verdict == "pass", (name, verdict)
+        else:
+            assert "not attempted" in verdict, (name, verdict)
+    assert solved, "at least one exercise of each lab is checked with a right answer"

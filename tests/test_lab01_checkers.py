@@ -1,6 +1,6 @@
 """Lab 01's checkers, tried as an adversary would: the solutions pass; typical wrong answers, answers right for
-one number of leading dims only, token loops and whole-sequence quadratic forms dressed as the chunked
-algorithm, and calls into the package (by name, alias, getattr or importlib) are refused with their message."""
+one number of leading dims only, token loops, whole-sequence quadratic forms and prefix masks in chunk-sized
+blocks dressed as the chunked algorithm, and calls into the package (by name, alias, getattr or importlib) are refused with their message."""
 
 import importlib
 import re
@@ -104,6 +104,21 @@ def chunked_whole_sequence(x, a, b, c, chunk):
     return ((c @ b.mT) * L) @ x
 
 
+def chunked_prefix_blocks(x, a, b, c, chunk):
+    """The reviewer's attack: rows in chunk-sized blocks, each reading every earlier token through a cumsum-
+    difference mask over the whole prefix (O(T^2) work, no state carried, never a T x T tensor)."""
+    T = x.shape[-2]
+    cs = torch.cumsum(a, -1)
+    ys = []
+    for s in range(0, T, chunk):
+        e = min(s + chunk, T)
+        seg = cs[..., s:e, None] - cs[..., None, :e]
+        causal = torch.arange(s, e)[:, None] >= torch.arange(e)[None, :]
+        L = torch.where(causal, torch.exp(seg), torch.zeros_like(seg))
+        ys.append(((c[..., s:e, :] @ b[..., :e, :].mT) * L) @ x[..., :e, :])
+    return torch.cat(ys, -2)
+
+
 def chunked_one_lead(x, a, b, c, chunk):
     """Written for one leading dim: a 4-index einsum with fixed letters."""
     T = x.shape[1]
@@ -183,6 +198,7 @@ WRONG = [
     (lab01.check_ssd_chunked, chunked_variant(end_off_by_one=True), "decay to the chunk's end"),
     (lab01.check_ssd_chunked, chunked_token_loop, "something loops over tokens"),
     (lab01.check_ssd_chunked, chunked_whole_sequence, "a T x T matrix"),
+    (lab01.check_ssd_chunked, chunked_prefix_blocks, "the work grows like T^2, not like T"),
     (lab01.check_ssd_chunked, chunked_one_lead, "It was right with leading dims (3,), (4,)"),
     (lab01.check_ssd_chunked, chunked_drops_the_tail, "wrong shape"),
     (lab01.check_ssd_chunked, chunked_returns_state, "should return a torch.Tensor"),
@@ -233,6 +249,36 @@ def test_a_learners_own_chunked_scan_passes_the_guarded_checker(capsys):
             h = torch.exp(A[..., -1:, None]) * h + (xs * L[..., -1, :, None]).mT @ bs
             ys.append(y)
         return torch.cat(ys, -2)
+
+    assert lab01.check_ssd_chunked(ssd_chunked) is None
+    assert "correct on fresh random inputs" in capsys.readouterr().out
+
+
+def test_a_loop_free_chunked_scan_passes_the_guarded_checker(capsys):
+    """The other honest form (Mamba-2's minimal SSD): every chunk at once, no Python loop, the states passed
+    between chunks by a (chunks + 1) x (chunks + 1) decay matrix. Its work grows a little faster than T (that
+    matrix), well inside what the checker allows; the answer is accepted."""
+    def segment_sums(a):
+        S = a.shape[-1]
+        cs = a.cumsum(-1)
+        return (cs[..., :, None] - cs[..., None, :]).masked_fill(~torch.ones(S, S, dtype=torch.bool).tril(),
+                                                                  float("-inf"))
+
+    def ssd_chunked(x, a, b, c, chunk):
+        T, P, N = x.shape[-2], x.shape[-1], b.shape[-1]
+        pad, lead = (-T) % chunk, x.shape[:-2]
+        K = (T + pad) // chunk
+        X = torch.nn.functional.pad(x, (0, 0, 0, pad)).reshape(*lead, K, chunk, P)
+        B = torch.nn.functional.pad(b, (0, 0, 0, pad)).reshape(*lead, K, chunk, N)
+        C = torch.nn.functional.pad(c, (0, 0, 0, pad)).reshape(*lead, K, chunk, N)
+        A = torch.nn.functional.pad(a, (0, pad)).reshape(*lead, K, chunk).cumsum(-1)
+        inside = ((C @ B.mT) * torch.exp(segment_sums(A.diff(dim=-1, prepend=A[..., :1] * 0)))) @ X
+        written = (X * torch.exp(A[..., -1:] - A)[..., None]).mT @ B  # [..., K, P, N]
+        written = torch.cat([torch.zeros_like(written[..., :1, :, :]), written], -3)
+        across = torch.exp(segment_sums(torch.nn.functional.pad(A[..., -1], (1, 0))))  # [..., K+1, K+1]
+        entering = torch.einsum("...zc,...cpn->...zpn", across, written)[..., :-1, :, :]
+        y = inside + torch.exp(A)[..., None] * (C @ entering.mT)
+        return y.reshape(*lead, K * chunk, P)[..., :T, :]
 
     assert lab01.check_ssd_chunked(ssd_chunked) is None
     assert "correct on fresh random inputs" in capsys.readouterr().out

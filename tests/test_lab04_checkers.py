@@ -139,7 +139,8 @@ def decide(lo, hi, a, b):
     return a if lo > 0 else b if hi < 0 else "no verdict"
 
 
-T975 = {2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365}  # a learner's t table (97.5%, by df)
+T975 = {2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201}  # a learner's t table (97.5%, by df)
 
 
 def t_interval(diffs, q=None):
@@ -166,8 +167,8 @@ def with_interval(interval):
     return fn
 
 
-# a learner's answer by the course's rule: t below 5 seeds, its own bootstrap from 5
-paired_ablation = with_interval(lambda d: t_interval(d) if len(d) < 5 else bootstrap(d))
+# a learner's answer by the course's rule: t below 10 seeds, its own bootstrap from 10
+paired_ablation = with_interval(lambda d: t_interval(d) if len(d) < 10 else bootstrap(d))
 paired_ablation_t = with_interval(t_interval)  # a t interval at every seed count
 normal_interval = with_interval(lambda d: t_interval(d, q=1.96))  # mean +- 1.96 standard errors
 
@@ -268,10 +269,10 @@ def test_paired_ablation_solution_and_learners_pass():
     (with_(flipped_interval), "flip it"),
     (with_(lambda out, m, a, b, s: out.pop("interval")), "return a dict with the keys"),
     (with_(lambda out, m, a, b, s: out.__setitem__("verdict", f"{a} is better")), "should be exactly"),
-    (paired_ablation_bootstrap, "With fewer than 5 seeds the course's interval is Student's t"),
+    (paired_ablation_bootstrap, "With fewer than 10 seeds the course's interval is Student's t"),
     (normal_interval, "the normal interval"),
 ], ids=["unpaired", "incomplete", "fudged", "verdict-on-zero", "no-verdict-on-effect", "wrong-way", "se",
-        "b-minus-a", "flipped-interval", "no-interval", "free-text-verdict", "bootstrap-below-5-seeds", "normal-1.96"])
+        "b-minus-a", "flipped-interval", "no-interval", "free-text-verdict", "bootstrap-below-10-seeds", "normal-1.96"])
 def test_paired_ablation_refuses(fn, msg):
     refused(lab04.check_paired_ablation, fn, msg)
 
@@ -294,7 +295,12 @@ def test_review_ablation_grades_a_run_from_its_records(capsys):
     bad = dict(good, verdict="no verdict")
     assert not lab04.review_ablation(bad) and "name the better arm" in capsys.readouterr().out
     boot5 = paired_ablation_bootstrap(lambda arm, s: table[arm, s], "K=1", "K=0", range(5))
-    assert lab04.review_ablation(boot5) and "percentile bootstrap" in capsys.readouterr().out  # accepted from 5 seeds
+    assert not lab04.review_ablation(boot5) and "fewer than 10 seeds" in capsys.readouterr().out  # t below 10
+    table10 = {("K=1", s): 0.5 + 0.01 * s for s in range(10)} | {("K=0", s): 0.1 + 0.03 * s for s in range(10)}
+    boot10 = paired_ablation_bootstrap(lambda arm, s: table10[arm, s], "K=1", "K=0", range(10))
+    assert lab04.review_ablation(boot10) and "percentile bootstrap" in capsys.readouterr().out  # accepted from 10
+    ref10 = lab04._paired_ablation_solution(lambda arm, s: table10[arm, s], "K=1", "K=0", range(10))
+    assert lab04.review_ablation(ref10) and "percentile bootstrap" in capsys.readouterr().out  # the rule at 10
 
 
 def test_three_seeds_take_a_t_interval_and_get_no_verdict(capsys):
@@ -318,3 +324,19 @@ def test_the_checker_follows_the_package_rule():
     assert lab04._T_BELOW == SMALL_SAMPLE
     for df in range(1, 21):
         assert lab04._t_quantile(df) == pytest.approx(t_quantile(0.95, df), abs=6e-4)
+
+
+def test_five_seeds_take_a_t_interval_too(capsys):
+    """Lab 05's echo minus ssm+attn on MQAR at 4,000 steps, five seeds: per-seed differences +0.653, -0.202,
+    +0.652, +0.175, +0.690. The percentile bootstrap, [+0.052, +0.668], would name echo; the course's t
+    interval, [-0.097, +0.884], includes 0."""
+    diffs = {0: 0.653, 1: -0.202, 2: 0.652, 3: 0.175, 4: 0.690}
+    table = {("echo", s): 0.3 + d for s, d in diffs.items()} | {("ssm+attn", s): 0.3 for s in diffs}
+    measure = lambda arm, s: table[arm, s]  # noqa: E731
+    ref = lab04._paired_ablation_solution(measure, "echo", "ssm+attn", list(diffs))
+    lo, hi = ref["interval"]
+    assert (round(lo, 3), round(hi, 3)) == (-0.097, 0.884) and ref["verdict"] == lab04.NO_VERDICT
+    assert lab04.review_ablation(ref) and "a t interval" in capsys.readouterr().out
+    boot = paired_ablation_bootstrap(measure, "echo", "ssm+attn", list(diffs))
+    assert boot["interval"][0] > 0 and boot["verdict"] == "echo"
+    assert not lab04.review_ablation(boot) and "fewer than 10 seeds" in capsys.readouterr().out

@@ -101,7 +101,8 @@ def summarize(result: dict) -> dict:
     Returns ``{"full_ppl", "rows": [{variant, label, n, ppl, ratio, lo, hi}], "budget": {variant: {"5%": n,
     "20%": n}}, "versus": [{a, b, n, dnll, lo, hi, verdict}], "stage2": [{variant, label, n, ppl, ratio, lo, hi,
     stage1_ratio, dnll, dlo, dhi, verdict, kl_before, kl_after}]}``. ``ratio`` is the perplexity over the original
-    model's on the same windows, ``lo``/``hi`` its paired bootstrap 95% interval over windows; the budget is
+    model's on the same windows, ``lo``/``hi`` its paired 95% interval over windows (``paired_ci``'s rule: the
+    percentile bootstrap from 10 windows, as over the study's 24; Student's t below 10); the budget is
     the largest swept number of converted layers whose ratio stays within 1.05 (1.20); ``versus`` compares
     each SKA variant with the window alone and with window + linear at every count (mean NLL difference over
     the same windows, negative = the SKA variant is better). ``stage2`` rows compare stage 2 with stage 1 of

@@ -1,30 +1,34 @@
 """The one statistical standard of the labs: an interval first, a verdict only where the interval excludes zero.
 
 * :func:`mean_ci` -- the mean of a sample (e.g. accuracy over seeds) and its 95% interval, by **the rule**:
-  with fewer than :data:`SMALL_SAMPLE` (5) values, Student's t interval with ``n - 1`` degrees of freedom
-  (mean +- t * sd / sqrt(n); one value gives no interval: ``(-inf, inf)``); from 5 values on, the percentile
+  with fewer than :data:`SMALL_SAMPLE` (10) values, Student's t interval with ``n - 1`` degrees of freedom
+  (mean +- t * sd / sqrt(n); one value gives no interval: ``(-inf, inf)``); from 10 values on, the percentile
   bootstrap (:func:`bootstrap_ci`).
 * :func:`paired_ci` -- the mean of paired differences ``a - b`` (same seeds) and its interval, by the same
   rule (:func:`mean_ci` of the differences).
-* :func:`bootstrap_ci` -- the percentile bootstrap itself (any ``n``; what :func:`mean_ci` uses from 5 on).
-* :func:`t_ci` -- Student's t interval itself (any ``n >= 2``; what :func:`mean_ci` uses below 5).
+* :func:`bootstrap_ci` -- the percentile bootstrap itself (any ``n``; what :func:`mean_ci` uses from 10 on).
+* :func:`t_ci` -- Student's t interval itself (any ``n >= 2``; what :func:`mean_ci` uses below 10).
 * :func:`proportion_ci` -- a Wilson interval for an accuracy measured on ``n`` answers (the spread over
   examples, for one trained model).
 * :func:`verdict` -- "better" / "worse" only when the interval excludes zero.
 
-Why t below 5: the percentile bootstrap resamples the values themselves, so with few of them it can only say
-what the sample already shows. With 3 values its 95% interval is the range of the sample, exactly (drawing the
-smallest value three times has probability 1/27 > 2.5%), and on normal data it covers the true mean about 76%
-of the time; t, which accounts for estimating the spread from so few values, covers it 95% of the time (our
+Why t below 10: the percentile bootstrap resamples the values themselves, so with few of them it can only say
+what the sample already shows, and its interval is too narrow. With 3 values its 95% interval is the range of
+the sample, exactly (drawing the smallest value three times has probability 1/27 > 2.5%); on normal data it
+covers the true mean about 76% of the time at 3 values, 83% at 5, 89% at 10 and 93% at 30, where t, which
+accounts for estimating the spread from so few values, covers it 95% of the time at every size (our
 simulation, 2,000 samples of each size). With 3 seeds, paired differences of 0.403, 0.001 and 0.146 give the
 bootstrap interval [+0.001, +0.403] (their range: "better") and the t interval [-0.32, +0.69]: no verdict,
-which is what 3 seeds can support (lab 04, section 6). From 5 values on, the percentile bootstrap (10,000
-resamples, seeded: the same values always give the same interval). It is still narrower than t at 5-10 values
-(coverage about 83% at 5, 89% at 10, 93% at 30 in the same simulation), so the labs print the per-seed
-values beside every verdict over seeds and say how many seeds it rests on. The labs' paired verdicts (lab 04
-sections 5-6, lab 05, the conversion study's summary read in lab 08) come from :func:`paired_ci` and
-:func:`verdict`; lab 06's, over held-out windows (24 in the shipped study), from ``echokv.evaluate.paired_difference``, the
-same percentile bootstrap. ``paired`` (mean and standard deviation of paired differences) remains for printing.
+which is what 3 seeds can support (lab 04, section 6). With 5 seeds the same trap turns lab 05's lead of
+``echo`` over ``ssm+attn`` into "better" by the bootstrap ([+0.052, +0.668] at 4,000 steps) where t says no
+difference shown ([-0.097, +0.884]). From 10 values on, the percentile bootstrap (10,000 resamples, seeded:
+the same values always give the same interval), which needs no assumption of normal data; below that the labs
+use t, and print the per-seed values beside every verdict over seeds and say how many seeds it rests on. The
+labs' paired verdicts over seeds (lab 04 sections 5-6, lab 05) and the conversion study's over held-out
+windows (its summary read in lab 08; 24 windows in the shipped study, so the bootstrap) come from
+:func:`paired_ci` and :func:`verdict`; lab 06's, over the same 24 windows, from
+``echokv.evaluate.paired_difference``, the same percentile bootstrap. ``paired`` (mean and standard deviation of
+paired differences) remains for printing.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from ..errors import BadArgumentError
 __all__ = ["SMALL_SAMPLE", "mean_ci", "bootstrap_ci", "t_ci", "t_quantile", "paired_ci", "proportion_ci", "verdict", "paired"]
 
 NO_DIFFERENCE = "no difference shown (the interval includes 0)"
-SMALL_SAMPLE = 5  # below this many values the interval of a mean is Student's t; from it on, the bootstrap
+SMALL_SAMPLE = 10  # below this many values the interval of a mean is Student's t; from it on, the bootstrap
 
 
 def _check_sample(name: str, xs: Sequence[float]) -> np.ndarray:
@@ -128,7 +132,7 @@ def mean_ci(xs: Sequence[float], level: float = 0.95, n_boot: int = 10_000,
 def paired_ci(a: Sequence[float], b: Sequence[float], level: float = 0.95, n_boot: int = 10_000,
               seed: int = 0) -> tuple[float, float, float]:
     """``(mean, lo, hi)`` of the seed-by-seed differences ``a - b`` (same seeds, same order), by the rule of
-    :func:`mean_ci` (t below 5 pairs, the percentile bootstrap from 5)."""
+    :func:`mean_ci` (t below 10 pairs, the percentile bootstrap from 10)."""
     x, y = _check_sample("a", a), _check_sample("b", b)
     if x.size != y.size:
         raise BadArgumentError(f"a and b must be paired seed by seed, got lengths {x.size} and {y.size}")

@@ -24,11 +24,10 @@ package, for instructor mode) and code a notebook has no reason to contain (:fun
 
 from __future__ import annotations
 
-import ast
 import csv
-import inspect
 import json
 import os
+import secrets
 import pathlib
 import re
 import sys
@@ -36,15 +35,18 @@ from typing import Iterable
 
 from ..errors import BadArgumentError
 from .rubric import OPEN, PARTICIPATION, RUBRIC, WRITTEN, fmt_points, items_of, total_points
+from .submission import definitions, exercise_names
+from .submission import flags as _flags
 
 __all__ = ["grade", "main", "find_submissions", "grade_submissions", "student_report", "flags", "lab_of"]
 
-# The grading cell, appended to the learner's notebook and run in its kernel after the learner's cells: it drops
-# every echo_tutor module the notebook imported (so a checker the notebook replaced is gone) and imports the
-# checkers afresh; it refuses to grade if a library function the checkers use was replaced by the notebook
-# (integrity.foreign_callables); then it runs each checker on the learner's own function.
+# The grading cell, run in a fresh kernel after only the definitions of the learner's notebook
+# (submission.definitions): it drops every echo_tutor module, imports the checkers afresh, refuses to grade if a
+# library function the checkers use is not the library's own (integrity.foreign_callables), runs each checker on
+# the learner's own function, and prints the verdicts under a key the learner's code does not know.
 _CHECK = '''
 import importlib as _il, json as _json, sys as _sys
+_out = _sys.stdout  # the cell's output, taken before any learner's function runs
 for _m in [m for m in list(_sys.modules) if m.split(".")[0] in ("echo_tutor", "echo_kernels")]:
     del _sys.modules[_m]
 _labs = _il.import_module("echo_tutor.labs")
@@ -57,117 +59,102 @@ for _n in {names!r}:
     if _foreign:
         _res[_n] = "FAIL: not graded: the notebook replaced library functions the checkers use (" + ", ".join(_foreign[:4]) + ")"
         continue
+    if _f is None:
+        _res[_n] = "FAIL: not graded: no definition of it runs without the rest of the notebook"
+        continue
     try:
         getattr(_mod, "check_" + _n)(getattr(_f, "student", _f))  # the learner's own function, raising mode
         _res[_n] = "pass"
     except _EE as _e:
         _res[_n] = "FAIL: " + str(_e)
-print("GRADE", _json.dumps(_res))
+    except BaseException as _e:  # a learner's function that escapes the checker's own handling
+        _res[_n] = "FAIL: the check stopped: " + type(_e).__name__
+_out.write("{key} " + _json.dumps(_res) + "\\n")
+_out.flush()
 '''
 
-# Code a learner's notebook has no reason to contain: each is flagged in the report for the instructor to read.
-_SUSPICIOUS = {
-    r"\bsetattr\s*\(": "setattr(...)", r"\bsys\.modules\b": "sys.modules", r"\bcheck_\w+\s*=": "a checker reassigned",
-    r"_solution\b": "a lab's private solution named", r"\bthreading\b|ThreadPoolExecutor|multiprocessing": "threads or processes",
-    r"\binspect\.getsource\b": "inspect.getsource", r"\bexec\s*\(|\beval\s*\(": "exec/eval",
-    r"\bsetprofile\b|\bsettrace\b": "a profiler or tracer",
-}
 
-
-def grade(path: str, timeout: int = 1800) -> dict[str, str]:
-    """Run the notebook at ``path`` and re-check its exercises: ``{exercise: "pass" | "FAIL: ..." | ...}``."""
+def _cells(path: str | os.PathLike) -> list[str]:
     import jupytext
-    import nbformat
+
+    return [c.source for c in jupytext.read(str(path)).cells if c.cell_type == "code"]
+
+
+def _run(nb, path: str | os.PathLike, timeout: int) -> None:
+    """Execute ``nb`` in a fresh kernel with the learner's settings (solutions off, FAST on), errors allowed."""
     from nbclient import NotebookClient
 
-    if not os.path.isfile(path):
-        raise BadArgumentError(f"path: {path} is not a file (a submitted .ipynb or jupytext .py)")
-    nb = jupytext.read(path)
-    found = [m for c in nb.cells if c.cell_type == "code"
-             for m in re.findall(r'(\w+) = labs\.exercise\(\1, "(lab\d\d)"\)', c.source)]
-    names, labs_ = list(dict.fromkeys(n for n, _ in found)), {lab for _, lab in found}
-    if len(labs_) != 1:
-        raise BadArgumentError(f"path: {path}: expected the exercises of one lab, found {sorted(labs_)}")
-    lab = labs_.pop()
-    nb.cells.append(nbformat.v4.new_code_cell(_CHECK.format(lab=lab, names=names)))
-    saved = {k: os.environ.get(k) for k in ("ECHO_TUTOR_SOLUTIONS", "ECHO_TUTOR_FAST")}
+    import torch
+
+    saved = {k: os.environ.get(k) for k in ("ECHO_TUTOR_SOLUTIONS", "ECHO_TUTOR_FAST", "TRITON_INTERPRET")}
     os.environ.pop("ECHO_TUTOR_SOLUTIONS", None)  # the learner's code, not the solutions
     os.environ.setdefault("ECHO_TUTOR_FAST", "1")
+    if not torch.cuda.is_available():  # Triton kernels (lab 07) run in its interpreter, set before any import
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
                        resources={"metadata": {"path": os.path.dirname(os.path.abspath(path))}}).execute()
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    out = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.output_type == "stream")
-    res = json.loads(out.split("GRADE", 1)[1]) if "GRADE" in out else {}
-    return {n: res.get(n, "not graded (the notebook did not get this far)") for n in names}
 
 
-def _normalised(fn_node: ast.FunctionDef) -> list[str]:
-    """A function's AST as tokens with its own names (arguments, locals) numbered in order of appearance and its
-    docstring dropped: two functions that differ only in naming and comments give the same tokens."""
-    body = fn_node.body[1:] if (fn_node.body and isinstance(fn_node.body[0], ast.Expr)
-                                and isinstance(getattr(fn_node.body[0], "value", None), ast.Constant)) else fn_node.body
-    local = {a.arg for a in fn_node.args.args + fn_node.args.kwonlyargs}
-    local |= {n.id for n in ast.walk(fn_node) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
-    names: dict[str, str] = {}
+def run_notebook(path: str | os.PathLike, out: str | os.PathLike, timeout: int = 1800) -> int:
+    """Run the learner's whole notebook (solutions off, FAST) and save it executed at ``out``, for the instructor
+    to read the outputs the hand-marked criteria need; returns the number of cells that raised. The verdicts do
+    not come from this run (:func:`grade`)."""
+    import jupytext
+    import nbformat
 
-    class _Rename(ast.NodeTransformer):
-        def visit_Name(self, node: ast.Name) -> ast.AST:
-            if node.id in local:
-                node.id = names.setdefault(node.id, f"v{len(names)}")
-            return node
+    nb = jupytext.read(str(path))
+    _run(nb, path, timeout)
+    nbformat.write(nb, str(out))
+    return sum(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
-        def visit_arg(self, node: ast.arg) -> ast.AST:
-            node.arg = names.setdefault(node.arg, f"v{len(names)}")
-            node.annotation = None
-            return node
 
-    tree = ast.Module(body=[_Rename().visit(ast.fix_missing_locations(b)) for b in body], type_ignores=[])
-    return re.findall(r"\w+|[^\w\s]", ast.dump(tree, annotate_fields=False))
+def grade(path: str, timeout: int = 1800) -> dict[str, str]:
+    """Re-check a submitted notebook's exercises: ``{exercise: "pass" | "FAIL: ..." | ...}``.
+
+    A fresh kernel runs only the notebook's definitions (:func:`~echo_tutor.labs.submission.definitions`:
+    imports, functions, the exercise lines, inert assignments), never its other statements, then the grading
+    cell: each checker, imported afresh, on the learner's own function."""
+    import nbformat
+
+    if not os.path.isfile(path):
+        raise BadArgumentError(f"path: {path} is not a file (a submitted .ipynb or jupytext .py)")
+    cells = _cells(path)
+    names, labs_ = exercise_names(cells)
+    if len(labs_) != 1:
+        raise BadArgumentError(f"path: {path}: expected the exercises of one lab, found {sorted(labs_)}")
+    lab = labs_.pop()
+    statements, dropped = definitions(cells)
+    source = ("for _src in " + repr(statements) + ":\n    try:\n        exec(_src, globals())\n"
+              "    except Exception:  # a name only the rest of the notebook computes: that statement is skipped\n"
+              "        pass\n")
+    key = "GRADE-" + secrets.token_hex(8)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source),
+                                         nbformat.v4.new_code_cell(_CHECK.format(lab=lab, names=names, key=key))])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    _run(nb, path, timeout)
+    out = "".join(o.get("text", "") for o in nb.cells[-1].get("outputs", []) if o.get("output_type") == "stream")
+    lines = [ln for ln in out.splitlines() if ln.startswith(key + " ")]
+    res = json.loads(lines[-1][len(key) + 1:]) if lines else {}
+    errors = [o for o in nb.cells[0].get("outputs", []) if o.get("output_type") == "error"]
+    missing = ("not graded: the notebook's definitions raised " + f"{errors[0].get('ename')}: {errors[0].get('evalue')}"
+               if errors else "not graded (the grading did not finish)")
+    verdicts = {}
+    for n in names:
+        if n in dropped:
+            verdicts[n] = (f"FAIL: not graded automatically: {dropped[n]} would run code when the function is defined; "
+                           "read it by hand")
+        else:
+            verdicts[n] = res.get(n, missing)
+    return verdicts
 
 
 def flags(path: str | os.PathLike, lab: str | None = None) -> dict[str, list[str]]:
-    """What the instructor should look at in a submission: ``{exercise or "notebook": [reasons]}``.
-
-    An exercise whose code is the lab's reference solution up to names and comments ("a copy of the reference
-    solution"), or close to it; code a notebook has no reason to contain (``setattr``, ``sys.modules``, threads,
-    ``exec``, a lab's private solution, ...). A flag is not a verdict: read the code."""
-    import difflib
-    import importlib
-
-    import jupytext
-
-    cells = [c.source for c in jupytext.read(str(path)).cells if c.cell_type == "code"]
-    lab = lab or lab_of(path)
-    mod = importlib.import_module(f"echo_tutor.labs.{lab}")
-    out: dict[str, list[str]] = {}
-    for src in cells:
-        for pattern, what in _SUSPICIOUS.items():
-            if re.search(pattern, src):
-                out.setdefault("notebook", []).append(what)
-        try:
-            tree = ast.parse(src)
-        except SyntaxError:  # a cell with IPython magics
-            continue
-        for node in tree.body:
-            sol = getattr(mod, f"_{getattr(node, 'name', '')}_solution", None)
-            if not isinstance(node, ast.FunctionDef) or sol is None:
-                continue
-            try:
-                ref = _normalised(ast.parse(inspect.getsource(sol).strip()).body[0])
-            except (OSError, TypeError, SyntaxError, IndexError):
-                continue
-            mine = _normalised(node)
-            ratio = difflib.SequenceMatcher(None, mine, ref, autojunk=False).ratio()
-            if mine == ref:
-                out.setdefault(node.name, []).append("a copy of the reference solution (names and comments aside)")
-            elif ratio >= 0.9:
-                out.setdefault(node.name, []).append(f"close to the reference solution ({ratio:.0%} of its tokens)")
-    if "notebook" in out:
-        out["notebook"] = sorted(set(out["notebook"]))
-    return out
+    """What the instructor should read in a submission (:func:`echo_tutor.labs.submission.flags`)."""
+    return _flags(_cells(path), lab or lab_of(path))
 
 
 def lab_of(path: str | os.PathLike) -> str:
@@ -220,7 +207,11 @@ def student_report(student: str, verdicts: dict[str, dict[str, str]],
         lab_flags = flagged.get(lab, {})
         lines += [f"## {lab}", ""]
         if lab_flags.get("notebook"):
-            lines += [f"**Read this notebook's code**: it contains {', '.join(lab_flags['notebook'])}.", ""]
+            notes = lab_flags["notebook"]
+            ran = [x for x in notes if x.startswith("its run with outputs")]
+            odd = [x for x in notes if not x.startswith("its run with outputs")]
+            lines += [f"The notebook, {ran[0]}.", ""] if ran else []
+            lines += [f"**Read this notebook's code**: it contains {', '.join(odd)}.", ""] if odd else []
         lines += ["| exercise | verdict | points | of | flags |", "|---|---|---:|---:|---|"]
         for it in items_of(lab):
             name = it.key.split(".", 1)[1]
@@ -248,8 +239,9 @@ def student_report(student: str, verdicts: dict[str, dict[str, str]],
 
 
 def grade_submissions(paths: Iterable[str | os.PathLike], out_dir: str | os.PathLike = "grades",
-                      timeout: int = 1800) -> dict[str, dict[str, dict[str, str]]]:
-    """Grade every student's notebooks; write ``out_dir/<student>.md`` and ``out_dir/grades.csv``."""
+                      timeout: int = 1800, execute: bool = True) -> dict[str, dict[str, dict[str, str]]]:
+    """Grade every student's notebooks; write ``out_dir/<student>.md``, ``out_dir/grades.csv`` and (``execute``)
+    each notebook run whole with its outputs, ``out_dir/<student>/<notebook>.ipynb``, for the hand-marked parts."""
     subs = find_submissions(paths)
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -263,6 +255,12 @@ def grade_submissions(paths: Iterable[str | os.PathLike], out_dir: str | os.Path
             lab = lab_of(nb)
             verdicts[lab] = grade(str(nb), timeout=timeout)
             flagged[lab] = flags(nb, lab)
+            if execute:
+                (out / student).mkdir(exist_ok=True)
+                ran = out / student / f"{nb.stem}.ipynb"
+                raised = run_notebook(nb, ran, timeout)
+                flagged[lab].setdefault("notebook", []).insert(
+                    0, f"its run with outputs: {student}/{ran.name} ({'every cell ran' if not raised else f'{raised} cell(s) raised'})")
         text, rows = student_report(student, verdicts, flagged)
         (out / f"{student}.md").write_text(text)
         all_rows += rows

@@ -174,6 +174,8 @@ class watch_calls:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if sys.getprofile() != self._profile and self.violation is None:  # the learner's code switched it off
+            self.violation = ("`sys.setprofile` (the watcher was switched off)", "code a checker cannot watch")
         sys.setprofile(self._previous)
 
 

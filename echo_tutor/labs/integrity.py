@@ -43,12 +43,22 @@ def _namespaces() -> Iterable[tuple[str, dict]]:
 
 
 def snapshot() -> dict[tuple[str, str], int]:
-    """``{(namespace, attribute): id(value)}`` of every guarded namespace."""
-    return {(ns, k): id(v) for ns, d in _namespaces() for k, v in list(d.items())}
+    """``{(namespace, attribute): id(value)}`` of every guarded namespace, with the ``__code__`` of each Python
+    function (replacing a function's code keeps its identity) and ``sys.stdout`` / ``sys.stderr``."""
+    snap: dict[tuple[str, str], int] = {}
+    for ns, d in _namespaces():
+        for k, v in list(d.items()):
+            snap[ns, k] = id(v)
+            code = getattr(v, "__code__", None) if isinstance(v, types.FunctionType) else None
+            if code is not None:
+                snap[ns, f"{k}.__code__"] = id(code)
+    snap["sys", "stdout"], snap["sys", "stderr"] = id(sys.stdout), id(sys.stderr)
+    return snap
 
 
 def changed(before: dict[tuple[str, str], int]) -> list[str]:
-    """Attributes replaced or deleted since ``before`` (new attributes are allowed: lazy imports add some)."""
+    """Attributes (or functions' code) replaced or deleted since ``before`` (new attributes are allowed: lazy
+    imports add some)."""
     now = snapshot()
     return sorted(f"{ns}.{k}" for (ns, k), ident in before.items() if now.get((ns, k)) != ident)
 

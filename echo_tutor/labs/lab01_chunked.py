@@ -63,17 +63,19 @@ _CHUNK_CASES = ((11, 4), (12, 3), (7, 1), (6, 6), (5, 9), (1, 4))
 
 
 class _CountOps(TorchFunctionMode):
-    """Counts the tensor operations made inside it and records the largest tensor one of them returned."""
+    """Counts the tensor operations made inside it, the numbers held by the tensors they returned (all of them
+    together: a measure of the work) and the largest such tensor."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.ops, self.largest = 0, 0
+        self.ops, self.elements, self.largest = 0, 0, 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         self.ops += 1
         for t in (out if isinstance(out, (tuple, list)) else (out,)):
             if isinstance(t, torch.Tensor):
+                self.elements += t.numel()
                 self.largest = max(self.largest, t.numel())
         return out
 
@@ -100,7 +102,12 @@ def check_ssd_chunked(fn) -> None:
     leading dims and the lab's (4,), for T not a multiple of the chunk, chunk = 1, chunk = T, chunk > T and T = 1;
     the typical chunk-boundary mistakes are named. Then two checks of the algorithm itself: with the number of
     chunks fixed, doubling the chunk's length must not grow the number of tensor operations (a loop over tokens
-    does), and with short chunks no tensor may hold T x T numbers (the quadratic form over the whole sequence)."""
+    does), with short chunks no tensor may hold T x T numbers (the quadratic form over the whole sequence), and
+    with the chunk fixed, the work (the numbers held by every tensor the function produces) must grow in step
+    with T, not as T^2 (each token reading every earlier token through a mask over the prefix, in chunk-sized
+    blocks, instead of through the state carried from the chunk before). Honest chunked scans, the lab's loop
+    over chunks and the loop-free Mamba-2 form (all chunks at once, the state passed by a small chunk-to-chunk
+    decay matrix), grow about 4x and 4.1x from T = 512 to 2,048 at chunk 32; the prefix mask grows about 15x."""
     name = "ssd_chunked"
     g, seed = fresh_generator()
     ok, failures = [], []
@@ -135,7 +142,13 @@ def check_ssd_chunked(fn) -> None:
         else:
             ok.append(lead)
     _first_failure(name, failures, ok, seed)
+    _check_chunked_work(name, fn, g, seed)
+    return passed(name)
 
+
+def _check_chunked_work(name: str, fn, g, seed: int) -> None:
+    """The three checks of ``ssd_chunked``'s algorithm (see its checker): no token loop, no T x T tensor, and work
+    that grows linearly in T at a fixed chunk."""
     # the algorithm: a loop over chunks, not over tokens ...
     counts = []
     for T, chunk in ((256, 64), (512, 128)):  # 4 chunks each, twice the tokens per chunk
@@ -161,4 +174,19 @@ def check_ssd_chunked(fn) -> None:
             f"tensor of {count.largest:,d} numbers, a T x T matrix (a decay mask or score matrix over the whole "
             f"sequence, T^2 = {T * T:,d}). The chunked algorithm never builds more than chunk x chunk per chunk: "
             "that is what makes it O(T chunk) instead of O(T^2).")
-    return passed(name)
+    # ... nor one computed in chunk-sized blocks: the work must grow linearly in T at a fixed chunk
+    work, chunk = {}, 32
+    for T in (512, 2048):
+        x, a, b, c = _inputs(g, (), T=T, P=2, N=3)
+        with _CountOps() as count:
+            _call_chunked(name, fn, x, a, b, c, chunk)
+        work[T] = count.elements
+    if work[2048] > 8 * work[512]:  # T^1.5 between them: a chunked scan grows ~4x, a prefix mask ~16x
+        raise ExerciseError(
+            f"{name}: right values, but not the chunked algorithm (seed {seed}): in chunks of {chunk}, the tensors it "
+            f"produced held {work[512]:,d} numbers in all for T = 512 tokens and {work[2048]:,d} for T = 2,048: four "
+            f"times the tokens, {work[2048] / work[512]:.1f} times the work, so the work grows like T^2, not like T. "
+            "Each chunk reads every earlier token directly (a decay mask or score block over the whole prefix, "
+            "whatever the blocks' size) and no state crosses the chunks. In the chunked algorithm a chunk reads the "
+            "earlier chunks only through the state h [..., P, N] that entered it, so each chunk costs the same, "
+            "O(chunk^2 + chunk P N), wherever it sits in the sequence.")

@@ -10,10 +10,10 @@
 3. ``paired_ablation(measure, arm_a, arm_b, seeds) -> dict`` (open-ended, with a rubric in the instructor's
    answer key): a paired comparison of two settings ("arms") of SKA over seeds: ``measure(arm, seed)`` for
    both arms at every seed, the per-seed differences ``a - b``, their mean, a 95% interval of the mean by the
-   course's rule (``echo_tutor.experiments.stats``: with fewer than 5 seeds Student's t interval, ``n - 1``
-   degrees of freedom; from 5 seeds a percentile bootstrap over seeds or a t interval) and a verdict: the
-   better arm's name where the interval excludes 0, else ``"no verdict"``. The checker runs it on measures of
-   its own (an effect each way and none; one with fewer than 5 seeds, one with 5 or more);
+   course's rule (``echo_tutor.experiments.stats``: with fewer than 10 seeds Student's t interval, ``n - 1``
+   degrees of freedom; from 10 seeds the percentile bootstrap over seeds, or a t interval, also accepted) and a
+   verdict: the better arm's name where the interval excludes 0, else ``"no verdict"``. The checker runs it on
+   measures of its own (an effect each way and none; 3-5, 6-9 and 10-12 seeds);
    :func:`review_ablation` grades the learner's own run from its records.
 
 This module holds exercises 1 and 2; exercise 3 and :func:`review_ablation` live in

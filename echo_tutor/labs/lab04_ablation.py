@@ -3,8 +3,8 @@ checker and :func:`review_ablation`, which grades the learner's own run from its
 :mod:`echo_tutor.labs.lab04`, which re-exports them, for the exercise).
 
 What is checked: the records (complete, paired, what measure returned), the per-seed differences ``a - b``, their
-mean, the 95% interval of the mean by the course's rule (Student's t below 5 seeds; from 5, a t interval or a
-percentile bootstrap) and the verdict; each is a helper of :func:`_grade`.
+mean, the 95% interval of the mean by the course's rule (Student's t below 10 seeds; from 10, the percentile
+bootstrap, or a t interval, also accepted) and the verdict; each is a helper of :func:`_grade`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["_paired_ablation_solution", "check_paired_ablation", "review_ablatio
 # -------------------------------------------------------------------------------------- paired_ablation
 NO_VERDICT = "no verdict"
 _KEYS = ("records", "diffs", "mean", "interval", "verdict")
-_T_BELOW = 5  # the course's rule (echo_tutor.experiments.stats.SMALL_SAMPLE): below 5 seeds, only a t interval
+_T_BELOW = 10  # the course's rule (echo_tutor.experiments.stats.SMALL_SAMPLE): below 10 seeds, only a t interval
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
          11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
          25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}  # t quantiles, 97.5%, by degrees of freedom
@@ -37,7 +37,7 @@ def _paired_ablation_solution(measure, arm_a, arm_b, seeds):
     records = [{"seed": s, "arm": arm, "acc": float(measure(arm, s))} for s in seeds for arm in (arm_a, arm_b)]
     acc = {(r["arm"], r["seed"]): r["acc"] for r in records}
     diffs = np.array([acc[arm_a, s] - acc[arm_b, s] for s in seeds])  # a - b, seed by seed
-    if diffs.size < _T_BELOW:  # so few seeds that a bootstrap would be about their range: Student's t
+    if diffs.size < _T_BELOW:  # so few seeds that a bootstrap would be too narrow (at 3, their range): Student's t
         half = _t_quantile(diffs.size - 1) * diffs.std(ddof=1) / math.sqrt(diffs.size)
         lo, hi = diffs.mean() - half, diffs.mean() + half
     else:
@@ -111,7 +111,7 @@ def _matching_interval(diffs: list[float], lo: float, hi: float) -> str | None:
 
 
 def _reference_intervals(diffs: list[float]) -> dict[str, tuple[float, float]]:
-    """The 95% intervals of the mean of ``diffs`` the lab accepts: the t interval, and from 5 seeds on the
+    """The 95% intervals of the mean of ``diffs`` the lab accepts: the t interval, and from 10 seeds on the
     percentile bootstrap's too (exact quantiles of the bootstrap distribution)."""
     if len(diffs) < _T_BELOW:
         return {"a t interval": _t_interval(diffs)}
@@ -201,7 +201,7 @@ def _differences(name: str, out: Any, acc: dict[tuple[str, int], float], arms: t
 
 def _interval(name: str, out: Any, want: list[float], mean: float, arms: tuple[str, str]) -> tuple[float, float, str]:
     """The result's interval ``(lo, hi)`` and which accepted 95% interval of the mean of ``want`` it is; raise
-    ExerciseError, saying what it looks like instead, when it is none of them (or a bootstrap below 5 seeds)."""
+    ExerciseError, saying what it looks like instead, when it is none of them (or a bootstrap below 10 seeds)."""
     a, b = arms
     iv = out["interval"]
     try:
@@ -210,26 +210,33 @@ def _interval(name: str, out: Any, want: list[float], mean: float, arms: tuple[s
         raise ExerciseError(f"{name}: 'interval' should be a pair (lo, hi), got {iv!r}") from None
     refs = _reference_intervals(want)
     match = _matching_interval(want, lo, hi) if lo <= hi else None
+    sd = statistics.stdev(want)
+    se = sd / math.sqrt(len(want))
+    tol = 0.02 * sd + 1e-9
+    normal = abs(lo - (mean - 1.96 * se)) <= tol and abs(hi - (mean + 1.96 * se)) <= tol
+    normal_hint = (f" That is mean +- 1.96 standard errors, the normal interval: with {len(want)} seeds the spread is "
+                   f"itself estimated from {len(want)} values, so use t's 97.5% quantile with {len(want) - 1} degrees "
+                   f"of freedom ({_t_quantile(len(want) - 1):.3f}).")
     if match == "a percentile bootstrap" and len(want) < _T_BELOW:
         tl, th = refs["a t interval"]
+        if normal:  # from about 6 seeds on, the normal band and the bootstrap's are hard to tell apart
+            raise ExerciseError(f"{name}: interval [{lo:+.4f}, {hi:+.4f}] is too narrow. With fewer than {_T_BELOW} "
+                                f"seeds the course's interval is Student's t ({len(want) - 1} degrees of freedom): "
+                                f"[{tl:+.4f}, {th:+.4f}].{normal_hint}")
         raise ExerciseError(
             f"{name}: interval [{lo:+.4f}, {hi:+.4f}] is a percentile bootstrap of {len(want)} differences. With "
             f"fewer than {_T_BELOW} seeds the course's interval is Student's t ({len(want) - 1} degrees of freedom): "
-            f"[{tl:+.4f}, {th:+.4f}]. Resampling so few values can only return what they already show: with 3 "
-            f"seeds the bootstrap's 95% interval is exactly their range (drawing the smallest three times has "
-            f"probability 1/27, more than 2.5%), which covers the true mean far less often than 95%. Use "
-            f"mean +- t * sd / sqrt(n) below {_T_BELOW} seeds; from {_T_BELOW} on a bootstrap is accepted too.")
+            f"[{tl:+.4f}, {th:+.4f}]. Resampling so few values can only return what they already show, so the "
+            f"bootstrap's interval is too narrow: with 3 seeds its 95% interval is exactly their range (drawing the "
+            f"smallest three times has probability 1/27, more than 2.5%), and on normal data it covers the true "
+            f"mean about 76% of the time at 3 seeds and 83% at 5, not 95%. Use mean +- t * sd / sqrt(n) below "
+            f"{_T_BELOW} seeds; from {_T_BELOW} on the rule's percentile bootstrap is accepted too.")
     if match is None:
-        sd = statistics.stdev(want)
-        se = sd / math.sqrt(len(want))
-        tol = 0.02 * sd + 1e-9
         hint = ""
         if lo > hi:
             hint = " lo should not be above hi."
-        elif abs(lo - (mean - 1.96 * se)) <= tol and abs(hi - (mean + 1.96 * se)) <= tol:
-            hint = (f" That is mean +- 1.96 standard errors, the normal interval: with {len(want)} seeds the spread is "
-                    f"itself estimated from {len(want)} values, so use t's 97.5% quantile with {len(want) - 1} degrees "
-                    f"of freedom ({_t_quantile(len(want) - 1):.3f}).")
+        elif normal:
+            hint = normal_hint
         elif abs(lo - (mean - se)) <= tol and abs(hi - (mean + se)) <= tol:
             hint = " That is one standard error either side of the mean (about a 68% interval), not a 95% one."
         elif abs(lo - (mean - sd)) <= tol and abs(hi - (mean + sd)) <= tol:
@@ -242,7 +249,7 @@ def _interval(name: str, out: Any, want: list[float], mean: float, arms: tuple[s
         how = (f"With {len(want)} seeds (fewer than {_T_BELOW}) use Student's t: mean +- t * sd / sqrt(n), t the "
                f"97.5% quantile with n - 1 degrees of freedom." if len(want) < _T_BELOW else
                "Resample the per-seed differences with replacement a few thousand times and take the 2.5% and "
-               "97.5% quantiles of the resampled means, or use Student's t.")
+               "97.5% quantiles of the resampled means (the rule from 10 seeds on), or use Student's t.")
         raise ExerciseError(f"{name}: interval [{lo:+.4f}, {hi:+.4f}] is not a 95% interval of the mean of these "
                             f"{len(want)} differences: {shown} (a bootstrap's ends may differ by resampling noise). "
                             f"{how}{hint}")
@@ -290,16 +297,16 @@ _ARM_PAIRS = [("K=1", "K=0"), ("K=0", "K=1"), ("K=2", "K=1"), ("r=16", "r=32"), 
 @checker(forbid=("paired_ci", "bootstrap_ci", "mean_ci", "t_ci", "t_quantile", "verdict", "paired", "proportion_ci"))
 def check_paired_ablation(fn) -> None:
     """Check ``fn(measure, arm_a, arm_b, seeds) -> dict`` on three measures of the checker's (arm_a better, no
-    difference, arm_b better), each with fresh arm names and 3-8 fresh seeds (one of them with 3-4 seeds, one
-    with 5-8): the records (complete, paired, what measure returned), the differences, their mean, the
-    interval (the course's rule: a t interval below 5 seeds; from 5, a t interval or, within bootstrap noise,
-    a percentile bootstrap) and the verdict."""
+    difference, arm_b better), each with fresh arm names and fresh seeds (one with 3-5 seeds, one with 6-9,
+    one with 10-12): the records (complete, paired, what measure returned), the differences, their mean, the
+    interval (the course's rule: a t interval below 10 seeds; from 10, within bootstrap noise, a percentile
+    bootstrap, or a t interval) and the verdict."""
     name = "paired_ablation"
     g, seed = fresh_generator()
-    few = torch.randperm(3, generator=g).tolist()  # which measure gets 3-4 seeds, which 5-8, which 3-8
+    few = torch.randperm(3, generator=g).tolist()  # which measure gets 3-5 seeds, which 6-9, which 10-12
     for effect, size in zip((+1, 0, -1), few):
         a, b = _ARM_PAIRS[int(torch.randint(len(_ARM_PAIRS), (1,), generator=g))]
-        low, high = ((3, _T_BELOW), (_T_BELOW, 9), (3, 9))[size]
+        low, high = ((3, 6), (6, _T_BELOW), (_T_BELOW, _T_BELOW + 3))[size]
         n = int(torch.randint(low, high, (1,), generator=g))
         seeds = (torch.randperm(1000, generator=g)[:n] * 7 + 3).tolist()
         base = (0.2 + 0.4 * torch.rand(n, generator=g, dtype=torch.float64)).tolist()
