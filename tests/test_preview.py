@@ -57,3 +57,38 @@ def test_a_real_lab_renders(tmp_path):
     rows = preview.render_labs(["04"], tmp_path)
     assert rows[0]["figures"] >= 3
     assert (tmp_path / "index.html").exists() and (tmp_path / "plotly.min.js").stat().st_size > 1_000_000
+    import re
+
+    page = (tmp_path / "04_koopman_spectra.html").read_text()
+    assert not re.search(r'href="[^"#:]*\.md[#"]', page), "no link left to a Markdown file of the repository"
+    for href in re.findall(r'href="(docs/[^"#]*)', page):
+        assert (tmp_path / href).exists(), href
+
+
+def test_links_to_the_repository_become_pages_of_the_preview(tmp_path):
+    """A published preview must not answer the labs' ledger links with a 404 (second review, B3)."""
+    from echo_tutor.labs.publish import github_anchor, publish_links
+
+    root, out = tmp_path / "repo", tmp_path / "repo" / "preview"
+    (root / "docs").mkdir(parents=True)
+    (root / "notebooks").mkdir()
+    (root / "docs" / "claims.md").write_text('# Ledger\n\n| id | claim |\n|---|---|\n| <a id="E2"></a>E2 | a cliff |\n\n'
+                                            "See the [guide](course.md#a-four-week-module).\n")
+    (root / "docs" / "course.md").write_text("## A four-week module\n\nWeeks.\n")
+    (root / "notebooks" / "02_lab.py").write_text("x = 1\n")
+    (root / "pkg").mkdir()
+    (root / "pkg" / "lab02.py").write_text("x = 1\n")
+    out.mkdir()
+    page = out / "02_lab.html"
+    page.write_text('<a href="../docs/claims.md#E2">E2</a> <a href="../pkg/lab02.py">source</a> <a href="#top">top</a> '
+                    '<a href="02_lab.py">this lab</a>')
+    done = publish_links(out, [(page, root / "notebooks")], root)
+    assert done == ["docs/claims.md", "docs/course.md"]
+    text = page.read_text()
+    assert '<a href="docs/claims.html#E2">E2</a>' in text and 'href="#top"' in text
+    assert '<span title="in the repository: pkg/lab02.py">source</span>' in text  # code: named, not linked
+    assert '<a href="02_lab.html">this lab</a>' in text  # a lab's source: its preview page
+    ledger = (out / "docs" / "claims.html").read_text()
+    assert '<a id="E2"></a>' in ledger and 'href="course.html#a-four-week-module"' in ledger
+    assert 'id="a-four-week-module"' in (out / "docs" / "course.html").read_text()
+    assert github_anchor("Lab 02: Build SKA yourself") == "lab-02-build-ska-yourself"

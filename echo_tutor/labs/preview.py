@@ -6,8 +6,10 @@ Each lab runs top to bottom in a fresh kernel in FAST mode with the solutions fi
 ``make test`` runs it under nbval; then its outputs are made static: a plotly figure (``fig.show()``) becomes an
 HTML ``div`` drawn by plotly.js, a widget (a ``FigureWidget``, a slider, a prediction's buttons) becomes what it
 showed when the run ended (the figure as drawn, a control as its label and value). ``out/`` then holds one
-``NN_name.html`` per lab, ``index.html`` and ``plotly.min.js`` (a local copy: the pages work offline, e.g. from
-a course's web space or GitHub Pages; docs/course.md, "Publishing the previews").
+``NN_name.html`` per lab, ``index.html``, ``plotly.min.js`` (a local copy: the pages work offline), and the
+repository's Markdown pages the labs link (the claims ledger, the course guide and what they link in turn),
+rendered at their repository paths with the links rewritten to them (:mod:`echo_tutor.labs.publish`): the
+folder can be published as it is, e.g. on a course's web space or GitHub Pages (docs/course.md, "Previews").
 
 The figures of a ``FigureWidget`` are read from the kernel at the end of the run (the widget state a notebook
 stores holds only the figure a widget started with), by a cell the preview appends and then removes.
@@ -30,6 +32,7 @@ import time
 from typing import Any
 
 from ..errors import BadArgumentError
+from .publish import publish_links
 
 __all__ = ["render_lab", "render_labs", "static_outputs", "main"]
 
@@ -214,15 +217,19 @@ def render_labs(labs: list[str] | None = None, out_dir: pathlib.Path | str = ROO
         row["title"] = _title(src)
         rows.append(row)
         print(f"[preview] {src.stem}: {row['figures']} figure(s), {row['seconds']} s", flush=True)
+    rendered = publish_links(out_dir, [(out_dir / f"{r['lab']}.html", NOTEBOOKS) for r in rows], ROOT)
+    print(f"[preview] {len(rendered)} linked page(s) of the repository rendered beside the labs", flush=True)
     items = "\n".join(f'<li><a href="{r["lab"]}.html">{html.escape(r["title"])}</a> '
                       f'<span style="color:#888">({r["figures"]} figures, executed in {r["seconds"]:.0f} s)</span></li>'
                       for r in rows)
+    linked = ", ".join(f'<a href="{pathlib.Path(r).with_suffix(".html").as_posix()}">{html.escape(r)}</a>'
+                       for r in rendered)
     (out_dir / "index.html").write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>echo_tutor labs: previews</title></head>"
         "<body style='font-family:sans-serif;margin:2em 4em'><h1>echo_tutor labs, executed</h1>"
         f"<p>Each lab run top to bottom in FAST mode with the solutions filled in, on "
         f"{datetime.date.today().isoformat()}. To run them yourself: <code>make lab</code>.</p><ol>{items}</ol>"
-        "</body></html>\n")
+        + (f"<p>Beside them, the pages they link: {linked}.</p>" if rendered else "") + "</body></html>\n")
     return rows
 
 
