@@ -74,7 +74,9 @@ def test_links_to_the_repository_become_pages_of_the_preview(tmp_path):
     (root / "notebooks").mkdir()
     (root / "docs" / "claims.md").write_text('# Ledger\n\n| id | claim |\n|---|---|\n| <a id="E2"></a>E2 | a cliff |\n\n'
                                             "See the [guide](course.md#a-four-week-module).\n")
-    (root / "docs" / "course.md").write_text("## A four-week module\n\nWeeks.\n")
+    (root / "docs" / "course.md").write_text("## A four-week module\n\nWeeks; the [key](instructor/answers.md).\n")
+    (root / "docs" / "instructor").mkdir()
+    (root / "docs" / "instructor" / "answers.md").write_text("# Answers\n")
     (root / "notebooks" / "02_lab.py").write_text("x = 1\n")
     (root / "pkg").mkdir()
     (root / "pkg" / "lab02.py").write_text("x = 1\n")
@@ -90,5 +92,7 @@ def test_links_to_the_repository_become_pages_of_the_preview(tmp_path):
     assert '<a href="02_lab.html">this lab</a>' in text  # a lab's source: its preview page
     ledger = (out / "docs" / "claims.html").read_text()
     assert '<a id="E2"></a>' in ledger and 'href="course.html#a-four-week-module"' in ledger
-    assert 'id="a-four-week-module"' in (out / "docs" / "course.html").read_text()
+    guide = (out / "docs" / "course.html").read_text()
+    assert 'id="a-four-week-module"' in guide
+    assert not (out / "docs" / "instructor").exists() and "for instructors, in the repository" in guide
     assert github_anchor("Lab 02: Build SKA yourself") == "lab-02-build-ska-yourself"

@@ -6,7 +6,8 @@ in ``../docs/course.md``). Put on a web server, ``preview/`` alone would answer 
 renders that file to HTML at the same relative place inside the preview (``preview/docs/claims.html``), does the
 same for the links of the pages it rendered, and rewrites every such link to the rendered page, anchors
 kept (headings get GitHub's anchors too). A relative link to any other file of the repository (a lab's
-source, a module) becomes plain text naming the file: the preview holds pages, not the code.
+source, a module) becomes plain text naming the file: the preview holds pages, not the code. The instructor's
+pages (``docs/instructor/``: the answer key, the rubric) are never rendered into a preview.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def _rewrite(page: str, repo_dir: pathlib.Path, page_path: pathlib.Path, root: p
             rel = repo_target.relative_to(root)
         except ValueError:  # outside the repository
             return m.group(0)
+        if rel.parts[:2] == ("docs", "instructor"):  # the answer key and rubric stay out of a published preview
+            return f'<span title="for instructors, in the repository: {html.escape(str(rel))}">{text}</span>'
         if rel.suffix == ".md" and repo_target.exists():
             queue.append(repo_target)
             dest = out_dir / rel.with_suffix(".html")
