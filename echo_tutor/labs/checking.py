@@ -3,6 +3,7 @@ shape and value checks."""
 
 from __future__ import annotations
 
+import itertools
 import secrets
 from typing import Callable
 
@@ -12,7 +13,7 @@ from . import integrity
 from .guard import ALLOW, FORBID, short_path, watch_calls
 
 __all__ = ["ExerciseError", "NotAttempted", "fresh_generator", "passed", "call_student", "expect_tensor", "close",
-           "LEADING_DIMS", "leading_dims", "batch_dims_hint"]
+           "LEADING_DIMS", "leading_dims", "batch_dims_hint", "right_one_by_one"]
 
 
 class ExerciseError(AssertionError):
@@ -117,3 +118,17 @@ def batch_dims_hint(lead: tuple[int, ...], passed: list[tuple[int, ...]]) -> str
             "batch dims (e.g. `x.cumsum(1)`, `x[:, None]`, a 3-D einsum). Count dims from the end instead "
             "(`dim=-3`, `x[..., None, :]`, `...` in einsum), so that it works for any number, as the lab's later "
             "cells need.")
+
+
+def right_one_by_one(fn, lead: tuple[int, ...], args: tuple, same) -> bool:
+    """Whether ``fn``, called on each example of the batch alone (the tensors in ``args`` indexed by each index of
+    ``lead``), gives the right answer ``same(out, index)`` every time: then only its batching is wrong (a checker
+    says so with :func:`batch_dims_hint` rather than calling the answer wrong)."""
+    try:
+        for idx in itertools.product(*(range(n) for n in lead)):
+            sub = tuple(a[idx] if isinstance(a, torch.Tensor) else a for a in args)
+            if not same(call_student(getattr(fn, "__name__", "fn"), fn, *sub), idx):
+                return False
+    except Exception:  # a crash on one example: not only its batching is wrong
+        return False
+    return True

@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import torch
@@ -26,22 +25,10 @@ import torch
 from ..tasks import IGNORE
 from . import (ExerciseError, NotAttempted, batch_dims_hint, call_student, checker, fresh_generator, leading_dims,
                passed)
+from .checking import right_one_by_one
 
 __all__ = ["_gap_example_solution", "_elimination_accuracy_solution", "_cliff_gap_solution", "check_gap_example",
            "check_elimination_accuracy", "check_cliff_gap"]
-
-
-def _one_by_one(fn, lead: tuple[int, ...], args: tuple, same) -> bool:
-    """Whether ``fn``, called on each example of the batch alone (the tensors in ``args`` indexed by each index of
-    ``lead``), gives the right answer ``same(out, index)`` every time: then only its batching is wrong."""
-    try:
-        for idx in itertools.product(*(range(n) for n in lead)):
-            sub = tuple(a[idx] if isinstance(a, torch.Tensor) else a for a in args)
-            if not same(call_student(getattr(fn, "__name__", "fn"), fn, *sub), idx):
-                return False
-    except Exception:  # a crash on one example: not only its batching is wrong
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------------------ gap_example
@@ -110,7 +97,7 @@ def check_gap_example(fn) -> None:
         def right(o, idx):
             return (isinstance(o, (tuple, list)) and len(o) == 2 and all(isinstance(t, torch.Tensor) for t in o)
                     and torch.equal(o[0].long(), want_in[idx]) and torch.equal(o[1].long(), want_lab[idx]))
-        batching = bool(ok) and _one_by_one(fn, lead, (keys, values, distractors, order), right)
+        batching = bool(ok) and right_one_by_one(fn, lead, (keys, values, distractors, order), right)
         hint = (batch_dims_hint(lead, ok) if batching else
                 _gap_hint(inputs, labels, want_in, want_lab, keys, values, order, n, G))
         if not torch.equal(inputs.long(), want_in):
@@ -273,7 +260,7 @@ def check_cliff_gap(fn) -> None:
                 ok.append(lead)
             continue
         hint = ""
-        if what == "moderate decays" and ok and _one_by_one(fn, lead, (decay, g_ref, rho),
+        if what == "moderate decays" and ok and right_one_by_one(fn, lead, (decay, g_ref, rho),
                                                             lambda o, idx: int(torch.as_tensor(o)) == int(want[idx])):
             hint = batch_dims_hint(lead, ok)
         if not hint and what.startswith("a retention that never"):

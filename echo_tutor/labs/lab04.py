@@ -23,31 +23,18 @@ name from ``lab04``).
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch
 
 from . import (ExerciseError, NotAttempted, batch_dims_hint, call_student, checker, close, expect_tensor,
                fresh_generator, leading_dims, passed)
+from .checking import right_one_by_one
 from .lab04_ablation import (_T_BELOW, NO_VERDICT, _paired_ablation_solution, _t_quantile, check_paired_ablation,
                              review_ablation)
 
 __all__ = ["_dmd_operator_solution", "_sigma_max_power_solution", "_paired_ablation_solution", "check_dmd_operator",
            "check_sigma_max_power", "check_paired_ablation", "review_ablation", "NO_VERDICT", "_T_BELOW", "_t_quantile"]
-
-
-def _one_by_one(fn, lead: tuple[int, ...], args: tuple, same) -> bool:
-    """Whether ``fn``, called on each example of the batch alone (the tensors in ``args`` indexed by each index of
-    ``lead``), gives the right answer ``same(out, index)`` every time: then only its batching is wrong."""
-    try:
-        for idx in itertools.product(*(range(n) for n in lead)):
-            sub = tuple(a[idx] if isinstance(a, torch.Tensor) else a for a in args)
-            if not same(call_student(getattr(fn, "__name__", "fn"), fn, *sub), idx):
-                return False
-    except Exception:  # a crash on one example: not only its batching is wrong
-        return False
-    return True
 
 
 # ----------------------------------------------------------------------------------------- dmd_operator
@@ -85,7 +72,7 @@ def check_dmd_operator(fn) -> None:
             " It matches the fit without ridge: the eps ||A||^2 term adds eps * I to X^T X.": _dmd_operator_solution(X, Y, 0.0),
             " That fits x_i from y_i (X and Y swapped).": _dmd_operator_solution(Y, X, eps),
         }
-        batching = bool(ok) and _one_by_one(fn, lead, (X, Y, eps), lambda o, i: isinstance(o, torch.Tensor) and close(o, want[i]))
+        batching = bool(ok) and right_one_by_one(fn, lead, (X, Y, eps), lambda o, i: isinstance(o, torch.Tensor) and close(o, want[i]))
         hint = batch_dims_hint(lead, ok) if batching else next((h for h, w in typical.items() if close(out, w)), "")
         raise ExerciseError(f"{name}: wrong values with {where} (seed {seed}): max abs error "
                             f"{(out - want).abs().max():.3g}.{hint}")
@@ -158,7 +145,7 @@ def check_sigma_max_power(fn) -> None:
                                 f"{want_few.flatten()[0]:.10g}) with {where}: start from ones/sqrt(r) and use iters "
                                 f"steps (seed {seed}).{batch_dims_hint(lead, ok)}")
         radius = torch.linalg.eigvals(A).abs().amax(-1)
-        hint = batch_dims_hint(lead, ok) if ok and _one_by_one(
+        hint = batch_dims_hint(lead, ok) if ok and right_one_by_one(
             fn, lead, (A, 60), lambda o, i: abs(float(o) - float(exact[i])) < 1e-6 * float(exact[i])) else ""
         if not hint and (bool(((out - radius).abs() < 1e-3 * radius).all())
                          or bool(((out - _power_on_A(A, 60)).abs() < 1e-9 * exact).all())):
