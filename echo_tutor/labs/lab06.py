@@ -50,12 +50,15 @@ def _ridge_with_intercept_solution(X, Y, lam):
     return W, (my - mx @ W)[..., 0, :]                                   # c [..., b]
 
 
-def _greedy_kept_solution(r2, cost, budget, *, per_byte=True, score="all", clamp=True, stop_early=False, order="best"):
+def _greedy_kept_solution(r2, cost, budget, *, per_byte=True, score="all", clamp=True, stop_early=False, order="best",
+                          tie="low"):
     """The reference greedy and, by its switches, the typical wrong versions the checker names.
 
     score: "all" (mean over all slots, a kept slot counting 1), "missing" (mean over the slots not kept),
     "kept0" (kept slots counting 0); order: "best" (largest gain first) or "cheapest" (cheapest slot first,
-    ties by gain)."""
+    ties by gain); tie: "low" (the lowest slot id wins a tie) or "high". Ties are judged on the gain per byte
+    in every variant (``per_byte=False`` ranks by the gain, but two slots whose gains per byte are within
+    ``TIE_TOL`` still tie), so that with equal costs the per-byte mistake gives the right answer."""
     r2 = torch.as_tensor(r2, dtype=torch.float64)
     cost = torch.as_tensor(cost, dtype=torch.float64)
     S = r2.shape[-1]
@@ -80,22 +83,24 @@ def _greedy_kept_solution(r2, cost, budget, *, per_byte=True, score="all", clamp
         cand_q = torch.maximum(best[None, :], src)                      # [c, j]: qualities if c is kept
         cand_mask = is_kept[None, :] | torch.eye(S, dtype=torch.bool)
         gain = total(cand_q, cand_mask) - total(best, is_kept)
+        tol = TIE_TOL if per_byte else TIE_TOL * cost    # [S]: ties are judged per byte in every variant
         if per_byte:
             gain = gain / cost
+        pick = (lambda m: int(m.nonzero()[0])) if tie == "low" else (lambda m: int(m.nonzero()[-1]))
         if order == "cheapest":
             key = torch.where(fits, -cost, float("-inf"))
             top = key.max()
             pool = fits & (key >= top - 1e-12)
             g = torch.where(pool, gain, float("-inf"))
-            c = int(((g >= g.max() - TIE_TOL) & pool).nonzero()[0])
+            c = pick((g >= g.max() - tol) & pool)
         else:
             g = torch.where(fits, gain, float("-inf"))
             if stop_early:                                              # stop when the best slot overall does not fit
                 g_all = torch.where(~is_kept, gain, float("-inf"))
-                c_all = int(((g_all >= g_all.max() - TIE_TOL) & ~is_kept).nonzero()[0])
+                c_all = pick((g_all >= g_all.max() - tol) & ~is_kept)
                 if not bool(fits[c_all]):
                     break
-            c = int(((g >= g.max() - TIE_TOL) & fits).nonzero()[0])
+            c = pick((g >= g.max() - tol) & fits)
         kept.append(c)
         is_kept[c] = True
         left -= float(cost[c])
@@ -256,6 +261,7 @@ _KEPT_MISTAKES = [
      "(R^2 0), so its quality is max(0, best R^2 from a kept slot)."),
     (dict(stop_early=True), " You stop when the best slot no longer fits; keep going with the best slot that "
      "still fits the budget left, until none does."),
+    (dict(tie="high"), f" On a tie (gains per byte within {TIE_TOL:g} of the best) the lower slot id wins."),
 ]
 
 
@@ -276,7 +282,10 @@ def _kept_case(name: str, fn, r2, cost, budget, what: str, seed: int) -> None:
                             f"{seed}): only keep a slot that fits in the budget left.")
     if got == want:
         return
-    hint = next((h for kw, h in _KEPT_MISTAKES if got == _greedy_kept_solution(r2, cost, budget, **kw)), "")
+    # the tie rule first: breaking a tie the other way is the smallest departure, and on equal costs some other
+    # mistakes (the score over the missing slots) rank as the reference does except where gains nearly tie
+    hint = next((h for kw, h in _KEPT_MISTAKES[-1:] + _KEPT_MISTAKES[:-1]
+                 if got == _greedy_kept_solution(r2, cost, budget, **kw)), "")
     if not hint and sorted(got) == sorted(want):
         hint = " The right slots in the wrong order: return them in the order the greedy keeps them."
     if not hint and len(got) < len(want):
@@ -293,7 +302,8 @@ def check_choose_kept(fn) -> None:
     g, seed = fresh_generator()
     S = 12
     # 1. random instances with unequal byte costs, drawn until the typical mistakes give other answers (on the
-    #    first, answers that differ from each other too, so that a mistake is named unambiguously)
+    #    first, answers that differ from each other too, so that a mistake is named unambiguously), with no tie
+    #    (which way a tie breaks is the last case's question)
     for k in range(2):
         for _ in range(400):
             r2 = _random_r2(S, g)
@@ -301,7 +311,8 @@ def check_choose_kept(fn) -> None:
             budget = float(cost.sum()) * (0.3 + 0.3 * float(torch.rand(1, generator=g)))
             outs = [tuple(_choose_kept_solution(r2, cost, budget))] + [
                 tuple(_greedy_kept_solution(r2, cost, budget, **kw)) for kw, _ in _KEPT_MISTAKES[: 2 + 4 * (k == 0)]]
-            if len(set(outs)) == len(outs) if k == 0 else outs[0] not in outs[1:]:
+            no_tie = tuple(_greedy_kept_solution(r2, cost, budget, tie="high")) == outs[0]   # ties: case 5
+            if no_tie and (len(set(outs)) == len(outs) if k == 0 else outs[0] not in outs[1:]):
                 break
         _kept_case(name, fn, r2, cost, budget, f"random instance {k + 1} (S={S}, costs 16-64 bytes, budget "
                    f"{budget:.0f})", seed)
