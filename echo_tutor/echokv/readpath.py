@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..backends import triton_op
 from .ops import rebuild_attend, rebuild_heads
 
 __all__ = ["read_case", "read_paths"]
@@ -41,14 +42,15 @@ def read_paths(device: str = "cpu") -> dict:
            "rebuild K+V": lambda c: lambda: _attend(c[0], rebuild_heads(c[1], *c[3:7], True),
                                                     rebuild_heads(c[2], c[3], c[4], c[7], c[8], False)),
            "values after": lambda c: lambda: rebuild_attend(*c, values="after")[0]}
-    if device == "cuda":
-        import echo_kernels.echokv as kecho
-
-        out["triton rebuild K+V"] = lambda c: lambda: _attend(c[0], kecho.forward(c[1], *c[3:7], True),
-                                                              kecho.forward(c[2], c[3], c[4], c[7], c[8], False))
-        out["triton scores + values after"] = lambda c: lambda: rebuild_attend(*c, scores=kecho.scores)[0]
+    # the kernels through backends.triton_op, the one resolution of a fast path (echo_tutor never imports
+    # echo_kernels by name: the kernels sit above the package)
+    forward, scores = triton_op("echokv", "forward"), triton_op("echokv", "scores")
+    if device == "cuda" and forward is not None and scores is not None:
+        out["triton rebuild K+V"] = lambda c: lambda: _attend(c[0], forward(c[1], *c[3:7], True),
+                                                              forward(c[2], c[3], c[4], c[7], c[8], False))
+        out["triton scores + values after"] = lambda c: lambda: rebuild_attend(*c, scores=scores)[0]
 
         def tf32(*a):
-            return kecho.scores(*a, precision="tf32")
+            return scores(*a, precision="tf32")
         out["same, tf32 products"] = lambda c: lambda: rebuild_attend(*c, scores=tf32)[0]
     return out
