@@ -647,7 +647,7 @@ for pr in (k2p, k0p):
 # %% [markdown]
 # ## 6. A smaller ablation (secondary)
 #
-# A smaller ablation (`echo-tutor ablate --fast`, shipped as `results_ablation.json`): the synth1m-size echo
+# A smaller ablation (`echo-tutor ablate --recipe ablation/small`, shipped as `results_ablation.json`): the synth1m-size echo
 # layout with a smaller width, on MQAR-gap **with the values
 # shown after the queries** and on tool traces, with the model, tasks, steps and seeds the cell prints.
 # Besides `K = 0, 1, 2` it tried `K = 4`, spectral normalisation off, and SKA's prefix mask (context tokens
@@ -664,7 +664,7 @@ acc_s = {}
 for r in sorted(abl, key=lambda r: r["seed"]):
     acc_s.setdefault((r["config"], r["task"]), []).append(r["acc"])
 small = build("synth1m-echo", vocab_size=small_tasks["mqar_gap"].vocab_size, d_model=64, n_heads=4,
-              ska_rank=16, d_state=16)  # that run's model (`ablate --fast`), untrained: only its settings are read
+              ska_rank=16, d_state=16)  # that run's model (`ablate --recipe ablation/small`), untrained: only its settings are read
 print("model:", {k: getattr(small.config, k) for k in ("layout", "d_model", "n_heads", "ska_rank")},
       f"; steps per run: {sorted({r['steps'] for r in abl})}; seeds {sorted({r['seed'] for r in abl})}")
 for t in tasks_run:

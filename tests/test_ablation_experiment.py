@@ -28,6 +28,7 @@ def test_ablation_table(tmp_path):
     assert "| K=0 |" in table and "±" in table
 
 
+@pytest.mark.slow  # more than 20 s on 2 cores
 def test_lab_ablation_records_and_saved_models(tmp_path):
     recs = ablation.run("ablation/lab", tmp_path, seeds=1, steps=2, progress=False, save_models=True)
     assert [r["power_steps"] for r in recs] == [0, 1, 2]
@@ -39,6 +40,7 @@ def _no_training(*args, **kwargs):
     raise AssertionError("a recorded cell was trained again")
 
 
+@pytest.mark.slow  # more than 20 s on 2 cores
 def test_same_records_local_and_ray_and_a_rerun_trains_nothing(tmp_path, monkeypatch, ray_local):
     recipe, kw = small()
     # A Ray worker runs with OMP_NUM_THREADS = its cpus per cell (1); local runs use torch's default. Another

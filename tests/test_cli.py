@@ -59,3 +59,62 @@ def test_eval_of_a_path_that_does_not_exist_says_so(tmp_path, capsys):
 def test_every_command_is_registered():
     sub = next(a for a in make_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"train", "eval", "cliff", "transfer", "ablate", "echokv", "convert", "grade", "preview"}
+
+
+def test_every_pick_names_a_recipe_of_that_scale():
+    """--scale means one thing: the recipe that --scale S (with or without --fast) runs is a recipe of scale S."""
+    from echo_tutor.experiments import EXPERIMENTS
+
+    for name, mod in EXPERIMENTS.items():
+        for (scale, fast), recipe in mod.PICK.items():
+            assert mod.RECIPES[recipe].scale == scale, f"{name}: --scale {scale} {'--fast' if fast else ''} runs " \
+                                                       f"{recipe}, a recipe of scale {mod.RECIPES[recipe].scale}"
+
+
+def test_a_new_experiment_in_the_registry_gets_its_command(monkeypatch, tmp_path, capsys):
+    """Adding an experiment module to registry.EXPERIMENTS adds its command, its --help and its options;
+    nothing in echo_tutor/cli names it."""
+    import dataclasses
+    import types
+
+    from echo_tutor.experiments import registry
+    from echo_tutor.experiments.command import Command, Option
+
+    @dataclasses.dataclass(frozen=True)
+    class ToyRecipe:
+        name: str
+        description: str
+        scale: str
+        width: int = 3
+
+    calls = []
+
+    def run(recipe, out_dir, *, grid=None, progress=True, shout=False, **overrides):
+        calls.append((dataclasses.replace(recipe, **overrides), out_dir, grid.executor, progress, shout))
+
+    toy = types.ModuleType("toy")
+    toy.RECIPES = {"toy/lab": ToyRecipe("toy/lab", "a toy grid of widths", "lab"),
+                   "toy/big": ToyRecipe("toy/big", "the toy at synth1m", "synth1m", width=9)}
+    toy.PICK = {("lab", False): "toy/lab", ("synth1m", False): "toy/big"}
+    toy.recipe_for = lambda scale="lab", fast=False: toy.RECIPES[toy.PICK[(scale, fast)]]
+    toy.run = run
+    toy.COMMAND = Command("toy", "a toy experiment for the registry test", "runs/toy", (
+        Option("--width", "the toy's width", "positive_int"),
+        Option("--shout", "say it louder", to="run", flag_only=True),
+    ))
+    monkeypatch.setitem(registry.EXPERIMENTS, "toy", toy)
+
+    with pytest.raises(SystemExit) as e:
+        main(["toy", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "a toy experiment for the registry test" in out and "toy/lab" in out and "toy/big" in out
+    assert "--width WIDTH" in out and "the toy's width" in out and "--shout" in out and "--executor" in out
+
+    assert main(["toy", "--width", "5", "--shout", "--out-dir", str(tmp_path), "--quiet"]) == 0
+    assert calls[-1] == (ToyRecipe("toy/lab", "a toy grid of widths", "lab", width=5), tmp_path, "local", False, True)
+    assert main(["toy", "--scale", "synth1m", "--out-dir", str(tmp_path)]) == 0
+    assert calls[-1][0].width == 9 and calls[-1][4] is False
+    with pytest.raises(SystemExit) as e:
+        main(["toy", "--width", "0"])
+    assert e.value.code == 2 and "expected a positive integer" in capsys.readouterr().err

@@ -72,7 +72,7 @@ def test_cli_failed_cells_exit_1_and_are_listed(tmp_path, monkeypatch, capsys):
         return real(model, task, *args, **kwargs)
 
     monkeypatch.setattr(ablation, "train", train)
-    argv = ["ablate", "--fast", "--tasks", "mqar_gap", "--powers", "4", "--steps", "2", "--seeds", "2",
+    argv = ["ablate", "--recipe", "ablation/small", "--tasks", "mqar_gap", "--powers", "4", "--steps", "2", "--seeds", "2",
             "--out-dir", str(tmp_path), "--quiet"]
     assert main(argv) == EXIT_CELLS_FAILED != 2
     out, err = capsys.readouterr()

@@ -18,6 +18,7 @@ def test_refuses_without_cuda(tmp_path, capsys):
     assert not (tmp_path / "r.md").exists()
 
 
+@pytest.mark.slow  # more than 20 s on 2 cores
 def test_dry_run_fills_every_section(tmp_path):
     out = tmp_path / "r.md"
     assert gpu_report.main(["--allow-cpu", "--quick", "--out", str(out), "--budget-s", "300"]) == 0

@@ -201,3 +201,23 @@ def test_decode_step_keeps_the_carried_inverse_symmetric_and_close_in_float32():
     assert torch.equal(Ginv, Ginv.mT)
     exact = torch.linalg.inv(G64)
     assert ((Ginv.double() - exact).norm() / exact.norm()) < 1e-5
+
+
+def test_state_to_and_detach_carry_every_field():
+    """SKAState.to / detach build the state field by field (Dynamo at the torch floor cannot trace
+    dataclasses.replace): every field must come through, the optional tensors included."""
+    import dataclasses
+
+    st = SKAState.zeros(2, 3, 4, 5)
+    st.count = 7
+    st.key_scale = torch.ones(2, 3)
+    st.G_inv = torch.eye(4).expand(2, 3, 4, 4).clone().requires_grad_()
+    for out in (st.to(torch.float64), st.detach()):
+        for f in dataclasses.fields(SKAState):
+            a, b = getattr(st, f.name), getattr(out, f.name)
+            if isinstance(a, torch.Tensor):
+                assert isinstance(b, torch.Tensor) and torch.equal(a.double(), b.double()), f.name
+            else:
+                assert a == b, f.name
+    assert st.to(torch.float64).G_inv.dtype == torch.float64 and not st.detach().G_inv.requires_grad
+    assert len(st.tensors()) == 6

@@ -43,11 +43,12 @@ EXIT_BAD_ARGUMENT = 2  # as argparse's own errors
 
 def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="echo-tutor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{train,eval,cliff,transfer,ablate,echokv,convert,grade,preview}")
+    sub = ap.add_subparsers(dest="command", required=True)
     add_model_commands(sub)
     add_convert_command(sub)
-    add_experiment_commands(sub)
+    add_experiment_commands(sub)   # one per experiment of echo_tutor.experiments.registry.EXPERIMENTS
     add_course_commands(sub)
+    sub.metavar = "{" + ",".join(sub.choices) + "}"
     return ap
 
 

@@ -1,4 +1,6 @@
-"""The grid commands: ``cliff``, ``transfer``, ``ablate``. Each runs one named recipe of its experiment."""
+"""The experiment commands, built from ``echo_tutor.experiments.registry.EXPERIMENTS``: one command per
+experiment module, named, described and given its options by the module's ``COMMAND``
+(:class:`~echo_tutor.experiments.command.Command`); each runs one named recipe of that experiment."""
 
 from __future__ import annotations
 
@@ -10,18 +12,14 @@ from types import ModuleType
 import torch
 
 from ..errors import BadArgumentError
-from ..experiments import ablation, cliff, transfer
+from ..experiments import registry
+from ..experiments.command import Option
 from ..models import SCALES
-from .flags import (
-    add_grid_flags,
-    given,
-    grid_options,
-    nonneg_int,
-    positive_float,
-    positive_int,
-)
+from .flags import add_grid_flags, grid_options, nonneg_int, positive_float, positive_int
 
-__all__ = ["add_experiment_commands"]
+__all__ = ["add_experiment_commands", "recipes_help"]
+
+_TYPES = {"str": str, "positive_int": positive_int, "nonneg_int": nonneg_int, "positive_float": positive_float}
 
 
 def recipes_help(mod: ModuleType) -> str:
@@ -37,13 +35,6 @@ def recipes_help(mod: ModuleType) -> str:
     return "\n".join(lines)
 
 
-def _add_recipe_flags(p: argparse.ArgumentParser, mod: ModuleType) -> None:
-    p.add_argument("--recipe", choices=list(mod.RECIPES), default=None, help="the recipe to run, by name (see above)")
-    p.add_argument("--scale", choices=list(SCALES), default=None, help="the models' scale (default lab)")
-    p.add_argument("--fast", action="store_true", help="the quick recipe of the scale (see above)")
-    p.add_argument("--quiet", action="store_true")
-
-
 def _recipe(mod: ModuleType, args: argparse.Namespace):
     if args.recipe is not None:
         if args.fast or args.scale is not None:
@@ -52,78 +43,58 @@ def _recipe(mod: ModuleType, args: argparse.Namespace):
     return mod.recipe_for(args.scale or "lab", args.fast)
 
 
-def _announce(command: str, recipe, overrides: dict) -> float:
-    changed = ", ".join(f"{k}={v}" for k, v in overrides.items())
-    print(f"echo-tutor {command}: recipe {recipe.name} ({recipe.description})"
-          + (f", with {changed}" if changed else ""), flush=True)
-    return time.perf_counter()
+def _given(args: argparse.Namespace, options: tuple[Option, ...], to: str) -> dict:
+    """``{field: value}`` of the options going ``to`` ("recipe", "only", "run") that were given."""
+    out = {}
+    for o in options:
+        v = getattr(args, o.dest)
+        if o.to == to and v is not None and v is not False:
+            out[o.field] = v
+    return out
 
 
-def cmd_cliff(args: argparse.Namespace) -> int:
-    recipe = _recipe(cliff, args)
-    over = given(examples=args.eval_examples, presets=args.presets, pairs=args.pairs, gaps=args.gaps)
-    t0 = _announce("cliff", recipe, over)
-    cliff.run(recipe, pathlib.Path(args.out_dir), grid=grid_options(args), progress=not args.quiet, **over)
-    print(f"cliff finished in {time.perf_counter() - t0:.0f} s")
-    return 0
-
-
-def cmd_transfer(args: argparse.Namespace) -> int:
-    recipe = _recipe(transfer, args)
-    over = given(presets=args.presets, tasks=args.tasks, steps=args.steps, seconds=args.seconds)
-    t0 = _announce("transfer", recipe, over)
-    transfer.run(recipe, pathlib.Path(args.out_dir), grid=grid_options(args), progress=not args.quiet, **over)
-    print(f"transfer finished in {time.perf_counter() - t0:.0f} s")
-    return 0
-
-
-def cmd_ablate(args: argparse.Namespace) -> int:
+def _run(mod: ModuleType, args: argparse.Namespace) -> int:
+    """Run the picked recipe of ``mod`` with the given options; print what ran and how long it took."""
+    command = mod.COMMAND
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = _recipe(ablation, args).only(tasks=args.tasks, powers=args.powers)
-    over = given(seeds=args.seeds, steps=args.steps)
-    t0 = _announce("ablate", recipe, over)
-    ablation.run(recipe, pathlib.Path(args.out_dir), save_models=args.save_models, grid=grid_options(args),
-                 progress=not args.quiet, **over)
-    print(f"ablation finished in {time.perf_counter() - t0:.0f} s")
+    recipe = _recipe(mod, args)
+    only = _given(args, command.options, "only")
+    if only:
+        recipe = recipe.only(**only)
+    over = _given(args, command.options, "recipe")
+    changed = ", ".join(f"{k}={v}" for k, v in over.items())
+    print(f"echo-tutor {command.name}: recipe {recipe.name} ({recipe.description})"
+          + (f", with {changed}" if changed else ""), flush=True)
+    t0 = time.perf_counter()
+    mod.run(recipe, pathlib.Path(args.out_dir), grid=grid_options(args), progress=not args.quiet,
+            **_given(args, command.options, "run"), **over)
+    print(f"{command.finished} finished in {time.perf_counter() - t0:.0f} s")
     return 0
 
 
-def _parser(sub, name: str, mod: ModuleType, help: str, out_dir: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=f"{help}.\n\n{recipes_help(mod)}",
+def _add_command(sub, mod: ModuleType) -> None:
+    command = mod.COMMAND
+    p = sub.add_parser(command.name, help=command.help, description=f"{command.help}.\n\n{recipes_help(mod)}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_recipe_flags(p, mod)
-    p.add_argument("--out-dir", default=out_dir)
-    return p
-
-
-def add_experiment_commands(sub) -> None:
-    """Add ``cliff``, ``transfer`` and ``ablate`` to the subparsers ``sub``."""
-    p = _parser(sub, "cliff", cliff, "the memory-cliff grid: accuracy vs KV pairs x gap per preset", "runs/cliff")
-    p.add_argument("--eval-examples", type=positive_int, default=None, help="examples per point (the recipe's)")
-    p.add_argument("--presets", nargs="+", default=None, help="presets (the recipe's)")
-    p.add_argument("--pairs", type=positive_int, nargs="+", default=None, help="KV pairs (the recipe's)")
-    p.add_argument("--gaps", type=nonneg_int, nargs="+", default=None, help="gaps (the recipe's)")
-    add_grid_flags(p)
-    p.set_defaults(func=cmd_cliff)
-
-    p = _parser(sub, "transfer", transfer, "transfer tasks and NIAH length generalisation", "runs/transfer")
-    p.add_argument("--presets", nargs="+", default=None, help="presets to train (the recipe's: ssm ssm+attn echo)")
-    p.add_argument("--tasks", nargs="+", default=None, help="transfer tasks (the recipe's: all six)")
-    p.add_argument("--steps", type=positive_int, default=None, help="training steps per (task, model)")
-    p.add_argument("--seconds", type=positive_float, default=None, help="training seconds per (task, model)")
-    add_grid_flags(p)
-    p.set_defaults(func=cmd_transfer)
-
-    p = _parser(sub, "ablate", ablation, "power-filter ablation: K, spectral norm, prefix mask over seeds",
-                "runs/ablation")
-    p.add_argument("--seeds", type=positive_int, default=None, help="seeds per config (the recipe's: 3)")
-    p.add_argument("--tasks", nargs="+", default=None, help="a subset of the recipe's tasks (mqar_gap, tool_trace)")
-    p.add_argument("--steps", type=positive_int, default=None, help="training steps (the recipe's)")
-    p.add_argument("--powers", type=nonneg_int, nargs="+", default=None,
-                   help="only the configs with these power orders K (e.g. --powers 0 2)")
-    p.add_argument("--save-models", action="store_true", help="save every trained model into --out-dir")
+    p.add_argument("--recipe", choices=list(mod.RECIPES), default=None, help="the recipe to run, by name (see above)")
+    p.add_argument("--scale", choices=list(SCALES), default=None, help="the models' scale (default lab)")
+    p.add_argument("--fast", action="store_true", help="the quick recipe of the scale (see above)")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out-dir", default=command.out_dir)
+    for o in command.options:
+        if o.flag_only:
+            p.add_argument(o.flag, dest=o.dest, action="store_true", help=o.help)
+        else:
+            p.add_argument(o.flag, dest=o.dest, metavar=o.flag[2:].upper().replace("-", "_"), type=_TYPES[o.type],
+                           nargs=o.nargs, default=None, help=o.help)
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads of this process (the cells of --executor local)")
     add_grid_flags(p)
-    p.set_defaults(func=cmd_ablate)
+    p.set_defaults(func=lambda args, mod=mod: _run(mod, args))
+
+
+def add_experiment_commands(sub) -> None:
+    """Add one command per experiment of ``registry.EXPERIMENTS`` (read at call time) to the subparsers ``sub``."""
+    for mod in registry.EXPERIMENTS.values():
+        _add_command(sub, mod)

@@ -30,8 +30,9 @@ from ..tasks import Task, make_task
 from ..train import default_device, evaluate, save_records, train
 from .common import check_names, finish, frozen, lab_task, pick, plain, resolve
 from .diagnostics import recall_breakdown
+from .command import Command, Option
 
-__all__ = ["AblationConfig", "AblationRecipe", "RECIPES", "PICK", "ABLATION_CONFIGS", "LAB_ABLATION_CONFIGS",
+__all__ = ["COMMAND", "AblationConfig", "AblationRecipe", "RECIPES", "PICK", "ABLATION_CONFIGS", "LAB_ABLATION_CONFIGS",
            "recipe_for", "ablation_tasks", "cells", "ablation_cell", "summarize", "run"]
 
 
@@ -144,13 +145,22 @@ RECIPES: dict[str, AblationRecipe] = {r.name: r for r in (
     AblationRecipe("ablation/synth1m", "the synth1m-size echo, 7 configs, 2,000 steps, 3 seeds (a GPU job)", "synth1m",
                    ABLATION_CONFIGS, _small_tasks(128, False), steps=2000),
 )}
-PICK = {("lab", True): "ablation/small", ("lab", False): "ablation/lab", ("synth1m", True): "ablation/small",
-        ("synth1m", False): "ablation/synth1m"}
+# (scale, fast) -> recipe, each of that scale: no fast lab-scale ablation (ablation/lab is already CPU-sized)
+PICK = {("lab", False): "ablation/lab", ("synth1m", True): "ablation/small", ("synth1m", False): "ablation/synth1m"}
+
+COMMAND = Command("ablate", "power-filter ablation: K, spectral norm, prefix mask over seeds", "runs/ablation", (
+    Option("--seeds", "seeds per config (the recipe's: 3)", "positive_int"),
+    Option("--tasks", "a subset of the recipe's tasks (mqar_gap, tool_trace)", nargs="+", to="only"),
+    Option("--steps", "training steps (the recipe's)", "positive_int"),
+    Option("--powers", "only the configs with these power orders K (e.g. --powers 0 2)", "nonneg_int", nargs="+",
+           to="only"),
+    Option("--save-models", "save every trained model into --out-dir", to="run", flag_only=True),
+), finished="ablation")
 
 
 def recipe_for(scale: str = "lab", fast: bool = False) -> AblationRecipe:
-    """The recipe the CLI's ``--scale`` and ``--fast`` pick (``PICK``: ``--fast`` is ``ablation/small`` at
-    either scale)."""
+    """The recipe the CLI's ``--scale`` and ``--fast`` pick (``PICK``: ``--scale synth1m --fast`` is
+    ``ablation/small``, the synth1m layout shrunk to d=64)."""
     return pick("ablation", RECIPES, PICK, scale, fast)
 
 

@@ -42,8 +42,9 @@ from .common import (
     resolve,
 )
 from .diagnostics import model_state_bytes, recall_breakdown
+from .command import Command, Option
 
-__all__ = ["CliffRecipe", "RECIPES", "PICK", "CLIFF_PRESETS", "CLIFF_PAIRS", "CLIFF_GAPS", "recipe_for", "cells",
+__all__ = ["COMMAND", "CliffRecipe", "RECIPES", "PICK", "CLIFF_PRESETS", "CLIFF_PAIRS", "CLIFF_GAPS", "recipe_for", "cells",
            "as_decoded",
            "cliff_cell", "summarize", "run"]
 
@@ -120,6 +121,13 @@ RECIPES: dict[str, CliffRecipe] = {r.name: r for r in (
                 examples=512),
 )}
 PICK = {("lab", True): "cliff/lab", ("lab", False): "cliff/lab-full", ("synth1m", False): "cliff/synth1m"}
+
+COMMAND = Command("cliff", "the memory-cliff grid: accuracy vs KV pairs x gap per preset", "runs/cliff", (
+    Option("--eval-examples", "examples per point (the recipe's)", "positive_int", field="examples"),
+    Option("--presets", "presets (the recipe's)", nargs="+"),
+    Option("--pairs", "KV pairs (the recipe's)", "positive_int", nargs="+"),
+    Option("--gaps", "gaps (the recipe's)", "nonneg_int", nargs="+"),
+))
 
 
 def recipe_for(scale: str = "lab", fast: bool = True) -> CliffRecipe:

@@ -45,8 +45,9 @@ from .common import (
 )
 from .diagnostics import tool_trace_by_writes
 from .paper import paper_acc
+from .command import Command, Option
 
-__all__ = ["TransferRecipe", "RECIPES", "PICK", "TRANSFER_TASKS", "TRANSFER_PRESETS", "NIAH_LENGTHS", "recipe_for",
+__all__ = ["COMMAND", "TransferRecipe", "RECIPES", "PICK", "TRANSFER_TASKS", "TRANSFER_PRESETS", "NIAH_LENGTHS", "recipe_for",
            "transfer_task_args", "transfer_task", "cells", "transfer_cell", "summarize", "run"]
 
 TRANSFER_TASKS = ("mqar", "system_prompt", "tool_trace", "niah", "multi_hop", "common_word")
@@ -116,6 +117,13 @@ RECIPES: dict[str, TransferRecipe] = {r.name: r for r in (
 )}
 PICK = {("lab", True): "transfer/lab", ("lab", False): "transfer/lab-full", ("synth1m", True): "transfer/synth1m-fast",
         ("synth1m", False): "transfer/synth1m"}  # transfer/lab-curves: by name only (--recipe)
+
+COMMAND = Command("transfer", "transfer tasks and NIAH length generalisation", "runs/transfer", (
+    Option("--presets", "presets to train (the recipe's: ssm ssm+attn echo)", nargs="+"),
+    Option("--tasks", "transfer tasks (the recipe's: all six)", nargs="+"),
+    Option("--steps", "training steps per (task, model)", "positive_int"),
+    Option("--seconds", "training seconds per (task, model)", "positive_float"),
+))
 
 
 def recipe_for(scale: str = "lab", fast: bool = True) -> TransferRecipe:

@@ -34,7 +34,7 @@ back to ``v``'s dtype. Keys are used as given: normalising them is the layer's j
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -121,21 +121,20 @@ class SKAState:
         return B, H, r, P
 
     def tensors(self) -> list[torch.Tensor]:
-        return [getattr(self, f.name) for f in fields(self) if isinstance(getattr(self, f.name), torch.Tensor)]
+        return [t for t in (self.G, self.M, self.C, self.k_prev, self.key_scale, self.G_inv) if t is not None]
+
+    def _map(self, fn) -> "SKAState":
+        """The same state with ``fn`` applied to each tensor. Built field by field, not with
+        ``dataclasses.replace``, which torch.compile cannot trace at the torch floor (Dynamo 2.4)."""
+        opt = lambda t: None if t is None else fn(t)  # noqa: E731
+        return SKAState(G=fn(self.G), M=fn(self.M), C=fn(self.C), k_prev=fn(self.k_prev), count=self.count,
+                        key_scale=opt(self.key_scale), G_inv=opt(self.G_inv))
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "SKAState":
-        return replace(
-            self,
-            **{
-                f.name: getattr(self, f.name).to(dtype=dtype, device=device)
-                for f in fields(self)
-                if isinstance(getattr(self, f.name), torch.Tensor)
-            },
-        )
+        return self._map(lambda t: t.to(dtype=dtype, device=device))
 
     def detach(self) -> "SKAState":
-        return replace(self, **{f.name: getattr(self, f.name).detach() for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
+        return self._map(torch.Tensor.detach)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -6,9 +6,11 @@ Environment:
 * ``ECHO_TUTOR_SCREENSHOTS=DIR``: where the screenshots go (default: a pytest temporary folder).
 * ``ECHO_TUTOR_CHROMIUM=PATH``: the browser (default ``/usr/bin/chromium``, else ``chromium`` on PATH).
 * ``ECHO_TUTOR_BROWSER_TIMEOUT=SECONDS``: how long Run All may take per lab (default 420).
+* ``ECHO_TUTOR_BROWSER_CONTROLS=N|all``: how many controls of each figure cell are moved (default 1).
 
 The server is started the way ``make lab`` starts it (the repository's ``.jupyter`` folder on
-``JUPYTER_CONFIG_PATH``), with ``ECHO_TUTOR_SOLUTIONS=1`` and ``ECHO_TUTOR_FAST=1``, but on a copy of
+``JUPYTER_CONFIG_PATH``), with ``ECHO_TUTOR_SOLUTIONS=0`` and ``ECHO_TUTOR_FAST=1`` (a learner who has done no
+exercise yet: nbval runs the solved labs; this run is also the no-exercise run), but on a copy of
 ``notebooks/`` in a temporary folder and with its own Jupyter config, runtime, settings and workspace
 folders, so the real tree and ~/.jupyter are never touched.
 """
@@ -29,6 +31,7 @@ import time
 import urllib.request
 
 import pytest
+from browser_env import chromium_path  # tests/ is on sys.path (rootdir conftest)
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
@@ -40,15 +43,6 @@ def selected_labs() -> list[str]:
     if not want:
         return ALL_LABS
     return [lab for lab in ALL_LABS if any(lab == w or lab.startswith(w.zfill(2) + "_") or lab.startswith(w) for w in want)]
-
-
-def chromium_path() -> str | None:
-    env = os.environ.get("ECHO_TUTOR_CHROMIUM")
-    if env:
-        return env if os.access(env, os.X_OK) else None
-    if os.access("/usr/bin/chromium", os.X_OK):
-        return "/usr/bin/chromium"
-    return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -108,7 +102,7 @@ def _server_env(base: pathlib.Path) -> dict:
         JUPYTER_CONFIG_DIR=str(base / "jupyter-config"),  # not ~/.jupyter: no user config, settings or workspaces
         JUPYTER_CONFIG_PATH=os.pathsep.join([str(REPO / ".jupyter")] + ([os.environ["JUPYTER_CONFIG_PATH"]] if os.environ.get("JUPYTER_CONFIG_PATH") else [])),
         JUPYTER_RUNTIME_DIR=str(base / "runtime"),
-        ECHO_TUTOR_SOLUTIONS="1",
+        ECHO_TUTOR_SOLUTIONS="0",   # a learner with no exercise done (nbval runs the solved labs)
         ECHO_TUTOR_FAST="1",
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",

@@ -9,15 +9,19 @@ For each lab (``notebooks/0*.ipynb``, on a temporary git copy of ``notebooks/``)
    "Error displaying widget";
 3. checks every plotly figure is drawn (plotly outputs and the cells that display a ``FigureWidget``), with
    finite, sane axis ranges (no NaN/inf, nothing like 1e56 on a log axis);
-4. for every slider (and toggle-buttons group, dropdown) displayed with a figure: moving it one step (arrow
+4. for the first slider (or toggle-buttons group, dropdown) displayed with each figure
+   (``ECHO_TUTOR_BROWSER_CONTROLS=all``: every one): moving it one step (arrow
    key on its handle; the next option of the others) changes the figure, and moving it back
    restores the figure exactly as Run All drew it (so after Run All the figure showed the control's value);
-5. saves (Ctrl+S), closes, and asserts ``git status --porcelain`` of the copy is empty: the saved ``.ipynb``
+5. as a learner who has done no exercise yet (the server runs with ``ECHO_TUTOR_SOLUTIONS=0``; nbval runs the
+   solved labs): every exercise cell says "not attempted yet" and the last cell lists "0 of N passing", so
+   this run is also the lab's no-exercise run (tests/test_notebooks.py leaves it to the browser when both run);
+6. saves (Ctrl+S), closes, and asserts ``git status --porcelain`` of the copy is empty: the saved ``.ipynb``
    and ``.py`` are byte for byte as committed (the pre-save hook and jupytext filter in ``.jupyter/``), and
    running the lab left no new files.
 
 Each step is a phase function below (``_open_lab``, ``_run_all``, ``_check_outputs``, ``_drive_controls`` and
-``_check_after_controls``, ``_save_and_check_clean``); the JavaScript they run in the page and the small helpers
+``_check_after_controls``, ``_check_no_exercise_done``, ``_save_and_check_clean``); the JavaScript they run in the page and the small helpers
 are in ``pages.py``.
 
 Screenshots (the whole notebook after Run All, each figure cell after each slider move, and any failure) go
@@ -30,6 +34,7 @@ import contextlib
 import json
 import os
 import pathlib
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -65,6 +70,10 @@ from .pages import (
 pytestmark = pytest.mark.browser
 
 RUN_TIMEOUT = float(os.environ.get("ECHO_TUTOR_BROWSER_TIMEOUT", "420"))
+# How many controls of each figure cell are moved (ECHO_TUTOR_BROWSER_CONTROLS=all: every one). One shows the
+# cell's widgets answer in the browser; what each control computes is the lab's Python, which nbval runs.
+_PER_CELL = os.environ.get("ECHO_TUTOR_BROWSER_CONTROLS", "1")
+CONTROLS_PER_CELL = 10**6 if _PER_CELL == "all" else int(_PER_CELL)
 
 
 @dataclass
@@ -244,16 +253,21 @@ def _check_outputs(run: LabRun) -> None:
 
 
 def _drive_controls(run: LabRun) -> None:
-    """4. sliders (and toggle buttons, dropdowns) next to a figure: each one moved and moved back."""
+    """4. sliders (and toggle buttons, dropdowns) next to a figure: each one moved and moved back, up to
+    ``CONTROLS_PER_CELL`` per figure cell (the first ones that can move)."""
     t0 = time.monotonic()
     run.moved = 0
     for cell in run.dom["cells"]:
         if not cell["plots"]:
             continue
+        moved_here = 0
         for control in [("slider", j, s) for j, s in enumerate(cell["sliders"])] + \
                        [("toggle", j, t) for j, t in enumerate(cell["toggles"])] + \
                        [("dropdown", j, d) for j, d in enumerate(cell["dropdowns"])]:
-            run.moved += _check_control(run.page, cell, *control, shots=run.shots, problems=run.problems)
+            if moved_here >= CONTROLS_PER_CELL:
+                break
+            moved_here += _check_control(run.page, cell, *control, shots=run.shots, problems=run.problems)
+        run.moved += moved_here
     run.timings["controls_s"] = round(time.monotonic() - t0, 1)
 
 
@@ -271,6 +285,23 @@ def _check_after_controls(run: LabRun) -> None:
         for tb in cell["stderr"]:
             if "Traceback" in tb and tb not in next(c for c in dom["cells"] if c["cell"] == cell["cell"])["stderr"]:
                 problems.append(f"cell {cell['cell']} ({cell['head'][:60]!r}): traceback after the slider moves:\n{tb}")
+
+
+JS_OUTPUT_TEXT = r"""() => Array.from(document.querySelectorAll('.jp-OutputArea-output'))
+  .map(e => e.innerText).join('\n')"""
+
+
+def _check_no_exercise_done(run: LabRun, lab_server) -> None:
+    """5. with no exercise done, each exercise cell says so and the report lists them all as not passing."""
+    src = (lab_server.root / f"{run.lab}.py").read_text()
+    n = len(re.findall(r"labs\.exercise\((\w+),", src))
+    text = run.page.evaluate(JS_OUTPUT_TEXT)
+    said = text.count("not attempted yet")
+    if said != n:
+        run.problems.append(f"with no exercise done, {said} outputs say 'not attempted yet', expected one per "
+                            f"exercise ({n})")
+    if f"0 of {n} passing" not in text:
+        run.problems.append(f"the last cell does not list the exercises as '0 of {n} passing'")
 
 
 def _save_and_check_clean(run: LabRun, lab_server) -> None:
@@ -334,6 +365,7 @@ def test_lab_in_browser(lab, browser, lab_server, screenshot_dir):  # browser fi
         _check_outputs(run)
         _drive_controls(run)
         _check_after_controls(run)
+        _check_no_exercise_done(run, lab_server)
         _save_and_check_clean(run, lab_server)
         if run.console_errors:
             run.notes.append(f"{len(run.console_errors)} browser console errors, first: {run.console_errors[0][:200]!r}")
