@@ -18,6 +18,10 @@
 #                                of type tl.constexpr"), and pip would put 3.0.0 back while installing
 #                                the package if triton were installed before it. TRITON_MIN= (empty)
 #                                leaves torch's own triton 3.0.0.
+# torch.compile's backward ("aot_eager", which imports inductor) does not load at these floors: torch 2.4's
+# inductor reads triton's AttrsDescriptor as a dataclass, which it is not in triton 3.2, so those two tests skip
+# saying so (tests/test_compile.py); torch.compile at torch 2.4.1 needs torch's own triton 3.0.0, the kernels
+# triton >= 3.2. The forward traces (fullgraph, "eager") pass at the floors.
 # The `echokv` extra is not installed: its floor is torch>=2.6 (transformers 5 disables PyTorch below
 # 2.6), so here its tests skip (pytest.importorskip("transformers")).
 #

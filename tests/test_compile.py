@@ -4,6 +4,8 @@ Dynamo's tracing is what ``fullgraph`` tests (a graph break raises); the "eager"
 the captured graph without Inductor's code generation, so this stays fast on the CPU. The slow test compiles
 for real (Inductor) through ``train(compile=True)``."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -35,8 +37,22 @@ def test_every_preset_traces_as_one_graph(preset):
         torch.testing.assert_close(got, want)
 
 
+def _aot_backend_loads() -> str | None:
+    """Why torch's "aot_eager" backend cannot load here, or None. At the floors (torch 2.4.1 with the triton
+    extra's 3.2.0) it cannot: torch 2.4's inductor reads triton's ``AttrsDescriptor`` as a dataclass, which it
+    stopped being in triton 3.2. torch.compile's backward there needs torch's own triton (3.0.0)."""
+    try:
+        importlib.import_module("torch._inductor.debug")  # what aot_eager imports first
+    except Exception as e:  # noqa: BLE001
+        return f"torch {torch.__version__}'s aot_eager backend does not load beside this triton: {e!r}"
+    return None
+
+
 @pytest.mark.parametrize("preset", ["echo", "synth1m-echo"])
 def test_backward_traces_as_one_graph(preset):
+    why = _aot_backend_loads()
+    if why:
+        pytest.skip(why)
     torch._dynamo.reset()
     model = small(preset)
     ids = torch.randint(0, 32, (2, 21))

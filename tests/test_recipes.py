@@ -33,8 +33,10 @@ def test_pick_tables_name_existing_recipes_and_the_rest_is_refused(mod):
 def test_the_fast_flag_picks_the_shipped_recipes():
     assert cliff.recipe_for("lab", True).name == "cliff/lab"
     assert transfer.recipe_for("lab", True).name == "transfer/lab"
-    assert ablation.recipe_for("lab", True).name == "ablation/small"
+    assert ablation.recipe_for("synth1m", True).name == "ablation/small"   # the synth1m layout at d=64
     assert ablation.recipe_for("lab", False).name == "ablation/lab"
+    with pytest.raises(BadArgumentError, match="ablation has no fast recipe at scale='lab'"):
+        ablation.recipe_for("lab", True)
     with pytest.raises(BadArgumentError, match="no fast recipe at scale='synth1m'"):
         cliff.recipe_for("synth1m", True)
 

@@ -22,7 +22,7 @@ from torch import nn
 
 from .._checks import check_int
 from ..errors import BadArgumentError
-from .mixer import _rope
+from ..echokv.capture import apply_rope
 
 __all__ = ["KiviContext", "kivi_fraction", "kivi_layers", "then"]
 
@@ -65,8 +65,8 @@ class KiviContext(nn.Module):
         if T == 1:  # (a cache the model creates on its own is ignored: nothing is ever read back from it)
             raise BadArgumentError("KiviContext scores whole windows, it cannot decode one token at a time")
         split = lambda x, h: x.view(B, T, h, self.head_dim).transpose(1, 2)
-        q = _rope(split(self.q_proj(hidden_states), self.n_q), cos, sin)
-        k = _rope(split(self.k_proj(hidden_states), self.n_kv), cos, sin)
+        q = apply_rope(split(self.q_proj(hidden_states), self.n_q), cos, sin)
+        k = apply_rope(split(self.k_proj(hidden_states), self.n_kv), cos, sin)
         v = split(self.v_proj(hidden_states), self.n_kv)
         c = min(self.ctx_len, T)
         rep = self.n_q // self.n_kv

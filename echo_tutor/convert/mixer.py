@@ -40,20 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BadArgumentError
+from ..echokv.capture import apply_rope
 from ..ska.reference import ska_readout
 from .spec import VARIANTS, MixerSpec, MixerState
 
 __all__ = ["VARIANTS", "ConvertedAttention", "MixerSpec", "MixerState"]
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, H, T, D], cos/sin [B or 1, T, D]."""
-    return x * cos[:, None] + _rotate_half(x) * sin[:, None]
-
 
 class ConvertedAttention(nn.Module):
     """One attention layer of a Llama-style model, converted to a fixed-state mixer (see module doc).
@@ -188,8 +179,8 @@ class ConvertedAttention(nn.Module):
         q, k, v = self._qkv(hidden)  # [B, T, H, D], pre-RoPE
         W = s.window if s.has_window else 0
         if s.has_window:
-            qr = _rope(q.transpose(1, 2), cos, sin)  # [B, Hq, T, D]
-            kr = _rope(k.transpose(1, 2), cos, sin).repeat_interleave(self.group, 1)
+            qr = apply_rope(q.transpose(1, 2), cos, sin)  # [B, Hq, T, D]
+            kr = apply_rope(k.transpose(1, 2), cos, sin).repeat_interleave(self.group, 1)
             vv = v.transpose(1, 2).repeat_interleave(self.group, 1)
             scores = (qr @ kr.transpose(-1, -2)) * self.scaling  # [B, Hq, T, T]
             t = torch.arange(T, device=hidden.device)
@@ -283,7 +274,7 @@ class ConvertedAttention(nn.Module):
         if not s.has_window:
             self._absorb(st, kf.float(), v_t.float())
         else:
-            kr = _rope(k_t[:, :, None], cos_t[:, None], sin_t[:, None])  # [B, H, 1, D]
+            kr = apply_rope(k_t[:, :, None], cos_t[:, None], sin_t[:, None])  # [B, H, 1, D]
             st.k_win = torch.cat([st.k_win, kr], dim=2)
             st.v_win = torch.cat([st.v_win, v_t[:, :, None]], dim=2)
             if kf is not None:
@@ -311,7 +302,7 @@ class ConvertedAttention(nn.Module):
         self._push(state, k, v, cos_t, sin_t)
         B = x_t.shape[0]
         if s.has_window:
-            qr = _rope(q[:, :, None], cos_t[:, None], sin_t[:, None])  # [B, Hq, 1, D]
+            qr = apply_rope(q[:, :, None], cos_t[:, None], sin_t[:, None])  # [B, Hq, 1, D]
             kr = state.k_win.repeat_interleave(self.group, 1)
             vv = state.v_win.repeat_interleave(self.group, 1)
             sc = (qr @ kr.transpose(-1, -2)) * self.scaling

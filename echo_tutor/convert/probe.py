@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BadArgumentError
+from ..experiments.stats import paired_ci, verdict
 
 __all__ = ["format_summary", "greedy", "needle_probe", "needle_prompt", "summarize", "window_nll"]
 
@@ -34,6 +35,7 @@ def window_nll(model, ids: torch.Tensor, score_from: int, *, batch_size: int = 4
     return out
 
 
+N_BOOT = 2000  # bootstrap resamples behind every interval of the study's summary (the shipped results used it)
 _FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. ")
 
 
@@ -108,15 +110,13 @@ def summarize(result: dict) -> dict:
     the same windows, negative = the SKA variant is better). ``stage2`` rows compare stage 2 with stage 1 of
     the same variant and layers (``dnll`` = stage 2 minus stage 1, negative = stage 2 helped).
     """
-    from ..experiments.stats import paired_ci, verdict
-
     full = result["full_window_nll"]
     rows, budget, versus = [], {}, []
     sweep = result["sweep_window_nll"]
     for v, by_n in sweep.items():
         budget[v] = {"5%": 0, "20%": 0}
         for n, nll in sorted(by_n.items(), key=lambda x: int(x[0])):
-            d, lo, hi = paired_ci(nll, full, n_boot=2000)
+            d, lo, hi = paired_ci(nll, full, n_boot=N_BOOT)
             ratio = math.exp(d)
             rows.append({"variant": v, "label": result["labels"][v], "n": int(n), "ppl": math.exp(_mean(nll)),
                          "ratio": ratio, "lo": math.exp(lo), "hi": math.exp(hi)})
@@ -131,19 +131,19 @@ def summarize(result: dict) -> dict:
                 continue
             for n in sweep[a]:
                 if n in sweep[b]:
-                    d, lo, hi = paired_ci(sweep[a][n], sweep[b][n], n_boot=2000)
+                    d, lo, hi = paired_ci(sweep[a][n], sweep[b][n], n_boot=N_BOOT)
                     versus.append({"a": a, "b": b, "n": int(n), "dnll": d, "lo": lo, "hi": hi,
                                    "verdict": verdict(-hi, -lo)})
     stage2 = []
     for v, by_n in result.get("stage2", {}).items():
         for n, r in sorted(by_n.items(), key=lambda x: int(x[0])):
-            d, lo, hi = paired_ci(r["window_nll"], full, n_boot=2000)
+            d, lo, hi = paired_ci(r["window_nll"], full, n_boot=N_BOOT)
             row = {"variant": v, "label": result["labels"][v], "n": int(n), "ppl": math.exp(_mean(r["window_nll"])),
                    "ratio": math.exp(d), "lo": math.exp(lo), "hi": math.exp(hi), "kl_before": r["kl_before"],
                    "kl_after": r["kl_after"]}
             if n in sweep.get(v, {}):
-                d1, _, _ = paired_ci(sweep[v][n], full, n_boot=2000)
-                dd, dlo, dhi = paired_ci(r["window_nll"], sweep[v][n], n_boot=2000)
+                d1, _, _ = paired_ci(sweep[v][n], full, n_boot=N_BOOT)
+                dd, dlo, dhi = paired_ci(r["window_nll"], sweep[v][n], n_boot=N_BOOT)
                 row.update(stage1_ratio=math.exp(d1), dnll=dd, dlo=dlo, dhi=dhi, verdict=verdict(-dhi, -dlo))
             stage2.append(row)
     return {"full_ppl": math.exp(_mean(full)), "rows": rows, "budget": budget, "versus": versus, "stage2": stage2}

@@ -12,14 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..attention.rope import rotate
 from ..errors import BadArgumentError
 from .model import AttentionLayout, attention_layout, cache_dir
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """Llama's RoPE pairing: (x1, x2) -> (-x2, x1) on the two halves of the last dim."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
 
 
 def rope_cos_sin(model, positions: torch.Tensor, dtype: torch.dtype = torch.float32):
@@ -36,14 +31,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotate ``x`` [B, H, T, D] (or [B, T, D]) by the angles in cos/sin [B, T, D]."""
     if x.ndim == 4:
         cos, sin = cos[:, None], sin[:, None]
-    return x * cos + rotate_half(x) * sin
+    return rotate(x, cos, sin)
 
 
 def undo_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`apply_rope` (a rotation by the opposite angles)."""
     if x.ndim == 4:
         cos, sin = cos[:, None], sin[:, None]
-    return x * cos - rotate_half(x) * sin
+    return rotate(x, cos, sin, inverse=True)
 
 
 @dataclass

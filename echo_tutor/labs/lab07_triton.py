@@ -96,7 +96,7 @@ def _poisoned(shape: tuple[int, ...], g: torch.Generator, device: str, strided: 
 
 @contextlib.contextmanager
 def _watch_kernels(student_files: set[str]):
-    """Within the block: count the Triton kernels launched (any ``@triton.jit`` function's ``run``), and give
+    """Within the block: count the Triton kernels launched (any ``@triton.jit`` function's launch), and give
     every floating tensor that the student's own code allocates with ``torch.empty/zeros/full(_like)`` a
     NaN-filled tail of ``_SLACK`` elements, so a store past its end lands there (seen after the call) instead
     of in someone else's memory; ``torch.empty`` comes back NaN-filled, so an entry never written shows.
@@ -107,7 +107,10 @@ def _watch_kernels(student_files: set[str]):
     launched: list[object] = []
     buffers: list[tuple[torch.Tensor, int]] = []
     full = torch.full  # the real one: the padding's own allocation must not be padded
-    saved_runs = {cls: cls.run for cls in (JITFunction, InterpretedFunction)}
+    # a launch goes through the class's ``run`` (Triton >= 3.3; the interpreter's ``run`` was an instance
+    # attribute before, and ``kernel[grid]`` went through ``__getitem__``: Triton 3.2, the extra's floor)
+    saved_runs = {(cls, attr): getattr(cls, attr) for cls in (JITFunction, InterpretedFunction)
+                  for attr in ["run" if hasattr(cls, "run") else "__getitem__"]}
 
     def counting(run):
         def wrapped(self, *args, **kwargs):
@@ -132,14 +135,14 @@ def _watch_kernels(student_files: set[str]):
     names = ("empty", "zeros", "full", "empty_like", "zeros_like", "full_like")
     saved_allocs = {n: getattr(torch, n) for n in names}
     try:
-        for cls, run in saved_runs.items():
-            cls.run = counting(run)
+        for (cls, attr), run in saved_runs.items():
+            setattr(cls, attr, counting(run))
         for n, f in saved_allocs.items():
             setattr(torch, n, padded(f, n.startswith("empty")))
         yield launched, buffers
     finally:
-        for cls, run in saved_runs.items():
-            cls.run = run
+        for (cls, attr), run in saved_runs.items():
+            setattr(cls, attr, run)
         for n, f in saved_allocs.items():
             setattr(torch, n, f)
 
