@@ -47,8 +47,12 @@ def rope_via_alias(x, cos, sin):
 
 
 def rope_via_importlib(x, cos, sin):
-    mod = importlib.import_module("echo_tutor.echokv." + "capture")
+    mod = importlib.import_module("echo_tutor.attention." + "rope")   # the package's one RoPE rotation
     return x * cos + getattr(mod, "rotate" + "_half")(x) * sin
+
+
+def rope_via_rotate(x, cos, sin):
+    return importlib.import_module("echo_tutor.attention.rope").rotate(x, cos, sin)
 
 
 # ---------------------------------------------------------------------------------- ridge_with_intercept
@@ -248,6 +252,7 @@ def test_a_typical_wrong_answer_is_refused_with_its_message(check, wrong, msg):
 SHORTCUTS = [
     (lab06.check_rope_rotate, rope_via_alias, "apply_rope"),
     (lab06.check_rope_rotate, rope_via_importlib, "rotate_half"),
+    (lab06.check_rope_rotate, rope_via_rotate, "rotate"),
     (lab06.check_ridge_with_intercept, ridge_via_the_lab, "_ridge_with_intercept_solution"),
     (lab06.check_choose_kept, choose_kept_via_slots, "kept_counts"),
     (lab06.check_choose_kept, choose_kept_via_the_lab, "_greedy_kept_solution"),

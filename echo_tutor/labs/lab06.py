@@ -152,7 +152,7 @@ def _rope_hint(out, x, cos, sin) -> str:
     return hint
 
 
-@checker(forbid=("rope_cos_sin", "rotate_half", "apply_rope", "undo_rope"))
+@checker(forbid=("rope_cos_sin", "rotate_half", "rotate", "apply_rope", "undo_rope"))
 def check_rope_rotate(fn) -> None:
     """Check ``fn(x [..., T, D], cos [T, D], sin [T, D]) -> [..., T, D]`` (Llama's half-split pairing) with
     zero, one and two leading dims on x, with cos/sin of x's own shape, and at the lab's size (256 x 64)."""
