@@ -1,7 +1,8 @@
 # The two commands of the README:
 #   make lab    set up .venv (CPU torch first where there is no CUDA) and start JupyterLab on notebooks/
 #   make test   set up .venv and run the whole suite: unit tests + every lab under nbval (solutions on), then
-#               every lab in JupyterLab in headless Chromium (tests/browser, after nbval; skips without chromium)
+#               every lab in JupyterLab in headless Chromium with no exercise done (tests/browser, after nbval;
+#               skips without chromium, and then tests/test_notebooks.py runs each lab with no exercise done)
 # Setup is skipped when .venv is current (a stamp in .venv: scripts/setup.sh), so both start offline.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
