@@ -27,7 +27,7 @@ from echo_tutor.echokv.evaluate import perplexity
 from echo_tutor.echokv.model import _copy_batch
 
 
-def _layout(m):
+def llama_layout(m):
     c = m.config
     return dict(n_q_heads=c.num_attention_heads, n_kv_heads=c.num_key_value_heads,
                 head_dim=c.hidden_size // c.num_attention_heads)
@@ -38,9 +38,9 @@ def test_a_context_left_unquantised_is_the_original_attention(tiny):  # noqa: F8
     rope = layer_inputs(tiny, 40, "cpu")
     attn = tiny.model.layers[2].self_attn
     ref = original_attention(attn, x, rope)
-    exact = KiviContext(attn, bits=4, ctx_len=0, **_layout(tiny))(x, position_embeddings=rope)[0]
+    exact = KiviContext(attn, bits=4, ctx_len=0, **llama_layout(tiny))(x, position_embeddings=rope)[0]
     torch.testing.assert_close(exact, ref, atol=1e-5, rtol=1e-5)
-    lossy = KiviContext(attn, bits=2, ctx_len=32, **_layout(tiny))(x, position_embeddings=rope)[0]
+    lossy = KiviContext(attn, bits=2, ctx_len=32, **llama_layout(tiny))(x, position_embeddings=rope)[0]
     assert (lossy - ref).abs().max() > 1e-3  # (the test above cannot pass by quantising nothing anywhere)
 
 
@@ -78,9 +78,9 @@ def test_then_chains_two_methods():
 def test_bad_arguments(tiny):  # noqa: F811
     attn = tiny.model.layers[0].self_attn
     with pytest.raises(ValueError, match="bits must be one of"):
-        KiviContext(attn, bits=5, ctx_len=8, **_layout(tiny))
+        KiviContext(attn, bits=5, ctx_len=8, **llama_layout(tiny))
     with pytest.raises(ValueError, match="ctx_len must be >= 0"):
-        KiviContext(attn, bits=4, ctx_len=-1, **_layout(tiny))
+        KiviContext(attn, bits=4, ctx_len=-1, **llama_layout(tiny))
     with pytest.raises(ValueError, match=r"layer must be an int in \[0, 3\]"):
         with kivi_layers(tiny, [7], bits=4, ctx_len=8):
             pass

@@ -91,7 +91,7 @@ def bytes_via_library(W, A, r, H, D):
 
 
 # ------------------------------------------------------------------------------------------- convert_layer
-def _layout(model):
+def llama_layout(model):
     c = model.config
     return int(c.num_attention_heads), int(c.num_key_value_heads), int(c.head_dim)
 
@@ -101,30 +101,30 @@ def convert_smollm2_numbers(model, layer, spec):
 
 
 def convert_no_gqa(model, layer, spec):
-    n_q, n_kv, hd = _layout(model)
+    n_q, n_kv, hd = llama_layout(model)
     return ConvertedAttention(model.model.layers[layer].self_attn, spec, n_q_heads=n_q, n_kv_heads=n_q, head_dim=hd)
 
 
 def convert_hidden_over_heads(model, layer, spec):
-    n_q, n_kv, hd = _layout(model)
+    n_q, n_kv, hd = llama_layout(model)
     hd = model.config.hidden_size // n_q
     return ConvertedAttention(model.model.layers[layer].self_attn, spec, n_q_heads=n_q, n_kv_heads=n_kv, head_dim=hd)
 
 
 def convert_wrong_layer(model, layer, spec):
-    n_q, n_kv, hd = _layout(model)
+    n_q, n_kv, hd = llama_layout(model)
     other = (layer + 1) % len(model.model.layers)
     return ConvertedAttention(model.model.layers[other].self_attn, spec, n_q_heads=n_q, n_kv_heads=n_kv, head_dim=hd)
 
 
 def convert_a_copy(model, layer, spec):
-    n_q, n_kv, hd = _layout(model)
+    n_q, n_kv, hd = llama_layout(model)
     return ConvertedAttention(copy.deepcopy(model.model.layers[layer].self_attn), spec, n_q_heads=n_q,
                               n_kv_heads=n_kv, head_dim=hd)
 
 
 def convert_fresh(model, layer, spec):
-    n_q, n_kv, hd = _layout(model)
+    n_q, n_kv, hd = llama_layout(model)
     attn = copy.deepcopy(model.model.layers[layer].self_attn)
     for nm in ("q_proj", "k_proj", "v_proj", "o_proj"):
         lin = getattr(attn, nm)
@@ -133,14 +133,14 @@ def convert_fresh(model, layer, spec):
 
 
 def convert_and_swap_in(model, layer, spec):
-    n_q, n_kv, hd = _layout(model)
+    n_q, n_kv, hd = llama_layout(model)
     m = ConvertedAttention(model.model.layers[layer].self_attn, spec, n_q_heads=n_q, n_kv_heads=n_kv, head_dim=hd)
     model.model.layers[layer].self_attn = m
     return m
 
 
 def convert_own_spec(model, layer, spec):
-    n_q, n_kv, hd = _layout(model)
+    n_q, n_kv, hd = llama_layout(model)
     return ConvertedAttention(model.model.layers[layer].self_attn, MixerSpec("window+ska", window=64, sinks=4, rank=8),
                               n_q_heads=n_q, n_kv_heads=n_kv, head_dim=hd)
 

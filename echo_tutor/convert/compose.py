@@ -22,15 +22,17 @@ from torch import nn
 
 from .._checks import check_int
 from ..errors import BadArgumentError
-from ..echokv.capture import apply_rope
+from ..echokv import baselines as B
+from ..echokv.baselines import Method, kivi_fraction, kivi_quantize
+from ..echokv.capture import apply_rope, capture_kv
+from ..echokv.evaluate import perplexity
+from ..echokv.fit import fit_reconstructor
+from ..echokv.model import calibration_text, text_windows
+from ..echokv.slots import KINDS, SlotMoments, light_keys
+from .layers import check_layer, converted, llama_layout
+from .probe import window_nll
 
 __all__ = ["KiviContext", "kivi_fraction", "kivi_layers", "then"]
-
-
-def kivi_fraction(bits: int, group: int = 32) -> float:
-    """Bytes of a KIVI cache over a 16-bit cache: ``bits`` per element plus a float16 scale and zero per
-    group of ``group``."""
-    return (bits + 2 * 16 / group) / 16
 
 
 class KiviContext(nn.Module):
@@ -56,8 +58,6 @@ class KiviContext(nn.Module):
         self.scaling = head_dim ** -0.5
 
     def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None, **kwargs):
-        from ..echokv.baselines import _quantize
-
         if position_embeddings is None:
             raise BadArgumentError("position_embeddings must be the (cos, sin) pair the decoder layer passes")
         cos, sin = position_embeddings
@@ -75,8 +75,8 @@ class KiviContext(nn.Module):
         # stored); the later queries read the stored, quantised context rows and their own exact rows
         y = F.scaled_dot_product_attention(q[:, :, :c], k[:, :, :c], v[:, :, :c], is_causal=True, scale=self.scaling)
         if c < T:
-            kq = torch.cat([_quantize(k[:, :, :c], self.bits, dim=-2, group=self.group), k[:, :, c:]], 2) if c else k
-            vq = torch.cat([_quantize(v[:, :, :c], self.bits, dim=-1, group=self.group), v[:, :, c:]], 2) if c else v
+            kq = torch.cat([kivi_quantize(k[:, :, :c], self.bits, dim=-2, group=self.group), k[:, :, c:]], 2) if c else k
+            vq = torch.cat([kivi_quantize(v[:, :, :c], self.bits, dim=-1, group=self.group), v[:, :, c:]], 2) if c else v
             t = torch.arange(T, device=q.device)
             allowed = t[None, :] <= t[c:, None]  # [T - c, T]
             y2 = F.scaled_dot_product_attention(q[:, :, c:], kq, vq, attn_mask=allowed, scale=self.scaling)
@@ -89,14 +89,12 @@ def kivi_layers(model, layers: list[int], *, bits: int, ctx_len: int, group: int
     """Within the block, ``model``'s attention ``layers`` read a KIVI-quantised context (see
     :class:`KiviContext`); restored after. Combine with :func:`~echo_tutor.convert.layers.converted` for the
     other layers."""
-    from .layers import _check_layer, _layout
-
-    _, n_q, n_kv, hd = _layout(model)
+    _, n_q, n_kv, hd = llama_layout(model)
     blocks = model.model.layers
     old = {}
     try:
         for i in layers:
-            _check_layer(model, i)
+            check_layer(model, i)
             old[i] = blocks[i].self_attn
             blocks[i].self_attn = KiviContext(old[i], bits=bits, ctx_len=ctx_len, n_q_heads=n_q, n_kv_heads=n_kv,
                                               head_dim=hd, group=group)
@@ -116,8 +114,6 @@ def then(first, second, name: str):
             raise BadArgumentError("then: at most one of the two methods may mask tokens out")
         return k2, v2, keep1 if keep2 is None else keep2
 
-    from ..echokv.baselines import Method
-
     return Method(name, first.fraction * second.fraction, apply, overhead_bytes=first.overhead_bytes + second.overhead_bytes,
                   info={"first": first.name, "second": second.name})
 
@@ -133,9 +129,6 @@ def run_compositions(run) -> dict:
     Returns ``{"bits", "converted_kivi": {variant: {n: window_nll}}, "echokv": {name: {"fraction",
     "window_nll"}}}`` on the study's held-out windows.
     """
-    from .layers import converted
-    from .probe import window_nll
-
     cfg, model = run.cfg, run.model
     bits, L = cfg.compose_bits, len(model.model.layers)
     out: dict = {"bits": bits, "converted_kivi": {}, "echokv": {}}
@@ -153,13 +146,6 @@ def run_compositions(run) -> dict:
             out["converted_kivi"].setdefault(v, {})[str(n)] = run.cell(spec, fn)["window_nll"]
 
     def echokv(_):
-        from ..echokv import baselines as B
-        from ..echokv.capture import capture_kv
-        from ..echokv.evaluate import perplexity
-        from ..echokv.fit import fit_reconstructor
-        from ..echokv.model import calibration_text, text_windows
-        from ..echokv.slots import KINDS, SlotMoments, light_keys
-
         cal = text_windows(run.tok, calibration_text("calib"), cfg.calib_len, cfg.compose_calib_windows)
         cap = capture_kv(model, cal, progress=run.progress)
         moments = {k: SlotMoments(cap, k) for k in KINDS}

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .._checks import check_int
 from ..errors import BadArgumentError
-from .layers import _bar, converted
+from .layers import maybe_bar, converted
 from .mixer import ConvertedAttention
 
 __all__ = ["distill", "token_kl"]
@@ -81,7 +81,7 @@ def distill(model, mixers: dict[int, ConvertedAttention], ids: torch.Tensor, *, 
         if params and steps:
             opt = torch.optim.Adam(params, lr=lr)
             g = torch.Generator().manual_seed(seed)
-            for _ in _bar(range(steps), progress, f"stage 2 ({len(mixers)} layers)"):
+            for _ in maybe_bar(range(steps), progress, f"stage 2 ({len(mixers)} layers)"):
                 i = int(torch.randint(0, ids.shape[0], (1,), generator=g))
                 if i not in teacher:
                     teacher[i] = _teacher(model, ids[i:i + 1].to(dev))

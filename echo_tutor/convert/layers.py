@@ -18,7 +18,7 @@ __all__ = [
 ]
 
 
-def _bar(it, enabled: bool, desc: str):
+def maybe_bar(it, enabled: bool, desc: str):
     if not enabled:
         return it
     try:
@@ -28,14 +28,14 @@ def _bar(it, enabled: bool, desc: str):
     return tqdm(it, desc=desc, leave=False)
 
 
-def _layout(model) -> tuple[int, int, int, int]:
+def llama_layout(model) -> tuple[int, int, int, int]:
     c = model.config
     n_q, n_kv = int(c.num_attention_heads), int(getattr(c, "num_key_value_heads", None) or c.num_attention_heads)
     head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // n_q)
     return len(model.model.layers), n_q, n_kv, head_dim
 
 
-def _check_layer(model, layer: object) -> int:
+def check_layer(model, layer: object) -> int:
     n = len(model.model.layers)
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n:
         raise BadArgumentError(f"layer must be an int in [0, {n - 1}] (the model has {n} layers), got {layer!r}")
@@ -44,8 +44,8 @@ def _check_layer(model, layer: object) -> int:
 
 def new_mixer(model, layer: int, spec: MixerSpec) -> ConvertedAttention:
     """A fresh converted layer initialised from ``model``'s layer ``layer`` (its own projections)."""
-    _check_layer(model, layer)
-    _, n_q, n_kv, hd = _layout(model)
+    check_layer(model, layer)
+    _, n_q, n_kv, hd = llama_layout(model)
     attn = model.model.layers[layer].self_attn
     if isinstance(attn, ConvertedAttention):
         raise BadArgumentError(f"layer {layer} is already converted; fit on the original model")
@@ -59,7 +59,7 @@ def new_mixer(model, layer: int, spec: MixerSpec) -> ConvertedAttention:
 def capture_inputs(model, ids: torch.Tensor, layers: list[int] | None = None, *, batch_size: int = 4) -> dict[int, torch.Tensor]:
     """The inputs of each attention layer (after the layer's input norm) on ``ids`` [N, T]:
     ``{layer: float16 [N, T, d]}`` (float16 halves the memory; stage 1 upcasts)."""
-    layers = list(range(len(model.model.layers))) if layers is None else [_check_layer(model, i) for i in layers]
+    layers = list(range(len(model.model.layers))) if layers is None else [check_layer(model, i) for i in layers]
     store: dict[int, list[torch.Tensor]] = {i: [] for i in layers}
     hooks = []
     for i in layers:
@@ -132,7 +132,7 @@ def fit_layer(model, layer: int, spec: MixerSpec, x: torch.Tensor, *, steps: int
     if params and steps > 0 and spec.variant != "window":
         opt = torch.optim.Adam(params, lr=lr)
         g = torch.Generator().manual_seed(seed)
-        for _ in _bar(range(steps), progress, f"stage 1, layer {layer}"):
+        for _ in maybe_bar(range(steps), progress, f"stage 1, layer {layer}"):
             idx = torch.randint(0, x.shape[0], (batch,), generator=g)
             xb = x[idx].float()
             with torch.no_grad():
@@ -169,7 +169,7 @@ def converted(model, mixers: dict[int, ConvertedAttention]):
     old = {}
     try:
         for i, m in mixers.items():
-            _check_layer(model, i)
+            check_layer(model, i)
             old[i] = layers[i].self_attn
             m._stream = None
             layers[i].self_attn = m
@@ -188,13 +188,13 @@ def converted(model, mixers: dict[int, ConvertedAttention]):
 # --------------------------------------------------------------------------------------------------
 def kv_bytes(model, tokens: int, bytes_per: int = 4) -> int:
     """Bytes of one full-attention layer's KV cache at ``tokens`` tokens (batch 1): ``2 T Hkv D``."""
-    _, _, n_kv, hd = _layout(model)
+    _, _, n_kv, hd = llama_layout(model)
     return 2 * tokens * n_kv * hd * bytes_per
 
 
 def mixer_bytes(model, spec: MixerSpec, bytes_per: int = 4) -> int:
     """Bytes of one converted layer's decode state (batch 1), whatever the context length."""
-    _, _, n_kv, hd = _layout(model)
+    _, _, n_kv, hd = llama_layout(model)
     m = ConvertedAttention.__new__(ConvertedAttention)  # only state_nbytes' arithmetic is needed
     m.spec, m.n_kv, m.head_dim = spec, n_kv, hd
     return m.state_nbytes(1, {2: torch.float16, 4: torch.float32}[bytes_per])
@@ -203,7 +203,7 @@ def mixer_bytes(model, spec: MixerSpec, bytes_per: int = 4) -> int:
 def state_bytes(model, spec: MixerSpec | None, n_converted: int, tokens: int, bytes_per: int = 4) -> int:
     """Bytes the whole model keeps for its context at ``tokens`` tokens when ``n_converted`` layers are
     converted to ``spec``: full KV rows for the others, the fixed state for the converted ones."""
-    n_layers = _layout(model)[0]
+    n_layers = llama_layout(model)[0]
     if spec is None or n_converted == 0:
         return n_layers * kv_bytes(model, tokens, bytes_per)
     conv = mixer_bytes(model, spec, bytes_per)

@@ -23,7 +23,7 @@ from ..errors import BadArgumentError
 from .compose import run_compositions
 from .distill import distill
 from .layers import (
-    _bar,
+    maybe_bar,
     capture_inputs,
     causal_mask,
     converted,
@@ -246,7 +246,7 @@ class _Study:
         c = self.cfg
         base = sum(full_nll[: c.cost_windows]) / c.cost_windows
         costs = []
-        for i in _bar(range(self.n_layers), self.progress, "cost map"):
+        for i in maybe_bar(range(self.n_layers), self.progress, "cost map"):
             r = self.cell({"kind": "cost", "variant": c.cost_variant, "layer": i, "cost_windows": c.cost_windows,
                            **self.evalspec, **self.common},
                           lambda _, i=i: {"window_nll": self.nll(c.cost_variant, [i], self.eval_ids[: c.cost_windows])})
@@ -305,16 +305,16 @@ def run_convert(config: ConvertConfig | None = None, out_dir: str | pathlib.Path
     model = run.model
     full = run.cell({"kind": "eval", "variant": "full", "layers": [], **run.evalspec},
                     lambda _: {"window_nll": window_nll(model, run.eval_ids, cfg.ctx_len)})["window_nll"]
-    fit_table = {v: [run.mixer(v, i).fit_info for i in _bar(range(run.n_layers), progress, f"stage 1 [{v}]")]
+    fit_table = {v: [run.mixer(v, i).fit_info for i in maybe_bar(range(run.n_layers), progress, f"stage 1 [{v}]")]
                  for v in cfg.variants}
     costs = run.cost_map(full)
     order = run.order = sorted(range(run.n_layers), key=lambda i: costs[i])
     sweep = {v: {str(n): run.cell({"kind": "eval", "variant": v, "layers": sorted(order[:n]), **run.evalspec, **run.common},
                                   lambda _, v=v, n=n: {"window_nll": run.nll(v, sorted(order[:n]), run.eval_ids)})["window_nll"]
-                 for n in _bar(run.counts, progress, f"sweep [{v}]")}
+                 for n in maybe_bar(run.counts, progress, f"sweep [{v}]")}
              for v in cfg.variants}
     nl = sorted(order[: cfg.needle_count])
-    needle = {"full": run.needle("full", []), **{v: run.needle(v, nl) for v in _bar(cfg.variants, progress, "needle")}}
+    needle = {"full": run.needle("full", []), **{v: run.needle(v, nl) for v in maybe_bar(cfg.variants, progress, "needle")}}
     stage2: dict[str, dict] = {}
     needle2: dict[str, dict] = {}
     for v in cfg.stage2_variants:

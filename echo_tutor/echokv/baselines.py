@@ -25,7 +25,7 @@ from ..errors import BadArgumentError
 from .cache import simulate
 from .capture import KVCapture, apply_rope, undo_rope
 from .reconstructor import Reconstructor
-from .slots import _check_ratio
+from .slots import check_ratio
 
 Transform = Callable[[list, list, torch.Tensor, torch.Tensor], tuple[list, list, "torch.Tensor | None"]]
 
@@ -83,7 +83,7 @@ def _pca_basis(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
 def per_head_svd(capture: KVCapture, ratio: float) -> Method:
     """Palu-like low rank: per (layer, head, kind) a PCA basis of rank round(ratio * D) fitted on
     calibration data (keys pre-RoPE, re-rotated after projection). Per-token bytes: rank / D."""
-    ratio = _check_ratio("ratio", ratio)
+    ratio = check_ratio("ratio", ratio)
     L, H, W, T, D = capture.keys.shape
     rank = max(1, round(ratio * D))
     bases = {}
@@ -116,7 +116,7 @@ def per_head_svd(capture: KVCapture, ratio: float) -> Method:
 def cross_layer_svd(capture: KVCapture, ratio: float, group: int = 2) -> Method:
     """xKV-like: the heads of ``group`` adjacent layers share one PCA basis of rank
     round(ratio * group * H * D) per kind (calibration-fitted; keys pre-RoPE)."""
-    ratio = _check_ratio("ratio", ratio)
+    ratio = check_ratio("ratio", ratio)
     if isinstance(group, bool) or not isinstance(group, int) or group < 1:
         raise BadArgumentError(f"group must be an int >= 1 (layers sharing a basis), got {group!r}")
     L, H, W, T, D = capture.keys.shape
@@ -148,9 +148,15 @@ def cross_layer_svd(capture: KVCapture, ratio: float, group: int = 2) -> Method:
                   overhead_bytes=2 * 2 * L // group * (group * H * D) * (rank + 1), info={"rank": rank})
 
 
-def _quantize(x: torch.Tensor, bits: int, dim: int, group: int) -> torch.Tensor:
-    """Asymmetric min/max quantisation in groups of ``group`` along ``dim``; returns the
-    dequantised tensor."""
+def kivi_fraction(bits: int, group: int = 32, ref_bits: int = 16) -> float:
+    """Bytes of a KIVI cache over a ``ref_bits`` (16) cache: ``bits`` per element plus a float16 scale and
+    zero point per group of ``group`` (the residual tokens kept in full precision not counted)."""
+    return (bits + 2 * 16 / group) / ref_bits
+
+
+def kivi_quantize(x: torch.Tensor, bits: int, dim: int, group: int) -> torch.Tensor:
+    """KIVI's quantiser: asymmetric min/max in groups of ``group`` along ``dim`` (keys: the token dim, per
+    channel; values: the channel dim, per token); returns the dequantised tensor, same shape and dtype."""
     n = x.shape[dim]
     pad = (-n) % group
     xt = x.movedim(dim, -1).float()
@@ -180,20 +186,20 @@ def kivi(bits: int = 2, group: int = 32, residual: int = 0, *, ref_bits: int = 1
         for k, v in zip(keys, values):
             T = k.shape[-2]
             cut = max(0, T - residual)
-            qk = _quantize(k[..., :cut, :], bits, dim=-2, group=group) if cut else k[..., :0, :]
-            qv = _quantize(v[..., :cut, :], bits, dim=-1, group=group) if cut else v[..., :0, :]
+            qk = kivi_quantize(k[..., :cut, :], bits, dim=-2, group=group) if cut else k[..., :0, :]
+            qv = kivi_quantize(v[..., :cut, :], bits, dim=-1, group=group) if cut else v[..., :0, :]
             nk.append(torch.cat([qk, k[..., cut:, :]], -2))
             nv.append(torch.cat([qv, v[..., cut:, :]], -2))
         return nk, nv, None
 
-    frac = (bits + 2 * 16 / group) / ref_bits
-    return Method(f"KIVI {bits}-bit (g={group})", frac, apply, info={"bits": bits, "residual": residual})
+    return Method(f"KIVI {bits}-bit (g={group})", kivi_fraction(bits, group, ref_bits), apply,
+                  info={"bits": bits, "residual": residual})
 
 
 def streaming_llm(ctx_len: int, ratio: float, sinks: int = 4) -> Method:
     """StreamingLLM: keep ``sinks`` first tokens and the most recent ones, ``ratio * ctx_len`` in
     all; the others are masked out of attention."""
-    ratio = _check_ratio("ratio", ratio)
+    ratio = check_ratio("ratio", ratio)
     for name, val, lo in (("ctx_len", ctx_len, 1), ("sinks", sinks, 0)):
         if isinstance(val, bool) or not isinstance(val, int) or val < lo:
             raise BadArgumentError(f"{name} must be an int >= {lo}, got {val!r}")

@@ -28,7 +28,7 @@ from .capture import KVCapture
 KINDS = ("K", "V")
 
 
-def _check_ratio(name: str, ratio: object) -> float:
+def check_ratio(name: str, ratio: object) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio):
         raise BadArgumentError(f"{name} must be a number in (0, 1], got {ratio!r}")
     if not 0.0 < ratio <= 1.0:
@@ -141,8 +141,8 @@ class SlotMoments:
 def kept_counts(n_slots: int, ratio: float, key_ratio: float | None = None) -> tuple[int, int]:
     """Slots of each kind to keep: ``(n_K, n_V)``. ``key_ratio`` (default ``ratio``) is the fraction
     of K slots kept; the V fraction is then ``2 * ratio - key_ratio`` so the total is ``ratio``."""
-    ratio = _check_ratio("ratio", ratio)
-    kr = ratio if key_ratio is None else _check_ratio("key_ratio", key_ratio)
+    ratio = check_ratio("ratio", ratio)
+    kr = ratio if key_ratio is None else check_ratio("key_ratio", key_ratio)
     vr = 2 * ratio - kr
     if not 0.0 < vr <= 1.0 + 1e-9:
         raise BadArgumentError(
@@ -157,7 +157,7 @@ def kept_counts(n_slots: int, ratio: float, key_ratio: float | None = None) -> t
 def light_keys(ratio: float) -> float:
     """A K/V split that spends less on keys (they are the easier kind to rebuild): the K fraction is
     ``max(ratio / 2, 2 * ratio - 1)``, so V gets up to 1.5 x ratio. E.g. 0.5 -> K 0.25, V 0.75."""
-    ratio = _check_ratio("ratio", ratio)
+    ratio = check_ratio("ratio", ratio)
     return max(ratio / 2, 2 * ratio - 1)
 
 
