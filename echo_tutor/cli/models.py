@@ -11,8 +11,12 @@ from typing import Any
 
 import torch
 
+from ..convert.study import ConvertConfig, format_summary, run_convert
+from ..echokv.study import StudyConfig, format_table, run_study, save
 from ..errors import BadArgumentError
+from ..experiments import transfer_task_args
 from ..models import LAB_PRESETS, PRESETS, SCALES, build, count_parameters, load, scale_of
+from ..pretrained import available, load_pretrained
 from ..tasks import TASKS, make_task
 from ..train import evaluate, save_records, train
 from .flags import nonneg_int, positive_float, positive_int
@@ -22,7 +26,6 @@ __all__ = ["add_model_commands", "task_from_args"]
 
 def _model_of(name: str):
     """A saved model (a path that exists) or a shipped one (a name); a path that does not exist says so."""
-    from ..pretrained import available, load_pretrained
 
     p = pathlib.Path(name)
     if p.exists():
@@ -47,7 +50,6 @@ def task_from_args(args: argparse.Namespace, gaps: list[int] | None = None, pair
         return make_task("mqar", vocab_size=V, seq_len=one(args.seq_len), num_kv_pairs=one(pairs))
     if args.task == "niah":
         return make_task("niah", vocab_size=V, seq_len=one(args.seq_len))
-    from ..experiments import transfer_task_args
 
     return make_task(**transfer_task_args(args.task, V))
 
@@ -122,8 +124,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_echokv(args: argparse.Namespace) -> int:
-    from ..echokv.study import StudyConfig, format_table, run_study, save
-
     cfg = StudyConfig.fast() if args.fast else StudyConfig()
     if args.stage2_steps is not None:
         cfg.stage2_steps = args.stage2_steps
@@ -186,8 +186,6 @@ def add_model_commands(sub) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..convert.study import ConvertConfig, format_summary, run_convert
-
     cfg = ConvertConfig.fast() if args.fast else ConvertConfig()
     for name in ("variants", "window", "sinks", "rank", "fit_steps", "counts", "layers", "stage2_variants",
                  "stage2_steps", "stage2_counts"):

@@ -19,11 +19,22 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from .._checks import check_int
+from ..echokv.model import calibration_text, load_smollm2, text_windows
 from ..errors import BadArgumentError
+from ..grid.records import (
+    append_record,
+    drop_incomplete_line,
+    latest_records,
+    load_records,
+    records_path,
+    run_cell,
+    spec_hash,
+)
+from ..pretrained import results
+from ..pretrained.store import HERE
 from .compose import run_compositions
 from .distill import distill
 from .layers import (
-    maybe_bar,
     capture_inputs,
     causal_mask,
     converted,
@@ -31,6 +42,7 @@ from .layers import (
     kv_bytes,
     layer_inputs,
     load_mixer,
+    maybe_bar,
     mixer_bytes,
     mixer_params,
     new_mixer,
@@ -39,14 +51,7 @@ from .layers import (
     state_bytes,
 )
 from .mixer import ConvertedAttention
-from .probe import (
-    format_summary,
-    greedy,
-    needle_probe,
-    needle_prompt,
-    summarize,
-    window_nll,
-)
+from .probe import format_summary, greedy, needle_probe, needle_prompt, summarize, window_nll
 from .spec import MixerSpec, parse_variant
 
 # the study's building blocks are re-exported here: `from echo_tutor.convert.study import fit_layer` etc.
@@ -166,14 +171,6 @@ class _Study:
     """One run of the study: the model, the data, the records, and the mixers fitted so far."""
 
     def __init__(self, cfg: ConvertConfig, out_dir: str | pathlib.Path, progress: bool) -> None:
-        from ..echokv.model import calibration_text, load_smollm2, text_windows
-        from ..grid.records import (
-            drop_incomplete_line,
-            latest_records,
-            load_records,
-            records_path,
-        )
-
         self.cfg, self.progress = cfg, progress
         self.out = pathlib.Path(out_dir)
         (self.out / "mixers").mkdir(parents=True, exist_ok=True)
@@ -199,7 +196,6 @@ class _Study:
 
     def cell(self, spec: dict, fn) -> dict:
         """The result of the cell ``spec``: from its record, or computed by ``fn`` and recorded."""
-        from ..grid.records import append_record, run_cell, spec_hash
 
         h = spec_hash(spec)
         self.used.add(h)
@@ -369,8 +365,6 @@ def pack_mixers(out_dir: str | pathlib.Path, dest: str | pathlib.Path, variants:
 def shipped_mixers(model, variant: str, layers: list[int], config: dict | None = None) -> dict[int, ConvertedAttention]:
     """The shipped stage-1 mixers of ``variant`` at ``layers`` (from ``echo_tutor/pretrained``), ready for
     :func:`converted`. ``config`` is the shipped study's config (default: ``results("convert")["config"]``)."""
-    from ..pretrained import results
-    from ..pretrained.store import HERE
 
     cfg = config or results("convert")["config"]
     packed = torch.load(HERE / SHIPPED_MIXERS)

@@ -18,6 +18,7 @@ import torch
 
 from ..errors import BadArgumentError
 from .capture import KVCapture
+from .slots import SlotMoments
 
 
 def _check_kind(kind: str) -> str:
@@ -32,7 +33,6 @@ def pairwise_r2(capture: KVCapture | None = None, kind: str = "K", *, lam: float
 
     Fitted on the first ``fit_frac`` of the windows, scored on the rest, all from the second moments
     of :class:`~echo_tutor.echokv.slots.SlotMoments` (pass ``moments`` to reuse them)."""
-    from .slots import SlotMoments
 
     _check_kind(kind)
     mom = moments if moments is not None else SlotMoments(capture, kind, lam=lam, fit_frac=fit_frac)
@@ -61,7 +61,6 @@ def pairwise_cosine(capture: KVCapture, kind: str = "K") -> torch.Tensor:
 def pairwise_cka(capture: KVCapture | None = None, kind: str = "K", *, moments=None) -> torch.Tensor:
     """Linear CKA between slots (on the fit part of the windows): float32 [S, S], symmetric, 1 on
     the diagonal."""
-    from .slots import SlotMoments
 
     _check_kind(kind)
     mom = moments if moments is not None else SlotMoments(capture, kind)
@@ -74,7 +73,6 @@ def pairwise_cka(capture: KVCapture | None = None, kind: str = "K", *, moments=N
 
 def similarity_atlas(capture: KVCapture, kind: str = "K", *, lam: float = 1e-3, moments=None) -> dict[str, torch.Tensor]:
     """All three [S, S] matrices for one kind: ``{"r2", "cosine", "cka"}``."""
-    from .slots import SlotMoments
 
     _check_kind(kind)
     mom = moments if moments is not None else SlotMoments(capture, kind, lam=lam)

@@ -24,8 +24,8 @@ import torch
 from ..errors import BadArgumentError
 from .cache import simulate
 from .capture import KVCapture, apply_rope, undo_rope
-from .reconstructor import Reconstructor
-from .slots import check_ratio
+from .reconstructor import Reconstructor, ReconstructorSpec
+from .slots import check_ratio, select_slots
 
 Transform = Callable[[list, list, torch.Tensor, torch.Tensor], tuple[list, list, "torch.Tensor | None"]]
 
@@ -54,8 +54,6 @@ def echokv_method(rec: Reconstructor, name: str = "echokv-lite") -> Method:
 def random_drop(capture: KVCapture, ratio: float, *, fill: str = "mean", seed: int = 0) -> Method:
     """Keep a random ``ratio`` of the slots (K and V alike); fill the others with the slot's
     calibration mean (pre-RoPE, then rotated) or zeros."""
-    from .reconstructor import ReconstructorSpec
-    from .slots import select_slots
 
     if fill not in ("mean", "zeros"):
         raise BadArgumentError(f"fill must be 'mean' or 'zeros', got {fill!r}")

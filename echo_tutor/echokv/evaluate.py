@@ -11,12 +11,13 @@ they would in a compressed cache during a prefill.
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import BadArgumentError
-from .baselines import Method
+from .baselines import Method, full_method
 from .cache import simulate
 from .capture import KVCapture, apply_rope, rope_cos_sin
 from .fit import fit_reconstructor
@@ -85,7 +86,6 @@ def perplexity(
     comparisons, see :func:`paired_difference`). One full prefill per batch serves all methods.
     """
     _check_windows(ids, ctx_len)
-    from .baselines import full_method
 
     if not any(m.name == "full" for m in methods):
         methods = [full_method(), *methods]
@@ -199,7 +199,6 @@ def distill(
     ``ids`` [W, T] windows (calibration text), split at ``ctx_len`` as in :func:`perplexity`.
     Returns the per-step KL. The LLM's parameters are never updated.
     """
-    import time
 
     _check_windows(ids, ctx_len)
     attention_layout(model)

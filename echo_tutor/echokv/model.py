@@ -22,6 +22,7 @@ import importlib.util
 import inspect
 import os
 import pathlib
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -131,7 +132,6 @@ def _load_smollm2(dtype: torch.dtype):
                 tok.save_pretrained(tmp)
                 torch.save(model.state_dict(), tmp / "weights.pt")
                 if saved.exists():
-                    import shutil
                     shutil.rmtree(saved)
                 os.replace(tmp, saved)
             except OSError:

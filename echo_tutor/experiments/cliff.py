@@ -27,22 +27,14 @@ import torch
 from .._checks import check_int, check_positive
 from ..errors import BadArgumentError
 from ..grid import GridOptions, run_grid
-from ..models import PRESETS, build
+from ..models import LAB_PRESETS, PRESETS, build
+from ..pretrained import available, load_pretrained
 from ..ska import SpectralKoopmanAttention
 from ..tasks import make_task
 from ..train import default_device, save_records, train
-from .common import (
-    VOCAB,
-    check_int_list,
-    check_names,
-    checkpoint_id,
-    finish,
-    lab_task_args,
-    pick,
-    resolve,
-)
-from .diagnostics import model_state_bytes, recall_breakdown
 from .command import Command, Option
+from .common import VOCAB, check_int_list, check_names, checkpoint_id, finish, lab_task_args, pick, resolve
+from .diagnostics import model_state_bytes, recall_breakdown
 
 __all__ = ["COMMAND", "CliffRecipe", "RECIPES", "PICK", "CLIFF_PRESETS", "CLIFF_PAIRS", "CLIFF_GAPS", "recipe_for", "cells",
            "as_decoded",
@@ -89,7 +81,6 @@ class CliffRecipe:
             if self.scale != "lab":
                 raise BadArgumentError(f"mode='checkpoint' evaluates the shipped lab-scale models: scale must be 'lab', "
                                        f"got {self.scale!r}")
-            from ..pretrained import available
 
             allowed, what = available(), "the shipped checkpoints"
         else:
@@ -103,8 +94,6 @@ class CliffRecipe:
 
 
 def _lab_presets() -> list[str]:
-    from ..models import LAB_PRESETS
-
     return list(LAB_PRESETS)
 
 
@@ -173,7 +162,6 @@ def cliff_cell(spec: dict[str, Any]) -> dict[str, Any]:
     task = make_task(**spec["task"])
     out: dict[str, Any] = {}
     if spec["mode"] == "checkpoint":
-        from ..pretrained import load_pretrained
 
         here = checkpoint_id(spec["preset"])
         if here != spec["checkpoint"]:

@@ -20,6 +20,7 @@ from typing import Any
 from ..errors import BadArgumentError
 from ..grid import GridError, failed
 from ..models import LAB_RECIPE, SCALES
+from ..pretrained import path_of
 from ..tasks import Task, make_task
 
 __all__ = ["VOCAB", "TRAINED_GAP_MAX", "lab_task", "lab_task_args", "pick", "check_int_list", "check_names",
@@ -89,7 +90,6 @@ def check_names(name: str, xs: Any, allowed: list[str], what: str) -> tuple[str,
 def checkpoint_id(preset: str) -> dict[str, str]:
     """The shipped checkpoint of ``preset``: file name and the first 16 hex digits of its sha1 (so that a
     retrained checkpoint is a new cell, and a worker with another version of it fails instead of lying)."""
-    from ..pretrained import path_of
 
     p = path_of(preset)
     return {"file": p.name, "sha1": hashlib.sha1(p.read_bytes()).hexdigest()[:16]}

@@ -12,6 +12,7 @@ import torch
 from .._checks import check_int
 from ..errors import BadArgumentError
 from ..models import state_nbytes
+from ..ssm import Mamba2, mamba2 as mamba2_module
 from ..tasks import IGNORE, Task, context_bindings, writes_at_answers
 
 __all__ = ["device_of", "model_state_bytes", "recall_breakdown", "tool_trace_by_writes", "ablate_mixer", "ssm_decay",
@@ -120,7 +121,6 @@ def ssm_decay(model, ids: torch.Tensor) -> dict[int, torch.Tensor]:
     next ``g`` factors. ids ``[B, T]``."""
     if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.is_floating_point():
         raise BadArgumentError(f"ids must be an integer tensor of shape [B, T], got {getattr(ids, 'shape', type(ids).__name__)}")
-    from ..ssm import Mamba2
 
     out: dict[int, torch.Tensor] = {}
     hooks = []
@@ -165,8 +165,6 @@ def hold_decay(model, start: int, stop: int, heads: list[tuple[int, int]] | None
     per token). The writes ``x dt`` and everything else are untouched. ``heads``: (block index, head) pairs,
     default every head of every Mamba-2 block. A causal check: if forgetting causes a model's memory cliff,
     holding the decay over the gap restores recall."""
-    from ..ssm import Mamba2
-    from ..ssm import mamba2 as mamba2_module
 
     check_int("start", start, min_value=0)
     check_int("stop", stop, min_value=start + 1)

@@ -8,9 +8,10 @@ from typing import Any, Callable, Sequence
 
 from .._checks import check_choice, check_int, check_positive
 from ..errors import BadArgumentError
+from .ray_executor import run_ray
 from .records import (
-    CellFn,
     append_record,
+    CellFn,
     drop_incomplete_line,
     latest_records,
     load_records,
@@ -169,7 +170,6 @@ def run_grid(
                 latest[record["spec_hash"]] = record
                 bar.update(record)
         elif todo:
-            from .ray_executor import run_ray
 
             run_ray(specs, todo, fn, path, latest, bar, options)
     finally:

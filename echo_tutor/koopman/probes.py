@@ -6,6 +6,7 @@ import torch
 
 from .._checks import check_int, check_tensor
 from ..errors import BadArgumentError
+from ..ska import SpectralKoopmanAttention
 from ..ska.linalg import safe_cholesky
 from .operator import koopman_spectrum
 
@@ -22,7 +23,6 @@ def model_spectra(model: torch.nn.Module, ids: torch.Tensor) -> dict[int, torch.
     Returns:
         ``{block index: eigenvalues [H, r] (complex128, by decreasing modulus)}``.
     """
-    from ..ska import SpectralKoopmanAttention
 
     if not isinstance(ids, torch.Tensor) or ids.ndim not in (1, 2) or (ids.ndim == 2 and ids.shape[0] != 1):
         raise BadArgumentError(f"ids must be a tensor of shape [T] or [1, T], got {getattr(ids, 'shape', type(ids).__name__)}")
@@ -54,7 +54,6 @@ def readout_weights(model: torch.nn.Module, ids: torch.Tensor, n_context: int) -
     Returns:
         ``{block index: a [H, T - n_context, n_context]}``.
     """
-    from ..ska import SpectralKoopmanAttention
 
     if not isinstance(ids, torch.Tensor) or ids.ndim not in (1, 2) or (ids.ndim == 2 and ids.shape[0] != 1):
         raise BadArgumentError(f"ids must be a tensor of shape [T] or [1, T], got {getattr(ids, 'shape', type(ids).__name__)}")

@@ -23,8 +23,19 @@ import math
 
 import torch
 
-from . import (ExerciseError, NotAttempted, batch_dims_hint, call_student, checker, close, expect_tensor,
-               fresh_generator, leading_dims, passed)
+from ..tasks import tool_trace
+from . import (
+    batch_dims_hint,
+    call_student,
+    checker,
+    close,
+    ExerciseError,
+    expect_tensor,
+    fresh_generator,
+    leading_dims,
+    NotAttempted,
+    passed,
+)
 
 __all__ = ["_tool_trace_answers_solution", "_rising_gate_solution", "_forgetting_readout_solution",
            "check_tool_trace_answers", "check_rising_gate", "check_forgetting_readout", "_max_ranked_writes_solution"]
@@ -121,7 +132,6 @@ def check_tool_trace_answers(fn) -> None:
     """Check ``fn(tokens, SET, GET) -> list[int]`` on fresh traces where overwrites change the answer and the
     answer slot of every ``GET`` triple is blanked to 0: the task's own layout (every SET, then every GET) and
     traces that interleave SETs and GETs."""
-    from ..tasks import tool_trace
 
     name = "tool_trace_answers"
     g, seed = fresh_generator()

@@ -18,6 +18,9 @@
 
 import torch
 
+from ..convert import ConvertedAttention, MixerSpec
+from ..convert.layers import layer_inputs, original_attention
+from ..echokv.model import tiny_gqa_config
 from . import ExerciseError, NotAttempted, call_student, checker, expect_tensor, fresh_generator, passed
 
 __all__ = [
@@ -48,8 +51,6 @@ def _converted_state_bytes_solution(window, sinks, rank, n_kv_heads, head_dim):
 
 
 def _convert_layer_solution(model, layer, spec):
-    from ..convert import ConvertedAttention
-
     c = model.config
     n_q = int(c.num_attention_heads)
     n_kv = int(getattr(c, "num_key_value_heads", None) or n_q)          # grouped-query attention: fewer KV heads
@@ -155,9 +156,7 @@ def check_converted_state_bytes(fn) -> None:
 def _small_llama(seed: int, **overrides):
     """A small random Llama with grouped-query attention (``tiny_gqa_config`` with ``overrides``), built without
     touching the global random state."""
-    from transformers import LlamaForCausalLM
-
-    from ..echokv.model import tiny_gqa_config
+    from transformers import LlamaForCausalLM   # the echokv extra
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -218,11 +217,6 @@ def check_convert_layer(fn) -> None:
     given, the model left as it was, and the converted layer equal to the attention on fewer tokens than
     its window (nothing is older than the window, so nothing differs)."""
     name = "convert_layer"
-    try:
-        from ..convert import ConvertedAttention, MixerSpec
-        from ..convert.layers import layer_inputs, original_attention
-    except ImportError as e:  # pragma: no cover - the echokv extra is missing
-        raise ExerciseError(f"{name}: needs the echokv extra (transformers): {e}") from None
     g, seed = fresh_generator()
     for overrides, spec_kw in _CONVERT_CASES:
         model = _small_llama(seed, **overrides)

@@ -10,6 +10,7 @@ import types
 from typing import Any
 
 from ..errors import BadArgumentError
+from ..models import load
 
 __all__ = ["HERE", "load_pretrained", "available", "info", "results", "path_of"]
 
@@ -43,7 +44,6 @@ def path_of(name: str) -> pathlib.Path:
 
 def load_pretrained(name: str):
     """The shipped model ``name`` (a ``HybridLM`` in eval mode, float32, on the CPU)."""
-    from ..models import load
 
     return load(path_of(name))
 

@@ -19,6 +19,8 @@ forward that ``echo_kernels.ska.forward`` runs. Heads are flattened into the lea
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from ..errors import BadArgumentError
@@ -138,7 +140,6 @@ def ska_chunked_ops(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gam
     this module, or ``echo_kernels.ska``). Same arguments and results as
     :func:`~echo_tutor.ska.reference.ska_chunked` with ``mode="chunk"``; the readout uses ``G^-1``
     instead of triangular solves, so results agree to rounding, not bit for bit."""
-    import sys
 
     ops = ops or sys.modules[__name__]
     if mode != "chunk":

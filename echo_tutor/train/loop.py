@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from .._checks import check_int, check_positive
 from ..errors import BadArgumentError
+from ..models import prefix_mask
 from ..tasks import IGNORE, Task
 
 __all__ = ["TrainConfig", "TrainResult", "train", "evaluate", "default_device", "answer_accuracy", "progress_bar",
@@ -88,7 +89,6 @@ def pad_for_compile(x: torch.Tensor, y: torch.Tensor, multiple: int = 64) -> tup
 
 def _forward(model, x, y, use_mask: bool):
     if use_mask:
-        from ..models import prefix_mask
 
         return model(x, mask=prefix_mask(y))[0]
     return model(x)[0]
