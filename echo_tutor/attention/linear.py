@@ -54,10 +54,13 @@ class LinearAttention(nn.Module):
         dtype = dtype or self.qkv.weight.dtype
         return LinearAttentionState(torch.zeros(batch, self.n_heads, self.head_dim, self.head_dim, device=device, dtype=dtype))
 
-    def state_nbytes(self, batch: int = 1) -> int:
+    def state_nbytes(self, batch: int = 1, context: int = 0) -> int:
+        """Bytes of the state ``C`` for ``batch`` sequences, whatever the ``context`` read."""
         return self.init_state(batch, device="meta").nbytes
 
-    def forward(self, x: torch.Tensor, state: LinearAttentionState | None = None):
+    def forward(self, x: torch.Tensor, state: LinearAttentionState | None = None, mask: torch.Tensor | None = None):
+        """x ``[B, T, d_model]`` -> y ``[B, T, d_model]`` and the state after the last token. ``mask`` (SKA's
+        write weights, part of the mixer interface ``models.mixer.Mixer``) is ignored."""
         check_tensor("x", x, 3, layout="[B, T, d_model]")
         B, T, d = x.shape
         if d != self.d_model:

@@ -86,7 +86,10 @@ class CausalSelfAttention(nn.Module):
         kept = context if self.window is None else min(context, self.window)
         return 2 * batch * kept * self.d_model * self.qkv.weight.element_size()
 
-    def forward(self, x: torch.Tensor, state: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+    def forward(self, x: torch.Tensor, state: KVCache | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
+        """x ``[B, T, d_model]`` -> y ``[B, T, d_model]`` and the KV cache after the last token. ``mask``
+        (SKA's write weights, part of the mixer interface ``models.mixer.Mixer``) is ignored."""
         check_tensor("x", x, 3, layout="[B, T, d_model]")
         B, T, d = x.shape
         if d != self.d_model:

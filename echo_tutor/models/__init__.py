@@ -14,7 +14,8 @@ Two scales of presets, ``build(name, vocab_size, **overrides)``: the CPU lab sca
 
 Modules: ``config`` (the frozen :class:`HybridConfig`), ``blocks`` (norm, MLP, block), ``hybrid``
 (:class:`HybridLM`), ``presets`` (the preset tables, ``LAB_RECIPE``, ``build``), ``checkpoint`` (``load``,
-``grow_ska_rank``), ``measure`` (state bytes, parameter counts, SKA's prefix mask).
+``grow_ska_rank``), ``measure`` (state bytes, parameter counts, SKA's prefix mask), ``mixer`` (the
+:class:`Mixer` protocol every mixer implements, and ``register_mixer``: a new mixer by name, no other change).
 """
 
 from .blocks import Block, RMSNorm, SwiGLU
@@ -22,8 +23,9 @@ from .checkpoint import grow_ska_rank, load
 from .config import MIXERS, HybridConfig, parse_layout
 from .hybrid import HybridLM
 from .measure import count_parameters, prefix_mask, state_nbytes
+from .mixer import Mixer, mixer_names, register_mixer
 from .presets import LAB_PRESETS, LAB_RECIPE, LAB_SCALE, SYNTH1M_PREFIX, PRESETS, SCALES, build, presets_of, scale_of
 
 __all__ = ["HybridLM", "HybridConfig", "MIXERS", "PRESETS", "LAB_PRESETS", "LAB_SCALE", "LAB_RECIPE", "SCALES", "build",
            "presets_of", "scale_of", "SYNTH1M_PREFIX", "load", "grow_ska_rank", "prefix_mask", "state_nbytes",
-           "count_parameters", "Block", "RMSNorm", "SwiGLU", "parse_layout"]
+           "count_parameters", "Block", "RMSNorm", "SwiGLU", "parse_layout", "Mixer", "register_mixer", "mixer_names"]

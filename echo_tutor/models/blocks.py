@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ska import SpectralKoopmanAttention
 
 __all__ = ["RMSNorm", "SwiGLU", "Block"]
 
@@ -43,10 +42,7 @@ class Block(nn.Module):
         self.norm2, self.mlp = RMSNorm(d_model), SwiGLU(d_model, mlp_hidden)
 
     def forward(self, x, state=None, mask=None):
-        if mask is not None and isinstance(self.mixer, SpectralKoopmanAttention):
-            y, state = self.mixer(self.norm1(x), state, mask=mask)
-        else:
-            y, state = self.mixer(self.norm1(x), state)
+        y, state = self.mixer(self.norm1(x), state, mask=mask)   # every mixer takes mask (models.mixer.Mixer)
         x = x + y
         return x + self.mlp(self.norm2(x)), state
 

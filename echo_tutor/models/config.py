@@ -15,19 +15,20 @@ from typing import Any
 
 from .._checks import check_int
 from ..errors import BadArgumentError
+from .mixer import mixer_names
 
 __all__ = ["MIXERS", "HybridConfig", "parse_layout"]
 
-MIXERS = ("mamba2", "ska", "attn", "linear_attn")
+MIXERS = ("mamba2", "ska", "attn", "linear_attn")  # the built-in mixers (models.hybrid registers them)
 
 
 def parse_layout(layout: str | list[str] | tuple[str, ...]) -> list[str]:
     names = [s.strip() for s in layout.split(",")] if isinstance(layout, str) else list(layout)
     if not names or any(n == "" for n in names):
         raise BadArgumentError(f"layout must name at least one mixer, comma-separated, got {layout!r}")
-    bad = [n for n in names if n not in MIXERS]
+    bad = [n for n in names if n not in mixer_names()]
     if bad:
-        raise BadArgumentError(f"layout: unknown mixer name(s) {bad}; known: {list(MIXERS)}")
+        raise BadArgumentError(f"layout: unknown mixer name(s) {bad}; known: {list(mixer_names())}")
     return names
 
 
@@ -43,7 +44,7 @@ class HybridConfig:
     Args:
         vocab_size: V.
         d_model: width d.
-        layout: mixer names in order, comma-separated (a list is joined); see ``MIXERS``.
+        layout: mixer names in order, comma-separated (a list is joined); see ``MIXERS`` (and ``models.mixer.register_mixer``).
         n_heads: heads of attention / SKA; Mamba-2 uses ``headdim = 2 d / n_heads`` (expand 2).
         d_state: Mamba-2's N.
         ska_rank: SKA's r (a ``"rank"`` in ``mixer_kwargs["ska"]`` overrides it for every SKA block).
@@ -76,9 +77,9 @@ class HybridConfig:
         kw = self.mixer_kwargs if self.mixer_kwargs is not None else {}
         if not isinstance(kw, Mapping) or not all(isinstance(v, Mapping) for v in kw.values()):
             raise BadArgumentError(f"mixer_kwargs must map mixer names to dicts of arguments, got {kw!r}")
-        unknown = set(kw) - set(MIXERS)
+        unknown = set(kw) - set(mixer_names())
         if unknown:
-            raise BadArgumentError(f"mixer_kwargs: unknown mixer name(s) {sorted(unknown)}; known: {list(MIXERS)}")
+            raise BadArgumentError(f"mixer_kwargs: unknown mixer name(s) {sorted(unknown)}; known: {list(mixer_names())}")
         mlp = 13 * self.d_model // 4 if self.mlp_hidden is None else self.mlp_hidden
         check_int("mlp_hidden", mlp, min_value=1)
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - a frozen dataclass sets its fields once, here

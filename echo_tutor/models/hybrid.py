@@ -15,23 +15,25 @@ from ..ska import SpectralKoopmanAttention
 from ..ssm import Mamba2
 from .blocks import Block, RMSNorm
 from .config import HybridConfig
+from .mixer import MIXER_BUILDERS, register_mixer
 
 __all__ = ["HybridLM", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "echo_tutor.HybridLM/1"
 
+# the built-in mixers; any other is added with models.mixer.register_mixer
+register_mixer("mamba2", lambda cfg, kw: Mamba2(cfg.d_model, **{"d_state": cfg.d_state,
+                                                                 "headdim": max(1, 2 * cfg.d_model // cfg.n_heads),
+                                                                 **kw}))
+register_mixer("ska", lambda cfg, kw: SpectralKoopmanAttention(cfg.d_model, cfg.n_heads, kw.pop("rank", cfg.ska_rank),
+                                                               **kw))
+register_mixer("attn", lambda cfg, kw: CausalSelfAttention(cfg.d_model, cfg.n_heads, **kw))
+register_mixer("linear_attn", lambda cfg, kw: LinearAttention(cfg.d_model, cfg.n_heads, **kw))
+
 
 def make_mixer(name: str, cfg: HybridConfig) -> nn.Module:
     """The sequence mixer ``name`` of a block, from the config (its own copy of the mixer's overrides)."""
-    kw = cfg.mixer_overrides(name)
-    d, H = cfg.d_model, cfg.n_heads
-    if name == "mamba2":
-        return Mamba2(d, **{"d_state": cfg.d_state, "headdim": max(1, 2 * d // H), **kw})
-    if name == "ska":
-        return SpectralKoopmanAttention(d, H, kw.pop("rank", cfg.ska_rank), **kw)
-    if name == "attn":
-        return CausalSelfAttention(d, H, **kw)
-    return LinearAttention(d, H, **kw)
+    return MIXER_BUILDERS[name](cfg, cfg.mixer_overrides(name))
 
 
 class HybridLM(nn.Module):

@@ -122,17 +122,20 @@ class SpectralKoopmanAttention(nn.Module):
             nn.init.zeros_(self.gate.bias)
 
     # ---------------------------------------------------------------------------------------------
-    def init_state(self, batch: int, device: torch.device | str | None = None) -> SKAState:
-        """A fresh state for ``batch`` sequences (float32 statistics)."""
+    def init_state(self, batch: int, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> SKAState:
+        """A fresh state for ``batch`` sequences: float32 statistics unless ``dtype`` says otherwise (the
+        ridge solve wants float32; a lower precision is the caller's choice)."""
         device = device if device is not None else self.w_k.weight.device
-        st = SKAState.zeros(batch, self.n_heads, self.rank, self.head_dim, eps=self.eps, device=device)
+        dtype = dtype or torch.float32
+        st = SKAState.zeros(batch, self.n_heads, self.rank, self.head_dim, eps=self.eps, dtype=dtype, device=device)
         if self.key_norm == "seqmax":
-            st.key_scale = torch.zeros(batch, self.n_heads, device=device)
+            st.key_scale = torch.zeros(batch, self.n_heads, dtype=dtype, device=device)
         return st
 
-    def state_nbytes(self, batch: int = 1) -> int:
+    def state_nbytes(self, batch: int = 1, context: int = 0) -> int:
         """Bytes of the inference state for ``batch`` sequences: ``(2r^2 + P r + r) H * 4`` each (+ H*4
-        for ``key_norm="seqmax"``), independent of the context length."""
+        for ``key_norm="seqmax"``), whatever the ``context`` read (the argument is the interface's)."""
         return self.init_state(batch, device="meta").nbytes
 
     def _gamma(self) -> torch.Tensor:

@@ -128,7 +128,8 @@ class Mamba2(nn.Module):
             ssm=torch.zeros(batch, self.n_heads, self.headdim, self.d_state, device=device, dtype=dtype),
         )
 
-    def state_nbytes(self, batch: int = 1) -> int:
+    def state_nbytes(self, batch: int = 1, context: int = 0) -> int:
+        """Bytes of the conv and SSM state for ``batch`` sequences, whatever the ``context`` read."""
         return self.init_state(batch, device="meta").nbytes
 
     def _split(self, zxbcdt: torch.Tensor):
@@ -148,8 +149,10 @@ class Mamba2(nn.Module):
         A = -torch.exp(self.A_log.float())  # [H]
         return x, Bm, Cm, dt, A
 
-    def forward(self, u: torch.Tensor, state: Mamba2State | None = None) -> tuple[torch.Tensor, Mamba2State]:
-        """u ``[B, T, d_model]`` -> y ``[B, T, d_model]`` and the state after the last token."""
+    def forward(self, u: torch.Tensor, state: Mamba2State | None = None,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Mamba2State]:
+        """u ``[B, T, d_model]`` -> y ``[B, T, d_model]`` and the state after the last token. ``mask`` (SKA's
+        write weights, part of the mixer interface ``models.mixer.Mixer``) is ignored: Mamba-2 has none."""
         check_tensor("u", u, 3, layout="[B, T, d_model]")
         Bn, T, d = u.shape
         if d != self.d_model:
