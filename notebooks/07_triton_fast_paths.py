@@ -15,7 +15,7 @@
 # %% [markdown]
 # # Lab 07: Triton fast paths, from the reference to the kernel
 #
-# The references in `echo_tutor` are written to be read. `echo_kernels/` holds Triton versions of the hot
+# The references in `echo_tutor` are written to be read. `kernels/echo_kernels/` holds Triton versions of the hot
 # spots. Each kernel has a **PyTorch twin** with exactly its signature (`echo_tutor.ska.ops`,
 # `echo_tutor.echokv.ops`): the twin says what the kernel must compute, the tests hold them equal.
 #

@@ -4,7 +4,7 @@ import pathlib
 import pytest
 import torch
 
-# The Triton kernels (echo_kernels/) run under the CPU interpreter where there is no GPU; the variable must be
+# The Triton kernels (kernels/echo_kernels/) run under the CPU interpreter where there is no GPU; the variable must be
 # set before any @triton.jit definition is executed, i.e. before `echo_kernels` is first imported.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -1,4 +1,4 @@
-"""Triton kernels (echo_kernels/) against their PyTorch twins.
+"""Triton kernels (kernels/echo_kernels/) against their PyTorch twins.
 
 Without a GPU they run under TRITON_INTERPRET=1 (set in conftest.py) on small awkward shapes; with a
 GPU the same tests run compiled, plus the GPU-marked ones on realistic shapes (bf16 included).

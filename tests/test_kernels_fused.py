@@ -1,4 +1,4 @@
-"""The fused chunk-mode SKA kernels (echo_kernels/ska/fused.py) against the PyTorch reference: forward and
+"""The fused chunk-mode SKA kernels (kernels/echo_kernels/ska/fused.py) against the PyTorch reference: forward and
 gradients (every input, the state's statistics and a learned per-head eta included), on awkward sizes,
 float32 and float16 inputs, both on-chip solvers. Under TRITON_INTERPRET=1 on a CPU (conftest.py)."""
 

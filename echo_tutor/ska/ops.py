@@ -1,4 +1,4 @@
-"""The SKA building blocks that ``echo_kernels/ska`` implements in Triton, as plain PyTorch "twins".
+"""The SKA building blocks that ``kernels/echo_kernels/ska`` implements in Triton, as plain PyTorch "twins".
 
 Each function here has exactly the signature of its kernel (``echo_kernels.ska.chunk_stats`` etc.): the
 kernels are tested against these, and :func:`ska_chunked_ops` composes them into the chunk-mode
