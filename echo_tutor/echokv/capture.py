@@ -8,6 +8,7 @@ that is the space where a linear map between heads can be position-invariant.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 import torch
@@ -90,8 +91,10 @@ def capture_kv(model, ids: torch.Tensor, *, batch_size: int = 4, cache: bool = T
             return KVCapture(blob["keys"].float(), blob["values"].float())
     keys, values = _run_hooks(model, layout, ids, batch_size, progress)
     out = KVCapture(keys, values)
-    if path is not None:
-        torch.save({"keys": keys.half(), "values": values.half()}, path)
+    if path is not None:  # written whole, then renamed: a reader in another process never sees half a file
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save({"keys": keys.half(), "values": values.half()}, tmp)
+        os.replace(tmp, path)
         out = KVCapture(keys.half().float(), values.half().float())  # identical to a cached reload
     return out
 

@@ -123,19 +123,23 @@ def _load_smollm2(dtype: torch.dtype):
             model = AutoModelForCausalLM.from_pretrained(
                 gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
             )
-            try:  # keep the dequantised weights: the next load skips the GGUF conversion
-                tmp = saved.with_name(saved.name + ".tmp")
+            # keep the dequantised weights: the next load skips the GGUF conversion. Written in a folder of this
+            # process's own, then renamed into place; if another process got there first, its copy is kept
+            tmp = saved.with_name(f"{saved.name}.{os.getpid()}.tmp")
+            try:
                 tmp.mkdir(parents=True, exist_ok=True)
                 config = model.config.to_dict()
                 config.pop("quantization_config", None)
                 type(model.config).from_dict(config).save_pretrained(tmp)
                 tok.save_pretrained(tmp)
                 torch.save(model.state_dict(), tmp / "weights.pt")
-                if saved.exists():
-                    shutil.rmtree(saved)
-                os.replace(tmp, saved)
+                if saved.exists() and not (saved / "weights.pt").exists():
+                    shutil.rmtree(saved)          # a broken copy (no weights): replace it
+                os.rename(tmp, saved)             # fails if another process's complete copy is there
             except OSError:
                 pass
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
             model = model.to(dtype)
     finally:
         hf_logging.set_verbosity(verbosity)
