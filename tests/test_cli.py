@@ -118,3 +118,14 @@ def test_a_new_experiment_in_the_registry_gets_its_command(monkeypatch, tmp_path
     with pytest.raises(SystemExit) as e:
         main(["toy", "--width", "0"])
     assert e.value.code == 2 and "expected a positive integer" in capsys.readouterr().err
+
+
+def test_a_bad_option_declaration_is_refused():
+    from echo_tutor.experiments.command import Option
+
+    with pytest.raises(BadArgumentError, match="flag must start with '--'"):
+        Option("presets", "the presets")
+    with pytest.raises(BadArgumentError, match="type must be one of"):
+        Option("--presets", "the presets", type="list")
+    with pytest.raises(BadArgumentError, match="to must be 'recipe', 'only' or 'run'"):
+        Option("--presets", "the presets", to="cli")
