@@ -1,8 +1,9 @@
 # The two commands of the README:
 #   make lab    set up .venv (CPU torch first where there is no CUDA) and start JupyterLab on notebooks/
-#   make test   set up .venv and run the whole suite: unit tests + every lab under nbval (solutions on), then
-#               every lab in JupyterLab in headless Chromium with no exercise done (tests/browser, after nbval;
-#               skips without chromium, and then tests/test_notebooks.py runs each lab with no exercise done)
+#   make test   set up .venv and run the whole suite (scripts/test.sh): the unit tests and, beside them, every
+#               lab in JupyterLab in headless Chromium (tests/browser); each lab executed once, as a learner with
+#               no exercise done and as the instructor (ECHO_TUTOR_SOLUTIONS=both); without chromium nbval
+#               runs the labs instead
 # Setup is skipped when .venv is current (a stamp in .venv: scripts/setup.sh), so both start offline.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -27,7 +28,7 @@ lab: setup
 	$(LAB_ENV) $(VENV)/bin/jupyter lab notebooks/ $(ROOT_FLAG) $(LAB_ARGS)
 
 test: setup
-	ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -p no:cacheprovider --durations=20
+	BROWSER_LABS=$(BROWSER_LABS) BROWSER_CONTROLS=$(BROWSER_CONTROLS) bash scripts/test.sh $(PY)
 
 # The quick loop while working: the unit tests without the `slow` ones (those that train to a result or load
 # SmolLM2) and without the browser; `make test` still runs everything.
@@ -45,7 +46,7 @@ test-min:
 test-unit:
 	$(PY) -m pytest tests -m "not browser" -p no:cacheprovider
 test-labs:
-	ECHO_TUTOR_SOLUTIONS=1 $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
+	ECHO_TUTOR_SOLUTIONS=both $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 # Screenshots: ECHO_TUTOR_SCREENSHOTS=DIR (default: a pytest temporary folder, printed at the end).
 test-browser:
 	ECHO_TUTOR_BROWSER_LABS=$(BROWSER_LABS) ECHO_TUTOR_BROWSER_CONTROLS=$(BROWSER_CONTROLS) $(PY) -m pytest tests/browser -v -p no:cacheprovider

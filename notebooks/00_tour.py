@@ -515,7 +515,8 @@ assert not times["labs"] or set(times["labs"]) == set(QUESTIONS), "every lab tim
 # * `ECHO_TUTOR_SOLUTIONS=1` instructor mode: every "your turn" cell runs the reference solution.
 #
 # For example `ECHO_TUTOR_FAST=0 make lab` on a GPU machine, `ECHO_TUTOR_SOLUTIONS=1 make lab` to see the
-# solutions run. `make test` runs every lab under nbval with solutions on.
+# solutions run. `make test` runs every lab once as a learner with no exercise done and as the instructor
+# (`ECHO_TUTOR_SOLUTIONS=both`).
 #
 # Instructors: the course guide is [`docs/course.md`](../docs/course.md).
 #

@@ -3,6 +3,7 @@ import pathlib
 
 import pytest
 import torch
+from browser_env import browser_can_run, selected_labs  # tests/ is on sys.path (rootdir conftest)
 
 # The Triton kernels (kernels/echo_kernels/) run under the CPU interpreter where there is no GPU; the variable must be
 # set before any @triton.jit definition is executed, i.e. before `echo_kernels` is first imported.
@@ -14,12 +15,29 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def pytest_collection_modifyitems(config, items):
+    _leave_labs_to_the_browser(config, items)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _leave_labs_to_the_browser(config, items) -> None:
+    """One execution per lab: where the browser phase runs a lab (in this session, or beside it in the process
+    ``make test`` starts: ``ECHO_TUTOR_BROWSER_BESIDE=1``), that run, with ``ECHO_TUTOR_SOLUTIONS=both``, is
+    the lab's nbval run (it fails on any error output) and its no-exercise run, so nbval's cells of that lab
+    are deselected here."""
+    if not browser_can_run():
+        return
+    beside = os.environ.get("ECHO_TUTOR_BROWSER_BESIDE") == "1"
+    here = {it.name for it in items if it.get_closest_marker("browser")}
+    labs = {lab for lab in selected_labs() if beside or f"test_lab_in_browser[{lab}]" in here}
+    drop = [it for it in items if it.path.suffix == ".ipynb" and it.path.stem in labs]
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = [it for it in items if it not in drop]
 
 
 def assert_close(name: str, ref: torch.Tensor, got: torch.Tensor, ratio: float = 1e-9) -> None:

@@ -206,6 +206,43 @@ def test_instructor_mode_checks_the_solution(monkeypatch, capsys):
     assert rows["ridge_readout"] == "solution"
 
 
+def test_both_mode_checks_the_learners_stub_then_uses_the_solution(monkeypatch, capsys):
+    """ECHO_TUTOR_SOLUTIONS=both (make test): one execution of a lab is the learner's no-exercise run and the
+    instructor's: the stub must say "not attempted yet", then the solution is checked and used."""
+    monkeypatch.setenv("ECHO_TUTOR_SOLUTIONS", "both")
+    labs.REGISTRY.clear()
+
+    def ridge_readout(G, C, q):
+        raise NotImplementedError
+
+    ex = labs.exercise(ridge_readout, "lab02")
+    G, C, q = torch.eye(3, dtype=torch.float64) * 2, torch.randn(2, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(NotImplementedError):  # before its check a call reaches the stub, as in a learner's run
+        ex(G, C, q)
+    lab02.check_ridge_readout(ex)
+    out = capsys.readouterr().out
+    assert "not attempted yet" in out and "correct on fresh random inputs" in out
+    assert ex.learner_status == "not attempted" and ex.status == "solution"
+    torch.testing.assert_close(ex(G, C, q), (C @ q.T).T / 2)
+    assert labs.report("lab02") == {"ridge_readout": "solution"}
+    out = capsys.readouterr().out
+    assert "As a learner with no exercise done: 0 of 1 passing" in out and "Exercises of lab02: 1 of 1 passing" in out
+
+    def ridge_readout(G, C, q):  # noqa: F811 - a "stub" that already answers: the learner would not see "not attempted"
+        return (C @ torch.linalg.solve(G, q.mT)).mT
+
+    with pytest.raises(ExerciseError, match="not 'not attempted yet'"):
+        lab02.check_ridge_readout(labs.exercise(ridge_readout, "lab02"))
+
+    def ridge_readout(G, C, q):  # noqa: F811 - registered, never checked
+        raise NotImplementedError
+
+    labs.exercise(ridge_readout, "lab02")
+    with pytest.raises(ExerciseError, match="never ran on the learner's stub"):
+        labs.report("lab02")
+    labs.REGISTRY.clear()
+
+
 def test_exercise_names_its_lab_and_function():
     with pytest.raises(ValueError, match="lab must be a lab module name"):
         labs.exercise(lambda: None, "lab1")

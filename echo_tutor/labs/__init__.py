@@ -23,8 +23,8 @@ from .checking import (LEADING_DIMS, ExerciseError, NotAttempted, batch_dims_hin
                        fresh_generator, leading_dims, passed)
 from .exercises import REGISTRY, Exercise, checker, exercise, find_shortcut, report
 from .predict import Prediction
-from .switches import FAST, SOLUTIONS, is_fast, solutions_enabled
+from .switches import FAST, SOLUTIONS, is_fast, solutions_enabled, solutions_mode
 
-__all__ = ["FAST", "SOLUTIONS", "ExerciseError", "NotAttempted", "is_fast", "solutions_enabled", "exercise", "Exercise",
+__all__ = ["FAST", "SOLUTIONS", "ExerciseError", "NotAttempted", "is_fast", "solutions_enabled", "solutions_mode", "exercise", "Exercise",
            "checker", "find_shortcut", "report", "REGISTRY", "fresh_generator", "passed", "call_student", "expect_tensor",
            "close", "Prediction", "LEADING_DIMS", "leading_dims", "batch_dims_hint"]

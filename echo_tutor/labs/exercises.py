@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterable
 from ..errors import BadArgumentError
 from .checking import ExerciseError, NotAttempted
 from .guard import ALLOW, FORBID, answer_module, forbidden_objects, package_routines, watch_calls
-from .switches import solutions_enabled
+from .switches import solutions_mode
 
 __all__ = ["Exercise", "exercise", "checker", "find_shortcut", "report", "REGISTRY", "package_routines",
            "watch_calls"]
@@ -54,11 +54,18 @@ class Exercise:
 
     Calling it calls the student's function once the checker has passed it (or before any check), else the
     solution; in instructor mode always the solution. ``status``: "unchecked", "passed", "not attempted",
-    "failed" or "solution" (instructor mode)."""
+    "failed" or "solution" (instructor mode).
+
+    In the ``both`` mode (``ECHO_TUTOR_SOLUTIONS=both``, :func:`~echo_tutor.labs.switches.solutions_mode`) the
+    exercise first behaves as a learner's who has not started (a call before its check runs the stub, as it
+    would for the learner), its check runs on the stub as the learner's would and must end "not attempted"
+    (``learner_status``), and then the solution is checked and used, as in instructor mode."""
 
     def __init__(self, student: Callable, solution: Callable, lab: str, name: str) -> None:
         self.student, self.solution, self.lab, self.name = student, solution, lab, name
-        self.status, self.message = ("solution" if solutions_enabled() else "unchecked"), ""
+        self.mode = solutions_mode()
+        self.status = "solution" if self.mode == "instructor" else "unchecked"
+        self.message, self.learner_status = "", ""
         self.__name__ = name
         self.__doc__ = getattr(student, "__doc__", None)
 
@@ -75,9 +82,23 @@ class Exercise:
 
     def run_check(self, check: Callable, forbid: Iterable[str], allow: Iterable[str] = ()) -> Any:
         """Run ``check`` on the student's function (the solution in instructor mode); record and print the
-        outcome instead of raising."""
+        outcome instead of raising. In the ``both`` mode: on the student's function as a learner's run would,
+        then on the solution (raises :class:`ExerciseError` if the unfinished stub was not "not attempted")."""
         if self.instructor:
             return check(self.solution)
+        out = self._check_student(check, forbid, allow)
+        if self.mode != "both":
+            return out
+        self.learner_status = self.status
+        if self.learner_status != "not attempted":
+            raise ExerciseError(f"{self.name}: a learner who has not started would see {self.learner_status!r} "
+                                f"({self.message or 'the stub passed'}), not 'not attempted yet': the stub in the "
+                                "exercise cell must only raise NotImplementedError")
+        self.status, self.message = "solution", ""
+        print(f"   (instructor, in the same run: the solution of {self.name} is checked and used below)")
+        return check(self.solution)
+
+    def _check_student(self, check: Callable, forbid: Iterable[str], allow: Iterable[str]) -> Any:
         try:
             shortcut = find_shortcut(self.student, forbid, allow=allow)
             if shortcut:
@@ -221,7 +242,10 @@ def find_shortcut(fn: Callable, forbid: Iterable[str] = (), _depth: int = 0, all
 
 # ---------------------------------------------------------------------------------------------- report
 def report(lab: str | None = None) -> dict[str, str]:
-    """Print and return the status of every exercise of ``lab`` (all labs when None) run in this session."""
+    """Print and return the status of every exercise of ``lab`` (all labs when None) run in this session.
+
+    In the ``both`` mode it first lists what a learner with no exercise done saw ("0 of N passing"), and raises
+    :class:`ExerciseError` if the checker of an exercise never ran on its stub."""
     rows = {k: ex for k, ex in REGISTRY.items() if lab is None or ex.lab == lab}
     if not rows:
         print("No exercise of this lab has been run yet.")
@@ -231,6 +255,15 @@ def report(lab: str | None = None) -> dict[str, str]:
     words = {"passed": "passed", "solution": "solution filled in (instructor mode)",
              "not attempted": "not done yet: the lab used the reference solution",
              "failed": "not passing yet: the lab used the reference solution", "unchecked": "not checked"}
+    learner = [ex for ex in rows.values() if ex.learner_status]
+    unchecked = [ex.name for ex in rows.values() if ex.mode == "both" and not ex.learner_status]
+    if unchecked:  # a learner would see "not checked" (the checker never ran on the stub)
+        raise ExerciseError(f"exercises {unchecked}: their checker never ran on the learner's stub in this run")
+    if learner:  # the `both` mode: what a learner with no exercise done sees, then the instructor's run
+        done = sum(ex.learner_status == "passed" for ex in learner)
+        print(f"As a learner with no exercise done: {done} of {len(learner)} passing")
+        for ex in learner:
+            print(f"  {marks[ex.learner_status]} {ex.name:<28} {words[ex.learner_status]}")
     done = sum(ex.status in ("passed", "solution") for ex in rows.values())
     print(f"Exercises{' of ' + lab if lab else ''}: {done} of {len(rows)} passing")
     for key, ex in rows.items():

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-__all__ = ["FAST", "SOLUTIONS", "is_fast", "solutions_enabled"]
+__all__ = ["FAST", "SOLUTIONS", "is_fast", "solutions_enabled", "solutions_mode"]
 
 
 def _flag(name: str) -> bool | None:
@@ -14,7 +14,6 @@ def _flag(name: str) -> bool | None:
     if val is None or val.strip() == "":
         return None
     return val.strip().lower() not in ("0", "false", "no", "off")
-
 
 
 def is_fast() -> bool:
@@ -25,11 +24,21 @@ def is_fast() -> bool:
     return bool(_flag("CI")) or not torch.cuda.is_available()
 
 
+def solutions_mode() -> str:
+    """Who runs the lab, from ``ECHO_TUTOR_SOLUTIONS``: ``"learner"`` (unset or ``0``: the student's functions),
+    ``"instructor"`` (``1``: the solutions filled in) or ``"both"`` (``both``: the instructor's run that also
+    checks, in the same execution, what a learner who has done no exercise sees: each exercise cell first
+    checks the unfinished stub, which must say "not attempted yet", then the solution; ``make test`` runs the
+    labs this way, so one execution of a lab tests both)."""
+    raw = os.environ.get("ECHO_TUTOR_SOLUTIONS", "").strip().lower()
+    if raw == "both":
+        return "both"
+    return "instructor" if _flag("ECHO_TUTOR_SOLUTIONS") else "learner"
+
 
 def solutions_enabled() -> bool:
-    """Instructor mode: ``ECHO_TUTOR_SOLUTIONS=1``."""
-    return bool(_flag("ECHO_TUTOR_SOLUTIONS"))
-
+    """Instructor mode: ``ECHO_TUTOR_SOLUTIONS=1`` (or ``both``): later cells use the solutions."""
+    return solutions_mode() != "learner"
 
 
 FAST: bool = is_fast()

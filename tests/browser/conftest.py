@@ -9,8 +9,9 @@ Environment:
 * ``ECHO_TUTOR_BROWSER_CONTROLS=N|all``: how many controls of each figure cell are moved (default 1).
 
 The server is started the way ``make lab`` starts it (the repository's ``.jupyter`` folder on
-``JUPYTER_CONFIG_PATH``), with ``ECHO_TUTOR_SOLUTIONS=0`` and ``ECHO_TUTOR_FAST=1`` (a learner who has done no
-exercise yet: nbval runs the solved labs; this run is also the no-exercise run), but on a copy of
+``JUPYTER_CONFIG_PATH``), with ``ECHO_TUTOR_SOLUTIONS=both`` and ``ECHO_TUTOR_FAST=1`` (one execution of
+each lab is the learner's no-exercise run and the instructor's solved run, so nbval leaves the labs this phase
+runs to it: the root ``conftest.py``), but on a copy of
 ``notebooks/`` in a temporary folder and with its own Jupyter config, runtime, settings and workspace
 folders, so the real tree and ~/.jupyter are never touched.
 """
@@ -35,18 +36,10 @@ from browser_env import chromium_path  # tests/ is on sys.path (rootdir conftest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NOTEBOOKS = REPO / "notebooks"
-ALL_LABS = sorted(p.stem for p in NOTEBOOKS.glob("0[0-9]_*.ipynb"))
-
-
-def selected_labs() -> list[str]:
-    want = [w.strip() for w in os.environ.get("ECHO_TUTOR_BROWSER_LABS", "").split(",") if w.strip()]
-    if not want:
-        return ALL_LABS
-    return [lab for lab in ALL_LABS if any(lab == w or lab.startswith(w.zfill(2) + "_") or lab.startswith(w) for w in want)]
 
 
 def pytest_collection_modifyitems(config, items):
-    """Browser tests run last: after nbval has run every lab (lab 06 then finds its K/V capture cached)."""
+    """Browser tests run last (after the unit tests)."""
     browser = [it for it in items if it.get_closest_marker("browser")]
     if browser:
         items[:] = [it for it in items if not it.get_closest_marker("browser")] + browser
@@ -102,7 +95,9 @@ def _server_env(base: pathlib.Path) -> dict:
         JUPYTER_CONFIG_DIR=str(base / "jupyter-config"),  # not ~/.jupyter: no user config, settings or workspaces
         JUPYTER_CONFIG_PATH=os.pathsep.join([str(REPO / ".jupyter")] + ([os.environ["JUPYTER_CONFIG_PATH"]] if os.environ.get("JUPYTER_CONFIG_PATH") else [])),
         JUPYTER_RUNTIME_DIR=str(base / "runtime"),
-        ECHO_TUTOR_SOLUTIONS="0",   # a learner with no exercise done (nbval runs the solved labs)
+        # one execution per lab: the learner's no-exercise run (each stub must say "not attempted yet") and
+        # the instructor's run with every solution checked and used (echo_tutor.labs.switches.solutions_mode)
+        ECHO_TUTOR_SOLUTIONS="both",
         ECHO_TUTOR_FAST="1",
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
@@ -110,6 +105,9 @@ def _server_env(base: pathlib.Path) -> dict:
         PATH=os.pathsep.join([str(pathlib.Path(sys.executable).parent), env.get("PATH", "")]),
     )
     env.pop("ECHO_TUTOR_KEEP_OUTPUTS", None)
+    # Chromium and the server need a core: a kernel whose OpenMP threads spin on every core beside them crawls
+    # (lab 06 took 483 s to Run All with 2 threads on 2 cores, 130 s with 1)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) - 1)))
     try:
         import torch
 

@@ -13,9 +13,10 @@ For each lab (``notebooks/0*.ipynb``, on a temporary git copy of ``notebooks/``)
    (``ECHO_TUTOR_BROWSER_CONTROLS=all``: every one): moving it one step (arrow
    key on its handle; the next option of the others) changes the figure, and moving it back
    restores the figure exactly as Run All drew it (so after Run All the figure showed the control's value);
-5. as a learner who has done no exercise yet (the server runs with ``ECHO_TUTOR_SOLUTIONS=0``; nbval runs the
-   solved labs): every exercise cell says "not attempted yet" and the last cell lists "0 of N passing", so
-   this run is also the lab's no-exercise run (tests/test_notebooks.py leaves it to the browser when both run);
+5. one execution is the learner's and the instructor's run (the server runs with ``ECHO_TUTOR_SOLUTIONS=both``):
+   every exercise cell says "not attempted yet" for a learner who has done none, the last cell lists "0 of N
+   passing" for that learner and "N of N passing" for the solutions; this run is the lab's nbval run too
+   (fails on any error output, as nbval does), so nbval leaves the labs this phase runs to it;
 6. saves (Ctrl+S), closes, and asserts ``git status --porcelain`` of the copy is empty: the saved ``.ipynb``
    and ``.py`` are byte for byte as committed (the pre-save hook and jupytext filter in ``.jupyter/``), and
    running the lab left no new files.
@@ -40,7 +41,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from .conftest import record, selected_labs
+from browser_env import selected_labs  # tests/ is on sys.path
+
+from .conftest import record
 from .pages import (
     JS_ACTIVATE,
     JS_APP_LOADED,
@@ -71,7 +74,7 @@ pytestmark = pytest.mark.browser
 
 RUN_TIMEOUT = float(os.environ.get("ECHO_TUTOR_BROWSER_TIMEOUT", "420"))
 # How many controls of each figure cell are moved (ECHO_TUTOR_BROWSER_CONTROLS=all: every one). One shows the
-# cell's widgets answer in the browser; what each control computes is the lab's Python, which nbval runs.
+# cell's widgets answer in the browser; what each control computes is the lab's Python, which the unit tests test.
 _PER_CELL = os.environ.get("ECHO_TUTOR_BROWSER_CONTROLS", "1")
 CONTROLS_PER_CELL = 10**6 if _PER_CELL == "all" else int(_PER_CELL)
 
@@ -292,7 +295,8 @@ JS_OUTPUT_TEXT = r"""() => Array.from(document.querySelectorAll('.jp-OutputArea-
 
 
 def _check_no_exercise_done(run: LabRun, lab_server) -> None:
-    """5. with no exercise done, each exercise cell says so and the report lists them all as not passing."""
+    """5. with no exercise done, each exercise cell says so and the report lists them all as not passing; then
+    (the same run, ``ECHO_TUTOR_SOLUTIONS=both``) every solution passes."""
     src = (lab_server.root / f"{run.lab}.py").read_text()
     n = len(re.findall(r"labs\.exercise\((\w+),", src))
     text = run.page.evaluate(JS_OUTPUT_TEXT)
@@ -300,8 +304,10 @@ def _check_no_exercise_done(run: LabRun, lab_server) -> None:
     if said != n:
         run.problems.append(f"with no exercise done, {said} outputs say 'not attempted yet', expected one per "
                             f"exercise ({n})")
-    if f"0 of {n} passing" not in text:
-        run.problems.append(f"the last cell does not list the exercises as '0 of {n} passing'")
+    if f"As a learner with no exercise done: 0 of {n} passing" not in text:
+        run.problems.append(f"the last cell does not list the exercises as '0 of {n} passing' for a learner")
+    if f"{n} of {n} passing" not in text:
+        run.problems.append(f"the last cell does not list the {n} solutions as passing")
 
 
 def _save_and_check_clean(run: LabRun, lab_server) -> None:

@@ -14,7 +14,9 @@ from jupytext.combine import combine_inputs_with_outputs  # noqa: E402
 from jupytext.config import JupytextConfiguration  # noqa: E402
 from traitlets.config.loader import PyFileConfigLoader  # noqa: E402
 
-from .conftest import NOTEBOOKS, REPO, selected_labs  # noqa: E402
+from browser_env import selected_labs  # noqa: E402
+
+from .conftest import NOTEBOOKS, REPO  # noqa: E402
 
 LABS = [NOTEBOOKS / f"{lab}.py" for lab in selected_labs()]  # ECHO_TUTOR_BROWSER_LABS applies here too
 
