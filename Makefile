@@ -30,8 +30,9 @@ lab: setup
 test: setup
 	BROWSER_LABS=$(BROWSER_LABS) BROWSER_CONTROLS=$(BROWSER_CONTROLS) bash scripts/test.sh $(PY)
 
-# The quick loop while working: the unit tests without the `slow` ones (those that train to a result or load
-# SmolLM2) and without the browser; `make test` still runs everything.
+# The quick loop while working (under 3 minutes here): the unit tests without the `slow` ones (those that train
+# to a result, load SmolLM2, start Ray or grade notebooks in kernels) and without the browser; `make test` still
+# runs everything.
 test-fast: setup
 	$(PY) -m pytest tests -m "not slow and not browser" -p no:cacheprovider
 

@@ -449,7 +449,7 @@ assert live["EchoKV-lite ridge (greedy)"]["ppl"] < live["random-drop (mean)"]["p
 # **Why these numbers are not the shipped run's.** The table above is this run's. In FAST mode its maps are
 # fitted on 8 calibration windows of 256 tokens (the full run: 32 of 512, eight times the tokens), and it
 # compresses a 256-token context and scores 4 windows of 64 tokens (the full run: 512 and 24 x 128); these are
-# also the sizes of `echo-tutor echokv --fast` (`StudyConfig.fast()`). Its EchoKV-lite rows are stage-1 ridge
+# also the sizes of `echo-tutor echokv --fast` (the recipe `echokv/fast`). Its EchoKV-lite rows are stage-1 ridge
 # maps: stage 2 is never scored here (section 7 runs only a few distillation steps). So the live changes in
 # perplexity differ from the shipped ones (in FAST mode they come out larger), and with 256 scored tokens
 # small differences between methods are noise. The shipped stage-2 change at 50% is the full run's alone;

@@ -59,10 +59,11 @@ from echo_tutor.convert.compose import equal_bytes_points
 from echo_tutor.convert.layers import relative_error
 from echo_tutor.convert.study import (
     capture_inputs, converted, greedy, layer_inputs, mixer_bytes, needle_probe, needle_prompt, new_mixer,
-    original_attention, parse_variant, shipped_mixers, state_bytes, summarize, window_nll,
+    original_attention, parse_variant, shipped_mixers, state_bytes, window_nll,
 )
 from echo_tutor.echokv import calibration_text, load_smollm2, text_windows
 from echo_tutor.echokv.study import method_family
+from echo_tutor.experiments.convert_report import summarize
 from echo_tutor.labs import lab08
 from echo_tutor.pretrained import results
 

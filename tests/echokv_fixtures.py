@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from echo_tutor.echokv import capture_kv, fit_reconstructor, tiny_gqa_model
-from echo_tutor.echokv.model import _copy_batch
+from echo_tutor.echokv.model import copy_batch
 
 
 @pytest.fixture(scope="module")
@@ -21,8 +21,8 @@ def tiny():
 @pytest.fixture(scope="module")
 def data(tiny):
     g = torch.Generator().manual_seed(11)
-    cal = _copy_batch(g, 16, 64, tiny.config.vocab_size)
-    held = _copy_batch(g, 6, 64, tiny.config.vocab_size)
+    cal = copy_batch(g, 16, 64, tiny.config.vocab_size)
+    held = copy_batch(g, 6, 64, tiny.config.vocab_size)
     cap = capture_kv(tiny, cal, cache=False)
     return cal, held, cap
 

@@ -10,11 +10,9 @@ from echokv_fixtures import tiny  # noqa: F401  (fixture)
 
 from echo_tutor.convert import VARIANTS, ConvertedAttention, MixerSpec
 from echo_tutor.convert.study import (
-    ConvertConfig,
     capture_inputs,
     converted,
     fit_layer,
-    format_summary,
     greedy,
     layer_inputs,
     mixer_bytes,
@@ -22,9 +20,10 @@ from echo_tutor.convert.study import (
     original_attention,
     parse_variant,
     state_bytes,
-    summarize,
 )
-from echo_tutor.echokv.model import _copy_batch
+from echo_tutor.echokv.model import copy_batch
+from echo_tutor.experiments.convert import ConvertRecipe
+from echo_tutor.experiments.convert_report import format_summary, summarize
 
 SPECS = [MixerSpec("window", window=8, sinks=2), MixerSpec("ska", rank=8, power_steps=0),
          MixerSpec("ska", rank=8, power_steps=1), MixerSpec("window+ska", window=8, sinks=2, rank=8, power_steps=1),
@@ -109,7 +108,7 @@ def test_state_bytes_formula():
 
 def test_prefill_then_stream_through_the_model_matches_recomputing(tiny):  # noqa: F811
     g = torch.Generator().manual_seed(5)
-    ids = _copy_batch(g, 1, 40, tiny.config.vocab_size)
+    ids = copy_batch(g, 1, 40, tiny.config.vocab_size)
     mixers = {0: new_mixer(tiny, 0, SPECS[3]), 2: new_mixer(tiny, 2, SPECS[5])}
     for m in mixers.values():
         _perturb(m)
@@ -126,7 +125,7 @@ def test_prefill_then_stream_through_the_model_matches_recomputing(tiny):  # noq
 
 def test_stage1_lowers_the_heldout_error(tiny):  # noqa: F811
     g = torch.Generator().manual_seed(7)
-    ids = _copy_batch(g, 12, 64, tiny.config.vocab_size)  # copies at distance 32: beyond a window of 8
+    ids = copy_batch(g, 12, 64, tiny.config.vocab_size)  # copies at distance 32: beyond a window of 8
     X = capture_inputs(tiny, ids, [1])[1]
     m, info = fit_layer(tiny, 1, MixerSpec("window+ska", window=8, sinks=0, rank=8, power_steps=0), X[:8],
                         heldout=X[8:], steps=60, lr=2e-2)
@@ -139,7 +138,7 @@ def test_stage2_lowers_the_heldout_kl_and_trains_only_the_mixers(tiny):  # noqa:
     from echo_tutor.convert.distill import distill, token_kl
 
     g = torch.Generator().manual_seed(11)
-    ids = _copy_batch(g, 10, 64, tiny.config.vocab_size)
+    ids = copy_batch(g, 10, 64, tiny.config.vocab_size)
     mixers = {i: new_mixer(tiny, i, MixerSpec("window+ska", window=8, sinks=0, rank=8, power_steps=0)) for i in (1, 2)}
     before = {n: p.detach().clone() for n, p in tiny.named_parameters()}
     grads = {n: p.requires_grad for n, p in tiny.named_parameters()}
@@ -158,7 +157,7 @@ def test_stage2_lowers_the_heldout_kl_and_trains_only_the_mixers(tiny):  # noqa:
     with pytest.raises(ValueError, match="lr must be a positive"):
         distill(tiny, mixers, ids, lr=0)
     with pytest.raises(ValueError, match="stage2_variants"):
-        ConvertConfig(stage2_variants=["window"]).check()
+        ConvertRecipe("x", "x", stage2_variants=["window"])
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -183,9 +182,9 @@ def test_bad_layers_and_names(tiny):  # noqa: F811
     with pytest.raises(ValueError, match="':K<n>'"):
         parse_variant("window+ska:1")
     with pytest.raises(ValueError, match="counts"):
-        ConvertConfig(counts=[0]).check()
+        ConvertRecipe("x", "x", counts=[0])
     with pytest.raises(ValueError, match="variants"):
-        ConvertConfig(variants=[]).check()
+        ConvertRecipe("x", "x", variants=[])
     assert parse_variant("window+ska:K0").power_steps == 0
     assert VARIANTS == ("window", "ska", "window+ska", "window+linear")
 

@@ -24,7 +24,7 @@ from echo_tutor.convert.study import (
 )
 from echo_tutor.echokv import baselines as B
 from echo_tutor.echokv.evaluate import perplexity
-from echo_tutor.echokv.model import _copy_batch
+from echo_tutor.echokv.model import copy_batch
 
 
 def llama_layout(m):
@@ -45,7 +45,7 @@ def test_a_context_left_unquantised_is_the_original_attention(tiny):  # noqa: F8
 
 
 def test_kivi_in_the_forward_pass_equals_the_kivi_baseline_on_a_prefilled_cache(tiny):  # noqa: F811
-    ids = _copy_batch(torch.Generator().manual_seed(5), 4, 96, tiny.config.vocab_size)
+    ids = copy_batch(torch.Generator().manual_seed(5), 4, 96, tiny.config.vocab_size)
     ctx = 64
     table = perplexity(tiny, ids, ctx, [B.kivi(4)])
     with kivi_layers(tiny, list(range(len(tiny.model.layers))), bits=4, ctx_len=ctx):
@@ -56,7 +56,7 @@ def test_kivi_in_the_forward_pass_equals_the_kivi_baseline_on_a_prefilled_cache(
 
 
 def test_converted_layers_beside_kivi_layers(tiny):  # noqa: F811
-    ids = _copy_batch(torch.Generator().manual_seed(6), 2, 80, tiny.config.vocab_size)
+    ids = copy_batch(torch.Generator().manual_seed(6), 2, 80, tiny.config.vocab_size)
     spec = parse_variant("window+ska:K1", window=8, sinks=2, rank=8)
     with converted(tiny, {1: new_mixer(tiny, 1, spec)}), kivi_layers(tiny, [0, 2, 3], bits=8, ctx_len=64):
         both = window_nll(tiny, ids, 64)

@@ -2,7 +2,6 @@
 window covers the context, the shipped mixers reproducing their recorded stage-1 error, and
 `echo-tutor convert --fast` end to end, resumed from its records. All slow (loading SmolLM2, a study run)."""
 
-import json
 
 import pytest
 import torch
@@ -55,19 +54,3 @@ def test_shipped_mixers_reproduce_their_recorded_error(smol):
     err = relative_error(m, model.model.layers[layer].self_attn, held, layer_inputs(model, held.shape[1], "cpu"))
     want = ship["fit"][v][layer]["rel_err_after"]
     assert abs(err - want) < 0.02 * want + 1e-3, (err, want)  # float16 shipping of the mixer's parameters
-
-
-@pytest.mark.slow
-def test_convert_fast_runs_and_resumes(tmp_path, capsys):
-    from echo_tutor.cli import main
-
-    out = tmp_path / "conv"
-    assert main(["convert", "--fast", "--out-dir", str(out), "--quiet", "--threads", "2"]) == 0
-    res = json.loads((out / "convert.json").read_text())
-    assert set(res["sweep_window_nll"]) == {"window", "window+ska:K1"}
-    assert len(res["order"]) == 6 and sorted(res["order"]) == list(range(6))
-    n = len((out / "records.jsonl").read_text().splitlines())
-    assert main(["convert", "--fast", "--out-dir", str(out), "--quiet"]) == 0  # every cell is recorded: nothing reruns
-    assert len((out / "records.jsonl").read_text().splitlines()) == n
-    assert json.loads((out / "convert.json").read_text())["sweep_window_nll"] == res["sweep_window_nll"]
-    assert "within +5%" in capsys.readouterr().out

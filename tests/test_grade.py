@@ -56,6 +56,7 @@ lab00.check_kv_cache_bytes(kv_cache_bytes)
 '''
 
 
+@pytest.mark.slow
 def test_a_class_is_graded_into_one_report_per_student_and_a_csv(tmp_path):
     import csv
 
@@ -136,6 +137,7 @@ lab02.check_ridge_readout(ridge_readout)
 '''
 
 
+@pytest.mark.slow
 def test_a_notebook_cannot_replace_the_checkers_or_the_libraries_they_use(tmp_path):
     """The review's attack: a last cell replacing the checkers graded 'three of three pass'."""
     path = tmp_path / "00_tour.py"

@@ -218,6 +218,7 @@ def test_ray_without_ray_installed_says_how_to_install(tmp_path, monkeypatch):
     assert grid_cells.CALLS == []
 
 
+@pytest.mark.slow
 def test_local_and_ray_give_the_same_records(tmp_path, ray_local):
     specs = [{"seed": 0}, {"seed": 1, "scale": 2.0}, {"seed": 0, "raise": "no luck"}, {"seed": 5}]
     local = run_grid(specs, grid_cells.seed_cell, tmp_path / "local", progress=False)

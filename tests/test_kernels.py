@@ -151,10 +151,10 @@ def test_backends_record_the_path_and_fall_back_once_on_cpu():
         pytest.skip("CPU fallback test")
     pytest.importorskip("transformers", reason="the EchoKV cache needs the echokv extra")
     from echo_tutor.echokv import EchoKVCache, fit_reconstructor, tiny_gqa_model, capture_kv
-    from echo_tutor.echokv.model import _copy_batch
+    from echo_tutor.echokv.model import copy_batch
 
     model = tiny_gqa_model()
-    ids = _copy_batch(torch.Generator().manual_seed(0), 4, 32, 64)
+    ids = copy_batch(torch.Generator().manual_seed(0), 4, 32, 64)
     rec = fit_reconstructor(capture_kv(model, ids, cache=False), 0.5)
     backends._warned.discard("echokv")
     cache = EchoKVCache(model, rec, "compressed", backend="triton")

@@ -31,6 +31,7 @@ def _write(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_a_lab_renders_with_its_figures_as_left(tmp_path):
     row = preview.render_lab(_write(tmp_path), tmp_path / "out", timeout=120, markdown=True)
     page = (tmp_path / "out" / "99_demo.html").read_text()

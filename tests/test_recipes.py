@@ -13,15 +13,16 @@ from echo_tutor.models import SCALES
 
 
 def test_every_recipe_is_named_for_its_experiment_and_frozen():
-    assert set(EXPERIMENTS) == {"cliff", "transfer", "ablation"}
+    assert set(EXPERIMENTS) == {"cliff", "transfer", "ablation", "echokv", "convert"}
     for name, recipe in RECIPES.items():
-        assert name == recipe.name and name.split("/")[0] in EXPERIMENTS and recipe.scale in SCALES
+        mod = EXPERIMENTS[name.split("/")[0]]
+        assert name == recipe.name and recipe.scale in (mod.COMMAND.scales or SCALES)
         assert recipe.description
         with pytest.raises(dataclasses.FrozenInstanceError):
             recipe.name = "x"
 
 
-@pytest.mark.parametrize("mod", [cliff, transfer, ablation], ids=lambda m: m.__name__.rsplit(".", 1)[1])
+@pytest.mark.parametrize("mod", list(EXPERIMENTS.values()), ids=lambda m: m.__name__.rsplit(".", 1)[1])
 def test_pick_tables_name_existing_recipes_and_the_rest_is_refused(mod):
     for (scale, fast), name in mod.PICK.items():
         assert mod.recipe_for(scale, fast) is mod.RECIPES[name]

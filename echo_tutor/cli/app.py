@@ -33,7 +33,7 @@ from ..grid import GridError
 from .course import add_course_commands
 from .experiments import add_experiment_commands
 from .flags import check_grid_flags
-from .models import add_convert_command, add_model_commands
+from .models import add_model_commands
 
 __all__ = ["main", "make_parser", "EXIT_CELLS_FAILED", "EXIT_BAD_ARGUMENT"]
 
@@ -45,7 +45,6 @@ def make_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="echo-tutor", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     add_model_commands(sub)
-    add_convert_command(sub)
     add_experiment_commands(sub)   # one per experiment of echo_tutor.experiments.registry.EXPERIMENTS
     add_course_commands(sub)
     sub.metavar = "{" + ",".join(sub.choices) + "}"

@@ -22,13 +22,20 @@ __all__ = ["add_experiment_commands", "recipes_help"]
 _TYPES = {"str": str, "positive_int": positive_int, "nonneg_int": nonneg_int, "positive_float": positive_float}
 
 
+def _scales(mod: ModuleType) -> tuple[str, ...]:
+    """The values of the command's ``--scale``, the default first."""
+    return mod.COMMAND.scales or ("lab", *(s for s in SCALES if s != "lab"))
+
+
 def recipes_help(mod: ModuleType) -> str:
     """The help text that names an experiment's recipes and which flags pick each."""
+    scales = _scales(mod)
     flags = {name: [] for name in mod.RECIPES}
     for (scale, fast), name in mod.PICK.items():
-        flags[name].append(" ".join(x for x in ("--scale synth1m" if scale == "synth1m" else "",
+        flags[name].append(" ".join(x for x in (f"--scale {scale}" if scale != scales[0] else "",
                                                  "--fast" if fast else "") if x) or "(no flags)")
-    lines = ["recipes (--recipe NAME, or the one that --scale {lab,synth1m} (default lab) and --fast pick):"]
+    how = f"--scale {{{','.join(scales)}}} (default {scales[0]}) and --fast" if len(scales) > 1 else "--fast"
+    lines = [f"recipes (--recipe NAME, or the one that {how} pick):"]
     for name, recipe in mod.RECIPES.items():
         picked = " | ".join(flags[name]) or "only by --recipe"
         lines.append(f"  {name:<20} {picked:<28} {recipe.description}")
@@ -40,7 +47,7 @@ def _recipe(mod: ModuleType, args: argparse.Namespace):
         if args.fast or args.scale is not None:
             raise BadArgumentError("--recipe names the recipe itself: drop --fast and --scale")
         return mod.RECIPES[args.recipe]
-    return mod.recipe_for(args.scale or "lab", args.fast)
+    return mod.recipe_for(args.scale or _scales(mod)[0], args.fast)
 
 
 def _given(args: argparse.Namespace, options: tuple[Option, ...], to: str) -> dict:
@@ -78,7 +85,7 @@ def _add_command(sub, mod: ModuleType) -> None:
     p = sub.add_parser(command.name, help=command.help, description=f"{command.help}.\n\n{recipes_help(mod)}",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipe", choices=list(mod.RECIPES), default=None, help="the recipe to run, by name (see above)")
-    p.add_argument("--scale", choices=list(SCALES), default=None, help="the models' scale (default lab)")
+    p.add_argument("--scale", choices=list(_scales(mod)), default=None, help=f"the models' scale (default {_scales(mod)[0]})")
     p.add_argument("--fast", action="store_true", help="the quick recipe of the scale (see above)")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--out-dir", default=command.out_dir)

@@ -1,4 +1,4 @@
-"""The model commands: ``train`` a preset, ``eval`` a saved or shipped model, and the ``echokv`` study."""
+"""The model commands: ``train`` a preset and ``eval`` a saved or shipped model."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ import argparse
 import json
 import pathlib
 import sys
-import time
 from typing import Any
 
 import torch
 
-from ..convert.study import ConvertConfig, format_summary, run_convert
-from ..echokv.study import StudyConfig, format_table, run_study, save
 from ..errors import BadArgumentError
 from ..experiments import transfer_task_args
 from ..models import LAB_PRESETS, PRESETS, SCALES, build, count_parameters, load, scale_of
@@ -123,28 +120,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 
-def cmd_echokv(args: argparse.Namespace) -> int:
-    cfg = StudyConfig.fast() if args.fast else StudyConfig()
-    if args.stage2_steps is not None:
-        cfg.stage2_steps = args.stage2_steps
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out_dir = pathlib.Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    result = run_study(cfg, progress=not args.quiet and sys.stderr.isatty())
-    result["command"] = "echo-tutor echokv" + (" --fast" if args.fast else "")
-    save(result, str(out_dir / "echokv.json"))
-    table = format_table(result, 0.5 if 0.5 in cfg.ratios else cfg.ratios[0])
-    (out_dir / "echokv.md").write_text(table + "\n")
-    print(table)
-    print(f"echokv study finished in {time.perf_counter() - t0:.0f} s; wrote {out_dir}/echokv.json")
-    return 0
-
-
-
 def add_model_commands(sub) -> None:
-    """Add ``train``, ``eval`` and ``echokv`` to the subparsers ``sub``."""
+    """Add ``train`` and ``eval`` to the subparsers ``sub``."""
     p = sub.add_parser("train", help="train a preset on a recall task and save it")
     p.add_argument("--preset", default="echo", choices=[*LAB_PRESETS, *PRESETS],
                    help="lab scale (default echo): %s; the paper's synthetic-task size, about 1M parameters (a GPU job): %s" % (", ".join(LAB_PRESETS),
@@ -175,60 +152,3 @@ def add_model_commands(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--out", default=None, help="write the records as .json or .csv")
     p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("echokv", help="EchoKV-lite on SmolLM2: perplexity vs cache bytes for it and the baselines")
-    p.add_argument("--fast", action="store_true", help="small calibration/eval sets, 5 stage-2 steps (a few CPU minutes)")
-    p.add_argument("--stage2-steps", type=nonneg_int, default=None, help="override the stage-2 (KL) steps")
-    p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--out-dir", default="runs/echokv")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_echokv)
-
-
-def cmd_convert(args: argparse.Namespace) -> int:
-    cfg = ConvertConfig.fast() if args.fast else ConvertConfig()
-    for name in ("variants", "window", "sinks", "rank", "fit_steps", "counts", "layers", "stage2_variants",
-                 "stage2_steps", "stage2_counts"):
-        val = getattr(args, name)
-        if val is not None:
-            setattr(cfg, name, val)
-    if args.variants is not None and args.stage2_variants is None:  # stage 2 of the chosen variants only
-        cfg.stage2_variants = [v for v in cfg.stage2_variants if v in cfg.variants]
-        cfg.compose_variants = [v for v in cfg.compose_variants if v in cfg.variants]
-    cfg.check()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out_dir = pathlib.Path(args.out_dir)
-    t0 = time.perf_counter()
-    result = run_convert(cfg, out_dir, progress=not args.quiet and sys.stderr.isatty())
-    result["command"] = "echo-tutor convert" + (" --fast" if args.fast else "")
-    (out_dir / "convert.json").write_text(json.dumps(result, indent=1))
-    summary = format_summary(result)
-    (out_dir / "convert.md").write_text(summary + "\n")
-    print(summary)
-    print(f"convert study finished in {time.perf_counter() - t0:.0f} s; wrote {out_dir}/convert.json "
-          f"(records in {out_dir}/records.jsonl: rerun the same command to continue an interrupted study)")
-    return 0
-
-
-def add_convert_command(sub) -> None:
-    """Add ``convert`` (SmolLM2's attention layers into fixed-state mixers) to the subparsers ``sub``."""
-    p = sub.add_parser("convert", help="convert SmolLM2's attention layers into fixed-state mixers (window, SKA, linear)")
-    p.add_argument("--fast", action="store_true", help="6 layers, 2 variants, few windows: minutes on a CPU")
-    p.add_argument("--variants", nargs="+", default=None,
-                   help="mixers, e.g. window window+linear:K0 window+ska:K0 window+ska:K1 ska:K1")
-    p.add_argument("--window", type=positive_int, default=None, help="softmax window W (default 64)")
-    p.add_argument("--sinks", type=nonneg_int, default=None, help="attention-sink tokens kept in the softmax (default 4)")
-    p.add_argument("--rank", type=positive_int, default=None, help="feature size r of the statistics (default 32)")
-    p.add_argument("--fit-steps", dest="fit_steps", type=nonneg_int, default=None, help="stage 1 Adam steps per layer")
-    p.add_argument("--counts", type=positive_int, nargs="+", default=None, help="numbers of converted layers to sweep")
-    p.add_argument("--layers", type=positive_int, default=None, help="convert among the first N layers only")
-    p.add_argument("--stage2-variants", dest="stage2_variants", nargs="*", default=None,
-                   help="variants that get stage 2 (end-to-end KL); none to skip it")
-    p.add_argument("--stage2-steps", dest="stage2_steps", type=nonneg_int, default=None, help="stage 2 Adam steps")
-    p.add_argument("--stage2-counts", dest="stage2_counts", type=positive_int, nargs="*", default=None,
-                   help="numbers of converted layers that get stage 2 (default 8 30)")
-    p.add_argument("--threads", type=positive_int, default=None)
-    p.add_argument("--out-dir", default="runs/convert")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_convert)

@@ -27,12 +27,12 @@ from ..echokv.baselines import Method, kivi_fraction, kivi_quantize
 from ..echokv.capture import apply_rope, capture_kv
 from ..echokv.evaluate import perplexity
 from ..echokv.fit import fit_reconstructor
-from ..echokv.model import calibration_text, text_windows
 from ..echokv.slots import KINDS, SlotMoments, light_keys
 from .layers import check_layer, converted, llama_layout
 from .probe import window_nll
 
-__all__ = ["KiviContext", "kivi_fraction", "kivi_layers", "then"]
+__all__ = ["KiviContext", "kivi_fraction", "kivi_layers", "then", "converted_with_kivi_nll", "echokv_with_kivi",
+           "equal_bytes_points"]
 
 
 class KiviContext(nn.Module):
@@ -119,52 +119,35 @@ def then(first, second, name: str):
 
 
 # --------------------------------------------------------------------------------------------------
-# The study's composition cells and the points of the equal-bytes figure
+# What the study's composition cells measure, and the points of the equal-bytes figure
 # --------------------------------------------------------------------------------------------------
-def run_compositions(run) -> dict:
-    """The composition cells of a conversion study ``run`` (``convert.study._Study``), each one record:
-    converted layers (stage 1, cheapest first) with a KIVI context on every other layer, and EchoKV-lite
-    (ridge, greedy, lab 06's recipe) with and without its kept heads stored KIVI-style.
+def converted_with_kivi_nll(model, mixers: dict, bits: int, ids: torch.Tensor, ctx_len: int) -> list[float]:
+    """Held-out NLL per window (:func:`~echo_tutor.convert.probe.window_nll`) with the layers of ``mixers``
+    converted and every other layer's context stored KIVI-style at ``bits`` (:func:`kivi_layers`)."""
+    others = [i for i in range(len(model.model.layers)) if i not in mixers]
+    with converted(model, mixers), kivi_layers(model, others, bits=bits, ctx_len=ctx_len):
+        return window_nll(model, ids, ctx_len)
 
-    Returns ``{"bits", "converted_kivi": {variant: {n: window_nll}}, "echokv": {name: {"fraction",
-    "window_nll"}}}`` on the study's held-out windows.
-    """
-    cfg, model = run.cfg, run.model
-    bits, L = cfg.compose_bits, len(model.model.layers)
-    out: dict = {"bits": bits, "converted_kivi": {}, "echokv": {}}
-    for v in cfg.compose_variants:
-        for n in [n for n in cfg.compose_counts if n <= run.n_layers]:
-            layers = sorted(run.order[:n])
-            others = [i for i in range(L) if i not in layers]
 
-            def fn(_, v=v, layers=layers, others=others):
-                with converted(model, {i: run.mixer(v, i) for i in layers}), \
-                        kivi_layers(model, others, bits=bits, ctx_len=cfg.ctx_len):
-                    return {"window_nll": window_nll(model, run.eval_ids, cfg.ctx_len)}
-            spec = {"kind": "compose", "what": "converted+kivi", "variant": v, "layers": layers, "bits": bits,
-                    **run.evalspec, **run.common}
-            out["converted_kivi"].setdefault(v, {})[str(n)] = run.cell(spec, fn)["window_nll"]
-
-    def echokv(_):
-        cal = text_windows(run.tok, calibration_text("calib"), cfg.calib_len, cfg.compose_calib_windows)
-        cap = capture_kv(model, cal, progress=run.progress)
-        moments = {k: SlotMoments(cap, k) for k in KINDS}
-        methods = [B.kivi(bits)]
-        for r in cfg.compose_ratios:
-            rec = fit_reconstructor(cap, r, method="greedy", key_ratio=light_keys(r), window=2, moments=moments)
-            e = B.echokv_method(rec, f"echokv-lite ridge, greedy @{r}")
-            methods += [e, then(B.kivi(bits), e, f"echokv-lite ridge, greedy @{r} + KIVI {bits}-bit")]
-        table = perplexity(model, run.eval_ids, cfg.ctx_len, methods, progress=run.progress)
-        return {name: {"fraction": t["fraction"], "window_nll": t["window_nll"]} for name, t in table.items()}
-
-    spec = {"kind": "compose", "what": "echokv+kivi", "ratios": cfg.compose_ratios, "bits": bits,
-            "calib_windows": cfg.compose_calib_windows, "calib_len": cfg.calib_len, **run.evalspec}
-    out["echokv"] = run.cell(spec, echokv)
-    return out
+def echokv_with_kivi(model, cal_ids: torch.Tensor, ids: torch.Tensor, ctx_len: int, ratios: list[float], bits: int,
+                     *, cache: bool = True) -> dict[str, dict]:
+    """Lab 06's EchoKV-lite (ridge maps, greedy slots, window 2), fitted on the K/V of ``cal_ids`` at each of
+    ``ratios``, with and without its kept heads stored KIVI-style at ``bits`` (:func:`then`), and KIVI alone:
+    ``{name: {"fraction", "window_nll"}}`` on the windows ``ids`` (context ``ctx_len``), the full cache's row
+    included. ``cache``: keep the K/V capture on disk (``capture_kv``)."""
+    cap = capture_kv(model, cal_ids, cache=cache)
+    moments = {k: SlotMoments(cap, k) for k in KINDS}
+    methods = [B.kivi(bits)]
+    for r in ratios:
+        rec = fit_reconstructor(cap, r, method="greedy", key_ratio=light_keys(r), window=2, moments=moments)
+        e = B.echokv_method(rec, f"echokv-lite ridge, greedy @{r}")
+        methods += [e, then(B.kivi(bits), e, f"echokv-lite ridge, greedy @{r} + KIVI {bits}-bit")]
+    table = perplexity(model, ids, ctx_len, methods)
+    return {name: {"fraction": t["fraction"], "window_nll": t["window_nll"]} for name, t in table.items()}
 
 
 def equal_bytes_points(result: dict, tokens: int) -> list[dict]:
-    """Every measured configuration of a :func:`~echo_tutor.convert.study.run_convert` result as a point
+    """Every measured configuration of a conversion study's result (``echo_tutor.experiments.convert``) as a point
     ``{"name", "family", "mb", "nll"}``: megabytes kept for a ``tokens``-token context at 16 bits (batch 1)
     and the per-window NLL on the study's held-out windows (for paired intervals against ``"full"``).
 

@@ -164,7 +164,7 @@ def tiny_gqa_config(**overrides):
     return config
 
 
-def _copy_batch(gen: torch.Generator, batch: int, seq_len: int, vocab: int) -> torch.Tensor:
+def copy_batch(gen: torch.Generator, batch: int, seq_len: int, vocab: int) -> torch.Tensor:
     """Sequences ``x x`` (a random half repeated): learnable by induction heads in seconds."""
     half = seq_len // 2
     x = torch.randint(4, vocab, (batch, half), generator=gen)
@@ -194,7 +194,7 @@ def _train_tiny(steps: int, seed: int):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     model.train()
     for _ in range(steps):
-        x = _copy_batch(gen, 16, 64, model.config.vocab_size)
+        x = copy_batch(gen, 16, 64, model.config.vocab_size)
         loss = model(x, labels=x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

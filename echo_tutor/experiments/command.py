@@ -57,16 +57,19 @@ class Option:
 @dataclass(frozen=True)
 class Command:
     """An experiment's command: ``name`` (``echo-tutor <name>``), a one-line ``help``, the default
-    ``out_dir``, its extra ``options``, and what the command prints as it finishes (``finished``: the first
-    word of "<finished> finished in N s")."""
+    ``out_dir``, its extra ``options``, what the command prints as it finishes (``finished``: the first
+    word of "<finished> finished in N s"), and the values of its ``--scale`` (``scales``; the first is the
+    default; empty: the preset scales, ``echo_tutor.models.SCALES``, default ``lab``)."""
 
     name: str
     help: str
     out_dir: str
     options: tuple[Option, ...] = ()
     finished: str = ""
+    scales: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", tuple(self.options))
+        object.__setattr__(self, "scales", tuple(self.scales))
         if not self.finished:
             object.__setattr__(self, "finished", self.name)

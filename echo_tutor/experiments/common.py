@@ -43,9 +43,11 @@ def lab_task(pairs: int, gap: int) -> Task:
 
 def pick(experiment: str, recipes: Mapping[str, Any], table: Mapping[tuple[str, bool], str], scale: str,
          fast: bool) -> Any:
-    """The recipe of ``experiment`` that ``table`` names for ``(scale, fast)`` (the CLI's ``--scale``, ``--fast``)."""
-    if scale not in SCALES:
-        raise BadArgumentError(f"scale must be one of {list(SCALES)}, got {scale!r}")
+    """The recipe of ``experiment`` that ``table`` names for ``(scale, fast)`` (the CLI's ``--scale``, ``--fast``).
+    ``scale`` is one of the preset scales (``SCALES``) or of the scales ``table`` names (``"smollm2"``)."""
+    known = list(dict.fromkeys([*SCALES, *(s for s, _ in table)]))
+    if scale not in known:
+        raise BadArgumentError(f"scale must be one of {known}, got {scale!r}")
     name = table.get((scale, bool(fast)))
     if name is None:
         raise BadArgumentError(f"{experiment} has no {'fast ' if fast else ''}recipe at scale={scale!r}; "

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import ablation, cliff, transfer
+from . import ablation, cliff, convert, echokv, transfer
 
 __all__ = ["RECIPES", "EXPERIMENTS"]
 
-EXPERIMENTS = {"cliff": cliff, "transfer": transfer, "ablation": ablation}  # name -> module
+EXPERIMENTS = {"cliff": cliff, "transfer": transfer, "ablation": ablation, "echokv": echokv, "convert": convert}  # name -> module
 RECIPES: dict[str, Any] = {name: r for mod in EXPERIMENTS.values() for name, r in mod.RECIPES.items()}
