@@ -31,7 +31,7 @@ from echo_tutor.train.loop import make_optimizer, train_step  # noqa: E402
 
 def _task(preset: str):
     if preset in LAB_PRESETS:
-        return make_task(**{**LAB_RECIPE["task"], "gap": [256]})
+        return make_task(**{**LAB_RECIPE.task, "gap": [256]})
     return make_task("mqar", vocab_size=128, num_kv_pairs=8, seq_len=256)
 
 

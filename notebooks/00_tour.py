@@ -249,7 +249,7 @@ streamed = {}  # the last run's curves, for the checks at the end
 
 
 def stream(n_tokens):
-    ids = torch.randint(0, LAB_RECIPE["task"]["vocab_size"], (1, n_tokens), generator=torch.Generator().manual_seed(3))
+    ids = torch.randint(0, LAB_RECIPE.task["vocab_size"], (1, n_tokens), generator=torch.Generator().manual_seed(3))
     states = {p: models[p].init_state(1) for p in stream_presets}
     curves = {p: ([0], [state_nbytes(states[p]) / 1e3]) for p in stream_presets}
     every = max(16, n_tokens // 32)
@@ -323,12 +323,12 @@ print("\nright on this prompt:", {p: f"{a:.2f}" for p, a in demo_acc.items()}, "
 
 # %%
 acc = {p: evaluate(m, task, 64, seed=50_000, batch_size=16) for p, m in models.items()}
-chance = 2 / LAB_RECIPE["task"]["vocab_size"]
+chance = 2 / LAB_RECIPE.task["vocab_size"]
 fig = go.Figure(go.Bar(x=list(acc), y=list(acc.values()), text=[f"{a:.2f}" for a in acc.values()], textposition="outside",
                        marker_color=[PRESET_COLORS[p] for p in acc], showlegend=False))
 fig.add_hline(y=chance, line_dash="dot", line_color="black")
 fig.add_scatter(x=[None], y=[None], mode="lines", line=dict(dash="dot", color="black"),
-                name=f"chance: 1 of the {LAB_RECIPE['task']['vocab_size'] // 2} value tokens ({chance:.3f})")
+                name=f"chance: 1 of the {LAB_RECIPE.task['vocab_size'] // 2} value tokens ({chance:.3f})")
 fig.update_layout(height=340, showlegend=True, legend=dict(x=0.99, xanchor="right", y=0.9), xaxis_title="shipped model", yaxis_title="accuracy at the answers", yaxis_range=[0, 1.12],
                   title=f"Recall after a {gap}-token gap, {pairs} pairs, 64 prompts")
 fig.show()

@@ -641,7 +641,7 @@ if FAST:
     reference = results("build_ska")  # the library's layer, trained the same way (scripts/build_ska_reference.py)
     ref_label = "the library's SKA layer, same recipe and start (shipped run)"
 else:
-    task = make_task(**LAB_RECIPE["task"])
+    task = make_task(**LAB_RECIPE.task)
     steps, eval_every = 1500, 50
     reference = info("echo")  # the shipped echo checkpoint's training on this recipe
     ref_label = "the shipped lab-scale echo (library layer), same recipe"

@@ -284,7 +284,7 @@ for p in CLIFF_PRESETS:
 fig.update_layout(height=360, xaxis_title="training step (batch 16)", yaxis_title="eval accuracy (128 examples)",
                   yaxis_range=[-0.02, 1.05], title="Learning curves of the shipped checkpoints")
 fig.show()
-train_task = make_task(**LAB_RECIPE["task"])
+train_task = make_task(**LAB_RECIPE.task)
 draws = [train_task.sample(64, 10_000 + i)[1] for i in range(info("echo")["config"]["eval_examples"] // 64)]
 print("the evaluation during training (evaluate's batches of 64, seeds 10,000 on): " + ", then ".join(
     f"{int((y[0] != -100).sum())} pairs at gap {y.shape[1] - 4 * int((y[0] != -100).sum())}" for y in draws))

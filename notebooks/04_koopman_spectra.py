@@ -264,12 +264,12 @@ guess_pair.show()
 echo = pretrained("echo")
 i_echo = info("echo")
 torch.manual_seed(i_echo["config"]["seed"])  # the seed its training run started from: the same initial weights
-fresh = HybridLM.from_config(echo.config).eval()
+fresh = HybridLM(echo.config).eval()
 print(f"echo: trained {i_echo['steps']} steps in {i_echo['time_s'] / 60:.0f} min; last evaluation during training: "
       f"accuracy {i_echo['final_eval']:.3f}")
 print("config:", {k: getattr(echo.config, k) for k in ("layout", "d_model", "n_heads", "ska_rank")},
       "K =", [blk.mixer.power_steps for blk in echo.blocks if isinstance(blk.mixer, SpectralKoopmanAttention)])
-print(f"untrained control: HybridLM.from_config(echo.config) after torch.manual_seed({i_echo['config']['seed']})")
+print(f"untrained control: HybridLM(echo.config) after torch.manual_seed({i_echo['config']['seed']})")
 V = echo.config.vocab_size
 H_04, r_04 = echo.config.n_heads, echo.config.ska_rank
 x_mqar, _ = mqar_gap(V, 8, 256, 1, seed=3, show_values=False)
@@ -479,7 +479,7 @@ lab_models = {p: pretrained(p) for p in ("echo", "echo-k2", "ssm+ridge")}
 cfg_of = lambda m: {k: v for k, v in m.config.to_dict().items() if k != "mixer_kwargs"}  # noqa: E731
 assert all(cfg_of(m) == cfg_of(lab_models["echo"]) for m in lab_models.values()), "one lab-scale model, K aside"
 print("lab-scale model:", {k: cfg_of(lab_models["echo"])[k] for k in ("layout", "d_model", "n_heads", "ska_rank")})
-print("task (the lab recipe):", LAB_RECIPE["task"])
+print("task (the lab recipe):", LAB_RECIPE.task)
 configs = list(dict.fromkeys(r["config"] for r in kp))  # K = 0, 1, 2 in the order they were run
 by = {c: sorted((r for r in kp if r["config"] == c), key=lambda r: r["seed"]) for c in configs}
 k0, k1, k2 = configs
@@ -565,7 +565,7 @@ def chunk_ceiling(task, n_examples=256, batch_size=16, seed=10_000, S=64):
     return seen / total
 
 
-ceiling = chunk_ceiling(make_task(**LAB_RECIPE["task"]), S=lab_models["echo"].blocks[1].mixer.chunk_size)
+ceiling = chunk_ceiling(make_task(**LAB_RECIPE.task), S=lab_models["echo"].blocks[1].mixer.chunk_size)
 learned_acc = [r["acc"] for r in by[k1] if r["acc_16pairs_gap1024"] > 0.5]
 print(f"chunk-mode ceiling on the mixture's 256 evaluation examples: {ceiling:.3f}; the learned {k1} seeds: "
       f"{min(learned_acc):.3f}-{max(learned_acc):.3f}")

@@ -103,7 +103,7 @@ def _batch(preset: str, n: int, device):
     from echo_tutor.models.presets import LAB_RECIPE
     from echo_tutor.tasks import make_task
 
-    task = make_task(**{**LAB_RECIPE["task"], "gap": [256]})
+    task = make_task(**{**LAB_RECIPE.task, "gap": [256]})
     return (t.to(device) for t in task.sample(n, 0))
 
 
@@ -167,8 +167,8 @@ def k_runs(ctx: dict, budget: float) -> tuple[str, dict]:
 
     seeds, presets = (0, 1, 2), ("synth1m-echo-k1", "synth1m-echo")
     each = budget / (len(seeds) * len(presets)) * 0.8  # evaluation and start-up take the rest
-    task = make_task(**LAB_RECIPE["task"])
-    probe = make_task(**{**LAB_RECIPE["task"], "num_kv_pairs": 8, "gap": [256]})
+    task = make_task(**LAB_RECIPE.task)
+    probe = make_task(**{**LAB_RECIPE.task, "num_kv_pairs": 8, "gap": [256]})
     n_eval = 16 if ctx["quick"] else 512
     data: dict = {}
     for preset in presets:

@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from echo_tutor.models import HybridLM
+from echo_tutor.models import HybridConfig, HybridLM
 from echo_tutor.tasks import make_task
 from echo_tutor.train import evaluate, train
 
@@ -48,8 +48,8 @@ def main() -> None:
     mk = json.loads(a.mk)
     if "ska" in a.layout:
         mk.setdefault("ska", {}).setdefault("power_steps", a.K)
-    model = HybridLM(a.vocab, d_model=a.d_model, layout=a.layout, n_heads=a.heads, ska_rank=a.rank,
-                     mixer_kwargs={k: v for k, v in mk.items() if k in a.layout})
+    model = HybridLM(HybridConfig(a.vocab, d_model=a.d_model, layout=a.layout, n_heads=a.heads, ska_rank=a.rank,
+                     mixer_kwargs={k: v for k, v in mk.items() if k in a.layout}))
     one = lambda xs: xs[0] if len(xs) == 1 else xs  # noqa: E731
     kw = dict(vocab_size=a.vocab, queries=a.queries, show_values=a.show_values)
     task = make_task("mqar_gap", num_kv_pairs=one(a.pairs), gap=one(a.gaps), **kw)

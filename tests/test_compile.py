@@ -101,7 +101,7 @@ def test_padding_for_compile_keeps_the_loss(preset):
     from echo_tutor.train.loop import pad_for_compile
 
     model = small(preset)
-    x, y = make_task(**{**LAB_RECIPE["task"], "vocab_size": 32, "gap": [37]}).sample(3, 0)
+    x, y = make_task(**{**LAB_RECIPE.task, "vocab_size": 32, "gap": [37]}).sample(3, 0)
     xp, yp = pad_for_compile(x, y)
     assert xp.shape[1] % 64 == 0 and xp.shape[1] > x.shape[1] and (yp[:, x.shape[1]:] == IGNORE).all()
     loss = lambda a, b: torch.nn.functional.cross_entropy(model(a)[0][b != IGNORE], b[b != IGNORE])  # noqa: E731

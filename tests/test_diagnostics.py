@@ -7,7 +7,7 @@ import torch
 
 from echo_tutor.experiments import (ablate_mixer, hold_decay, paired, recall_breakdown, retention_after, ssm_decay,
                                     tool_trace_by_writes, verdict)
-from echo_tutor.models import HybridLM, build
+from echo_tutor.models import HybridConfig, HybridLM, build
 from echo_tutor.tasks import IGNORE, make_task, writes_at_answers
 
 NO_DIFF = "no difference shown (the interval includes 0)"
@@ -144,7 +144,7 @@ def test_ablate_mixer_silences_one_block_and_restores_it():
 
 def test_ssm_decay_is_exp_a_dt():
     torch.manual_seed(0)
-    m = HybridLM(20, d_model=16, layout="mamba2,attn", n_heads=2, d_state=4)
+    m = HybridLM(HybridConfig(20, d_model=16, layout="mamba2,attn", n_heads=2, d_state=4))
     x = torch.randint(0, 20, (2, 9))
     d = ssm_decay(m, x)
     assert list(d) == [0] and d[0].shape == (2, 9, m.blocks[0].mixer.n_heads)

@@ -129,11 +129,11 @@ def test_mode_energies():
 def test_readout_weights_rebuild_the_ska_output():
     """sum_t a_t v_t (times eta) is the SKA block's output at a query, with the context's statistics."""
     from echo_tutor.koopman import offset_profile, readout_weights
-    from echo_tutor.models import HybridLM
+    from echo_tutor.models import HybridConfig, HybridLM
 
     torch.manual_seed(0)
-    m = HybridLM(30, d_model=16, layout="mamba2,ska", n_heads=2, d_state=4, ska_rank=6,
-                 mixer_kwargs={"ska": {"mode": "token", "power_steps": 2, "spectral_norm": False}}).double()
+    m = HybridLM(HybridConfig(30, d_model=16, layout="mamba2,ska", n_heads=2, d_state=4, ska_rank=6,
+                 mixer_kwargs={"ska": {"mode": "token", "power_steps": 2, "spectral_norm": False}})).double()
     ids = torch.randint(1, 30, (1, 14))
     n = 9
     w = readout_weights(m, ids, n)[1]  # [H, 5, 9]

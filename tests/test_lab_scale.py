@@ -9,7 +9,7 @@ import torch
 
 from conftest import assert_close, scan_steps
 from echo_tutor.attention import CausalSelfAttention, KVCache
-from echo_tutor.models import LAB_PRESETS, LAB_RECIPE, LAB_SCALE, HybridLM, build, count_parameters, load
+from echo_tutor.models import LAB_PRESETS, LAB_RECIPE, LAB_SCALE, HybridConfig, HybridLM, build, count_parameters, load
 from echo_tutor.tasks import IGNORE, make_task, mqar_gap
 
 
@@ -99,8 +99,8 @@ def test_window_model_forgets_beyond_its_window():
     """A token more than `window` back cannot change the window model's output (it can for full attention)."""
     torch.manual_seed(2)
     kw = dict(d_model=16, n_heads=2, d_state=4)
-    swa = HybridLM(30, layout="attn", mixer_kwargs={"attn": {"window": 6}}, **kw).double()
-    full = HybridLM(30, layout="attn", **kw).double()
+    swa = HybridLM(HybridConfig(30, layout="attn", mixer_kwargs={"attn": {"window": 6}}, **kw)).double()
+    full = HybridLM(HybridConfig(30, layout="attn", **kw)).double()
     full.load_state_dict(swa.state_dict())
     ids = torch.randint(1, 30, (1, 20))
     ids2 = ids.clone()
@@ -121,7 +121,7 @@ def test_lab_presets_share_the_lab_scale():
     assert build("ssm+swa", scale="lab").blocks[1].mixer.window == 256
     assert build("ssm+attn", scale="lab").blocks[1].mixer.window is None
     assert not build("ssm+attn", scale="lab").blocks[1].mixer.rope and not build("ssm+swa", scale="lab").blocks[1].mixer.rope
-    task = make_task(**{k: v for k, v in LAB_RECIPE["task"].items()})
+    task = make_task(**{k: v for k, v in LAB_RECIPE.task.items()})
     x, y = task.sample(2, 0)
     assert x.shape[0] == 2 and (y != IGNORE).any()
 
@@ -151,7 +151,7 @@ def _bad_files(tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("this is not a checkpoint\n")
     good = tmp_path / "good.pt"
-    HybridLM(20, d_model=8, layout="mamba2", n_heads=2, d_state=4).save(good)
+    HybridLM(HybridConfig(20, d_model=8, layout="mamba2", n_heads=2, d_state=4)).save(good)
     trunc = tmp_path / "truncated.pt"
     trunc.write_bytes(good.read_bytes()[:300])
     foreign = tmp_path / "foreign.pt"

@@ -13,7 +13,7 @@ from torch import nn
 
 from conftest import scan_steps
 from echo_tutor.errors import BadArgumentError
-from echo_tutor.models import HybridLM, Mixer, build, mixer_names, register_mixer, state_nbytes
+from echo_tutor.models import HybridConfig, HybridLM, Mixer, build, mixer_names, register_mixer, state_nbytes
 from echo_tutor.models.mixer import MIXER_BUILDERS
 from echo_tutor.tasks import make_task
 from echo_tutor.train import train
@@ -24,7 +24,7 @@ SIGNATURES = {"forward": ["state", "mask"], "step": ["state"], "init_state": ["b
 
 
 def _mixers():
-    model = HybridLM(32, d_model=32, layout=",".join(BUILT_IN), n_heads=2, ska_rank=8, d_state=8)
+    model = HybridLM(HybridConfig(32, d_model=32, layout=",".join(BUILT_IN), n_heads=2, ska_rank=8, d_state=8))
     return {name: blk.mixer for name, blk in zip(BUILT_IN, model.blocks)}
 
 
@@ -86,7 +86,7 @@ def ema_registered():
 
 def test_a_new_mixer_trains_inside_a_hybrid_lm(ema_registered):
     assert "ema" in mixer_names() and isinstance(EMAMixer(8), Mixer)
-    model = HybridLM(16, d_model=32, layout="ema,attn", n_heads=2, mixer_kwargs={"ema": {"decay": 0.8}})
+    model = HybridLM(HybridConfig(16, d_model=32, layout="ema,attn", n_heads=2, mixer_kwargs={"ema": {"decay": 0.8}}))
     assert isinstance(model.blocks[0].mixer, EMAMixer)
     task = make_task("mqar", vocab_size=16, seq_len=24, num_kv_pairs=2)
     res = train(model, task, steps=40, batch_size=16, lr=3e-3, seed=0, progress=False)

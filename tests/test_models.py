@@ -67,8 +67,8 @@ def test_model_is_causal(preset):
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_every_mixer_is_causal_in_chunk_training_mode(mixer):
     torch.manual_seed(3)
-    m = HybridLM(40, d_model=32, layout=mixer, n_heads=4, d_state=8, ska_rank=6,
-                 mixer_kwargs={"ska": {"chunk_size": 8}} if mixer == "ska" else None).double()
+    m = HybridLM(HybridConfig(40, d_model=32, layout=mixer, n_heads=4, d_state=8, ska_rank=6,
+                 mixer_kwargs={"ska": {"chunk_size": 8}} if mixer == "ska" else None)).double()
     ids = torch.randint(0, 40, (1, 33))
     ids2 = ids.clone()
     ids2[:, 20:] = (ids2[:, 20:] + 3) % 40
@@ -104,15 +104,15 @@ def test_save_and_load_roundtrip(tmp_path):
 
 def test_bad_layouts_and_inputs():
     with pytest.raises(ValueError, match="unknown mixer name"):
-        HybridLM(32, layout="mamba2,transformer")
+        HybridLM(HybridConfig(32, layout="mamba2,transformer"))
     with pytest.raises(ValueError, match="at least one mixer"):
-        HybridLM(32, layout="")
+        HybridLM(HybridConfig(32, layout=""))
     with pytest.raises(ValueError, match="preset must be one of"):
         build("mamba")
     with pytest.raises(ValueError, match="mixer_kwargs: unknown"):
-        HybridLM(32, mixer_kwargs={"ssm": {}})
+        HybridLM(HybridConfig(32, mixer_kwargs={"ssm": {}}))
     with pytest.raises(ValueError, match="n_heads=3 must divide"):
-        HybridLM(32, d_model=32, n_heads=3)
+        HybridLM(HybridConfig(32, d_model=32, n_heads=3))
     m = build("synth1m-echo", vocab_size=32, d_model=32, n_heads=4, d_state=8, ska_rank=6)
     with pytest.raises(ValueError, match=r"token ids in \[0, 32\)"):
         m(torch.tensor([[1, 40]]))
@@ -192,8 +192,8 @@ def test_two_ska_blocks_with_overrides_each_get_them(tmp_path):
     """A per-mixer override reaches every block of that mixer (it once reached only the first: the config's
     dict was popped by the first SKA block), and survives save / load."""
     torch.manual_seed(0)
-    m = HybridLM(64, d_model=32, layout="mamba2,ska,ska", n_heads=2,
-                 mixer_kwargs={"ska": {"rank": 8, "power_steps": 0, "chunk_size": 16}})
+    m = HybridLM(HybridConfig(64, d_model=32, layout="mamba2,ska,ska", n_heads=2,
+                 mixer_kwargs={"ska": {"rank": 8, "power_steps": 0, "chunk_size": 16}}))
     skas = [b.mixer for b in m.blocks if isinstance(b.mixer, SpectralKoopmanAttention)]
     assert [(s.rank, s.power_steps, s.chunk_size) for s in skas] == [(8, 0, 16), (8, 0, 16)]
     assert m.config.mixer_kwargs["ska"]["rank"] == 8  # the config still says so
@@ -211,8 +211,28 @@ def test_config_is_frozen_and_validated():
     over = cfg.mixer_overrides("ska")
     over["rank"] = 4  # a copy: the config is unchanged
     assert cfg.mixer_kwargs["ska"]["rank"] == 8
-    assert HybridConfig(**cfg.to_dict()) == cfg and HybridLM.from_config(cfg).config == cfg
+    assert HybridConfig(**cfg.to_dict()) == cfg and HybridLM(cfg).config == cfg
     with pytest.raises(ValueError, match="mixer_kwargs: unknown mixer"):
         HybridConfig(64, mixer_kwargs={"conv": {}})
     with pytest.raises(ValueError, match="n_heads=3 must divide d_model=32"):
         HybridConfig(64, d_model=32, n_heads=3)
+
+
+def test_rebuilt_reads_the_same_weights_another_way_and_leaves_the_model_alone():
+    from echo_tutor.models import rebuilt
+    from echo_tutor.ska import SpectralKoopmanAttention
+
+    torch.manual_seed(0)
+    model = build("echo", vocab_size=32, d_model=32, n_heads=4, d_state=8, ska_rank=6).eval()
+    tok = rebuilt(model, {"ska": {"mode": "token"}})
+    modes = lambda m: [b.mixer.mode for b in m.blocks if isinstance(b.mixer, SpectralKoopmanAttention)]  # noqa: E731
+    assert modes(model) == ["chunk"] and modes(tok) == ["token"] and not tok.training
+    for a, b in zip(model.state_dict().values(), tok.state_dict().values()):
+        assert torch.equal(a, b)
+    x = torch.randint(0, 32, (2, 24))
+    with torch.no_grad():  # token mode: every position reads the statistics up to itself, as step() decodes
+        assert_close("token mode = step", scan_steps(model, x, model.init_state(2))[0], tok(x)[0], ratio=1e-5)
+    with pytest.raises(ValueError, match="model must be a HybridLM"):
+        rebuilt(torch.nn.Linear(2, 2), {})
+    with pytest.raises(ValueError, match="mixer_kwargs must map"):
+        rebuilt(model, {"ska": "token"})

@@ -140,7 +140,7 @@ RECIPES: dict[str, AblationRecipe] = {r.name: r for r in (
                    "synth1m", ABLATION_CONFIGS, _small_tasks(64, True), steps=500,
                    model_overrides=dict(d_model=64, n_heads=4, ska_rank=16, d_state=16)),
     AblationRecipe("ablation/lab", "the lab-scale echo on the lab recipe, K = 0, 1, 2, 1,500 steps, 3 seeds", "lab",
-                   LAB_ABLATION_CONFIGS, {"mqar_gap": dict(LAB_RECIPE["task"])}, steps=1500, eval_every=100,
+                   LAB_ABLATION_CONFIGS, {"mqar_gap": dict(LAB_RECIPE.task)}, steps=1500, eval_every=100,
                    eval_examples=128, probes=True),
     AblationRecipe("ablation/synth1m", "the synth1m-size echo, 7 configs, 2,000 steps, 3 seeds (a GPU job)", "synth1m",
                    ABLATION_CONFIGS, _small_tasks(128, False), steps=2000),

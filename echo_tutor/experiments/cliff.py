@@ -27,9 +27,8 @@ import torch
 from .._checks import check_int, check_positive
 from ..errors import BadArgumentError
 from ..grid import GridOptions, run_grid
-from ..models import LAB_PRESETS, PRESETS, build
+from ..models import LAB_PRESETS, PRESETS, build, rebuilt
 from ..pretrained import available, load_pretrained
-from ..ska import SpectralKoopmanAttention
 from ..tasks import make_task
 from ..train import default_device, save_records, train
 from .command import Command, Option
@@ -176,9 +175,7 @@ def cliff_cell(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         raise BadArgumentError(f"spec['mode'] must be 'checkpoint' or 'train', got {spec['mode']!r}")
     if spec.get("ska_mode") == "token":  # evaluate as the model decodes: every token reads the statistics up to itself
-        for blk in model.blocks:
-            if isinstance(blk.mixer, SpectralKoopmanAttention):
-                blk.mixer.mode = "token"
+        model = rebuilt(model, {"ska": {"mode": "token"}})
     n, gap = spec["task"]["num_kv_pairs"], spec["task"]["gap"]
     bs = 16 if 4 * n + gap <= 1200 else 4  # attention over 4k tokens: keep the score tensors small
     return {**recall_breakdown(model, task, spec["examples"], batch_size=bs),

@@ -27,12 +27,12 @@ __all__ = ["VOCAB", "TRAINED_GAP_MAX", "lab_task", "lab_task_args", "pick", "che
            "checkpoint_id", "finish", "frozen", "plain", "resolve"]
 
 VOCAB = 128  # every recall experiment's vocabulary (the paper's)
-TRAINED_GAP_MAX = max(LAB_RECIPE["task"]["gap"])  # the longest gap the lab-scale checkpoints were trained on
+TRAINED_GAP_MAX = max(LAB_RECIPE.task["gap"])  # the longest gap the lab-scale checkpoints were trained on
 
 
 def lab_task_args(pairs: int, gap: int) -> dict[str, Any]:
     """``make_task`` arguments of the lab recipe's MQAR-gap at one point: ``pairs`` KV pairs, ``gap`` tokens."""
-    kw = {k: v for k, v in LAB_RECIPE["task"].items() if k not in ("num_kv_pairs", "gap")}
+    kw = {k: v for k, v in LAB_RECIPE.task.items() if k not in ("num_kv_pairs", "gap")}
     return {**kw, "num_kv_pairs": pairs, "gap": gap}
 
 

@@ -1,6 +1,6 @@
 """One backbone for every model of the labs (Zoology-style): mixers plugged in by name.
 
-``HybridLM(vocab_size, d_model, layout)`` stacks blocks ``x += mixer(RMSNorm(x)); x += SwiGLU(RMSNorm(x))``
+``HybridLM(HybridConfig(vocab_size, d_model, layout))`` stacks blocks ``x += mixer(RMSNorm(x)); x += SwiGLU(RMSNorm(x))``
 where ``layout`` names each block's sequence mixer in order, e.g. ``"mamba2,mamba2,ska,ska"``. Mixer names:
 
     mamba2       echo_tutor.ssm.Mamba2                        state: conv + SSM, constant in T
@@ -19,13 +19,13 @@ Modules: ``config`` (the frozen :class:`HybridConfig`), ``blocks`` (norm, MLP, b
 """
 
 from .blocks import Block, RMSNorm, SwiGLU
-from .checkpoint import grow_ska_rank, load
+from .checkpoint import grow_ska_rank, load, rebuilt
 from .config import MIXERS, HybridConfig, parse_layout
 from .hybrid import HybridLM
 from .measure import count_parameters, prefix_mask, state_nbytes
 from .mixer import Mixer, mixer_names, register_mixer
-from .presets import LAB_PRESETS, LAB_RECIPE, LAB_SCALE, SYNTH1M_PREFIX, PRESETS, SCALES, build, presets_of, scale_of
+from .presets import LAB_PRESETS, LAB_RECIPE, LAB_SCALE, SYNTH1M_PREFIX, PRESETS, SCALES, LabRecipe, build, presets_of, scale_of
 
-__all__ = ["HybridLM", "HybridConfig", "MIXERS", "PRESETS", "LAB_PRESETS", "LAB_SCALE", "LAB_RECIPE", "SCALES", "build",
-           "presets_of", "scale_of", "SYNTH1M_PREFIX", "load", "grow_ska_rank", "prefix_mask", "state_nbytes",
+__all__ = ["HybridLM", "HybridConfig", "MIXERS", "PRESETS", "LAB_PRESETS", "LAB_SCALE", "LAB_RECIPE", "LabRecipe", "SCALES", "build",
+           "presets_of", "scale_of", "SYNTH1M_PREFIX", "load", "rebuilt", "grow_ska_rank", "prefix_mask", "state_nbytes",
            "count_parameters", "Block", "RMSNorm", "SwiGLU", "parse_layout", "Mixer", "register_mixer", "mixer_names"]

@@ -1,4 +1,5 @@
-"""Checkpoints: ``load`` what ``HybridLM.save`` wrote, and ``grow_ska_rank`` to warm-start a larger r."""
+"""Checkpoints: ``load`` what ``HybridLM.save`` wrote, ``rebuilt`` (the same weights in a model built with other
+mixer settings) and ``grow_ska_rank`` to warm-start a larger r."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import torch
 from .._checks import check_int
 from ..errors import BadArgumentError
 from ..ska import SpectralKoopmanAttention
+from .config import HybridConfig
 from .hybrid import CHECKPOINT_FORMAT, HybridLM
 
-__all__ = ["load", "grow_ska_rank"]
+__all__ = ["load", "rebuilt", "grow_ska_rank"]
 
 
 def load(path: str | pathlib.Path, map_location: str | torch.device = "cpu") -> HybridLM:
@@ -31,7 +33,7 @@ def load(path: str | pathlib.Path, map_location: str | torch.device = "cpu") -> 
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise BadArgumentError(f"path: {path} is not an echo_tutor HybridLM checkpoint (no 'format': 'echo_tutor.HybridLM/1')")
     try:
-        model = HybridLM(**blob["config"])
+        model = HybridLM(HybridConfig(**blob["config"]))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
     except (KeyError, TypeError, RuntimeError, AttributeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -41,6 +43,24 @@ def load(path: str | pathlib.Path, map_location: str | torch.device = "cpu") -> 
 
 
 @torch.no_grad()
+def rebuilt(model: HybridLM, mixer_kwargs: dict[str, dict]) -> HybridLM:
+    """A new ``HybridLM`` built from ``model``'s config with ``mixer_kwargs`` merged per mixer (e.g.
+    ``{"ska": {"mode": "token"}}``: SKA read token by token, as ``step`` decodes) and ``model``'s weights, on its
+    device, in eval mode. For settings that change how a mixer computes, not its parameters; ``model`` is left
+    as it is (rather than setting attributes on its live modules)."""
+    if not isinstance(model, HybridLM):
+        raise BadArgumentError(f"model must be a HybridLM, got {type(model).__name__}")
+    if not isinstance(mixer_kwargs, dict) or not all(isinstance(v, dict) for v in mixer_kwargs.values()):
+        raise BadArgumentError(f"mixer_kwargs must map mixer names to dicts of settings, got {mixer_kwargs!r}")
+    cfg = model.config.to_dict()
+    for name, kw in mixer_kwargs.items():
+        cfg["mixer_kwargs"].setdefault(name, {}).update(kw)
+    new = HybridLM(HybridConfig(**cfg))
+    new.load_state_dict(model.state_dict())
+    device = next(model.parameters()).device
+    return new.to(device).eval()
+
+
 def grow_ska_rank(model: HybridLM, rank: int, noise: float = 1e-2, seed: int = 0) -> HybridLM:
     """A copy of ``model`` whose SKA mixers have rank ``rank`` (> their current r), for warm-starting a
     larger-r model from a trained smaller one.
@@ -66,7 +86,7 @@ def grow_ska_rank(model: HybridLM, rank: int, noise: float = 1e-2, seed: int = 0
         raise BadArgumentError(f"rank must be larger than the SKA rank(s) {sorted(old)} of model, got {rank}")
     ska = model.config.mixer_overrides("ska")
     ska.pop("rank", None)
-    new = HybridLM.from_config(model.config.replace(ska_rank=rank, mixer_kwargs={**model.config.to_dict()["mixer_kwargs"], "ska": ska}))
+    new = HybridLM(model.config.replace(ska_rank=rank, mixer_kwargs={**model.config.to_dict()["mixer_kwargs"], "ska": ska}))
     sd = model.state_dict()
     gen = torch.Generator().manual_seed(seed)
     for name, t in new.state_dict().items():

@@ -39,28 +39,19 @@ def make_mixer(name: str, cfg: HybridConfig) -> nn.Module:
 class HybridLM(nn.Module):
     """A language model whose blocks mix the sequence with the mixers named in ``layout``.
 
-    ``HybridLM(vocab_size, d_model=..., layout=..., ...)`` takes the fields of :class:`HybridConfig` (see there
-    for each); ``HybridLM.from_config(cfg)`` takes a config. ``model.config`` is the frozen config.
+    ``HybridLM(HybridConfig(vocab_size, d_model=..., layout=..., ...))``: built from its frozen config alone (see
+    :class:`HybridConfig` for each field; ``build(preset)`` for the presets). ``model.config`` is that config.
 
     Shapes: ``forward(ids [B, T], state=None) -> (logits [B, T, V], state)``;
     ``step(ids [B], state) -> (logits [B, V], state)``; ``state`` is a list with one entry per block.
     """
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int = 128,
-        layout: str | list[str] = "mamba2,mamba2,ska,ska",
-        n_heads: int = 4,
-        d_state: int = 16,
-        ska_rank: int = 24,
-        mlp_hidden: int | None = None,
-        mixer_kwargs: dict[str, dict[str, Any]] | None = None,
-        tie_embeddings: bool = True,
-    ) -> None:
+    def __init__(self, config: HybridConfig) -> None:
+        if not isinstance(config, HybridConfig):
+            raise BadArgumentError(f"config must be a HybridConfig (e.g. HybridConfig(vocab_size=128, layout='mamba2,ska')), "
+                                   f"got {type(config).__name__}")
         super().__init__()
-        cfg = HybridConfig(vocab_size, d_model, layout, n_heads, d_state, ska_rank, mlp_hidden, mixer_kwargs or {},
-                           tie_embeddings)
+        cfg = config
         self.config = cfg
         self.layout = cfg.mixers
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
@@ -70,12 +61,6 @@ class HybridLM(nn.Module):
         nn.init.normal_(self.embed.weight, std=0.02)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
-
-    @classmethod
-    def from_config(cls, cfg: HybridConfig) -> "HybridLM":
-        if not isinstance(cfg, HybridConfig):
-            raise BadArgumentError(f"cfg must be a HybridConfig, got {type(cfg).__name__}")
-        return cls(**cfg.to_dict())
 
     # ---------------------------------------------------------------------------------------------
     def _check_ids(self, name: str, ids: object, ndim: int, layout: str) -> torch.Tensor:

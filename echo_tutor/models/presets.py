@@ -19,12 +19,16 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import types
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import BadArgumentError
+from .config import HybridConfig
 from .hybrid import HybridLM
 
-__all__ = ["PRESETS", "SYNTH1M_PREFIX", "LAB_SCALE", "LAB_PRESETS", "SCALES", "LAB_RECIPE", "presets_of", "scale_of", "build"]
+__all__ = ["PRESETS", "SYNTH1M_PREFIX", "LAB_SCALE", "LAB_PRESETS", "SCALES", "LAB_RECIPE", "LabRecipe", "presets_of", "scale_of", "build"]
 
 # The synthetic-task-size models carry a "synth1m-" prefix: no name means two models (the lab-scale `echo` is
 # d=64, r=32, K=1; `synth1m-echo` is d=128, r=24, K=2, the paper's synthetic-task configuration).
@@ -59,9 +63,21 @@ LAB_PRESETS: dict[str, dict[str, Any]] = {
 
 SCALES = ("synth1m", "lab")
 
-LAB_RECIPE: dict[str, Any] = dict(
-    task=dict(name="mqar_gap", vocab_size=128, num_kv_pairs=[4, 8, 16], gap=[0, 16, 32, 64, 128, 256, 512, 1024],
-              show_values=False),
+@dataclasses.dataclass(frozen=True)
+class LabRecipe:
+    """How the lab-scale checkpoints were trained (``scripts/train_checkpoints.sh``): ``task`` (the arguments of
+    ``make_task``, read-only), ``steps``, ``batch_size``, ``lr`` and a wall-clock cap ``minutes``."""
+
+    task: Mapping[str, Any]
+    steps: int
+    batch_size: int
+    lr: float
+    minutes: float
+
+
+LAB_RECIPE = LabRecipe(
+    task=types.MappingProxyType(dict(name="mqar_gap", vocab_size=128, num_kv_pairs=[4, 8, 16],
+                                     gap=[0, 16, 32, 64, 128, 256, 512, 1024], show_values=False)),
     steps=4000, batch_size=16, lr=3e-3, minutes=15,
 )
 
@@ -102,4 +118,4 @@ def build(preset: str, vocab_size: int = 128, scale: str | None = None, **overri
     mk = cfg.pop("mixer_kwargs", {})
     for name, kw in extra.items():
         mk.setdefault(name, {}).update(kw)
-    return HybridLM(vocab_size, mixer_kwargs=mk, **{**cfg, **overrides})
+    return HybridLM(HybridConfig(vocab_size, mixer_kwargs=mk, **{**cfg, **overrides}))
