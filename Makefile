@@ -14,10 +14,12 @@ ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 # .jupyter/ (this repo) on Jupyter's config path: saving a lab keeps it output-free and its .py header as
 # committed, so opening and running a lab leaves git clean; .py labs open as notebooks.
 LAB_ENV := JUPYTER_CONFIG_PATH="$(CURDIR)/.jupyter$${JUPYTER_CONFIG_PATH:+:$$JUPYTER_CONFIG_PATH}"
-# the labs tests/browser opens, e.g. BROWSER_LABS=01,07 (default: all), and how many controls of each figure
-# cell it moves (BROWSER_CONTROLS=all: every one; default 1)
+# the labs tests/browser opens, e.g. BROWSER_LABS=01,07 (default: all), how many controls of each figure cell
+# it moves (BROWSER_CONTROLS=all: every one; default 1), and in how many figure cells a lab (BROWSER_CELLS=all;
+# default 2)
 BROWSER_LABS ?=
 BROWSER_CONTROLS ?= 1
+BROWSER_CELLS ?= 2
 
 .PHONY: claims preview setup lab test test-fast test-min test-unit test-labs test-browser gpu-check notebooks bench checkpoints cliff kpower results convert clean
 
@@ -28,7 +30,7 @@ lab: setup
 	$(LAB_ENV) $(VENV)/bin/jupyter lab notebooks/ $(ROOT_FLAG) $(LAB_ARGS)
 
 test: setup
-	BROWSER_LABS=$(BROWSER_LABS) BROWSER_CONTROLS=$(BROWSER_CONTROLS) bash scripts/test.sh $(PY)
+	BROWSER_LABS=$(BROWSER_LABS) BROWSER_CONTROLS=$(BROWSER_CONTROLS) BROWSER_CELLS=$(BROWSER_CELLS) bash scripts/test.sh $(PY)
 
 # The quick loop while working (under 3 minutes here): the unit tests without the `slow` ones (those that train
 # to a result, load SmolLM2, start Ray or grade notebooks in kernels) and without the browser; `make test` still
@@ -50,7 +52,7 @@ test-labs:
 	ECHO_TUTOR_SOLUTIONS=both $(PY) -m pytest notebooks --nbval-lax --nbval-current-env -p no:cacheprovider
 # Screenshots: ECHO_TUTOR_SCREENSHOTS=DIR (default: a pytest temporary folder, printed at the end).
 test-browser:
-	ECHO_TUTOR_BROWSER_LABS=$(BROWSER_LABS) ECHO_TUTOR_BROWSER_CONTROLS=$(BROWSER_CONTROLS) $(PY) -m pytest tests/browser -v -p no:cacheprovider
+	ECHO_TUTOR_BROWSER_LABS=$(BROWSER_LABS) ECHO_TUTOR_BROWSER_CONTROLS=$(BROWSER_CONTROLS) ECHO_TUTOR_BROWSER_CELLS=$(BROWSER_CELLS) $(PY) -m pytest tests/browser -v -p no:cacheprovider
 
 # On a CUDA machine (docs/gpu.md): the GPU tests, the Triton kernel benchmark, and every lab in FULL mode
 # under nbval. Stops first if nvidia-smi cannot list a GPU.

@@ -10,7 +10,8 @@
 # tests/conftest.py), else by nbval. One OpenMP thread per process: two processes with two threads each on two
 # cores spin-wait and crawl. The browser phase's log is printed when it ends; the exit status is the worse one.
 #
-# Usage: scripts/test.sh [PYTHON] (default .venv/bin/python); BROWSER_LABS / BROWSER_CONTROLS as in the Makefile.
+# Usage: scripts/test.sh [PYTHON] (default .venv/bin/python); BROWSER_LABS / BROWSER_CONTROLS / BROWSER_CELLS as in
+# the Makefile.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-.venv/bin/python}
@@ -22,6 +23,7 @@ bpid=""
 if "$PY" -c 'import sys; sys.path.insert(0, "tests"); from browser_env import browser_can_run; sys.exit(not browser_can_run())'; then
     blog=$(mktemp -t echo_tutor_browser.XXXXXX)
     ECHO_TUTOR_BROWSER_LABS=${BROWSER_LABS:-} ECHO_TUTOR_BROWSER_CONTROLS=${BROWSER_CONTROLS:-1} \
+        ECHO_TUTOR_BROWSER_CELLS=${BROWSER_CELLS:-2} \
         "$PY" -m pytest tests/browser -v -p no:cacheprovider --durations=10 >"$blog" 2>&1 &
     bpid=$!
     export ECHO_TUTOR_BROWSER_BESIDE=1

@@ -7,6 +7,7 @@ Environment:
 * ``ECHO_TUTOR_CHROMIUM=PATH``: the browser (default ``/usr/bin/chromium``, else ``chromium`` on PATH).
 * ``ECHO_TUTOR_BROWSER_TIMEOUT=SECONDS``: how long Run All may take per lab (default 420).
 * ``ECHO_TUTOR_BROWSER_CONTROLS=N|all``: how many controls of each figure cell are moved (default 1).
+* ``ECHO_TUTOR_BROWSER_CELLS=N|all``: in how many figure cells of a lab (default 2).
 
 The server is started the way ``make lab`` starts it (the repository's ``.jupyter`` folder on
 ``JUPYTER_CONFIG_PATH``), with ``ECHO_TUTOR_SOLUTIONS=both`` and ``ECHO_TUTOR_FAST=1`` (one execution of

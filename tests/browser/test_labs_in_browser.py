@@ -9,8 +9,9 @@ For each lab (``notebooks/0*.ipynb``, on a temporary git copy of ``notebooks/``)
    "Error displaying widget";
 3. checks every plotly figure is drawn (plotly outputs and the cells that display a ``FigureWidget``), with
    finite, sane axis ranges (no NaN/inf, nothing like 1e56 on a log axis);
-4. for the first slider (or toggle-buttons group, dropdown) displayed with each figure
-   (``ECHO_TUTOR_BROWSER_CONTROLS=all``: every one): moving it one step (arrow
+4. for the first slider (or toggle-buttons group, dropdown) displayed with each of the first two figure cells
+   that have one (``ECHO_TUTOR_BROWSER_CONTROLS=all``: every control; ``ECHO_TUTOR_BROWSER_CELLS=all``: every
+   cell): moving it one step (arrow
    key on its handle; the next option of the others) changes the figure, and moving it back
    restores the figure exactly as Run All drew it (so after Run All the figure showed the control's value);
 5. one execution is the learner's and the instructor's run (the server runs with ``ECHO_TUTOR_SOLUTIONS=both``):
@@ -77,6 +78,10 @@ RUN_TIMEOUT = float(os.environ.get("ECHO_TUTOR_BROWSER_TIMEOUT", "420"))
 # cell's widgets answer in the browser; what each control computes is the lab's Python, which the unit tests test.
 _PER_CELL = os.environ.get("ECHO_TUTOR_BROWSER_CONTROLS", "1")
 CONTROLS_PER_CELL = 10**6 if _PER_CELL == "all" else int(_PER_CELL)
+# How many figure cells of a lab have their controls moved (ECHO_TUTOR_BROWSER_CELLS=all: every one; default 2,
+# the first two that have a control): enough to show a lab's widgets answer; the rest is the same machinery.
+_CELLS = os.environ.get("ECHO_TUTOR_BROWSER_CELLS", "2")
+CELLS_PER_LAB = 10**6 if _CELLS == "all" else int(_CELLS)
 
 
 @dataclass
@@ -257,11 +262,12 @@ def _check_outputs(run: LabRun) -> None:
 
 def _drive_controls(run: LabRun) -> None:
     """4. sliders (and toggle buttons, dropdowns) next to a figure: each one moved and moved back, up to
-    ``CONTROLS_PER_CELL`` per figure cell (the first ones that can move)."""
+    ``CONTROLS_PER_CELL`` per figure cell (the first ones that can move), in the first ``CELLS_PER_LAB`` figure
+    cells that have one."""
     t0 = time.monotonic()
-    run.moved = 0
+    run.moved, cells_done = 0, 0
     for cell in run.dom["cells"]:
-        if not cell["plots"]:
+        if not cell["plots"] or cells_done >= CELLS_PER_LAB:
             continue
         moved_here = 0
         for control in [("slider", j, s) for j, s in enumerate(cell["sliders"])] + \
@@ -271,6 +277,7 @@ def _drive_controls(run: LabRun) -> None:
                 break
             moved_here += _check_control(run.page, cell, *control, shots=run.shots, problems=run.problems)
         run.moved += moved_here
+        cells_done += bool(moved_here)
     run.timings["controls_s"] = round(time.monotonic() - t0, 1)
 
 
