@@ -527,7 +527,8 @@ print("chunk mode: pairs each position recalls:", (seen["chunk"] > 0.99).sum(1).
 
 # %%
 class MySKA(torch.nn.Module):
-    """SKA in chunk mode from the lab's functions. forward(x [B, T, d]) -> (y [B, T, d], SKAState)."""
+    """SKA in chunk mode from the lab's functions. forward(x [B, T, d], state=None, mask=None [B, T]) ->
+    (y [B, T, d], SKAState), the package's mixer interface (``models.mixer.Mixer``)."""
 
     def __init__(self, d_model, n_heads, rank, power_steps=1, eps=1e-3, chunk_size=64):
         super().__init__()
@@ -545,7 +546,7 @@ class MySKA(torch.nn.Module):
         for t in (self.w_o.weight, self.gate.weight, self.gate.bias):
             torch.nn.init.zeros_(t)
 
-    def forward(self, x, state=None):
+    def forward(self, x, state=None, mask=None):
         B, T, _ = x.shape
         H, r, P, S = self.H, self.r, self.P, self.S
         heads = lambda t, w: t.view(B, T, H, w).transpose(1, 2)  # noqa: E731   [B, H, T, w]
@@ -553,6 +554,8 @@ class MySKA(torch.nn.Module):
         k = torch.nn.functional.normalize(heads(self.w_k(x), r), dim=-1)
         v = heads(self.w_v(x), P)
         beta = torch.sigmoid(self.gate(x)).transpose(1, 2)  # [B, H, T]
+        if mask is not None:  # mask [B, T]: which tokens write to the statistics (1) or only read (0)
+            beta = beta * mask.to(beta.dtype)[:, None, :]
         pad = (-T) % S  # whole chunks; padded tokens write nothing (beta = 0) and are cut off the output
         k, q, v = (torch.nn.functional.pad(t, (0, 0, 0, pad)) for t in (k, q, v))
         beta = torch.nn.functional.pad(beta, (0, pad))

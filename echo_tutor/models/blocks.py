@@ -42,10 +42,8 @@ class Block(nn.Module):
         self.norm2, self.mlp = RMSNorm(d_model), SwiGLU(d_model, mlp_hidden)
 
     def forward(self, x, state=None, mask=None):
-        # every mixer of the package takes mask (models.mixer.Mixer); a module written before the interface (lab
-        # 02's own layer) is still called without it when there is no mask to pass
         h = self.norm1(x)
-        y, state = self.mixer(h, state) if mask is None else self.mixer(h, state, mask=mask)
+        y, state = self.mixer(h, state, mask=mask)  # every mixer takes mask (models.mixer.Mixer)
         x = x + y
         return x + self.mlp(self.norm2(x)), state
 
