@@ -25,6 +25,17 @@ def test_recipes_check_their_fields():
     assert E.recipe_for(fast=True).name == "echokv/fast" and E.recipe_for().name == "echokv/full"
 
 
+def test_the_study_models_are_named_and_a_wrong_name_is_refused():
+    from echo_tutor.echokv.model import STUDY_MODELS, study_model
+
+    assert E.MODELS == tuple(STUDY_MODELS)
+    with pytest.raises(ValueError, match="name must be one of"):
+        study_model("gpt2")
+    model, tok, windows = study_model("tiny-gqa")
+    assert tok is None and windows("calib", 32, 2).shape == (2, 32)
+    assert not (windows("calib", 32, 2) == windows("heldout", 32, 2)).all()  # the splits apart
+
+
 def test_the_shipped_recipe_has_one_cell_per_ratio_and_one_per_other_kind():
     cells = E.cells(E.RECIPES["echokv/full"])
     assert [(c["kind"], c.get("ratio")) for c in cells] == [

