@@ -65,7 +65,7 @@ def main(argv=None) -> int:
                     t0 = time.perf_counter()
                     model(ids[:, t : t + 1], cache=cache, use_cache=True)
                     dec.append(time.perf_counter() - t0)
-                cur = (statistics.median(pre), statistics.median(dec) * 1e3, cache.nbytes(), cache.full_nbytes())
+                cur = (statistics.median(pre), statistics.median(dec) * 1e3, cache.nbytes, cache.full_nbytes)
                 if (mode, T) in res:  # keep the better (less disturbed) of the two passes
                     cur = tuple(min(a, b) if i < 2 else a for i, (a, b) in enumerate(zip(cur, res[(mode, T)])))
                 res[(mode, T)] = cur

@@ -532,9 +532,9 @@ ids = tok(prompt, return_tensors="pt").input_ids.to(DEV)
 plain = model.generate(ids, max_new_tokens=24, do_sample=False)
 cache = EchoKVCache(model, recs[0.5], mode="full")
 first = model.generate(ids, max_new_tokens=12, do_sample=False, cache=cache)
-before = cache.nbytes()
+before = cache.nbytes
 cache.compress_now()
-after = cache.nbytes()
+after = cache.nbytes
 second = model.generate(first, max_new_tokens=12, do_sample=False, cache=cache)
 print(f"cache bytes: {before:,} (full, {cache.get_seq_length()} tokens) -> {after:,} after compress_now() "
       f"= {after / before:.3f} of full (kept fraction {recs[0.5].fraction_kept():.3f})")

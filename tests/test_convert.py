@@ -41,10 +41,13 @@ def _perturb(m: ConvertedAttention) -> None:
     """Move the mixer away from its init so that every part (gate, linear weight, features) matters."""
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        m.gate_b.fill_(0.0)
-        m.lin_b.fill_(0.5)
-        m.gate_w.copy_(0.05 * torch.randn(m.gate_w.shape, generator=g))
-        m.phi_q.add_(0.1 * torch.randn(m.phi_q.shape, generator=g))
+        if hasattr(m, "gate_b"):
+            m.gate_b.fill_(0.0)
+            m.gate_w.copy_(0.05 * torch.randn(m.gate_w.shape, generator=g))
+        if hasattr(m, "lin_b"):
+            m.lin_b.fill_(0.5)
+        if hasattr(m, "phi_q"):
+            m.phi_q.add_(0.1 * torch.randn(m.phi_q.shape, generator=g))
 
 
 @pytest.mark.parametrize("variant", ["window", "window+ska", "window+linear"])
@@ -101,9 +104,8 @@ def test_state_bytes_stop_growing(tiny, spec):  # noqa: F811
 
 def test_state_bytes_formula():
     # SmolLM2's shape: 3 KV heads of 64; W = 64, A = 4, r = 32: K/V rows + pending features + G, M, C, k_prev
-    m = ConvertedAttention.__new__(ConvertedAttention)
-    m.spec, m.n_kv, m.head_dim = MixerSpec("window+ska", window=64, sinks=4, rank=32), 3, 64
-    assert m.state_nbytes(1) == 4 * (2 * 68 * 3 * 64 + 64 * 3 * 32 + 3 * (2 * 32 * 32 + 64 * 32 + 32))
+    spec = MixerSpec("window+ska", window=64, sinks=4, rank=32)
+    assert ConvertedAttention.state_nbytes_for(spec, 3, 64) == 4 * (2 * 68 * 3 * 64 + 64 * 3 * 32 + 3 * (2 * 32 * 32 + 64 * 32 + 32))
 
 
 def test_prefill_then_stream_through_the_model_matches_recomputing(tiny):  # noqa: F811
@@ -235,5 +237,55 @@ def test_gate_is_the_weight_of_the_statistics(tiny):  # noqa: F811
     with torch.no_grad():
         m.gate_b.fill_(1e4)
     assert torch.allclose(m.gate(x)[..., 10:], torch.ones(1))
-    with pytest.raises(ValueError, match="only a window\\+ska mixer has a gate"):
-        new_mixer(tiny, 1, MixerSpec("window", window=8)).gate(x)
+    assert not hasattr(new_mixer(tiny, 1, MixerSpec("window", window=8)), "gate")  # only window+ska has one
+
+
+def test_one_class_per_variant(tiny):  # noqa: F811
+    from echo_tutor.convert import SKAAttention, WindowAttention, WindowLinearAttention, WindowSKAAttention
+
+    want = {"window": WindowAttention, "ska": SKAAttention, "window+ska": WindowSKAAttention,
+            "window+linear": WindowLinearAttention}
+    attn = tiny.model.layers[1].self_attn
+    layout = dict(n_q_heads=tiny.config.num_attention_heads, n_kv_heads=tiny.config.num_key_value_heads,
+                  head_dim=tiny.config.head_dim)
+    for variant, cls in want.items():
+        m = ConvertedAttention(attn, MixerSpec(variant, rank=8), **layout)
+        assert type(m) is cls and isinstance(m, ConvertedAttention)
+    own = {n for n, p in new_mixer(tiny, 1, MixerSpec("window")).named_parameters() if p.requires_grad}
+    assert own == set()  # the window alone learns nothing
+    own = {n for n, p in new_mixer(tiny, 1, MixerSpec("window+ska", rank=8)).named_parameters() if p.requires_grad}
+    assert own == {"phi_k", "phi_q", "eta", "gamma", "gate_w", "gate_b"}
+    with pytest.raises(ValueError, match="variant 'window'"):
+        WindowAttention(attn, MixerSpec("ska", rank=8), **layout)
+    with pytest.raises(ValueError, match="spec must be a MixerSpec"):
+        ConvertedAttention(attn, "window+ska", **layout)
+
+
+def test_the_decode_state_lives_in_the_cache(tiny):  # noqa: F811
+    from transformers.cache_utils import DynamicCache
+
+    from echo_tutor.convert import ConvertedCache, MixerSlot
+
+    g = torch.Generator().manual_seed(6)
+    ids = copy_batch(g, 1, 60, tiny.config.vocab_size)
+    spec = SPECS[3]
+    mixers = {0: new_mixer(tiny, 0, spec)}
+    with converted(tiny, mixers):
+        cache = ConvertedCache(tiny)
+        assert isinstance(cache.layers[0], MixerSlot) and not isinstance(cache.layers[1], MixerSlot)
+        tiny(ids[:, :40], cache=cache, use_cache=True)
+        assert cache.get_seq_length() == 40  # layer 0 is converted: its slot counts the tokens it read
+        sizes = []
+        for t in range(40, 60):
+            tiny(ids[:, t:t + 1], cache=cache, use_cache=True, position_ids=torch.tensor([[t]]))
+            sizes.append(cache.layers[0].nbytes)
+        assert sizes[0] == sizes[-1] == mixers[0].state_nbytes(1)  # the converted layer's share stops growing
+        assert cache.nbytes > cache.layers[0].nbytes
+        with pytest.raises(ValueError, match="ConvertedCache"):  # another cache has no state to continue from
+            plain = DynamicCache()
+            tiny(ids[:, :40], cache=plain, use_cache=True)
+            tiny(ids[:, 40:41], cache=plain, use_cache=True, position_ids=torch.tensor([[40]]))
+        with pytest.raises(ValueError, match="MixerState"):
+            cache.layers[0].update(torch.zeros(1), torch.zeros(1))
+    with pytest.raises(ValueError, match="no mixer slot"):
+        ConvertedCache(tiny).mixer_slot(0)  # made after the layers were put back

@@ -63,27 +63,27 @@ def test_compressed_equals_simulated_and_saves_bytes(tiny, rec, data):
     comp = EchoKVCache(tiny, rec, "full")
     tiny(x[:, :30], cache=sim, use_cache=True)
     tiny(x[:, :30], cache=comp, use_cache=True)
-    before = comp.nbytes()
-    assert before == comp.full_nbytes()
+    before = comp.nbytes
+    assert before == comp.full_nbytes
     sim.compress_now()
     comp.compress_now()
-    assert comp.mode == "compressed" and comp.nbytes() == before // 2
+    assert comp.mode == "compressed" and comp.nbytes == before // 2
     a = tiny(x[:, 30:], cache=sim, use_cache=True).logits
     b = tiny(x[:, 30:], cache=comp, use_cache=True).logits
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     full = EchoKVCache(tiny, None)
     tiny(x[:, :30], cache=full, use_cache=True)
     assert (tiny(x[:, 30:], cache=full, use_cache=True).logits - b).abs().max() > 0   # it did compress
-    assert comp.nbytes() == comp.full_nbytes() // 2
+    assert comp.nbytes == comp.full_nbytes // 2
 
 
 def test_compress_mid_generation(tiny, rec):
     x = _prompts(tiny.config.vocab_size)[2]
     cache = EchoKVCache(tiny, rec, "full")
     out = tiny.generate(x, max_new_tokens=6, do_sample=False, cache=cache)
-    full_bytes = cache.nbytes()
+    full_bytes = cache.nbytes
     cache.compress_now()
-    assert cache.nbytes() == full_bytes // 2
+    assert cache.nbytes == full_bytes // 2
     out2 = tiny.generate(out, max_new_tokens=6, do_sample=False, cache=cache)
     assert out2.shape[1] == out.shape[1] + 6 and torch.equal(out2[:, : out.shape[1]], out)
     assert cache.get_seq_length() == out2.shape[1] - 1

@@ -39,9 +39,9 @@ def test_smollm2_compressed_bytes_at_2k_tokens(smol):
     for t in range(2040, 2048):
         model(ids[:, t : t + 1], cache=cache, use_cache=True)
     assert cache.get_seq_length() == 2048
-    frac = cache.nbytes() / cache.full_nbytes()
+    frac = cache.nbytes / cache.full_nbytes
     assert abs(frac - rec.fraction_kept()) / rec.fraction_kept() < 0.02
-    assert cache.full_nbytes() == 2 * 30 * 3 * 2048 * 64 * 4
+    assert cache.full_nbytes == 2 * 30 * 3 * 2048 * 64 * 4
 
 
 @pytest.mark.slow

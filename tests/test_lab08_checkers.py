@@ -85,9 +85,7 @@ def bytes_c_square(W, A, r, H, D):
 def bytes_via_library(W, A, r, H, D):
     mixer = importlib.import_module("echo_tutor.convert.mixer")
     spec = importlib.import_module("echo_tutor.convert.spec")
-    m = mixer.ConvertedAttention.__new__(mixer.ConvertedAttention)
-    m.spec, m.n_kv, m.head_dim = spec.MixerSpec("window+ska", window=W, sinks=A, rank=r), H, D
-    return getattr(m, "state" + "_nbytes")(1)
+    return getattr(mixer.ConvertedAttention, "state" + "_nbytes_for")(spec.MixerSpec("window+ska", window=W, sinks=A, rank=r), H, D)
 
 
 # ------------------------------------------------------------------------------------------- convert_layer

@@ -221,3 +221,43 @@ def test_state_to_and_detach_carry_every_field():
                 assert a == b, f.name
     assert st.to(torch.float64).G_inv.dtype == torch.float64 and not st.detach().G_inv.requires_grad
     assert len(st.tensors()) == 6
+
+
+def test_token_statistics_are_the_states_written_one_token_at_a_time():
+    """token_statistics (every prefix at once) and write_token (one token) build the same statistics, and the
+    token-mode references read them: the conversion mixers (echo_tutor.convert) use these two, not a copy."""
+    from echo_tutor.ska import token_statistics, write_token
+
+    q, k, v, _, w = make(17, seed=3)
+    G, M, C = token_statistics(k, v, w, eps=0.1)
+    assert G.shape == (B, 17, H, R, R) and M.shape == (B, 17, H, R, R) and C.shape == (B, 17, H, P, R)
+    st = SKAState.zeros(B, H, R, P, eps=0.1, dtype=torch.float64)
+    for t in range(17):
+        st = write_token(st, k[:, t], v[:, t], w[:, t], w[:, t])
+        for name, got, ref in (("G", st.G, G[:, t]), ("M", st.M, M[:, t]), ("C", st.C, C[:, t])):
+            assert_close(f"{name} at t={t}", ref, got)
+    assert st.count == 17
+    y_ref, st_ref = ska_recurrent(q, k, v, weights=w, eps=0.1, power_steps=1)
+    assert_close("final G", G[:, -1], st_ref.G)
+    y = ska_readout(G, M, C, q[..., None, :], power_steps=1)[..., 0, :]  # every token reads its own statistics
+    assert_close("readout", y_ref, y)
+
+
+def test_write_token_leaves_the_state_it_was_given():
+    from echo_tutor.ska import write_token
+
+    st = SKAState.zeros(1, 1, 2, 2)
+    new = write_token(st, torch.ones(1, 1, 2), torch.ones(1, 1, 2))
+    assert torch.equal(st.G, 1e-3 * torch.eye(2)[None, None]) and st.count == 0
+    assert torch.equal(new.G, st.G + 1) and new.count == 1 and torch.equal(new.k_prev, torch.ones(1, 1, 2))
+
+
+def test_token_statistics_bad_arguments():
+    from echo_tutor.ska import token_statistics
+
+    with pytest.raises(ValueError, match="k"):
+        token_statistics(torch.zeros(2, 3, 4), torch.zeros(2, 3, 1, 4))
+    with pytest.raises(ValueError, match="v"):
+        token_statistics(torch.zeros(2, 3, 1, 4), torch.zeros(2, 5, 1, 4))
+    with pytest.raises(ValueError, match="eps"):
+        token_statistics(torch.zeros(2, 3, 1, 4), torch.zeros(2, 3, 1, 4), eps=0.0)

@@ -164,20 +164,19 @@ def load_mixer(model, layer: int, spec: MixerSpec, params: dict[str, torch.Tenso
 
 @contextlib.contextmanager
 def converted(model, mixers: dict[int, ConvertedAttention]):
-    """Within the block, ``model``'s layers in ``mixers`` use the converted attention; restored after."""
+    """Within the block, ``model``'s layers in ``mixers`` use the converted attention; restored after. To decode
+    with a cache, make a :class:`~echo_tutor.convert.cache.ConvertedCache` inside the block."""
     layers = model.model.layers
     old = {}
     try:
         for i, m in mixers.items():
             check_layer(model, i)
             old[i] = layers[i].self_attn
-            m._stream = None
             layers[i].self_attn = m
         yield model
     finally:
         for i, a in old.items():
             layers[i].self_attn = a
-            mixers[i]._stream = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -195,9 +194,7 @@ def kv_bytes(model, tokens: int, bytes_per: int = 4) -> int:
 def mixer_bytes(model, spec: MixerSpec, bytes_per: int = 4) -> int:
     """Bytes of one converted layer's decode state (batch 1), whatever the context length."""
     _, _, n_kv, hd = llama_layout(model)
-    m = ConvertedAttention.__new__(ConvertedAttention)  # only state_nbytes' arithmetic is needed
-    m.spec, m.n_kv, m.head_dim = spec, n_kv, hd
-    return m.state_nbytes(1, {2: torch.float16, 4: torch.float32}[bytes_per])
+    return ConvertedAttention.state_nbytes_for(spec, n_kv, hd, 1, {2: torch.float16, 4: torch.float32}[bytes_per])
 
 
 def state_bytes(model, spec: MixerSpec | None, n_converted: int, tokens: int, bytes_per: int = 4) -> int:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BadArgumentError
+from .cache import ConvertedCache
 
 __all__ = ["greedy", "needle_probe", "needle_prompt", "window_nll"]
 
@@ -54,11 +55,9 @@ def needle_prompt(tok, distance: int, rng: random.Random) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def greedy(model, ids: torch.Tensor, n_new: int) -> torch.Tensor:
-    """Greedy decoding with a cache (converted layers stream through their own fixed state)."""
-    from transformers.cache_utils import DynamicCache
-
+    """Greedy decoding with a :class:`ConvertedCache` (converted layers step their fixed state in it)."""
     dev = next(model.parameters()).device
-    cache = DynamicCache()
+    cache = ConvertedCache(model)
     T = ids.shape[1]
     out = model(ids.to(dev), cache=cache, use_cache=True, position_ids=torch.arange(T, device=dev)[None])
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)

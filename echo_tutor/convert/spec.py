@@ -5,12 +5,13 @@ See :mod:`echo_tutor.convert.mixer` for the mixers themselves.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from .._checks import check_int, check_positive
 from ..errors import BadArgumentError
+from ..ska import SKAState
 
 __all__ = ["VARIANTS", "MixerSpec", "MixerState", "parse_variant"]
 
@@ -76,11 +77,10 @@ class MixerState:
     Attributes:
         k_win, v_win: ``[B, H, n, D]`` the sink tokens' and the last ``n - A <= W`` keys (after RoPE) and values
             (window variants; the first A rows are the sinks and never leave).
-        G, M: ``[B, H, r, r]``, C: ``[B, H, D, r]``, k_prev: ``[B, H, r]`` (SKA statistics of the tokens
-            older than the window, ``G = eps I + ...``).
+        pending_k: ``[B, H, n - A, r]`` the pre-RoPE key features of the window's tokens, written into the
+            statistics when they leave the window (window + a fixed state).
+        ska: the :class:`~echo_tutor.ska.SKAState` of the tokens older than the window (SKA variants).
         S: ``[B, H, r, D]``, z: ``[B, H, r]`` (linear attention: sum of phi(k) v^T and of phi(k)).
-        pending_k, pending_v: the pre-RoPE key features and values of window tokens, to write into the
-            statistics when they leave the window: ``[B, H, n, r]`` and ``[B, H, n, D]``.
         count: tokens read so far.
     """
 
@@ -88,18 +88,14 @@ class MixerState:
     k_win: torch.Tensor | None = None
     v_win: torch.Tensor | None = None
     pending_k: torch.Tensor | None = None
-    G: torch.Tensor | None = None
-    M: torch.Tensor | None = None
-    C: torch.Tensor | None = None
-    k_prev: torch.Tensor | None = None
+    ska: SKAState | None = None
     S: torch.Tensor | None = None
     z: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
         """Bytes of the tensors held (bounded by :meth:`ConvertedAttention.state_nbytes`)."""
-        ts = [self.k_win, self.v_win, self.pending_k, self.G, self.M, self.C, self.k_prev, self.S, self.z]
+        ts = [self.k_win, self.v_win, self.pending_k, self.S, self.z, *(self.ska.tensors() if self.ska else [])]
         return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 

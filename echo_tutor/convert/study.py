@@ -28,13 +28,14 @@ from .layers import (
     relative_error,
     state_bytes,
 )
+from .cache import ConvertedCache
 from .mixer import ConvertedAttention
 from .probe import greedy, needle_probe, needle_prompt, window_nll
 from .spec import parse_variant
 
 # the study's building blocks are re-exported here: `from echo_tutor.convert.study import fit_layer` etc.
 __all__ = [
-    "SHIPPED_MIXERS", "capture_inputs", "causal_mask", "converted", "fit_layer", "greedy", "kv_bytes", "layer_inputs",
+    "SHIPPED_MIXERS", "ConvertedCache", "capture_inputs", "causal_mask", "converted", "fit_layer", "greedy", "kv_bytes", "layer_inputs",
     "load_mixer", "mixer_bytes", "mixer_params", "needle_probe", "needle_prompt", "new_mixer", "original_attention",
     "pack_mixers", "parse_variant", "relative_error", "shipped_mixers", "state_bytes", "window_nll",
 ]

@@ -168,7 +168,7 @@ class EchoKVCache(DynamicCache):
             back where it cannot run). ``last_backend`` records the path that ran.
 
     Use it like any cache: ``model(ids, cache=cache, use_cache=True)`` or
-    ``model.generate(ids, cache=cache, ...)``. :meth:`nbytes` measures the tensors actually held.
+    ``model.generate(ids, cache=cache, ...)``. :attr:`nbytes` measures the tensors actually held.
     """
 
     def __init__(self, model, reconstructor: Reconstructor | None = None, mode: str = "full", *,
@@ -260,6 +260,7 @@ class EchoKVCache(DynamicCache):
         self.mode = "compressed"
         return self
 
+    @property
     def nbytes(self) -> int:
         """Bytes of the K/V tensors this cache holds right now."""
         return sum(
@@ -268,6 +269,7 @@ class EchoKVCache(DynamicCache):
             for t in (lay.keys, lay.values)
         )
 
+    @property
     def full_nbytes(self) -> int:
         """Bytes a full cache of the same length, batch and dtype would hold."""
         lay = next((l for l in self.layers if l.is_initialized), None)
@@ -277,4 +279,4 @@ class EchoKVCache(DynamicCache):
         return 2 * self.layout.n_layers * self.layout.n_kv_heads * lay.length * self.layout.head_dim * B * lay.keys.element_size()
 
     def __repr__(self) -> str:
-        return f"EchoKVCache(mode={self.mode!r}, tokens={self.get_seq_length()}, bytes={self.nbytes()})"
+        return f"EchoKVCache(mode={self.mode!r}, tokens={self.get_seq_length()}, bytes={self.nbytes})"

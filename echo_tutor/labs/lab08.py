@@ -78,7 +78,7 @@ def _parts_hint(out: torch.Tensor, want: torch.Tensor, T: int, w: int, a: int) -
     return ""
 
 
-@checker(forbid=("ConvertedAttention", "state_nbytes", "mixer_bytes", "state_bytes", "causal_mask"))
+@checker(forbid=("ConvertedAttention", "state_nbytes", "state_nbytes_for", "mixer_bytes", "state_bytes", "causal_mask"))
 def check_visible_parts(fn) -> None:
     """Check ``fn(T, window, sinks) -> int [T, T]`` on random cases, the edge cases (no sinks, a window longer
     than T, a window of 1, more sinks than the window, more sinks than T) and the lab's own (96, 16, 4)."""
@@ -101,7 +101,7 @@ def check_visible_parts(fn) -> None:
 
 
 # ---------------------------------------------------------------------------------- converted_state_bytes
-@checker(forbid=("ConvertedAttention", "state_nbytes", "mixer_bytes", "state_bytes", "SKAState", "MixerState",
+@checker(forbid=("ConvertedAttention", "state_nbytes", "state_nbytes_for", "mixer_bytes", "state_bytes", "SKAState", "MixerState",
                  "kv_bytes", "nbytes"))
 def check_converted_state_bytes(fn) -> None:
     """Check ``fn(window, sinks, rank, n_kv_heads, head_dim) -> int`` against exact integer arithmetic: the lab's
@@ -209,7 +209,7 @@ def _convert_hint(mixer, model, layer) -> str:
 
 
 @checker(forbid=("new_mixer", "load_mixer", "fit_layer", "shipped_mixers", "converted"),
-         allow=("ConvertedAttention", "MixerSpec", "parse_variant", "echo_tutor.convert.mixer.ConvertedAttention.",
+         allow=("ConvertedAttention", "MixerSpec", "parse_variant", "echo_tutor.convert.mixer.", "echo_tutor.convert.fixed_state.",
                 "echo_tutor.convert.spec."))
 def check_convert_layer(fn) -> None:
     """Check ``fn(model, layer, spec) -> ConvertedAttention`` on two small random Llamas whose head layouts are

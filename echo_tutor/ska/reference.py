@@ -48,93 +48,9 @@ from .._checks import (
 )
 from ..errors import BadArgumentError
 from .linalg import exclusive_prefix, safe_cholesky, sigma_max, whiten
+from .state import SKAState, prefix_statistics, write_token
 
-__all__ = ["SKAState", "ska_recurrent", "ska_chunked", "ska_readout"]
-
-
-# --------------------------------------------------------------------------------------------------
-# State
-# --------------------------------------------------------------------------------------------------
-@dataclass
-class SKAState:
-    """The constant-size state of SKA: sufficient statistics of the whole key/value history.
-
-    Attributes:
-        G: ``[B, H, r, r]`` ridge Gram matrix, ``eps*I`` included.
-        M: ``[B, H, r, r]`` lag-one cross moment ``sum beta_t w_t w_{t-1} k_t k_{t-1}^T``.
-        C: ``[B, H, P, r]`` value-key moment.
-        k_prev: ``[B, H, r]`` the last key times its mask weight, ``w_{t-1} k_{t-1}`` (for M's next term).
-        count: number of tokens absorbed so far (a Python int; aligns chunks across calls).
-        key_scale: ``[B, H]`` or None: the running largest key norm, kept only by layers that use
-            ``key_norm="seqmax"`` (the "optional scalar" of the paper's state).
-        G_inv: ``[B, H, r, r]`` or None: ``G^-1``, kept only by the Triton decode path
-            (``echo_kernels.ska.decode``, Sherman-Morrison updates); the references ignore and drop it.
-
-    Its size is ``(2 r^2 + P r + r) * H`` floats per sequence whatever the number of tokens read; a KV
-    cache for the same heads holds ``T (r + P) H`` floats.
-    """
-
-    G: torch.Tensor
-    M: torch.Tensor
-    C: torch.Tensor
-    k_prev: torch.Tensor
-    count: int = 0
-    key_scale: torch.Tensor | None = None
-    G_inv: torch.Tensor | None = None
-
-    @classmethod
-    def zeros(
-        cls,
-        batch: int,
-        n_heads: int,
-        rank: int,
-        head_dim: int,
-        *,
-        eps: float = 1e-3,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-    ) -> "SKAState":
-        """A fresh state: ``G = eps*I``, everything else zero."""
-        check_int("batch", batch, min_value=1)
-        check_int("n_heads", n_heads, min_value=1)
-        check_int("rank", rank, min_value=1)
-        check_int("head_dim", head_dim, min_value=1)
-        check_positive("eps", eps)
-        eye = torch.eye(rank, dtype=dtype, device=device)
-        return cls(
-            G=(eps * eye).expand(batch, n_heads, rank, rank).clone(),
-            M=torch.zeros(batch, n_heads, rank, rank, dtype=dtype, device=device),
-            C=torch.zeros(batch, n_heads, head_dim, rank, dtype=dtype, device=device),
-            k_prev=torch.zeros(batch, n_heads, rank, dtype=dtype, device=device),
-            count=0,
-        )
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the state's tensors (independent of how many tokens were read)."""
-        return sum(t.numel() * t.element_size() for t in self.tensors())
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        """``(B, H, r, P)``."""
-        B, H, P, r = self.C.shape
-        return B, H, r, P
-
-    def tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.G, self.M, self.C, self.k_prev, self.key_scale, self.G_inv) if t is not None]
-
-    def _map(self, fn) -> "SKAState":
-        """The same state with ``fn`` applied to each tensor. Built field by field, not with
-        ``dataclasses.replace``, which torch.compile cannot trace at the torch floor (Dynamo 2.4)."""
-        opt = lambda t: None if t is None else fn(t)  # noqa: E731
-        return SKAState(G=fn(self.G), M=fn(self.M), C=fn(self.C), k_prev=fn(self.k_prev), count=self.count,
-                        key_scale=opt(self.key_scale), G_inv=opt(self.G_inv))
-
-    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "SKAState":
-        return self._map(lambda t: t.to(dtype=dtype, device=device))
-
-    def detach(self) -> "SKAState":
-        return self._map(torch.Tensor.detach)
+__all__ = ["SKAState", "ska_recurrent", "ska_chunked", "ska_readout"]  # SKAState is defined in state.py
 
 
 # --------------------------------------------------------------------------------------------------
@@ -286,25 +202,22 @@ def ska_recurrent(
     """
     p = _prepare(q, k, v, beta, weights, state, power_steps=power_steps, eps=eps, eta=eta, gamma=gamma,
                  mode=mode, chunk_size=chunk_size, spectral_iters=spectral_iters)
-    st = p.state
-    G, M, C, k_prev = st.G, st.M, st.C, st.k_prev
+    st = start = p.state
+    G, M, C = st.G, st.M, st.C
     ro = dict(power_steps=power_steps, eta=eta, gamma=gamma, spectral_norm=spectral_norm, spectral_iters=spectral_iters)
     frozen = (G, M, C)  # the operator chunk-mode queries read: fixed at the start of each chunk
     ys = []
     for t in range(p.k.shape[1]):
-        if mode == "chunk" and (st.count + t) % chunk_size == 0:
+        if mode == "chunk" and (start.count + t) % chunk_size == 0:
             frozen = (G, M, C)
-        k_t, v_t, q_t = p.k[:, t], p.v[:, t], p.q[:, t]  # [B, H, r], [B, H, P], [B, H, r]
-        a = p.omega[:, t, :, None, None]  # beta_t * w_t   [B, H, 1, 1]
-        # rank-1 updates of the sufficient statistics
-        G = G + a * torch.einsum("bhi,bhj->bhij", k_t, k_t)
-        M = M + a * torch.einsum("bhi,bhj->bhij", k_t, k_prev)  # k_prev = w_{t-1} k_{t-1}
-        C = C + a * torch.einsum("bhp,bhj->bhpj", v_t, k_t)
-        k_prev = p.w[:, t, :, None] * k_t
+        # rank-1 updates of the sufficient statistics (write weight beta_t w_t)
+        st = write_token(st, p.k[:, t], p.v[:, t], p.omega[:, t], p.w[:, t])
+        G, M, C = st.G, st.M, st.C
         Gr, Mr, Cr = (G, M, C) if mode == "token" else frozen
+        q_t = p.q[:, t]  # [B, H, r]
         ys.append(ska_readout(Gr, Mr, Cr, q_t[:, :, None, :], **ro)[:, :, 0])  # [B, H, P]
     y = torch.stack(ys, dim=1)  # [B, T, H, P]
-    return y.to(p.out_dtype), SKAState(G, M, C, k_prev, st.count + p.k.shape[1], st.key_scale)
+    return y.to(p.out_dtype), SKAState(G, M, C, st.k_prev, st.count, start.key_scale)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -376,9 +289,7 @@ def ska_chunked(
         ys = []
         for c in range(nc):
             # (3') inclusive prefix sums of the rank-1 terms inside the block: statistics at every token
-            Gt = G[:, None] + torch.einsum("bshi,bshj->bshij", ok[:, c], kk[:, c]).cumsum(1)  # [B, S, H, r, r]
-            Mt = M[:, None] + torch.einsum("bshi,bshj->bshij", ok[:, c], k_lag[:, c]).cumsum(1)
-            Ct = C[:, None] + torch.einsum("bshp,bshj->bshpj", ov[:, c], kk[:, c]).cumsum(1)  # [B, S, H, P, r]
+            Gt, Mt, Ct = prefix_statistics(G, M, C, ok[:, c], kk[:, c], k_lag[:, c], ov[:, c])  # [B, S, H, r, r], [B, S, H, P, r]
             ys.append(ska_readout(Gt, Mt, Ct, qq[:, c, :, :, None, :], **ro)[..., 0, :])  # [B, S, H, P]
             G, M, C = Gt[:, -1], Mt[:, -1], Ct[:, -1]
         y = torch.stack(ys, dim=1)  # [B, nc, S, H, P]

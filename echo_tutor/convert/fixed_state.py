@@ -1,0 +1,200 @@
+"""The converted layers with statistics beside (or instead of) the window: SKA alone, window + SKA, window +
+linear attention (see :mod:`echo_tutor.convert.mixer` for the table of variants and the symbols). Each class
+registers itself under its variant, so ``ConvertedAttention(attn, spec, ...)`` builds it."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ska import SKAState, ska_readout, token_statistics, write_token
+from .mixer import CLASSES, GAMMA_RANGE, GATE_INIT, VARIANTS, ConvertedAttention, MixerState
+
+__all__ = ["SKAAttention", "WindowLinearAttention", "WindowSKAAttention"]
+
+
+class _FeatureMixer(ConvertedAttention):
+    """A variant with key/query feature maps ``phi_k [Hkv, D, r]``, ``phi_q [Hq, D, r]`` (shared init)."""
+
+    def __init__(self, attn, spec, **layout) -> None:
+        super().__init__(attn, spec, **layout)
+        r, D, dev = spec.rank, self.head_dim, self.q_proj.weight.device
+        base = self._init_map(torch.Generator().manual_seed(1234 + (self.layer_idx or 0)), D, r)
+        self.phi_k = nn.Parameter(base.expand(self.n_kv, *base.shape).clone().to(dev))
+        self.phi_q = nn.Parameter(base.expand(self.n_q, *base.shape).clone().to(dev))
+
+    def _init_map(self, g: torch.Generator, D: int, r: int) -> torch.Tensor:
+        """The initial map ``[D, r]``: orthonormal columns (random Gaussian past ``r > D``)."""
+        if r <= D:
+            return torch.linalg.qr(torch.randn(D, max(D, r), generator=g))[0][:, :r]
+        return torch.randn(D, r, generator=g) / math.sqrt(D)
+
+    def features(self, x: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        """``x [B, T, H, D] -> [B, T, H, r]``: unit-norm features ``normalize(phi^T x)``."""
+        return F.normalize(torch.einsum("bthd,hdr->bthr", x, phi), dim=-1)
+
+    def _features_t(self, k_t):
+        return self.features(k_t[:, None], self.phi_k)[:, 0]
+
+    def init_state(self, batch: int, device=None) -> MixerState:
+        st = super().init_state(batch, device)
+        st.pending_k = torch.zeros(batch, self.n_kv, 0, self.spec.rank, device=st.k_win.device)
+        return st
+
+
+class SKAAttention(_FeatureMixer):
+    """``"ska"``: SKA's readout of statistics over every token so far, no window. Trainable: the feature maps,
+    the output scale ``eta`` and the spectral gain ``gamma`` ``[Hq]``."""
+
+    variant = "ska"
+
+    def __init__(self, attn, spec, **layout) -> None:
+        super().__init__(attn, spec, **layout)
+        dev = self.q_proj.weight.device
+        self.eta = nn.Parameter(torch.ones(self.n_q, device=dev))
+        self.gamma = nn.Parameter(torch.ones(self.n_q, device=dev))
+
+    def _scaled(self, y: torch.Tensor) -> torch.Tensor:
+        """``y [B, Hq, n, D]`` times the per-query-head output scale ``eta * clamp(gamma)^K``."""
+        y = y * self.eta.view(1, -1, 1, 1)
+        K = self.spec.power_steps
+        return y * self.gamma.clamp(*GAMMA_RANGE).view(1, -1, 1, 1) ** K if K > 0 else y
+
+    def _old(self, q, k, v, delay: int) -> torch.Tensor:
+        """SKA readout for every token t of statistics over tokens ``A <= s <= t - delay`` ([B, Hq, T, D]; zeros
+        where nothing is old). q [B, T, Hq, D], k, v [B, T, Hkv, D], pre-RoPE."""
+        B, T, Hq, _ = q.shape
+        out = v.new_zeros(B, Hq, T, self.head_dim)
+        n = T - delay  # tokens that read a non-empty history
+        if n <= 0:
+            return out
+        kf, qf = self.features(k, self.phi_k).float(), self.features(q, self.phi_q)
+        # the sinks stay in the softmax: they never enter the statistics (zero rows write nothing)
+        keep = (torch.arange(T, device=k.device) >= (self.spec.sinks if self.spec.has_window else 0)).float()
+        kf, vf = kf[:, :n] * keep[None, :n, None, None], v[:, :n].float() * keep[None, :n, None, None]
+        G, M, C = token_statistics(kf, vf, eps=self.spec.eps)  # [B, n, Hkv, r, r], [B, n, Hkv, D, r]
+        qg = qf[:, delay:].float().reshape(B, n, self.n_kv, self.group, self.spec.rank)  # query heads per KV head
+        K = self.spec.power_steps
+        y = ska_readout(G, M, C, qg, power_steps=K, spectral_norm=K > 0).reshape(B, n, Hq, self.head_dim)
+        y = self._scaled(y.transpose(1, 2))
+        return torch.cat([out[:, :, :delay], y.to(out.dtype)], dim=2)
+
+    def _mix(self, hidden, q, k, v, cos, sin):
+        return self._old(q, k, v, 0)
+
+    def _old_step(self, q, st: MixerState) -> torch.Tensor:
+        """The statistics' readout for one query ``q [B, Hq, D]``: ``[B, Hq, 1, D]``."""
+        B, K = q.shape[0], self.spec.power_steps
+        qf = self.features(q[:, None], self.phi_q)[:, 0].float().view(B, self.n_kv, self.group, self.spec.rank)
+        old = ska_readout(st.ska.G, st.ska.M, st.ska.C, qf, power_steps=K, spectral_norm=K > 0)  # [B, Hkv, g, D]
+        return self._scaled(old.reshape(B, self.n_q, 1, self.head_dim))
+
+    def init_state(self, batch: int, device=None) -> MixerState:
+        st = super().init_state(batch, device)
+        st.ska = SKAState.zeros(batch, self.n_kv, self.spec.rank, self.head_dim, eps=self.spec.eps, device=st.k_win.device)
+        if not self.spec.has_window:  # SKA alone keeps no rows
+            st.k_win = st.v_win = st.pending_k = None
+        return st
+
+    def _write(self, st, kf, v):
+        st.ska = write_token(st.ska, kf, v)
+
+    def _push(self, st, k_t, v_t, cos_t, sin_t) -> None:
+        if self.spec.has_window:
+            return super()._push(st, k_t, v_t, cos_t, sin_t)
+        self._write(st, self._features_t(k_t).float(), v_t.float())
+        st.count += 1
+
+    def _mix_step(self, x_t, q, st, cos_t, sin_t):
+        return self._old_step(q, st)
+
+
+class WindowSKAAttention(SKAAttention):
+    """``"window+ska"``: the window, plus SKA over the tokens that left it, mixed by a gate on the current token
+    (``gate_w [Hq, d]``, ``gate_b [Hq]``; 0 until a token has left the window)."""
+
+    variant = "window+ska"
+
+    def __init__(self, attn, spec, **layout) -> None:
+        super().__init__(attn, spec, **layout)
+        dev = self.q_proj.weight.device
+        self.gate_w = nn.Parameter(torch.zeros(self.n_q, self.q_proj.in_features, device=dev))
+        self.gate_b = nn.Parameter(torch.full((self.n_q,), GATE_INIT, device=dev))
+
+    def _mix(self, hidden, q, k, v, cos, sin):
+        num, den = self._window(q, k, v, cos, sin)
+        gate = self._gate(hidden)[..., None]  # [B, Hq, T, 1]
+        return (1 - gate) * (num / den) + gate * self._old(q, k, v, self.spec.window)
+
+    def _gate(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, Hq, T]``: the statistics' weight, 0 where no token has left the window yet."""
+        T = hidden.shape[1]
+        g = torch.sigmoid(torch.einsum("btd,hd->bht", hidden, self.gate_w) + self.gate_b[None, :, None])
+        return g * (torch.arange(T, device=hidden.device) >= self.spec.window + self.spec.sinks)
+
+    @torch.no_grad()
+    def gate(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The weight ``[B, Hq, T]`` this layer gives its statistics' readout (``1 - gate`` goes to the softmax)
+        for inputs ``hidden_states`` [B, T, d]; 0 where no token has left the window yet."""
+        return self._gate(hidden_states.float())
+
+    def _mix_step(self, x_t, q, st, cos_t, sin_t):
+        num, den = self._window_step(q, st, cos_t, sin_t)
+        if st.count <= self.spec.window + self.spec.sinks:  # nothing is old yet
+            return num / den
+        gate = torch.sigmoid(x_t @ self.gate_w.T + self.gate_b)[:, :, None, None]
+        return (1 - gate) * (num / den) + gate * self._old_step(q, st)
+
+
+class WindowLinearAttention(_FeatureMixer):
+    """``"window+linear"``: the window, plus linear attention over the tokens that left it, one normaliser for
+    both (Hedgehog features ``[softmax(phi^T x), softmax(-phi^T x)]`` of size r; the old part's weight
+    ``sigmoid(lin_b) [Hq]``)."""
+
+    variant = "window+linear"
+
+    def __init__(self, attn, spec, **layout) -> None:
+        super().__init__(attn, spec, **layout)
+        self.lin_b = nn.Parameter(torch.full((self.n_q,), GATE_INIT, device=self.q_proj.weight.device))
+
+    def _init_map(self, g, D, r):
+        return torch.randn(D, r // 2, generator=g) / math.sqrt(D)
+
+    def features(self, x, phi):
+        """``x [B, T, H, D] -> [B, T, H, r]``: Hedgehog's ``[softmax(z), softmax(-z)]``, ``z = phi^T x``."""
+        z = torch.einsum("bthd,hdr->bthr", x, phi)
+        return torch.cat([torch.softmax(z, -1), torch.softmax(-z, -1)], dim=-1)
+
+    def _mix(self, hidden, q, k, v, cos, sin):
+        s, T = self.spec, q.shape[1]
+        num, den = self._window(q, k, v, cos, sin)
+        qf = self.features(q, self.phi_q).transpose(1, 2)  # [B, Hq, T, r]
+        kf = self.features(k, self.phi_k).transpose(1, 2).repeat_interleave(self.group, 1)
+        t = torch.arange(T, device=q.device)
+        old = ((t[:, None] - t[None, :]) >= s.window) & (t[None, :] >= s.sinks)
+        a = (qf @ kf.transpose(-1, -2)) * old * torch.sigmoid(self.lin_b).view(1, -1, 1, 1)  # [B, Hq, T, T]
+        return (num + a @ v.transpose(1, 2).repeat_interleave(self.group, 1)) / (den + a.sum(-1, keepdim=True))
+
+    def init_state(self, batch: int, device=None) -> MixerState:
+        st = super().init_state(batch, device)
+        H, r, D, dev = self.n_kv, self.spec.rank, self.head_dim, st.k_win.device
+        st.S, st.z = torch.zeros(batch, H, r, D, device=dev), torch.zeros(batch, H, r, device=dev)
+        return st
+
+    def _write(self, st, kf, v):
+        st.S = st.S + kf[..., :, None] * v[..., None, :]
+        st.z = st.z + kf
+
+    def _mix_step(self, x_t, q, st, cos_t, sin_t):
+        num, den = self._window_step(q, st, cos_t, sin_t)
+        qf = self.features(q[:, None], self.phi_q)[:, 0]  # [B, Hq, r]
+        lam = torch.sigmoid(self.lin_b).view(1, -1, 1, 1)
+        lin_num = lam * (qf[:, :, None] @ st.S.repeat_interleave(self.group, 1))  # [B, Hq, 1, D]
+        lin_den = lam * (qf * st.z.repeat_interleave(self.group, 1)).sum(-1)[:, :, None, None]
+        return (num + lin_num) / (den + lin_den)
+
+
+assert set(CLASSES) == set(VARIANTS), f"a variant has no class: {set(VARIANTS) - set(CLASSES)}"
