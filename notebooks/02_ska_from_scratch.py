@@ -76,7 +76,7 @@ from echo_tutor.models import LAB_RECIPE, build, state_nbytes
 from echo_tutor.pretrained import info, results
 from echo_tutor.ska import SKAState, ska_chunked, ska_recurrent
 from echo_tutor.tasks import make_task
-from echo_tutor.train import evaluate, train
+from echo_tutor.train import TrainConfig, evaluate, train
 
 FAST = labs.FAST  # small sizes on a laptop / in CI; full sizes on a GPU machine (`ECHO_TUTOR_FAST=0 make lab`)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() and not FAST else "cpu")
@@ -666,8 +666,8 @@ def on_eval(rec):
 
 
 t0 = time.perf_counter()
-res = train(model, task, steps=steps, batch_size=16, lr=3e-3, eval_every=eval_every, eval_examples=128,
-            device=DEVICE, progress=True, callback=on_eval, seed=SEED)
+config = TrainConfig(steps=steps, batch_size=16, lr=3e-3, eval_every=eval_every, eval_examples=128, seed=SEED)
+res = train(model, task, config, device=DEVICE, progress=True, callback=on_eval)
 print(f"trained {res.steps_done} steps in {time.perf_counter() - t0:.0f} s on {DEVICE}; final eval accuracy "
       f"{res.final_eval:.3f}")
 passed_half = next((e["step"] for e in res.evals if e["eval_acc"] > 0.5), None)

@@ -420,8 +420,8 @@ for p in CLIFF_PRESETS:
 # distractors survives as the product of `g` such factors. To see that horizon, a Mamba-2 must first recall
 # at all, and section 3's `ssm` never did. `ssm-recall` does: the same two-block pure Mamba-2 made wider
 # (d = 128, 4 heads, state size N = 32), trained on **2 pairs at gaps 0-64** (values hidden, as everywhere in
-# this lab) for 14 minutes of one core (`scripts/train_ssm_cliff.py`; the command ships in its record). Three
-# seeds were trained; seed 0 ships.
+# this lab) for 14 minutes of one core (the command that made it ships in its record; `echo-tutor ssm-cliff
+# --recipe ssm_cliff/lab` reruns it). Three seeds were trained; seed 0 ships.
 #
 # The plan of this section is the scientific one: **predict** where its recall will fall from its decay and
 # from what it tolerates at a gap it was trained on, **then** measure the accuracy at long gaps, then test the

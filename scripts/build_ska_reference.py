@@ -17,7 +17,7 @@ import torch
 
 from echo_tutor.models import build
 from echo_tutor.tasks import make_task
-from echo_tutor.train import evaluate, train
+from echo_tutor.train import TrainConfig, evaluate, train
 
 # lab 02's FAST recipe (notebooks/02_ska_from_scratch.py, section 7)
 TASK = dict(name="mqar_gap", vocab_size=128, num_kv_pairs=[4, 8], gap=[64, 128, 256], show_values=False)
@@ -30,8 +30,8 @@ def main() -> None:
     torch.manual_seed(SEED)
     model = build("echo", scale="lab")
     t0 = time.perf_counter()
-    res = train(model, make_task(**TASK), steps=STEPS, batch_size=16, lr=3e-3, eval_every=EVAL_EVERY, eval_examples=128,
-                device="cpu", progress=False)
+    cfg = TrainConfig(steps=STEPS, batch_size=16, lr=3e-3, eval_every=EVAL_EVERY, eval_examples=128)
+    res = train(model, make_task(**TASK), cfg, device="cpu", progress=False)
     model.eval()
     by_gap = {g: evaluate(model, make_task("mqar_gap", vocab_size=128, num_kv_pairs=8, gap=g, show_values=False), 128,
                           batch_size=16) for g in GAPS}

@@ -163,7 +163,7 @@ def k_runs(ctx: dict, budget: float) -> tuple[str, dict]:
     from echo_tutor.experiments.stats import mean_ci
     from echo_tutor.models.presets import LAB_RECIPE, build
     from echo_tutor.tasks import make_task
-    from echo_tutor.train import evaluate, train
+    from echo_tutor.train import TrainConfig, evaluate, train
 
     seeds, presets = (0, 1, 2), ("synth1m-echo-k1", "synth1m-echo")
     each = budget / (len(seeds) * len(presets)) * 0.8  # evaluation and start-up take the rest
@@ -177,8 +177,9 @@ def k_runs(ctx: dict, budget: float) -> tuple[str, dict]:
             torch.manual_seed(seed)
             kw = dict(d_model=16, ska_rank=6, n_heads=2, d_state=8) if ctx["quick"] else {}
             model = build(preset, vocab_size=128, **kw)
-            res = train(model, task, steps=2 if ctx["quick"] else 20_000, batch_size=16, lr=3e-3, seed=seed,
-                        eval_every=10_000, eval_examples=n_eval // 8, time_budget_s=each, device=ctx["device"], progress=False)
+            cfg = TrainConfig(steps=2 if ctx["quick"] else 20_000, batch_size=16, lr=3e-3, seed=seed, eval_every=10_000,
+                              eval_examples=n_eval // 8, time_budget_s=each)
+            res = train(model, task, cfg, device=ctx["device"], progress=False)
             acc = evaluate(model, probe, n_eval, device=ctx["device"])
             data[preset].append({"seed": seed, "steps": res.steps_done, "seconds": res.time_s, "acc_8pairs_gap256": acc})
     lines = [f"{len(seeds)} seeds each, {each:.0f} s of training per run (lab recipe, batch 16, lr 3e-3); accuracy at "

@@ -17,7 +17,7 @@ import torch
 
 from echo_tutor.models import HybridConfig, HybridLM
 from echo_tutor.tasks import make_task
-from echo_tutor.train import evaluate, train
+from echo_tutor.train import TrainConfig, evaluate, train
 
 
 def main() -> None:
@@ -54,8 +54,9 @@ def main() -> None:
     kw = dict(vocab_size=a.vocab, queries=a.queries, show_values=a.show_values)
     task = make_task("mqar_gap", num_kv_pairs=one(a.pairs), gap=one(a.gaps), **kw)
     print(vars(a), flush=True)
-    train(model, task, steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed,
-          eval_every=100, eval_examples=128, time_budget_s=60 * a.minutes, progress=False,
+    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, seed=a.seed,
+                      eval_every=100, eval_examples=128, time_budget_s=60 * a.minutes)
+    train(model, task, cfg, progress=False,
           callback=lambda r: print(f"step {r['step']} loss {r['loss']:.3f} eval {r['eval_acc']:.3f} t {r['time_s']:.0f}", flush=True))
     for n in sorted(set(a.pairs) | {16}):
         cells = [f"{g}:{evaluate(model, make_task('mqar_gap', num_kv_pairs=n, gap=g, **kw), 128, batch_size=32):.2f}"

@@ -26,7 +26,7 @@ import torch
 from echo_tutor.models import grow_ska_rank, load
 from echo_tutor.pretrained import load_pretrained
 from echo_tutor.tasks import make_task
-from echo_tutor.train import evaluate, train
+from echo_tutor.train import TrainConfig, evaluate, train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     task = make_task("mqar_gap", vocab_size=128, num_kv_pairs=a.pairs, gap=a.gaps, show_values=False)
     probe = make_task("mqar_gap", vocab_size=128, num_kv_pairs=32, gap=256, show_values=False)
     t0 = time.time()
-    res = train(model, task, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-                time_budget_s=60 * a.minutes, eval_every=max(1, a.steps // 10), eval_examples=128,
-                eval_task=probe, progress=True)
+    cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, time_budget_s=60 * a.minutes,
+                      eval_every=max(1, a.steps // 10), eval_examples=128)
+    res = train(model, task, cfg, eval_task=probe, progress=True)
     model.eval()
     final = {n: evaluate(model, make_task("mqar_gap", vocab_size=128, num_kv_pairs=n, gap=256, show_values=False),
                          128, batch_size=16) for n in (16, 32, 48)}

@@ -72,7 +72,7 @@ def _failing_for_seed(seed):
     real = ablation.train
 
     def train(model, task, *args, **kwargs):
-        if kwargs.get("seed") == seed:
+        if (args[0] if args else kwargs["config"]).seed == seed:
             raise RuntimeError(f"no luck with seed {seed}")
         return real(model, task, *args, **kwargs)
 

@@ -67,7 +67,7 @@ def test_cli_failed_cells_exit_1_and_are_listed(tmp_path, monkeypatch, capsys):
     real = ablation.train
 
     def train(model, task, *args, **kwargs):
-        if kwargs.get("seed") == 1:
+        if (args[0] if args else kwargs["config"]).seed == 1:
             raise RuntimeError("seed 1 fell over")
         return real(model, task, *args, **kwargs)
 

@@ -2,8 +2,9 @@
 
 Dynamo's tracing is what ``fullgraph`` tests (a graph break raises); the "eager" and "aot_eager" backends run
 the captured graph without Inductor's code generation, so this stays fast on the CPU. The slow test compiles
-for real (Inductor) through ``train(compile=True)``."""
+for real (Inductor) through ``train(model, task, TrainConfig(compile=True))``."""
 
+import dataclasses
 import importlib
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from echo_tutor.errors import BadArgumentError
 from echo_tutor.models.presets import LAB_PRESETS, PRESETS, build
 from echo_tutor.tasks import make_task
-from echo_tutor.train import train
+from echo_tutor.train import TrainConfig, train
 
 
 def small(preset):
@@ -68,17 +69,18 @@ def test_backward_traces_as_one_graph(preset):
 def test_compile_must_be_a_bool():
     task = make_task("mqar", vocab_size=32, num_kv_pairs=2, seq_len=16)
     with pytest.raises(BadArgumentError, match="compile must be True or False"):
-        train(small("echo"), task, steps=1, compile="yes", progress=False)
+        train(small("echo"), task, TrainConfig(steps=1, compile="yes"), progress=False)
 
 
 @pytest.mark.slow
 def test_train_compiled_matches_eager(monkeypatch):
-    """train(compile=True) goes through torch.compile(fullgraph=True) and trains as eager does. Dynamo traces
+    """TrainConfig(compile=True) trains through torch.compile(fullgraph=True), as eager does. Dynamo traces
     the whole step here; the aot_eager backend runs the traced graph without inductor's C++ build (30-130 s
     on a 2-core CPU, the rest of this file's time). ``make gpu-check`` trains compiled with inductor."""
     task = make_task("mqar", vocab_size=32, num_kv_pairs=2, seq_len=16)
-    kw = dict(steps=3, batch_size=4, eval_every=3, eval_examples=8, progress=False, device="cpu")
-    eager = train(small("echo"), task, **kw)
+    cfg = TrainConfig(steps=3, batch_size=4, eval_every=3, eval_examples=8)
+    kw = dict(progress=False, device="cpu")
+    eager = train(small("echo"), task, cfg, **kw)
     torch._dynamo.reset()
     seen = []
     real = torch.compile
@@ -88,7 +90,7 @@ def test_train_compiled_matches_eager(monkeypatch):
         return real(model, backend="aot_eager", **options)
 
     monkeypatch.setattr(torch, "compile", compile_aot_eager)
-    compiled = train(small("echo"), task, compile=True, **kw)
+    compiled = train(small("echo"), task, dataclasses.replace(cfg, compile=True), **kw)
     assert seen == [{"fullgraph": True}]
     for a, b in zip(eager.history, compiled.history):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)

@@ -16,7 +16,7 @@ from echo_tutor.errors import BadArgumentError
 from echo_tutor.models import HybridConfig, HybridLM, Mixer, build, mixer_names, register_mixer, state_nbytes
 from echo_tutor.models.mixer import MIXER_BUILDERS
 from echo_tutor.tasks import make_task
-from echo_tutor.train import train
+from echo_tutor.train import TrainConfig, train
 
 BUILT_IN = ("mamba2", "ska", "attn", "linear_attn")
 SIGNATURES = {"forward": ["state", "mask"], "step": ["state"], "init_state": ["batch", "device", "dtype"],
@@ -89,7 +89,7 @@ def test_a_new_mixer_trains_inside_a_hybrid_lm(ema_registered):
     model = HybridLM(HybridConfig(16, d_model=32, layout="ema,attn", n_heads=2, mixer_kwargs={"ema": {"decay": 0.8}}))
     assert isinstance(model.blocks[0].mixer, EMAMixer)
     task = make_task("mqar", vocab_size=16, seq_len=24, num_kv_pairs=2)
-    res = train(model, task, steps=40, batch_size=16, lr=3e-3, seed=0, progress=False)
+    res = train(model, task, TrainConfig(steps=40, batch_size=16, lr=3e-3, seed=0), progress=False)
     losses = [h["loss"] for h in res.history]
     assert res.steps_done == 40 and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
     ids = torch.randint(0, 16, (2, 9))

@@ -1,12 +1,14 @@
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from echo_tutor.cli import main
+from echo_tutor.errors import BadArgumentError
 from echo_tutor.models import build
 from echo_tutor.tasks import make_task
-from echo_tutor.train import answer_accuracy, evaluate, save_records, sweep, train
+from echo_tutor.train import TrainConfig, answer_accuracy, evaluate, save_records, sweep, train
 
 TINY = dict(vocab_size=32, d_model=32, n_heads=4, d_state=8, ska_rank=6)
 
@@ -25,17 +27,23 @@ def test_answer_accuracy_counts_only_answer_positions():
 
 def test_train_records_history_and_is_reproducible():
     task = make_task("mqar_gap", vocab_size=32, num_kv_pairs=2, gap=[4, 8])
-    r1 = train(tiny(), task, steps=6, batch_size=4, eval_every=3, eval_examples=8, progress=False)
-    r2 = train(tiny(), task, steps=6, batch_size=4, eval_every=3, eval_examples=8, progress=False)
+    cfg = TrainConfig(steps=6, batch_size=4, eval_every=3, eval_examples=8)
+    r1 = train(tiny(), task, cfg, progress=False)
+    r2 = train(tiny(), task, cfg, progress=False)
     assert [h["loss"] for h in r1.history] == [h["loss"] for h in r2.history]
     assert r1.steps_done == 6 and [e["step"] for e in r1.evals] == [3, 6]
     assert 0 <= r1.final_eval <= 1
+    assert r1.config == dataclasses.asdict(cfg) and list(r1.config) == [
+        "steps", "batch_size", "lr", "weight_decay", "warmup", "clip", "seed", "eval_every", "eval_examples",
+        "time_budget_s", "compile"]
+    r3 = train(tiny(), task, dataclasses.replace(cfg, seed=1), progress=False)
+    assert [h["loss"] for h in r3.history] != [h["loss"] for h in r1.history]
 
 
 def test_time_budget_stops_training():
     task = make_task("mqar_gap", vocab_size=32, num_kv_pairs=2, gap=64)
-    r = train(tiny(), task, steps=10_000, batch_size=2, time_budget_s=0.5, eval_every=10_000, eval_examples=4,
-              progress=False)
+    cfg = TrainConfig(steps=10_000, batch_size=2, time_budget_s=0.5, eval_every=10_000, eval_examples=4)
+    r = train(tiny(), task, cfg, progress=False)
     assert r.steps_done < 10_000 and r.evals[-1]["step"] == r.steps_done
 
 
@@ -45,20 +53,63 @@ def test_training_learns_a_simple_recall():
     torch.manual_seed(0)
     model = build("synth1m-attn", vocab_size=32, d_model=32, n_heads=4)
     task = make_task("mqar_gap", vocab_size=32, num_kv_pairs=1, gap=2)
-    r = train(model, task, steps=150, batch_size=32, lr=3e-3, eval_every=150, eval_examples=128, progress=False)
+    r = train(model, task, TrainConfig(steps=150, batch_size=32, lr=3e-3, eval_every=150, eval_examples=128),
+              progress=False)
     assert r.final_eval > 0.5, r.final_eval
+
+
+@pytest.mark.parametrize("field, value, msg", [
+    ("steps", 0, "steps must be >= 1"),
+    ("steps", 2.5, "steps must be an int"),
+    ("lr", -1.0, "lr must be a finite number > 0"),
+    ("batch_size", True, "batch_size must be an int, got True"),
+    ("eval_every", False, "eval_every must be an int"),
+    ("warmup", -1, "warmup must be >= 0"),
+    ("weight_decay", float("nan"), "weight_decay must be a finite number >= 0"),
+    ("clip", -1.0, "clip must be a finite number >= 0"),
+    ("seed", "0", "seed must be an int"),
+    ("eval_examples", 0, "eval_examples must be >= 1"),
+    ("time_budget_s", 0, "time_budget_s must be a finite number > 0"),
+    ("compile", "yes", "compile must be True or False"),
+])
+def test_train_config_rejects_bad_fields(field, value, msg):
+    with pytest.raises(BadArgumentError, match=msg):
+        TrainConfig(**{field: value})
+
+
+def test_train_config_is_frozen():
+    cfg = TrainConfig(steps=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 4  # type: ignore[misc]
+    with pytest.raises(BadArgumentError, match="steps must be >= 1"):
+        dataclasses.replace(cfg, steps=0)
 
 
 def test_train_rejects_bad_arguments():
     task = make_task("niah", vocab_size=32, seq_len=8)
-    with pytest.raises(ValueError, match="steps must be >= 1"):
-        train(tiny(), task, steps=0)
-    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
-        train(tiny(), task, steps=1, lr=-1.0)
-    with pytest.raises(ValueError, match="task must be an echo_tutor.tasks.Task"):
-        train(tiny(), "niah", steps=1)
+    with pytest.raises(BadArgumentError, match=r"train\(\) takes a TrainConfig: .*got keyword\(s\) steps, lr$"):
+        train(tiny(), task, steps=1, lr=3e-3)
+    with pytest.raises(BadArgumentError, match=r"config must be a TrainConfig: pass TrainConfig\(steps=\.\.\., \.\.\.\)"):
+        train(tiny(), task, 100)
+    with pytest.raises(BadArgumentError, match="config must be a TrainConfig.*got dict"):
+        train(tiny(), task, {"steps": 1})
+    with pytest.raises(BadArgumentError, match="task must be an echo_tutor.tasks.Task"):
+        train(tiny(), "niah", TrainConfig(steps=1))
     with pytest.raises(ValueError, match="num_examples must be >= 1"):
         evaluate(tiny(), task, 0)
+
+
+def test_train_without_config_uses_the_defaults(monkeypatch):
+    from echo_tutor.train import loop
+
+    @dataclasses.dataclass(frozen=True)
+    class Short(TrainConfig):  # the defaults, but a short run
+        steps: int = 2
+        eval_examples: int = 4
+
+    monkeypatch.setattr(loop, "TrainConfig", Short)
+    r = train(tiny(), make_task("niah", vocab_size=32, seq_len=8), progress=False)
+    assert r.steps_done == 2 and r.config == dataclasses.asdict(Short())
 
 
 def test_sweep_and_save_records(tmp_path):

@@ -15,7 +15,7 @@ from ..experiments import transfer_task_args
 from ..models import LAB_PRESETS, PRESETS, SCALES, build, count_parameters, load, scale_of
 from ..pretrained import available, load_pretrained
 from ..tasks import TASKS, make_task
-from ..train import evaluate, save_records, train
+from ..train import TrainConfig, evaluate, save_records, train
 from .flags import nonneg_int, positive_float, positive_int
 
 __all__ = ["add_model_commands", "task_from_args"]
@@ -80,9 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"layout {model.layout}")
     print(f"task {task.describe()}; budget {args.steps} steps / {args.minutes} min; batch {args.batch_size}, "
           f"lr {args.lr}; {torch.get_num_threads()} thread(s)")
-    res = train(model, task, steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                eval_every=args.eval_every, eval_examples=args.eval_examples,
-                time_budget_s=None if args.minutes is None else 60 * args.minutes, compile=args.compile,
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      eval_every=args.eval_every, eval_examples=args.eval_examples,
+                      time_budget_s=None if args.minutes is None else 60 * args.minutes, compile=args.compile)
+    res = train(model, task, cfg,
                 progress=not args.quiet and sys.stderr.isatty(),
                 callback=None if args.quiet else lambda r: print(
                     f"  step {r['step']:>5}  loss {r['loss']:.3f}  train acc {r['acc']:.3f}  eval acc {r['eval_acc']:.3f}"

@@ -7,6 +7,7 @@ out_dir, grid=..., **overrides)``, e.g. ``cliff.run("cliff/lab", "runs/cliff")``
 * ``cliff``     the memory cliff: accuracy per (model, KV pairs, gap)          ``RECIPES["cliff/lab"]``, ...
 * ``transfer``  six retrieval tasks and NIAH length generalisation             ``RECIPES["transfer/lab"]``, ...
 * ``ablation``  SKA's power order K, spectral norm and prefix mask over seeds  ``RECIPES["ablation/lab"]``, ...
+* ``ssm_cliff`` a trained pure Mamba-2's cliff, predicted from its decay    ``RECIPES["ssm_cliff/lab"]``, ...
 
 Beside them: ``figures`` (plotly figures, one colour per preset), ``stats`` (paired differences, the labs'
 interval rule and verdict), ``paper`` (the paper's numbers by preset name), ``diagnostics`` (looking inside trained models),
@@ -16,7 +17,7 @@ interval rule and verdict), ``paper`` (the paper's numbers by preset name), ``di
 same ``out_dir`` only runs the cells not recorded yet. See ``docs/architecture.md``.
 """
 
-from . import ablation, cliff, transfer
+from . import ablation, cliff, ssm_cliff, transfer
 from .ablation import (
     ABLATION_CONFIGS,
     LAB_ABLATION_CONFIGS,
@@ -49,7 +50,7 @@ from .transfer import (
 )
 
 __all__ = [
-    "cliff", "transfer", "ablation", "EXPERIMENTS", "RECIPES", "CliffRecipe", "TransferRecipe", "AblationRecipe",
+    "cliff", "transfer", "ablation", "ssm_cliff", "EXPERIMENTS", "RECIPES", "CliffRecipe", "TransferRecipe", "AblationRecipe",
     "AblationConfig", "transfer_task", "transfer_task_args", "ablation_tasks",
     "CLIFF_PRESETS", "CLIFF_PAIRS", "CLIFF_GAPS", "TRANSFER_TASKS", "TRANSFER_PRESETS", "NIAH_LENGTHS",
     "ABLATION_CONFIGS", "LAB_ABLATION_CONFIGS", "TRAINED_GAP_MAX", "VOCAB", "lab_task", "lab_task_args",

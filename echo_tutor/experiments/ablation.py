@@ -27,7 +27,7 @@ from ..errors import BadArgumentError
 from ..grid import GridOptions, run_grid
 from ..models import LAB_RECIPE, build, presets_of
 from ..tasks import Task, make_task
-from ..train import default_device, evaluate, save_records, train
+from ..train import TrainConfig, default_device, evaluate, save_records, train
 from .common import check_names, finish, frozen, lab_task, pick, plain, resolve
 from .diagnostics import recall_breakdown
 from .command import Command, Option
@@ -220,9 +220,9 @@ def ablation_cell(spec: dict[str, Any]) -> dict[str, Any]:
     model = build(m["preset"], vocab_size=m["vocab_size"], scale=m["scale"],
                   mixer_kwargs={"ska": {"power_steps": spec["power_steps"], "spectral_norm": spec["spectral_norm"]}},
                   **m["overrides"])
-    res = train(model, task, steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
-                eval_every=spec["eval_every"], eval_examples=spec["eval_examples"], prefix_mask=spec["prefix_mask"],
-                device=device, progress=False)
+    cfg = TrainConfig(steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
+                      eval_every=spec["eval_every"], eval_examples=spec["eval_examples"])
+    res = train(model, task, cfg, prefix_mask=spec["prefix_mask"], device=device, progress=False)
     probes = spec["probes"]
     final = evaluate(model, task, 256, batch_size=16) if probes else res.final_eval
     # final_loss stays in records.jsonl only (not in ablation.json): the last training loss depends on every

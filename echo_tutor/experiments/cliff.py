@@ -30,7 +30,7 @@ from ..grid import GridOptions, run_grid
 from ..models import LAB_PRESETS, PRESETS, build, rebuilt
 from ..pretrained import available, load_pretrained
 from ..tasks import make_task
-from ..train import default_device, save_records, train
+from ..train import TrainConfig, default_device, save_records, train
 from .command import Command, Option
 from .common import VOCAB, check_int_list, check_names, checkpoint_id, finish, lab_task_args, pick, resolve
 from .diagnostics import model_state_bytes, recall_breakdown
@@ -169,8 +169,9 @@ def cliff_cell(spec: dict[str, Any]) -> dict[str, Any]:
         model = load_pretrained(spec["preset"]).to(device)
     elif spec["mode"] == "train":
         model = build(spec["preset"], vocab_size=spec["vocab_size"], scale=spec["scale"])
-        res = train(model, task, steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
-                    eval_every=spec["steps"], device=device, progress=False)
+        cfg = TrainConfig(steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
+                          eval_every=spec["steps"])
+        res = train(model, task, cfg, device=device, progress=False)
         out = {"steps": res.steps_done, "train_seconds": round(res.time_s, 1), "final_loss": res.history[-1]["loss"]}
     else:
         raise BadArgumentError(f"spec['mode'] must be 'checkpoint' or 'train', got {spec['mode']!r}")

@@ -32,7 +32,7 @@ from ..errors import BadArgumentError
 from ..grid import GridOptions, run_grid
 from ..models import build, count_parameters, presets_of
 from ..tasks import Task, make_task
-from ..train import default_device, evaluate, train
+from ..train import TrainConfig, default_device, evaluate, train
 from .common import (
     VOCAB,
     check_int_list,
@@ -195,9 +195,10 @@ def transfer_cell(spec: dict[str, Any]) -> dict[str, Any]:
     # mixer_kwargs for a mixer the preset does not use (the lab's SKA chunk size for `ssm`) are ignored by build
     model = build(spec["preset"], vocab_size=spec["vocab_size"], scale=spec["scale"],
                   **copy.deepcopy(spec["model_overrides"]))
-    res = train(model, task, steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
-                time_budget_s=spec["time_budget_s"], eval_every=spec.get("eval_every", spec["steps"]),
-                eval_examples=spec["eval_examples"], device=device, progress=False)
+    cfg = TrainConfig(steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
+                      time_budget_s=spec["time_budget_s"], eval_every=spec.get("eval_every", spec["steps"]),
+                      eval_examples=spec["eval_examples"])
+    res = train(model, task, cfg, device=device, progress=False)
     out: dict[str, Any] = {"acc": res.final_eval, "steps": res.steps_done, "train_seconds": round(res.time_s, 1),
                            "final_loss": res.history[-1]["loss"], "params": count_parameters(model)}
     if "eval_every" in spec:

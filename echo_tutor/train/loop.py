@@ -44,20 +44,59 @@ def answer_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, in
 
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 16
-    lr: float = 3e-3
-    weight_decay: float = 0.1
-    warmup: int = 50
-    clip: float = 1.0
-    seed: int = 0
-    eval_every: int = 100
-    eval_examples: int = 256
-    time_budget_s: float | None = None
-    compile: bool = False
+    """How :func:`train` trains: the one way to set it up, ``train(model, task, TrainConfig(steps=..., lr=...))``.
 
+    Frozen (derive a variant with ``dataclasses.replace``) and checked when built: a bad field raises
+    :class:`~echo_tutor.errors.BadArgumentError` naming it. ``TrainResult.config`` is ``asdict`` of it.
+    """
+
+    steps: int = 1000
+    """Optimiser steps (one batch each), >= 1; the learning-rate schedule is laid out over them."""
+    batch_size: int = 16
+    """Examples (sequences) per step, >= 1."""
+    lr: float = 3e-3
+    """Peak AdamW learning rate, > 0: reached after ``warmup`` steps, then cosine decay to ``0.1 * lr``."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on the matrices (not on norms, biases, gains), >= 0."""
+    warmup: int = 50
+    """Steps of linear learning-rate warm-up, >= 0."""
+    clip: float = 1.0
+    """Gradient-norm clipping threshold, >= 0 (0: no clipping)."""
+    seed: int = 0
+    """Data seed: batch ``i`` is ``task.sample(batch_size, seed * 1_000_003 + i)``. (The model's
+    initialisation is the caller's ``torch.manual_seed``.)"""
+    eval_every: int = 100
+    """Evaluate every this many steps (and after the last one), >= 1."""
+    eval_examples: int = 256
+    """Fresh examples (sequences) per evaluation, >= 1."""
+    time_budget_s: float | None = None
+    """Wall-clock seconds of training (evaluation excluded) after which training stops early, > 0; None: none."""
+    compile: bool = False
+    """Train through ``torch.compile(model, fullgraph=True)`` (evaluation stays eager)."""
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, min_value=1)
+        check_int("batch_size", self.batch_size, min_value=1)
+        check_positive("lr", self.lr)
+        _check_non_negative("weight_decay", self.weight_decay)
+        check_int("warmup", self.warmup, min_value=0)
+        _check_non_negative("clip", self.clip)
+        check_int("seed", self.seed)
+        check_int("eval_every", self.eval_every, min_value=1)
+        check_int("eval_examples", self.eval_examples, min_value=1)
+        if self.time_budget_s is not None:
+            check_positive("time_budget_s", self.time_budget_s)
+        if not isinstance(self.compile, bool):
+            raise BadArgumentError(f"compile must be True or False, got {self.compile!r}")
+
+
+def _check_non_negative(name: str, x: object) -> None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise BadArgumentError(f"{name} must be a number >= 0, got {x!r}")
+    if not math.isfinite(x) or x < 0:
+        raise BadArgumentError(f"{name} must be a finite number >= 0, got {x}")
 
 
 @dataclass
@@ -133,18 +172,19 @@ def lr_at(i: int, lr: float, warmup: int, steps: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
-def _check_train_args(task, steps, batch_size, lr, warmup, eval_every, time_budget_s, compile) -> None:
-    check_int("steps", steps, min_value=1)
-    check_int("batch_size", batch_size, min_value=1)
-    check_positive("lr", lr)
-    check_int("warmup", warmup, min_value=0)
-    check_int("eval_every", eval_every, min_value=1)
+def _config_of(task, config, legacy: dict[str, Any]) -> TrainConfig:
+    """The :class:`TrainConfig` ``train`` was given (None: the defaults), after refusing the old call style."""
+    if legacy:
+        raise BadArgumentError("train() takes a TrainConfig: train(model, task, TrainConfig(steps=..., lr=...)); "
+                               f"got keyword(s) {', '.join(legacy)}")
+    if config is None:
+        config = TrainConfig()
+    if not isinstance(config, TrainConfig):
+        raise BadArgumentError("config must be a TrainConfig: pass TrainConfig(steps=..., ...), "
+                               f"got {type(config).__name__}")
     if not isinstance(task, Task):
         raise BadArgumentError(f"task must be an echo_tutor.tasks.Task (make_task(...)), got {type(task).__name__}")
-    if time_budget_s is not None:
-        check_positive("time_budget_s", time_budget_s)
-    if not isinstance(compile, bool):
-        raise BadArgumentError(f"compile must be True or False, got {compile!r}")
+    return config
 
 
 def train_step(model, fwd, opt, x, y, prefix_mask: bool = False, clip: float = 0.0) -> tuple[float, float]:
@@ -166,63 +206,57 @@ def train_step(model, fwd, opt, x, y, prefix_mask: bool = False, clip: float = 0
 def train(
     model: torch.nn.Module,
     task: Task,
-    steps: int = 1000,
-    batch_size: int = 16,
-    lr: float = 3e-3,
+    config: TrainConfig | None = None,
     *,
-    weight_decay: float = 0.1,
-    warmup: int = 50,
-    clip: float = 1.0,
-    seed: int = 0,
-    eval_every: int = 100,
-    eval_examples: int = 256,
     eval_task: Task | None = None,
-    time_budget_s: float | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
     prefix_mask: bool = False,
     callback: Callable[[dict[str, float]], None] | None = None,
-    compile: bool = False,
+    **legacy: Any,
 ) -> TrainResult:
-    """Train ``model`` (a ``HybridLM``-like ``ids -> (logits, state)`` module) on ``task``.
+    """Train ``model`` (a ``HybridLM``-like ``ids -> (logits [B, T, V], state)`` module) on ``task`` as
+    ``config`` (a :class:`TrainConfig`; None: its defaults) says: ``train(model, task, TrainConfig(steps=500))``.
 
-    Batch ``i`` is ``task.sample(batch_size, seed * 1_000_003 + i)``; evaluation uses disjoint seeds.
+    Batch ``i`` is ``task.sample(batch_size, seed * 1_000_003 + i)``: ids and labels ``[batch_size, T]``, the
+    loss and accuracy counted at answer positions only (labels != -100); evaluation (``eval_examples`` fresh
+    examples of ``eval_task or task`` every ``eval_every`` steps and after the last) uses disjoint seeds.
     Stops after ``steps`` or when ``time_budget_s`` of wall-clock training is spent (evaluation excluded),
     whichever comes first; the learning-rate schedule is laid out over ``steps``. ``prefix_mask`` gives SKA
-    mixers the prefix mask (context writes, queries only read) in training and evaluation.
+    mixers the prefix mask (context writes, queries only read) in training and evaluation. ``callback`` gets
+    each evaluation's record (step, loss, acc, time_s, eval_acc).
     ``compile=True`` trains through ``torch.compile(model, fullgraph=True)`` (evaluation stays eager): the
     first steps pay the compile time (about a minute on a CPU for the lab-scale models), so it pays only on
     long runs (``docs/results.md``, "torch.compile"); ``time_s`` includes it.
+    The old keyword style (``train(model, task, steps=...)``) raises :class:`BadArgumentError`.
     Returns a :class:`TrainResult` with the loss/accuracy history and the evaluations.
     """
-    _check_train_args(task, steps, batch_size, lr, warmup, eval_every, time_budget_s, compile)
+    cfg = _config_of(task, config, legacy)
     device = torch.device(device) if device is not None else default_device()
     model.to(device).train()
-    cfg = TrainConfig(steps, batch_size, lr, weight_decay, warmup, clip, seed, eval_every, eval_examples, time_budget_s,
-                      compile)
-    fwd = torch.compile(model, fullgraph=True) if compile else model
+    fwd = torch.compile(model, fullgraph=True) if cfg.compile else model
     res = TrainResult(config=asdict(cfg), task=task.describe())
-    opt = make_optimizer(model, lr, weight_decay)
-    bar = progress_bar(steps, f"train {task.name}", progress)
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
+    bar = progress_bar(cfg.steps, f"train {task.name}", progress)
     spent = 0.0
-    for i in range(steps):
+    for i in range(cfg.steps):
         t0 = time.perf_counter()
         for group in opt.param_groups:
-            group["lr"] = lr_at(i, lr, warmup, steps)
-        x, y = task.sample(batch_size, seed * 1_000_003 + i)
+            group["lr"] = lr_at(i, cfg.lr, cfg.warmup, cfg.steps)
+        x, y = task.sample(cfg.batch_size, cfg.seed * 1_000_003 + i)
         x, y = x.to(device), y.to(device)
-        if compile:
+        if cfg.compile:
             x, y = pad_for_compile(x, y)
-        loss, acc = train_step(model, fwd, opt, x, y, prefix_mask, clip)
+        loss, acc = train_step(model, fwd, opt, x, y, prefix_mask, cfg.clip)
         spent += time.perf_counter() - t0
         rec = {"step": i + 1, "loss": loss, "acc": acc, "time_s": spent}
         res.history.append(rec)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{acc:.2f}")
-        last = i + 1 == steps or (time_budget_s is not None and spent >= time_budget_s)
-        if (i + 1) % eval_every == 0 or last:
-            ev = evaluate(model, eval_task or task, eval_examples, device=device, prefix_mask=prefix_mask)
+        last = i + 1 == cfg.steps or (cfg.time_budget_s is not None and spent >= cfg.time_budget_s)
+        if (i + 1) % cfg.eval_every == 0 or last:
+            ev = evaluate(model, eval_task or task, cfg.eval_examples, device=device, prefix_mask=prefix_mask)
             res.evals.append({"step": i + 1, "eval_acc": ev, "time_s": spent})
             if callback is not None:
                 callback({**rec, "eval_acc": ev})
@@ -233,4 +267,3 @@ def train(
     res.steps_done, res.time_s = len(res.history), spent
     model.eval()
     return res
-
