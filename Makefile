@@ -99,7 +99,7 @@ cliff:
 # The power-order table of lab 04 (K = 0, 1, 2 x 5 seeds at the lab scale, one thread per process).
 # Seed 0 of K=0 and K=2 then ships as the ssm+ridge and echo-k2 checkpoints.
 kpower:
-	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor ablate --scale lab --seeds 5 --threads 1 --save-models --out-dir runs/kpower
+	OMP_NUM_THREADS=1 $(VENV)/bin/echo-tutor ablate --scale lab --seeds 0 1 2 3 4 --threads 1 --save-models --out-dir runs/kpower
 	cp runs/kpower/ablation.json echo_tutor/pretrained/results_kpower.json
 	$(PY) scripts/pack_checkpoints.py --ablation runs/kpower echo_tutor/pretrained
 

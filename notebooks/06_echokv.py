@@ -32,7 +32,7 @@
 # |---|---|---|
 # | unit kept | a *slot* = (layer, KV head, K or V); the *kept fraction* of the cache's bytes | `ratio`, `key_ratio` |
 # | which slots | greedy by held-out ridge R^2; or fixed pattern; or random | `method` |
-# | rebuild from | retained slots of the same kind in layers `l - window .. l + window` | `window` |
+# | rebuild from | retained slots of the same kind in layers `l - layer_window .. l + layer_window` | `layer_window` |
 # | map | ridge in closed form (stage 1); + low-rank MLP, distilled with KL (stage 2) | `rank` |
 # | RoPE | maps fitted on **pre-RoPE** keys, RoPE re-applied at the token's position | (ablation in 5) |
 #
@@ -68,7 +68,7 @@ torch.set_grad_enabled(False)
 # FAST: small calibration and evaluation sets (a few CPU minutes); full: the sizes of `echo-tutor echokv`
 CALIB = dict(n=8, length=256) if FAST else dict(n=32, length=512)
 EVAL = dict(n=4, ctx=256, cont=64) if FAST else dict(n=24, ctx=512, cont=128)
-WINDOW, KEY_RATIO = 2, light_keys(0.5)   # window 2, K 0.25 / V 0.75 at kept fraction 0.5: the shipped run's setting
+LAYER_WINDOW, KEY_RATIO = 2, light_keys(0.5)   # 2 layers each side, K 0.25 / V 0.75 at kept fraction 0.5: the shipped run's setting
 print(f"FAST={FAST}  solutions={'on' if labs.SOLUTIONS else 'off'}  threads={torch.get_num_threads()}")
 
 t0 = time.time()
@@ -228,7 +228,7 @@ assert rel < 0.6
 # ## 4. Which slots to keep, and how well the rest come back
 #
 # `fit_reconstructor` picks the slots (greedy: keep the slot that most raises the summed held-out R^2 of all
-# slots, a kept slot counting 1 and a discarded one scoring its ridge map from the kept slots in its window)
+# slots, a kept slot counting 1 and a discarded one scoring its ridge map from the kept slots in its layer window)
 # and fits every map. The budget is split between the kinds by `light_keys`: at a kept fraction `ratio`,
 # keys, the easier kind to rebuild, keep a fraction `max(ratio/2, 2 ratio - 1)` of their slots and values
 # the rest, so at 0.75 every V slot is kept (the line under the slider says how many of each kind are kept).
@@ -238,7 +238,7 @@ assert rel < 0.6
 # %%
 RATIOS = [0.25, 0.5, 0.75]
 t0 = time.time()
-recs = {r: fit_reconstructor(cap, r, window=WINDOW, key_ratio=light_keys(r),
+recs = {r: fit_reconstructor(cap, r, layer_window=LAYER_WINDOW, key_ratio=light_keys(r),
                              moments=moments) for r in RATIOS}
 errs = {r: slot_errors(rec, held_cap) for r, rec in recs.items()}
 print(f"fitted {len(RATIOS)} ratios in {time.time() - t0:.1f} s")
@@ -313,7 +313,7 @@ lab06.check_choose_kept(choose_kept)
 
 # %% [markdown]
 # Now on SmolLM2, at half the bytes. One pool of 180 slots (the 90 K slots, then the 90 V slots), the atlas's
-# R^2 within each kind and within `WINDOW` layers (the reconstructor's reach; `-inf` elsewhere), every slot
+# R^2 within each kind and within `LAYER_WINDOW` layers (the reconstructor's reach; `-inf` elsewhere), every slot
 # 64 float16 numbers per token. Your greedy decides the K/V split itself. The project's (`recs[0.5]` above)
 # fixes the split (`light_keys`: K 0.25, V 0.75) and scores by multi-slot R^2; random slots with the
 # project's split are the floor. All three get ridge maps fitted the same way
@@ -323,7 +323,7 @@ lab06.check_choose_kept(choose_kept)
 # %%
 S = L * H
 layer_of = torch.arange(S) // H
-reach = (layer_of[:, None] - layer_of[None, :]).abs() <= WINDOW
+reach = (layer_of[:, None] - layer_of[None, :]).abs() <= LAYER_WINDOW
 pool_r2 = torch.full((2 * S, 2 * S), float("-inf"), dtype=torch.float64)
 for i, kind in enumerate(("K", "V")):
     pool_r2[i * S:(i + 1) * S, i * S:(i + 1) * S] = atlas[kind]["r2"].double().masked_fill(~reach, float("-inf"))
@@ -331,8 +331,8 @@ slot_bytes = torch.full((2 * S,), 2.0 * D, dtype=torch.float64)   # one slot: D 
 t0 = time.time()
 order = choose_kept(pool_r2, slot_bytes, 0.5 * float(slot_bytes.sum()))
 my_kept = {"K": sorted(s for s in order if s < S), "V": sorted(s - S for s in order if s >= S)}
-rec_mine = fit_reconstructor(cap, 0.5, window=WINDOW, kept=my_kept, moments=moments)
-rec_random = fit_reconstructor(cap, 0.5, window=WINDOW, key_ratio=KEY_RATIO, method="random", moments=moments)
+rec_mine = fit_reconstructor(cap, 0.5, layer_window=LAYER_WINDOW, kept=my_kept, moments=moments)
+rec_random = fit_reconstructor(cap, 0.5, layer_window=LAYER_WINDOW, key_ratio=KEY_RATIO, method="random", moments=moments)
 print(f"your choice and the maps in {time.time() - t0:.1f} s; kept first: "
       + " ".join(f"{'K' if s < S else 'V'}{s % S // H}.{s % H}" for s in order[:8]) + " ... (kind, layer.head)")
 
@@ -360,7 +360,7 @@ assert all(abs(rec.fraction_kept() - 0.5) < 1e-9 for rec in choices.values()), "
 # %% [markdown]
 # Read the three lines before section 6 adds perplexity. Your greedy maximises its own objective step by
 # step (compare its score with the other two), but the objective is a proxy: the maps actually fitted use
-# *every* kept slot in the window, not the best single one, and what matters in the end is the model's next
+# *every* kept slot in the layer window, not the best single one, and what matters in the end is the model's next
 # token, not R^2. **Write a paragraph** (it is graded; the rubric is in the instructor's guide): why can a
 # greedy choice by rebuild quality fail? Think of two heads that are near-copies of each other, of a head
 # that only a combination of two others predicts, and of keys against values (which kind did your greedy
@@ -375,7 +375,7 @@ assert all(abs(rec.fraction_kept() - 0.5) < 1e-9 for rec in choices.values()), "
 
 # %%
 t0 = time.time()
-rope_ab = pre_vs_post_rope(model, cap, held_cap, 0.5, window=WINDOW, key_ratio=KEY_RATIO, moments=moments)
+rope_ab = pre_vs_post_rope(model, cap, held_cap, 0.5, layer_window=LAYER_WINDOW, key_ratio=KEY_RATIO, moments=moments)
 print(f"RoPE ablation in {time.time() - t0:.1f} s")
 fig = go.Figure()
 for name, e in rope_ab.items():
@@ -459,7 +459,7 @@ assert live["EchoKV-lite ridge (greedy)"]["ppl"] < live["random-drop (mean)"]["p
 # The full-size run (`echo-tutor echokv`, shipped with the package: 32 calibration windows of 512
 # tokens, 24 held-out windows of 512 + 128 tokens, stage 2 included). The table: every method at 50% of
 # the bytes (KIVI at its own sizes); the plot: every kept fraction the run measured (0.25, 0.5, 0.75;
-# stage 2 and the window / K-V ablations at 0.5 only). Hover a point for its method.
+# stage 2 and the layer-window / K-V ablations at 0.5 only). Hover a point for its method.
 #
 # Two curves do not fall as the bytes grow (the cell prints them): random slot dropping is worse with 50% of
 # the bytes than with 25%, and per-head SVD hardly moves from 25% to 50%. Each of their points is one
@@ -507,7 +507,7 @@ for fam in ("random-drop", "per-head SVD"):  # one configuration per point (see 
 
 # %%
 steps = 4 if FAST else 60
-stage2 = fit_reconstructor(cap, 0.5, window=WINDOW, key_ratio=KEY_RATIO, rank=16, moments=moments)
+stage2 = fit_reconstructor(cap, 0.5, layer_window=LAYER_WINDOW, key_ratio=KEY_RATIO, rank=16, moments=moments)
 dis_ids = text_windows(tok, cal_text, EVAL["ctx"] + EVAL["cont"], 8)
 t0 = time.time()
 with torch.enable_grad():
@@ -624,7 +624,7 @@ print(f"from {CONTEXTS[0]} to {CONTEXTS[1]} tokens of context the time per token
 # in perplexity against the full cache), so read the answers there:
 # - does the choice of slots matter? greedy, a fixed pattern and random slots (all with ridge maps) at
 #   every kept fraction, with StreamingLLM beside them;
-# - does the reconstruction window matter? 1 layer each side against 2, both with equal K/V budgets;
+# - does the layer window matter? 1 layer each side against 2, both with equal K/V budgets;
 # - does giving keys fewer slots (`light_keys`) beat equal K/V budgets?
 # - how large must a difference be to mean something over this many windows? Stage 2 against
 #   StreamingLLM is compared window by window; a gap that this paired test cannot resolve says little,
@@ -663,9 +663,10 @@ for ratio in cfg["ratios"]:
     print(f"  {ratio:.0%} of the bytes: greedy {d['greedy']:+.2f}, fixed {d['fixed']:+.2f}, random {d['random']:+.2f} "
           f"(best: {min(d, key=d.get)}); StreamingLLM {st:+.2f}, "
           f"{'beaten by the best slot choice' if min(d.values()) < st else 'ahead of every slot choice'}")
-w1, w2 = at("window 1, equal K/V"), at(f"window {cfg['window']}, equal K/V")
-print(f"window (equal K/V budgets, 50%): 1 layer each side {w1['delta_ppl']:+.2f}, {cfg['window']} layers {w2['delta_ppl']:+.2f}")
-print(f"K/V split (window {cfg['window']}, 50%): keys get {light_keys(0.5):.0%} of their slots {ridge['delta_ppl']:+.2f}, "
+lw = cfg.get("layer_window", cfg.get("window"))  # files shipped before the rename call it "window"
+w1, w2 = at("window 1, equal K/V"), at(f"window {lw}, equal K/V")  # the rows' names: "window <n>" = layers
+print(f"layer window (equal K/V budgets, 50%): 1 layer each side {w1['delta_ppl']:+.2f}, {lw} layers {w2['delta_ppl']:+.2f}")
+print(f"K/V split (layer window {lw}, 50%): keys get {light_keys(0.5):.0%} of their slots {ridge['delta_ppl']:+.2f}, "
       f"equal budgets {w2['delta_ppl']:+.2f}")
 gap, split_gap = abs(stream["ppl"] - s2["ppl"]), abs(ridge["ppl"] - w2["ppl"])
 print(f"yardstick: stage 2 and StreamingLLM differ by {gap:.2f} perplexity in aggregate, "

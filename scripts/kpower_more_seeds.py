@@ -30,8 +30,7 @@ def main() -> None:
     torch.set_num_threads(1)
     out = pathlib.Path(args.out_dir)
     recipe = ablation.RECIPES["ablation/lab"]
-    specs = [s for s in ablation.cells(dataclasses.replace(recipe, seeds=max(args.seeds) + 1), out)
-             if s["seed"] in args.seeds]
+    specs = ablation.cells(dataclasses.replace(recipe, seeds=tuple(args.seeds)), out)
     grid = run_grid(specs, ablation.ablation_cell, out, progress=True)
     new, _ = ablation.summarize(recipe, grid)
     shipped = results("kpower")

@@ -37,7 +37,7 @@ def pack_ablation(src: pathlib.Path, dst: pathlib.Path) -> None:
         model.save(out, dtype=torch.float16)
         meta = {"preset": name, "scale": "lab", "task": "LAB_RECIPE task (echo_tutor.models)", "steps": rec["steps"],
                 "time_s": rec["train_seconds"], "final_eval": rec["acc"], "evals": rec["evals"], "seed": 0,
-                "argv": cmd or ["ablate", "--scale", "lab", "--seeds", "3", "--save-models"],
+                "argv": cmd or ["ablate", "--scale", "lab", "--seeds", "0", "1", "2", "--save-models"],
                 "note": "seed 0 of the lab-scale power-order runs (lab 03, section 10)"}
         out.with_suffix(".json").write_text(json.dumps(meta, indent=1))
         print(f"packed {name}: {out.stat().st_size / 1e6:.2f} MB")

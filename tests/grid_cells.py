@@ -6,9 +6,12 @@ tests put this directory on the workers' PYTHONPATH.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
+
+from echo_tutor.grid import Cell
 
 # In-process bookkeeping for the local executor (Ray workers have their own copies).
 CALLS: list[dict] = []  # every spec seed_cell / flaky_cell was called with
@@ -41,3 +44,21 @@ def flaky_cell(spec: dict) -> dict:
 
 def not_a_dict_cell(spec: dict) -> float:
     return 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ToyCell(Cell):
+    """A typed cell for the tests: one seed, an optional scale (added "later": older records lack it)."""
+
+    experiment = "toy"
+    seed: int
+    scale: float = 1.0
+    sizes: list = dataclasses.field(default_factory=lambda: [4])
+
+
+def toy_cell(cell: ToyCell) -> dict:
+    """Gets the typed cell itself; a deterministic function of its fields."""
+    assert isinstance(cell, ToyCell), type(cell)
+    CALLS.append(cell.spec())
+    gen = torch.Generator().manual_seed(cell.seed)
+    return {"y": float(torch.randn(cell.sizes[0], generator=gen, dtype=torch.float64).sum() * cell.scale)}

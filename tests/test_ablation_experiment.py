@@ -17,11 +17,11 @@ CFGS = [("K=0", 0, True, False), ("K=2, prefix mask", 2, True, True)]
 def small(**kw):
     """ablation/small on tiny models, MQAR-gap only, two steps."""
     return ablation.RECIPES["ablation/small"].only(tasks=["mqar_gap"]), dict(
-        dict(seeds=1, steps=2, configs=CFGS, model_overrides=TINY, progress=False), **kw)
+        dict(seeds=(0,), steps=2, configs=CFGS, model_overrides=TINY, progress=False), **kw)
 
 
 def test_ablation_table(tmp_path):
-    recipe, kw = small(seeds=2)
+    recipe, kw = small(seeds=(0, 1))
     recs = ablation.run(recipe, tmp_path, **kw)
     assert len(recs) == 4 and {r["config"] for r in recs} == {"K=0", "K=2, prefix mask"}
     table = (tmp_path / "ablation.md").read_text()
@@ -30,7 +30,7 @@ def test_ablation_table(tmp_path):
 
 @pytest.mark.slow  # more than 20 s on 2 cores
 def test_lab_ablation_records_and_saved_models(tmp_path):
-    recs = ablation.run("ablation/lab", tmp_path, seeds=1, steps=2, progress=False, save_models=True)
+    recs = ablation.run("ablation/lab", tmp_path, seeds=(0,), steps=2, progress=False, save_models=True)
     assert [r["power_steps"] for r in recs] == [0, 1, 2]
     assert all("acc_16pairs_gap1024" in r and "bound_wrong_8pairs_gap256" in r for r in recs)
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["K0_seed0.pt", "K1_seed0.pt", "K2_seed0.pt"]
@@ -80,7 +80,7 @@ def _failing_for_seed(seed):
 
 
 def test_failed_cell_is_raised_after_the_rest_is_written(tmp_path, monkeypatch):
-    recipe, kw = small(seeds=2, configs=[("K=1", 1, True, False)])
+    recipe, kw = small(seeds=(0, 1), configs=[("K=1", 1, True, False)])
     monkeypatch.setattr(ablation, "train", _failing_for_seed(1))
     with pytest.raises(GridError) as e:
         ablation.run(recipe, tmp_path, **kw)

@@ -127,3 +127,24 @@ def test_the_reader_sees_every_kind_of_import():
     assert got == {("models",), ("tasks",), ("ska",), ("train", "loop"), ("echo_kernels",)}
     got = _imports(PKG / "tasks" / "__init__.py", "from .probe import x\n")
     assert got == {("tasks", "probe")}
+
+
+def test_recipes_and_configs_use_the_glossarys_names():
+    """"Names, one per concept": no recipe of the registry, nor TrainConfig, has a field the glossary's "not"
+    column retires, and every ``seeds`` field is a tuple of seeds (a count is ``len(seeds)``)."""
+    import dataclasses
+
+    from echo_tutor.experiments.registry import RECIPES
+    from echo_tutor.train import TrainConfig
+
+    retired = {"examples", "seconds", "minutes", "budget", "n_seeds", "K", "power", "order", "n_eval", "window_layers"}
+    assert "Names, one per concept" in DOC
+    classes = {type(r) for r in RECIPES.values()} | {TrainConfig}
+    for cls in classes:
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert not names & retired, f"{cls.__name__} has retired field name(s) {sorted(names & retired)}"
+    for name, recipe in RECIPES.items():
+        seeds = getattr(recipe, "seeds", ())
+        assert isinstance(seeds, tuple) and all(isinstance(s, int) for s in seeds), f"{name}: seeds {seeds!r}"
+        if "echokv" in name:
+            assert not hasattr(recipe, "window"), f"{name}: EchoKV's layer neighbourhood is layer_window"

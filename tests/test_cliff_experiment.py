@@ -10,7 +10,7 @@ from echo_tutor.pretrained import available
 
 
 def test_cliff_on_two_shipped_models(tmp_path):
-    recs = cliff.run("cliff/lab", tmp_path, progress=False, examples=4, presets=["echo", "ssm+swa"], pairs=[2],
+    recs = cliff.run("cliff/lab", tmp_path, progress=False, eval_examples=4, presets=["echo", "ssm+swa"], pairs=[2],
                      gaps=[8, 300])
     assert [(r["preset"], r["pairs"], r["gap"]) for r in recs] == [("echo", 2, 8), ("echo", 2, 300), ("ssm+swa", 2, 8), ("ssm+swa", 2, 300)]
     assert all(0 <= r["acc"] <= 1 and r["state_bytes"] > 0 for r in recs)
@@ -25,7 +25,7 @@ def test_cliff_on_two_shipped_models(tmp_path):
 def test_decode_recipe_reads_ska_token_by_token_and_fills_the_chunk_blind_spot(tmp_path):
     """In chunk mode the shipped echo is blind when the whole prompt sits in SKA's first chunk; read token by
     token (cliff/lab-decode, as model.step decodes) the same weights recall there. as_decoded swaps only echo."""
-    kw = dict(progress=False, examples=8, pairs=[4], gaps=[0])
+    kw = dict(progress=False, eval_examples=8, pairs=[4], gaps=[0])
     chunk = cliff.run("cliff/lab", tmp_path / "chunk", presets=["echo", "ssm"], **kw)
     token = cliff.run("cliff/lab-decode", tmp_path / "token", **kw)
     assert token[0]["ska_mode"] == "token" and "ska_mode" not in chunk[0]
@@ -47,7 +47,7 @@ def test_a_failing_cell_is_listed_and_the_others_are_written(tmp_path, monkeypat
         return real(model, task, *args, **kwargs)
 
     monkeypatch.setattr(cliff, "recall_breakdown", breakdown)
-    kw = dict(examples=4, presets=[preset], pairs=[2], gaps=[8, 16], progress=False)
+    kw = dict(eval_examples=4, presets=[preset], pairs=[2], gaps=[8, 16], progress=False)
     with pytest.raises(GridError, match="gap 16 is cursed") as e:
         cliff.run("cliff/lab", tmp_path, **kw)
     assert [r["spec"]["task"]["gap"] for r in e.value.failed] == [16]

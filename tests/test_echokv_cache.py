@@ -183,6 +183,22 @@ def test_cli_echokv_rejects_bad_flags(capsys):
     assert e.value.code == 2
 
 
+def test_paired_difference_is_the_packages_paired_ci():
+    """One interval rule: paired_difference's interval is ``stats.paired_ci`` of the per-window NLLs (the
+    bootstrap at 24 windows, as shipped; Student's t below 10), and its other keys follow from the same numbers."""
+    from echo_tutor.stats import N_BOOT, paired_ci
+
+    assert N_BOOT == 10_000
+    g = torch.Generator().manual_seed(5)
+    for n in (24, 5):
+        a, b = ((2 + torch.rand(n, generator=g, dtype=torch.float64)).tolist() for _ in range(2))
+        got = paired_difference({"x": {"window_nll": a}, "y": {"window_nll": b}}, "x", "y")
+        m, lo, hi = paired_ci(a, b)
+        assert list(got) == ["a", "b", "mean_nll_diff", "ci95", "windows", "a_better_windows"]
+        assert got["mean_nll_diff"] == m and got["ci95"] == [lo, hi] and lo < m < hi
+        assert got["windows"] == n and got["a_better_windows"] == sum(x < y for x, y in zip(a, b))
+
+
 class _Tok:
     def __call__(self, text, return_tensors=None):
         return type("Enc", (), {"input_ids": torch.arange(len(text.split()))[None]})()
@@ -191,7 +207,7 @@ class _Tok:
 def test_more_bad_arguments_name_themselves(tiny, rec, data):
     cap = data[2]
     cases = [
-        (lambda: select_slots(cap, 0.5, window=-2), "window"),
+        (lambda: select_slots(cap, 0.5, layer_window=-2), "layer_window must be"),
         (lambda: B.kivi(2, group=0), "group"),
         (lambda: B.kivi(2, residual=-1), "residual"),
         (lambda: B.streaming_llm(0, 0.5), "ctx_len"),

@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 def test_recipes_check_their_fields():
     for bad, match in ((dict(ratios=(0.5, 1.5)), "ratios must be"), (dict(ratios=()), "ratios must be"),
                        (dict(stage2_steps=-1), "stage2_steps"), (dict(model="gpt2"), "model must be one of"),
-                       (dict(window=0), "window"), (dict(scale="lab"), "scale must be 'smollm2'")):
+                       (dict(layer_window=0), "layer_window must be"), (dict(scale="lab"), "scale must be 'smollm2'")):
         with pytest.raises(ValueError, match=match):
             E.EchoKVRecipe("x", "x", **bad)
     assert E.RECIPES["echokv/full"].stage2_ratio == 0.5

@@ -164,13 +164,13 @@ def test_selection_budgets_and_methods(data):
 
 def test_greedy_keeps_one_of_each_predictable_pair():
     cap = _toy_capture(noise=0.01)
-    kept = select_slots(cap, 0.5, window=0)            # 3 of 6 K slots: one per layer is enough
+    kept = select_slots(cap, 0.5, layer_window=0)      # 3 of 6 K slots: one per layer is enough
     assert sorted(s // 2 for s in kept["K"]) == [0, 1, 2]
 
 
 def test_ridge_reconstructor_matches_lstsq():
     cap = _toy_capture(noise=0.01)
-    rec = fit_reconstructor(cap, 0.5, kept={"K": [0, 2, 4], "V": [1, 3, 5]}, window=0, lam=1e-9)
+    rec = fit_reconstructor(cap, 0.5, kept={"K": [0, 2, 4], "V": [1, 3, 5]}, layer_window=0, lam=1e-9)
     X = cap.slots("K").double()
     Z = torch.cat([X[0], torch.ones(X.shape[1], 1, dtype=X.dtype)], 1)
     W = torch.linalg.lstsq(Z, X[1]).solution
@@ -180,13 +180,13 @@ def test_ridge_reconstructor_matches_lstsq():
     assert err["K"]["rel_err"].shape == (3, 2)
     assert (err["K"]["rel_err"][:, 0] == 0).all() and (err["K"]["rel_err"][:, 1] < 0.05).all()
     # the MLP branch starts at zero: rank > 0 gives the same output as the ridge map
-    rec_mlp = fit_reconstructor(cap, 0.5, kept=rec.kept, window=0, lam=1e-9, rank=4)
+    rec_mlp = fit_reconstructor(cap, 0.5, kept=rec.kept, layer_window=0, lam=1e-9, rank=4)
     torch.testing.assert_close(rec_mlp.rebuild("K", 1, {0: cap.slots("K")[0]}), got)
 
 
 def test_bad_reconstructor_arguments(data):
-    with pytest.raises(ValueError, match="window"):
-        fit_reconstructor(data[2], 0.5, window=-1)
+    with pytest.raises(ValueError, match="layer_window must be"):
+        fit_reconstructor(data[2], 0.5, layer_window=-1)
     with pytest.raises(ValueError, match="rank"):
         fit_reconstructor(data[2], 0.5, rank=1.5)
 

@@ -87,7 +87,7 @@ def test_run_grid_validates_arguments(tmp_path):
     cell = grid_cells.seed_cell
     cases = [
         (dict(specs={"seed": 0}), "specs must be a list"),
-        (dict(specs=[{"seed": 0}, 3]), r"specs\[1\] must be a dict"),
+        (dict(specs=[{"seed": 0}, 3]), r"specs\[1\] must be a Cell or a dict"),
         (dict(specs=[{"seed": 0}, {"seed": 1}, {"seed": 0}]), r"specs\[2\] duplicates specs\[0\]"),
         (dict(specs=specs, options={"executor": "ray"}), "options must be a GridOptions"),
         (dict(specs=specs, describe="acc"), "describe must be callable"),
@@ -294,3 +294,39 @@ def test_ray_grid_killed_and_resumed(tmp_path, ray_local):
     reference = run_grid(specs, grid_cells.seed_cell, tmp_path / "uninterrupted", progress=False)
     assert _strip(records) == _strip(reference)
 
+
+
+# ------------------------------------------------------------------------------------------- typed cells
+def test_typed_cells_reach_fn_as_themselves_and_record_their_spec(tmp_path):
+    grid_cells.CALLS.clear()
+    cells = [grid_cells.ToyCell(0), grid_cells.ToyCell(1, scale=2.0, sizes=(3,))]
+    assert cells[1].sizes == [3]  # a tuple is kept as the list JSON reads back
+    recs = run_grid(cells, grid_cells.toy_cell, tmp_path, progress=False)
+    assert [r["spec"] for r in recs] == [{"experiment": "toy", "seed": 0, "scale": 1.0, "sizes": [4]},
+                                         {"experiment": "toy", "seed": 1, "scale": 2.0, "sizes": [3]}]
+    assert [r["spec_hash"] for r in recs] == [c.key for c in cells]
+    assert grid_cells.ToyCell.from_spec(recs[1]["spec"]) == cells[1]
+    n = len(grid_cells.CALLS)
+    run_grid(cells, grid_cells.toy_cell, tmp_path, progress=False)
+    assert len(grid_cells.CALLS) == n  # resumed: nothing ran again
+
+
+def test_an_older_record_of_a_typed_cell_still_counts(tmp_path):
+    """A record written before the field ``scale`` existed (its spec lacks it) is the record of the cell with
+    the default scale: a rerun does not repeat it; a cell with another scale runs."""
+    grid_cells.CALLS.clear()
+    old = run_grid([{"experiment": "toy", "seed": 3, "sizes": [4]}], lambda s: {"y": -1.0}, tmp_path, progress=False)
+    assert old[0]["spec_hash"] != grid_cells.ToyCell(3).key
+    recs = run_grid([grid_cells.ToyCell(3), grid_cells.ToyCell(3, scale=0.5)], grid_cells.toy_cell, tmp_path,
+                    progress=False)
+    assert recs[0]["result"] == {"y": -1.0}  # the old record
+    assert len(grid_cells.CALLS) == 1 and grid_cells.CALLS[0]["scale"] == 0.5
+
+
+def test_typed_cells_refuse_what_json_cannot_keep():
+    with pytest.raises(ValueError, match="ToyCell.sizes"):
+        grid_cells.ToyCell(0, sizes=[object()])
+    with pytest.raises(ValueError, match="does not have"):
+        grid_cells.ToyCell.from_spec({"experiment": "toy", "seed": 0, "sede": 1})
+    with pytest.raises(ValueError, match="is not a 'toy' cell"):
+        grid_cells.ToyCell.from_spec({"experiment": "cliff", "seed": 0})

@@ -21,7 +21,7 @@ def test_ssm_ridge_is_echo_with_k0():
     assert [s.power_steps for s in ska_mixers(build("synth1m-ssm+ridge"))] == [0, 0]
     assert [s.power_steps for s in ska_mixers(build("synth1m-echo"))] == [2, 2]
     assert build("synth1m-echo").layout == ["mamba2", "mamba2", "ska", "ska"]
-    assert build("synth1m-echo", mixer_kwargs={"ska": {"rank": 8}}).blocks[2].mixer.rank == 8
+    assert build("synth1m-echo", ska_rank=8).blocks[2].mixer.rank == 8
 
 
 def test_every_preset_name_means_one_model():
@@ -193,24 +193,26 @@ def test_two_ska_blocks_with_overrides_each_get_them(tmp_path):
     dict was popped by the first SKA block), and survives save / load."""
     torch.manual_seed(0)
     m = HybridLM(HybridConfig(64, d_model=32, layout="mamba2,ska,ska", n_heads=2,
-                 mixer_kwargs={"ska": {"rank": 8, "power_steps": 0, "chunk_size": 16}}))
+                 ska_rank=8, mixer_kwargs={"ska": {"power_steps": 0, "chunk_size": 16}}))
     skas = [b.mixer for b in m.blocks if isinstance(b.mixer, SpectralKoopmanAttention)]
     assert [(s.rank, s.power_steps, s.chunk_size) for s in skas] == [(8, 0, 16), (8, 0, 16)]
-    assert m.config.mixer_kwargs["ska"]["rank"] == 8  # the config still says so
+    assert m.config.mixer_kwargs["ska"]["chunk_size"] == 16 and m.config.ska_rank == 8  # the config still says so
     back = _round_trip(m, tmp_path)
     assert [b.mixer.rank for b in back.blocks if isinstance(b.mixer, SpectralKoopmanAttention)] == [8, 8]
 
 
 def test_config_is_frozen_and_validated():
-    cfg = HybridConfig(64, d_model=32, layout=["mamba2", "ska"], n_heads=2, mixer_kwargs={"ska": {"rank": 8}})
+    cfg = HybridConfig(64, d_model=32, layout=["mamba2", "ska"], n_heads=2, mixer_kwargs={"ska": {"power_steps": 0}})
     assert cfg.layout == "mamba2,ska" and cfg.mlp_hidden == 13 * 32 // 4
     with pytest.raises(Exception):  # dataclasses.FrozenInstanceError
         cfg.d_model = 64
     with pytest.raises(TypeError):
-        cfg.mixer_kwargs["ska"]["rank"] = 4
+        cfg.mixer_kwargs["ska"]["power_steps"] = 4
     over = cfg.mixer_overrides("ska")
-    over["rank"] = 4  # a copy: the config is unchanged
-    assert cfg.mixer_kwargs["ska"]["rank"] == 8
+    over["power_steps"] = 4  # a copy: the config is unchanged
+    assert cfg.mixer_kwargs["ska"]["power_steps"] == 0
+    with pytest.raises(ValueError, match="ska_rank"):  # one way to set SKA's rank
+        HybridConfig(64, d_model=32, layout="ska", n_heads=2, mixer_kwargs={"ska": {"rank": 8}})
     assert HybridConfig(**cfg.to_dict()) == cfg and HybridLM(cfg).config == cfg
     with pytest.raises(ValueError, match="mixer_kwargs: unknown mixer"):
         HybridConfig(64, mixer_kwargs={"conv": {}})

@@ -11,7 +11,7 @@ TINY = dict(d_model=32, n_heads=4, d_state=8, ska_rank=6)
 
 def test_transfer_writes_both_tables(tmp_path):
     out = transfer.run("transfer/synth1m-fast", tmp_path, progress=False, presets=["synth1m-ssm", "synth1m-echo"],
-                       tasks=["niah", "tool_trace"], seconds=None, steps=2, niah_lengths=[64, 128],
+                       tasks=["niah", "tool_trace"], time_budget_s=None, steps=2, niah_lengths=[64, 128],
                        model_overrides=TINY, eval_examples=16)
     assert {(r["task"], r["preset"]) for r in out["table"]} == {(t, p) for t in ("niah", "tool_trace") for p in ("synth1m-ssm", "synth1m-echo")}
     assert all(r["paper_acc"] is not None and 0 <= r["acc"] <= 1 for r in out["table"])

@@ -139,7 +139,7 @@ def echokv_with_kivi(model, cal_ids: torch.Tensor, ids: torch.Tensor, ctx_len: i
     moments = {k: SlotMoments(cap, k) for k in KINDS}
     methods = [B.kivi(bits)]
     for r in ratios:
-        rec = fit_reconstructor(cap, r, method="greedy", key_ratio=light_keys(r), window=2, moments=moments)
+        rec = fit_reconstructor(cap, r, method="greedy", key_ratio=light_keys(r), layer_window=2, moments=moments)
         e = B.echokv_method(rec, f"echokv-lite ridge, greedy @{r}")
         methods += [e, then(B.kivi(bits), e, f"echokv-lite ridge, greedy @{r} + KIVI {bits}-bit")]
     table = perplexity(model, ids, ctx_len, methods)

@@ -59,7 +59,7 @@ def random_drop(capture: KVCapture, ratio: float, *, fill: str = "mean", seed: i
         raise BadArgumentError(f"fill must be 'mean' or 'zeros', got {fill!r}")
     kept = select_slots(capture, ratio, method="random", seed=seed)
     L, H, W, T, D = capture.keys.shape
-    rec = Reconstructor(ReconstructorSpec(L, H, D, kept, window=-1))  # window -1: no inputs at all
+    rec = Reconstructor(ReconstructorSpec(L, H, D, kept, layer_window=-1))  # -1: no inputs at all
     with torch.no_grad():
         for kind in ("K", "V"):
             means = capture.slots(kind).mean(1)

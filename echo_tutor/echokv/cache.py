@@ -70,7 +70,7 @@ def rebuild_layer(
 
     Returns ``(K, V)``, each [B, H, T, D].
     """
-    H, L, win = rec.spec.n_kv_heads, rec.spec.n_layers, rec.spec.window
+    H, L, lw = rec.spec.n_kv_heads, rec.spec.n_layers, rec.spec.layer_window
     out = []
     for kind in ("K", "V"):
         missing = rec.missing_heads(kind, layer)
@@ -105,7 +105,7 @@ def rebuild_layer(
             continue
         here_pre = undo_rope(here, cos, sin) if kind == "K" else here
         retained: dict[int, torch.Tensor] = {}
-        for l in range(max(0, layer - win), min(L - 1, layer + win) + 1):
+        for l in range(max(0, layer - lw), min(L - 1, layer + lw) + 1):
             x = here if l == layer else get_kept(kind, l)
             if kind == "K":
                 x = here_pre if l == layer else undo_rope(x, cos, sin)

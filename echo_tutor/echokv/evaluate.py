@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import BadArgumentError
+from ..stats import paired_ci
 from .baselines import Method, full_method
 from .cache import simulate
 from .capture import KVCapture, apply_rope, rope_cos_sin
@@ -125,19 +126,18 @@ def perplexity(
     }
 
 
-def paired_difference(table: dict, a: str, b: str, *, n_boot: int = 2000, seed: int = 0) -> dict:
-    """Mean NLL difference ``a - b`` over the same windows with a paired bootstrap 95% interval
-    (negative = ``a`` better). ``table`` is the output of :func:`perplexity`."""
+def paired_difference(table: dict, a: str, b: str) -> dict:
+    """Mean NLL difference ``a - b`` over the same windows and its 95% interval by the package's one rule
+    (:func:`echo_tutor.stats.paired_ci`: the percentile bootstrap from 10 windows, Student's t below), negative =
+    ``a`` better. ``table`` is the output of :func:`perplexity`. Returns ``{"a", "b", "mean_nll_diff", "ci95":
+    [lo, hi], "windows", "a_better_windows"}``."""
     for name in (a, b):
         if name not in table:
             raise BadArgumentError(f"method {name!r} is not in the table (have {sorted(table)})")
-    d = torch.tensor(table[a]["window_nll"], dtype=torch.float64) - torch.tensor(table[b]["window_nll"], dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(d), (n_boot, len(d)), generator=g)
-    boots = d[idx].mean(1)
-    lo, hi = torch.quantile(boots, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return {"a": a, "b": b, "mean_nll_diff": float(d.mean()), "ci95": [lo, hi], "windows": len(d),
-            "a_better_windows": int((d < 0).sum())}
+    a_nll, b_nll = table[a]["window_nll"], table[b]["window_nll"]
+    mean, lo, hi = paired_ci(a_nll, b_nll)
+    return {"a": a, "b": b, "mean_nll_diff": mean, "ci95": [lo, hi], "windows": len(a_nll),
+            "a_better_windows": sum(x < y for x, y in zip(a_nll, b_nll))}
 
 
 @torch.no_grad()
@@ -173,7 +173,8 @@ def pre_vs_post_rope(model, fit_cap: KVCapture, eval_cap: KVCapture, ratio: floa
     (and rotated after) vs maps fitted directly on post-RoPE keys, with the same retained slots.
     Returns ``{"pre": [T], "post": [T]}``."""
     rec_pre = fit_reconstructor(fit_cap, ratio, **kw)
-    rec_post = fit_reconstructor(rotate_capture(model, fit_cap), ratio, kept=rec_pre.kept, window=rec_pre.spec.window)
+    rec_post = fit_reconstructor(rotate_capture(model, fit_cap), ratio, kept=rec_pre.kept,
+                                 layer_window=rec_pre.spec.layer_window)
     return {
         "pre": error_by_position(rec_pre, model, eval_cap, "K"),
         "post": error_by_position(rec_post, model, rotate_capture(model, eval_cap), "K"),

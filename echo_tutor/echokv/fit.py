@@ -24,7 +24,7 @@ def fit_reconstructor(
     *,
     method: str = "greedy",
     key_ratio: float | None = None,
-    window: int = 2,
+    layer_window: int = 2,
     rank: int = 0,
     lam: float = 1e-3,
     seed: int = 0,
@@ -33,17 +33,19 @@ def fit_reconstructor(
 ) -> Reconstructor:
     """Select slots (unless ``kept`` is given) and fit ridge reconstructors in closed form.
 
-    ``rank > 0`` adds the low-rank MLP branch (starting at zero; train it with :func:`train_mlp` or
-    stage 2, :func:`echo_tutor.echokv.distill`)."""
+    ``layer_window``: a discarded slot is rebuilt from the kept slots of its kind within this many
+    layers on each side (in layers, not tokens). ``rank > 0`` adds the low-rank MLP branch (starting at zero;
+    train it with :func:`train_mlp` or stage 2, :func:`echo_tutor.echokv.distill`)."""
     L, H, W, T, D = capture.keys.shape
-    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
-        raise BadArgumentError(f"window must be an int >= 0 (layers on each side), got {window!r}")
+    if isinstance(layer_window, bool) or not isinstance(layer_window, int) or layer_window < 0:
+        raise BadArgumentError(f"layer_window must be an int >= 0 (layers on each side), got {layer_window!r}")
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
         raise BadArgumentError(f"rank must be an int >= 0, got {rank!r}")
     moments = moments or {k: SlotMoments(capture, k, lam=lam) for k in KINDS}
     if kept is None:
-        kept = select_slots(capture, ratio, method=method, key_ratio=key_ratio, window=window, seed=seed, moments=moments)
-    spec = ReconstructorSpec(L, H, D, {k: sorted(v) for k, v in kept.items()}, window, rank)
+        kept = select_slots(capture, ratio, method=method, key_ratio=key_ratio, layer_window=layer_window, seed=seed,
+                            moments=moments)
+    spec = ReconstructorSpec(L, H, D, {k: sorted(v) for k, v in kept.items()}, layer_window, rank)
     return Reconstructor(spec).init_ridge(moments)
 
 

@@ -1,9 +1,9 @@
 """EchoKV-lite stage 1, part 2: the reconstructor that rebuilds discarded slots.
 
 * :class:`Reconstructor` -- one map per discarded slot (from the retained slots of the same kind in
-  the layers within ``window``): ridge (closed form, stage 1, :meth:`Reconstructor.init_ridge`) plus
+  the layers within ``layer_window`` layers): ridge (closed form, stage 1, :meth:`Reconstructor.init_ridge`) plus
   an optional low-rank MLP branch with zero-initialised output (so it starts as the ridge map).
-* :class:`ReconstructorSpec` -- its shape: layout, retained slots, window, MLP rank, and the inputs
+* :class:`ReconstructorSpec` -- its shape: layout, retained slots, layer window, MLP rank, and the inputs
   of every discarded slot.
 * :class:`SlotMap` -- the map of one discarded slot.
 
@@ -49,11 +49,15 @@ class SlotMap(nn.Module):
 
 @dataclass
 class ReconstructorSpec:
+    """A reconstructor's shape. ``layer_window``: a discarded slot is rebuilt from the kept slots of its
+    kind within this many layers on each side, in layers (-1: from nothing, only its bias). ``inputs``
+    is filled in by :class:`Reconstructor`."""
+
     n_layers: int
     n_kv_heads: int
     head_dim: int
     kept: dict[str, list[int]]
-    window: int = 2
+    layer_window: int = 2
     rank: int = 0
     inputs: dict[str, dict[int, list[int]]] = field(default_factory=dict)
 
@@ -62,7 +66,7 @@ class Reconstructor(nn.Module):
     """Rebuilds every discarded slot from retained ones.
 
     ``spec.kept[kind]`` lists the retained slots; ``spec.inputs[kind][s]`` the retained slots that
-    feed discarded slot ``s`` (same kind, layers within ``window``). ``forward`` works in pre-RoPE
+    feed discarded slot ``s`` (same kind, layers within ``layer_window`` layers). ``forward`` works in pre-RoPE
     space: it takes the retained slots' vectors and returns the rebuilt ones.
     """
 
@@ -79,7 +83,7 @@ class Reconstructor(nn.Module):
                 if s in kept:
                     continue
                 l = s // H
-                lo, hi = max(0, l - spec.window), min(L - 1, l + spec.window)
+                lo, hi = max(0, l - spec.layer_window), min(L - 1, l + spec.layer_window)
                 ins = [r for r in sorted(kept) if lo <= r // H <= hi]
                 spec.inputs[kind][s] = ins
                 self.maps[f"{kind}{s}"] = SlotMap(len(ins) * D, D, spec.rank)

@@ -2,15 +2,15 @@
 
 Our reconstruction of the method (only the EchoKV abstract is public): keep a fraction of the
 *slots* (layer, KV head, K or V); rebuild every discarded slot from the retained slots of the same
-kind in the same layer and the ``window`` layers on either side. Keys are handled before RoPE.
+kind in the same layer and the ``layer_window`` layers on either side. Keys are handled before RoPE.
 
 * :class:`SlotMoments` -- second moments of the captured slots (fit part and held-out part), from
   which every ridge map and its held-out R^2 follow in closed form.
 * :func:`select_slots` -- which slots to keep for a compression ratio: ``"greedy"`` (add the slot that
   most raises the summed held-out R^2 over all slots, a kept slot counting 1), ``"fixed"`` (evenly
   spaced), ``"random"``. K and V have separate budgets.
-The default window is 2 layers (the design notes suggested 1; on SmolLM2 at 50% of the bytes,
-window 2 cut the perplexity increase from +2.6 to +0.95, see docs/results.md).
+The default ``layer_window`` is 2 layers (the design notes suggested 1; on SmolLM2 at 50% of the bytes,
+a layer window of 2 cut the perplexity increase from +2.6 to +0.95, see docs/results.md).
 
 The maps themselves are in :mod:`echo_tutor.echokv.reconstructor`, fitting them in
 :mod:`echo_tutor.echokv.fit`.
@@ -74,9 +74,10 @@ class SlotMoments:
     def layer(self, slot: int) -> int:
         return slot // self.H
 
-    def window(self, slot: int, window: int) -> list[int]:
+    def neighbours(self, slot: int, layer_window: int) -> list[int]:
+        """The slots of the layers within ``layer_window`` layers of ``slot``'s layer (its own included)."""
         l = self.layer(slot)
-        lo, hi = max(0, l - window), min(self.L - 1, l + window)
+        lo, hi = max(0, l - layer_window), min(self.L - 1, l + layer_window)
         return list(range(lo * self.H, (hi + 1) * self.H))
 
     def _idx(self, slots) -> torch.Tensor:
@@ -161,17 +162,17 @@ def light_keys(ratio: float) -> float:
     return max(ratio / 2, 2 * ratio - 1)
 
 
-def greedy_select(mom: SlotMoments, n_keep: int, window: int = 2) -> list[int]:
+def greedy_select(mom: SlotMoments, n_keep: int, layer_window: int = 2) -> list[int]:
     """Greedy slot selection: repeatedly keep the slot that most raises the summed held-out R^2 of
     all slots (a kept slot counts as 1; a discarded one scores the R^2 of its ridge map from the kept
-    slots in its layer window)."""
+    slots within ``layer_window`` layers of it)."""
     S = mom.n_slots
     kept: set[int] = set()
 
     def score(slot: int, kept_set: set[int]) -> float:
         if slot in kept_set:
             return 1.0
-        return mom.r2(sorted(kept_set.intersection(mom.window(slot, window))), slot)
+        return mom.r2(sorted(kept_set.intersection(mom.neighbours(slot, layer_window))), slot)
 
     while len(kept) < n_keep:
         best, best_gain = None, -float("inf")
@@ -179,7 +180,7 @@ def greedy_select(mom: SlotMoments, n_keep: int, window: int = 2) -> list[int]:
             if c in kept:
                 continue
             trial = kept | {c}
-            affected = mom.window(c, window)  # c's window == the slots whose window holds c
+            affected = mom.neighbours(c, layer_window)  # c's neighbours == the slots whose neighbours hold c
             gain = sum(score(s, trial) - score(s, kept) for s in affected)
             if gain > best_gain + 1e-12:
                 best, best_gain = c, gain
@@ -193,7 +194,7 @@ def select_slots(
     *,
     method: str = "greedy",
     key_ratio: float | None = None,
-    window: int = 2,
+    layer_window: int = 2,
     seed: int = 0,
     moments: dict[str, SlotMoments] | None = None,
     layout: tuple[int, int] | None = None,
@@ -205,7 +206,8 @@ def select_slots(
         ratio: fraction of KV slots (= cache bytes) kept, in (0, 1].
         method: "greedy" | "fixed" | "random".
         key_ratio: fraction of K slots kept (default ``ratio``); V gets the rest of the budget.
-        window: reconstruction window in layers (greedy scores slots with it).
+        layer_window: how many layers on each side of a discarded slot feed its reconstruction, in
+            layers (greedy scores slots with it).
         moments: precomputed ``{"K": SlotMoments, "V": SlotMoments}`` (saves recomputing).
         layout: ``(n_layers, n_kv_heads)`` when no capture is given.
 
@@ -213,8 +215,8 @@ def select_slots(
     """
     if method not in ("greedy", "fixed", "random"):
         raise BadArgumentError(f"method must be 'greedy', 'fixed' or 'random', got {method!r}")
-    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
-        raise BadArgumentError(f"window must be an int >= 0 (layers on each side), got {window!r}")
+    if isinstance(layer_window, bool) or not isinstance(layer_window, int) or layer_window < 0:
+        raise BadArgumentError(f"layer_window must be an int >= 0 (layers on each side), got {layer_window!r}")
     if capture is not None:
         L, H = capture.keys.shape[:2]
     elif layout is not None:
@@ -227,7 +229,7 @@ def select_slots(
         if capture is None and moments is None:
             raise BadArgumentError("method='greedy' needs capture (calibration K/V)")
         moments = moments or {k: SlotMoments(capture, k) for k in KINDS}  # type: ignore[arg-type]
-        return {k: greedy_select(moments[k], n, window) for k, n in (("K", n_k), ("V", n_v))}
+        return {k: greedy_select(moments[k], n, layer_window) for k, n in (("K", n_k), ("V", n_v))}
     if method == "fixed":
         # evenly spaced over the layer-major slot order, V offset by half a step from K
         return {

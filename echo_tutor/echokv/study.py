@@ -13,8 +13,8 @@ __all__ = ["METHOD_FAMILIES", "method_family", "format_table"]
 # colour); the first match wins. One colour per family in lab 06 and the README figure.
 METHOD_FAMILIES: list[tuple[str, str, str]] = [
     ("stage 2", "EchoKV-lite stage 2 (greedy)", "#d62728"),
-    ("window 1, equal K/V", "EchoKV-lite ridge, window 1, equal K/V", "#c49c94"),
-    ("window 2, equal K/V", "EchoKV-lite ridge, window 2, equal K/V", "#e377c2"),
+    ("window 1, equal K/V", "EchoKV-lite ridge, layer window 1, equal K/V", "#c49c94"),
+    ("window 2, equal K/V", "EchoKV-lite ridge, layer window 2, equal K/V", "#e377c2"),
     ("ridge, greedy @", "EchoKV-lite ridge, greedy slots", "#1f77b4"),
     ("ridge, fixed @", "EchoKV-lite ridge, fixed slot pattern", "#17becf"),
     ("ridge, random @", "EchoKV-lite ridge, random slots", "#9467bd"),

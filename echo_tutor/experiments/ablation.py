@@ -28,7 +28,7 @@ from ..grid import GridOptions, run_grid
 from ..models import LAB_RECIPE, build, presets_of
 from ..tasks import Task, make_task
 from ..train import TrainConfig, default_device, evaluate, save_records, train
-from .common import check_names, finish, frozen, lab_task, pick, plain, resolve
+from .common import check_int_list, check_names, finish, frozen, lab_task, pick, plain, resolve
 from .diagnostics import recall_breakdown
 from .command import Command, Option
 
@@ -90,7 +90,7 @@ class AblationRecipe:
     configs: tuple[AblationConfig, ...]
     tasks: Mapping[str, Mapping[str, Any]]
     steps: int
-    seeds: int = 3
+    seeds: tuple[int, ...] = (0, 1, 2)
     eval_every: int | None = None
     eval_examples: int = 256
     model_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -105,7 +105,8 @@ class AblationRecipe:
             raise BadArgumentError(f"tasks must map task names to make_task arguments, got {self.tasks!r}")
         object.__setattr__(self, "tasks", frozen(self.tasks))
         object.__setattr__(self, "model_overrides", frozen(self.model_overrides))
-        for field in ("steps", "seeds", "eval_examples", "batch_size"):
+        object.__setattr__(self, "seeds", check_int_list("seeds", list(self.seeds), 0))
+        for field in ("steps", "eval_examples", "batch_size"):
             check_int(field, getattr(self, field), min_value=1)
         if self.eval_every is not None:
             check_int("eval_every", self.eval_every, min_value=1)
@@ -149,7 +150,7 @@ RECIPES: dict[str, AblationRecipe] = {r.name: r for r in (
 PICK = {("lab", False): "ablation/lab", ("synth1m", True): "ablation/small", ("synth1m", False): "ablation/synth1m"}
 
 COMMAND = Command("ablate", "power-filter ablation: K, spectral norm, prefix mask over seeds", "runs/ablation", (
-    Option("--seeds", "seeds per config (the recipe's: 3)", "positive_int"),
+    Option("--seeds", "the seeds of each config (the recipe's: 0 1 2)", "nonneg_int", nargs="+"),
     Option("--tasks", "a subset of the recipe's tasks (mqar_gap, tool_trace)", nargs="+", to="only"),
     Option("--steps", "training steps (the recipe's)", "positive_int"),
     Option("--powers", "only the configs with these power orders K (e.g. --powers 0 2)", "nonneg_int", nargs="+",
@@ -182,7 +183,7 @@ def cells(recipe: AblationRecipe, save_dir: pathlib.Path | None = None) -> list[
     specs = []
     for tname, targs in recipe.tasks.items():
         for c in recipe.configs:
-            for seed in range(recipe.seeds):
+            for seed in recipe.seeds:
                 save_as = str((save_dir / _model_file(recipe, tname, c, seed)).resolve()) if save_dir else None
                 specs.append({
                     "experiment": "ablation", "probes": recipe.probes, "task": plain(targs), "config": c.name,
@@ -248,7 +249,7 @@ def summarize(recipe: AblationRecipe, grid: list[dict[str, Any]]) -> tuple[list[
                 **{k: v for k, v in r["result"].items() if k not in ("device", "final_loss")}}
                for r in grid if not r["error"]]
     tasks = [kw["name"] for kw in recipe.tasks.values()]
-    lines = ["| config | " + " | ".join(f"{t} acc (mean ± sd, {recipe.seeds} seeds)" for t in tasks) + " |",
+    lines = ["| config | " + " | ".join(f"{t} acc (mean ± sd, {len(recipe.seeds)} seeds)" for t in tasks) + " |",
              "|---|" + "---:|" * len(tasks)]
     for c in recipe.configs:
         row = []
@@ -258,7 +259,7 @@ def summarize(recipe: AblationRecipe, grid: list[dict[str, Any]]) -> tuple[list[
                 row.append("failed")
                 continue
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            partial = f" ({len(accs)}/{recipe.seeds} seeds)" if len(accs) < recipe.seeds else ""  # the others failed
+            partial = f" ({len(accs)}/{len(recipe.seeds)} seeds)" if len(accs) < len(recipe.seeds) else ""  # the others failed
             row.append(f"{statistics.mean(accs):.3f} ± {sd:.3f}{partial}")
         lines.append(f"| {c.name} | " + " | ".join(row) + " |")
     return records, "\n".join(lines)

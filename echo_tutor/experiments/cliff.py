@@ -65,7 +65,7 @@ class CliffRecipe:
     presets: tuple[str, ...] = CLIFF_PRESETS
     pairs: tuple[int, ...] = CLIFF_PAIRS
     gaps: tuple[int, ...] = CLIFF_GAPS
-    examples: int = 64
+    eval_examples: int = 64
     steps: int = 2000
     batch_size: int = 16
     lr: float = 3e-3
@@ -87,7 +87,7 @@ class CliffRecipe:
         object.__setattr__(self, "presets", check_names("presets", list(self.presets), allowed, what))
         object.__setattr__(self, "pairs", check_int_list("pairs", list(self.pairs), 1))
         object.__setattr__(self, "gaps", check_int_list("gaps", list(self.gaps), 0))
-        for field in ("examples", "steps", "batch_size"):
+        for field in ("eval_examples", "steps", "batch_size"):
             check_int(field, getattr(self, field), min_value=1)
         check_positive("lr", self.lr)
 
@@ -100,18 +100,18 @@ RECIPES: dict[str, CliffRecipe] = {r.name: r for r in (
     CliffRecipe("cliff/lab", "the shipped lab-scale checkpoints, 64 examples a point (minutes on a CPU)", "lab",
                 "checkpoint"),
     CliffRecipe("cliff/lab-full", "the shipped lab-scale checkpoints, 512 examples a point", "lab", "checkpoint",
-                examples=512),
+                eval_examples=512),
     CliffRecipe("cliff/lab-decode", "the shipped lab-scale echo read token by token, as it decodes (64 examples a "
                 "point; the other presets read the same either way; 2 pairs added for lab 03's trained SSM cliff)",
                 "lab", "checkpoint", presets=("echo",), pairs=(2, *CLIFF_PAIRS), ska_mode="token"),
     CliffRecipe("cliff/synth1m", "the paper's protocol: a synth1m-size model trained per cell, 2,000 steps (a GPU job)",
                 "synth1m", "train", presets=("synth1m-echo-k1", "synth1m-echo", "synth1m-ssm+attn", "synth1m-ssm"),
-                examples=512),
+                eval_examples=512),
 )}
 PICK = {("lab", True): "cliff/lab", ("lab", False): "cliff/lab-full", ("synth1m", False): "cliff/synth1m"}
 
 COMMAND = Command("cliff", "the memory-cliff grid: accuracy vs KV pairs x gap per preset", "runs/cliff", (
-    Option("--eval-examples", "examples per point (the recipe's)", "positive_int", field="examples"),
+    Option("--eval-examples", "examples per point (the recipe's)", "positive_int"),
     Option("--presets", "presets (the recipe's)", nargs="+"),
     Option("--pairs", "KV pairs (the recipe's)", "positive_int", nargs="+"),
     Option("--gaps", "gaps (the recipe's)", "nonneg_int", nargs="+"),
@@ -132,7 +132,7 @@ def cells(recipe: CliffRecipe) -> list[dict[str, Any]]:
         base = lambda p: {"mode": "train", "scale": recipe.scale, "vocab_size": VOCAB, "steps": recipe.steps,  # noqa: E731
                           "batch_size": recipe.batch_size, "lr": recipe.lr}
     decode = {"ska_mode": "token"} if recipe.ska_mode == "token" else {}  # absent: chunk mode (the shipped specs)
-    return [{"experiment": "cliff", "preset": p, "task": lab_task_args(n, g), "examples": recipe.examples, "seed": 0,
+    return [{"experiment": "cliff", "preset": p, "task": lab_task_args(n, g), "examples": recipe.eval_examples, "seed": 0,
              **base(p), **decode} for p in recipe.presets for n in recipe.pairs for g in recipe.gaps]
 
 
@@ -222,7 +222,7 @@ def run(recipe: str | CliffRecipe = "cliff/lab", out_dir: str | pathlib.Path = "
     """Run a memory-cliff recipe; write ``records.jsonl``, ``cliff.json`` and ``cliff.html`` to ``out_dir``.
 
     ``recipe``: a name of ``RECIPES`` or a :class:`CliffRecipe`; ``overrides`` replace its fields (e.g.
-    ``presets=["echo"], gaps=[64], examples=16``). ``grid``: where the cells run
+    ``presets=["echo"], gaps=[64], eval_examples=16``). ``grid``: where the cells run
     (:class:`~echo_tutor.grid.GridOptions`). Rerunning into the same ``out_dir`` runs only the cells not
     recorded yet; the summary files are rebuilt from the records. Returns :func:`summarize`'s records.
 

@@ -8,9 +8,7 @@ import math
 
 from .stats import paired_ci, verdict
 
-__all__ = ["N_BOOT", "format_summary", "summarize"]
-
-N_BOOT = 2000  # bootstrap resamples behind every interval of the study's summary (the shipped results used it)
+__all__ = ["format_summary", "summarize"]
 
 
 def _mean(xs: list[float]) -> float:
@@ -24,11 +22,11 @@ def summarize(result: dict) -> dict:
     "20%": n}}, "versus": [{a, b, n, dnll, lo, hi, verdict}], "stage2": [{variant, label, n, ppl, ratio, lo, hi,
     stage1_ratio, dnll, dlo, dhi, verdict, kl_before, kl_after}]}``. ``ratio`` is the perplexity over the original
     model's on the same windows, ``lo``/``hi`` its paired 95% interval over windows (``paired_ci``'s rule: the
-    percentile bootstrap from 10 windows, as over the study's 24; Student's t below 10); the budget is
-    the largest swept number of converted layers whose ratio stays within 1.05 (1.20); ``versus`` compares
-    each SKA variant with the window alone and with window + linear at every count (mean NLL difference over
-    the same windows, negative = the SKA variant is better). ``stage2`` rows compare stage 2 with stage 1 of
-    the same variant and layers (``dnll`` = stage 2 minus stage 1, negative = stage 2 helped).
+    percentile bootstrap, ``stats.N_BOOT`` resamples, from 10 windows, as over the study's 24; Student's t below
+    10); the budget is the largest swept number of converted layers whose ratio stays within 1.05 (1.20);
+    ``versus`` compares each SKA variant with the window alone and with window + linear at every count (mean
+    NLL difference over the same windows, negative = the SKA variant is better). ``stage2`` rows compare stage 2
+    with stage 1 of the same variant and layers (``dnll`` = stage 2 minus stage 1, negative = stage 2 helped).
     """
     full = result["full_window_nll"]
     rows, budget, versus = [], {}, []
@@ -36,7 +34,7 @@ def summarize(result: dict) -> dict:
     for v, by_n in sweep.items():
         budget[v] = {"5%": 0, "20%": 0}
         for n, nll in sorted(by_n.items(), key=lambda x: int(x[0])):
-            d, lo, hi = paired_ci(nll, full, n_boot=N_BOOT)
+            d, lo, hi = paired_ci(nll, full)
             ratio = math.exp(d)
             rows.append({"variant": v, "label": result["labels"][v], "n": int(n), "ppl": math.exp(_mean(nll)),
                          "ratio": ratio, "lo": math.exp(lo), "hi": math.exp(hi)})
@@ -51,19 +49,19 @@ def summarize(result: dict) -> dict:
                 continue
             for n in sweep[a]:
                 if n in sweep[b]:
-                    d, lo, hi = paired_ci(sweep[a][n], sweep[b][n], n_boot=N_BOOT)
+                    d, lo, hi = paired_ci(sweep[a][n], sweep[b][n])
                     versus.append({"a": a, "b": b, "n": int(n), "dnll": d, "lo": lo, "hi": hi,
                                    "verdict": verdict(-hi, -lo)})
     stage2 = []
     for v, by_n in result.get("stage2", {}).items():
         for n, r in sorted(by_n.items(), key=lambda x: int(x[0])):
-            d, lo, hi = paired_ci(r["window_nll"], full, n_boot=N_BOOT)
+            d, lo, hi = paired_ci(r["window_nll"], full)
             row = {"variant": v, "label": result["labels"][v], "n": int(n), "ppl": math.exp(_mean(r["window_nll"])),
                    "ratio": math.exp(d), "lo": math.exp(lo), "hi": math.exp(hi), "kl_before": r["kl_before"],
                    "kl_after": r["kl_after"]}
             if n in sweep.get(v, {}):
-                d1, _, _ = paired_ci(sweep[v][n], full, n_boot=N_BOOT)
-                dd, dlo, dhi = paired_ci(r["window_nll"], sweep[v][n], n_boot=N_BOOT)
+                d1, _, _ = paired_ci(sweep[v][n], full)
+                dd, dlo, dhi = paired_ci(r["window_nll"], sweep[v][n])
                 row.update(stage1_ratio=math.exp(d1), dnll=dd, dlo=dlo, dhi=dhi, verdict=verdict(-dhi, -dlo))
             stage2.append(row)
     return {"full_ppl": math.exp(_mean(full)), "rows": rows, "budget": budget, "versus": versus, "stage2": stage2}

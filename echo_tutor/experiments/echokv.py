@@ -17,7 +17,8 @@ Ray; a killed run resumes), each scoring its methods on the same held-out window
 * ``ratio``: EchoKV-lite ridge maps on greedy / fixed / random slots, random slot dropping, per-head SVD,
   cross-layer SVD and StreamingLLM, at one ratio (the greedy slots and their errors are part of the result);
 * ``kivi``: KIVI at 2, 4 and 8 bits (no ratio: its bytes are set by the bits);
-* ``ablation``: the two knobs changed from the design notes (window 1; equal K/V budgets), at the stage-2 ratio;
+* ``ablation``: the two knobs changed from the design notes (a layer window of 1; equal K/V budgets), at the
+  stage-2 ratio;
 * ``stage2``: stage 2 (ridge + low-rank MLP maps distilled against the full cache, the LLM frozen) on the
   greedy slots at the stage-2 ratio (0.5, else the first ratio).
 
@@ -63,7 +64,8 @@ class EchoKVRecipe:
 
     ``calib_windows`` x ``calib_len``: the K/V capture the maps are fitted on; ``eval_windows`` x
     (``ctx_len`` + ``eval_len``): held-out windows, the context compressed, the last ``eval_len`` tokens
-    scored; ``window``: the ridge maps' token window; ``stage2_*``: stage 2's steps, MLP rank, learning rate
+    scored; ``layer_window``: how many layers on each side of a discarded slot feed its maps (in layers, not
+    tokens); ``stage2_*``: stage 2's steps, MLP rank, learning rate
     and calibration windows (``distill_windows``)."""
 
     name: str
@@ -77,15 +79,15 @@ class EchoKVRecipe:
     stage2_steps: int = 100
     stage2_rank: int = 16
     stage2_lr: float = 3e-4
-    window: int = 2
+    layer_window: int = 2
     distill_windows: int = 32
     seed: int = 0
     model: str = "smollm2"
     scale: str = SCALE
 
     def __post_init__(self) -> None:
-        for f in ("calib_windows", "calib_len", "eval_windows", "ctx_len", "eval_len", "stage2_rank", "window",
-                  "distill_windows"):
+        for f in ("calib_windows", "calib_len", "eval_windows", "ctx_len", "eval_len", "stage2_rank",
+                  "layer_window", "distill_windows"):
             check_int(f, getattr(self, f), min_value=1)
         check_int("stage2_steps", self.stage2_steps, min_value=0)
         check_int("seed", self.seed, min_value=0)
@@ -128,7 +130,7 @@ def recipe_for(scale: str = SCALE, fast: bool = False) -> EchoKVRecipe:
 
 def cells(recipe: EchoKVRecipe) -> list[dict[str, Any]]:
     """The grid's cell specs: one ``ratio`` cell per ratio, then ``kivi``, ``ablation`` and ``stage2``."""
-    base = {"experiment": "echokv", "seed": recipe.seed, "window": recipe.window,
+    base = {"experiment": "echokv", "seed": recipe.seed, "layer_window": recipe.layer_window,
             "data": {k: getattr(recipe, k) for k in ("calib_windows", "calib_len", "eval_windows", "ctx_len", "eval_len")}}
     if recipe.model != "smollm2":
         base["data"]["model"] = recipe.model
@@ -156,14 +158,14 @@ def _data(data_json: str):
 
 def _methods(spec: dict[str, Any], model, windows, cap, moments) -> tuple[list, dict[str, Any]]:
     """The methods of one cell, and what else the cell reports."""
-    kind, seed, window, d = spec["kind"], spec["seed"], spec["window"], spec["data"]
+    kind, seed, lw, d = spec["kind"], spec["seed"], spec["layer_window"], spec["data"]
     if kind == "kivi":
         return [B.kivi(b) for b in spec["bits"]], {}
     ratio = spec["ratio"]
     if kind == "ratio":
         methods, extra = [], {}
         for sel in ("greedy", "fixed", "random"):
-            rec = fit_reconstructor(cap, ratio, method=sel, key_ratio=light_keys(ratio), window=window,
+            rec = fit_reconstructor(cap, ratio, method=sel, key_ratio=light_keys(ratio), layer_window=lw,
                                     moments=moments, seed=seed)
             methods.append(B.echokv_method(rec, f"echokv-lite ridge, {sel} @{ratio}"))
             if sel == "greedy":
@@ -174,14 +176,15 @@ def _methods(spec: dict[str, Any], model, windows, cap, moments) -> tuple[list, 
             m.name += f" @{ratio}"
             methods.append(m)
         return methods, extra
-    if kind == "ablation":  # window 1, and the recipe's window, each with equal K/V budgets
-        return [B.echokv_method(fit_reconstructor(cap, ratio, key_ratio=None, window=w, moments=moments),
+    if kind == "ablation":  # a layer window of 1, and the recipe's, each with equal K/V budgets
+        # (the row names keep the shipped results' "window <n>": a layer window, not tokens)
+        return [B.echokv_method(fit_reconstructor(cap, ratio, key_ratio=None, layer_window=w, moments=moments),
                                 f"echokv-lite ridge, greedy, {tag} @{ratio}")
-                for w, tag in ((1, "window 1, equal K/V"), (window, f"window {window}, equal K/V"))], {}
+                for w, tag in ((1, "window 1, equal K/V"), (lw, f"window {lw}, equal K/V"))], {}
     if kind == "stage2":
-        kept = fit_reconstructor(cap, ratio, method="greedy", key_ratio=light_keys(ratio), window=window,
+        kept = fit_reconstructor(cap, ratio, method="greedy", key_ratio=light_keys(ratio), layer_window=lw,
                                  moments=moments, seed=seed).kept
-        rec = fit_reconstructor(cap, ratio, kept=kept, window=window, rank=spec["rank"], moments=moments)
+        rec = fit_reconstructor(cap, ratio, kept=kept, layer_window=lw, rank=spec["rank"], moments=moments)
         dis_ids = windows("calib", d["ctx_len"] + d["eval_len"], spec["distill_windows"])
         kl = distill(model, rec, dis_ids, d["ctx_len"], steps=spec["steps"], lr=spec["lr"], seed=seed) if spec["steps"] else []
         return [B.echokv_method(rec, f"echokv-lite stage 2, greedy @{ratio}")], {"stage2_kl": kl}

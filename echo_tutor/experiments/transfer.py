@@ -61,7 +61,7 @@ NIAH_LENGTHS = (64, 128, 256, 512, 1024, 2048, 4096)
 class TransferRecipe:
     """One transfer grid: which presets of which scale, which tasks, the training budget, the evaluation.
 
-    ``steps`` is the step budget (and the length of the learning-rate schedule); ``seconds``, if set, a
+    ``steps`` is the step budget (and the length of the learning-rate schedule); ``time_budget_s``, if set, a
     wall-clock budget per cell that may stop training earlier. ``mqar_filler``: ``"random"`` (Zoology's) or
     ``"zero"``. ``model_overrides`` go to ``build`` (``mixer_kwargs`` merged per mixer, as ``build`` does)."""
 
@@ -71,7 +71,7 @@ class TransferRecipe:
     steps: int
     presets: tuple[str, ...] = TRANSFER_PRESETS
     tasks: tuple[str, ...] = TRANSFER_TASKS
-    seconds: float | None = None
+    time_budget_s: float | None = None
     niah_lengths: tuple[int, ...] = NIAH_LENGTHS
     niah_examples: int = 128
     eval_examples: int = 256
@@ -93,8 +93,8 @@ class TransferRecipe:
         object.__setattr__(self, "seeds", check_int_list("seeds", list(self.seeds), 0))
         if self.eval_every is not None:
             check_int("eval_every", self.eval_every, min_value=1)
-        if self.seconds is not None:
-            set_("seconds", check_positive("seconds", self.seconds))
+        if self.time_budget_s is not None:
+            set_("time_budget_s", check_positive("time_budget_s", self.time_budget_s))
         check_positive("lr", self.lr)
         if self.mqar_filler not in ("random", "zero"):
             raise BadArgumentError(f"mqar_filler must be 'random' or 'zero', got {self.mqar_filler!r}")
@@ -108,7 +108,7 @@ RECIPES: dict[str, TransferRecipe] = {r.name: r for r in (
     TransferRecipe("transfer/lab-full", "lab-scale presets, 4,000 steps, SKA chunks of 16, MQAR with 0 filler",
                    steps=4000, niah_examples=512, **_LAB),
     TransferRecipe("transfer/synth1m-fast", "synth1m-size presets, 60 s (at most 2,000 steps) each, NIAH to 1,024",
-                   "synth1m", steps=2000, seconds=60.0, niah_lengths=NIAH_LENGTHS[:5], presets=SYNTH1M_TRANSFER_PRESETS),
+                   "synth1m", steps=2000, time_budget_s=60.0, niah_lengths=NIAH_LENGTHS[:5], presets=SYNTH1M_TRANSFER_PRESETS),
     TransferRecipe("transfer/synth1m", "synth1m-size presets, 6,000 steps each", "synth1m", steps=6000, niah_examples=512,
                    presets=SYNTH1M_TRANSFER_PRESETS),
     TransferRecipe("transfer/lab-curves", "lab 05's MQAR cell: ssm+attn and echo, 4,000 steps, 5 seeds, learning "
@@ -122,7 +122,7 @@ COMMAND = Command("transfer", "transfer tasks and NIAH length generalisation", "
     Option("--presets", "presets to train (the recipe's: ssm ssm+attn echo)", nargs="+"),
     Option("--tasks", "transfer tasks (the recipe's: all six)", nargs="+"),
     Option("--steps", "training steps per (task, model)", "positive_int"),
-    Option("--seconds", "training seconds per (task, model)", "positive_float"),
+    Option("--time-budget-s", "training seconds per (task, model)", "positive_float"),
 ))
 
 
@@ -161,7 +161,7 @@ def cells(recipe: TransferRecipe) -> list[dict[str, Any]]:
                 spec = {"experiment": "transfer", "preset": preset, "scale": recipe.scale,
                         "task": transfer_task_args(name, VOCAB, recipe.mqar_filler), "vocab_size": VOCAB,
                         "model_overrides": plain(recipe.model_overrides), "steps": recipe.steps,
-                        "time_budget_s": recipe.seconds, "batch_size": recipe.batch_size, "lr": recipe.lr,
+                        "time_budget_s": recipe.time_budget_s, "batch_size": recipe.batch_size, "lr": recipe.lr,
                         "seed": seed, "eval_examples": recipe.eval_examples}
                 if recipe.eval_every is not None:  # absent: one evaluation at the end (the shipped specs)
                     spec["eval_every"] = recipe.eval_every
@@ -234,7 +234,7 @@ def summarize(recipe: TransferRecipe, grid: list[dict[str, Any]]) -> dict[str, A
             niah_rows.append({"preset": preset, "length": pt["length"], "acc": pt["acc"],
                               "paper_acc": paper_acc("niah_length", pt["length"], preset)})
     return {"table": rows, "niah_length": niah_rows, "tool_trace_overwrites": overwrite_rows, "recipe": recipe.name,
-            "scale": recipe.scale, "seconds_per_model": recipe.seconds, "max_steps": recipe.steps,
+            "scale": recipe.scale, "seconds_per_model": recipe.time_budget_s, "max_steps": recipe.steps,
             "model_overrides": plain(recipe.model_overrides)}
 
 

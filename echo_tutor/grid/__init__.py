@@ -1,7 +1,8 @@
 """Run a grid of experiment cells, locally or on Ray, with resumable JSONL records.
 
-An experiment is a list of *cells*; each cell is a plain-dict *spec* (``{"preset": "echo", "gap": 64,
-"seed": 0}``). One function ``fn(spec) -> dict`` runs one cell; :func:`run_cell` wraps it into one
+An experiment is a list of *cells*; each cell is a typed, frozen :class:`Cell` (``cells.py``) whose plain-dict
+*spec* (``{"experiment": "cliff", "preset": "echo", "gap": 64, "seed": 0}``) is recorded and hashed (a plain
+dict works as a cell too). One function ``fn(cell) -> dict`` runs one cell; :func:`run_cell` wraps it into one
 *record*::
 
     {"spec": {...}, "spec_hash": "3f2a...", "result": {...}, "error": None, "traceback": None,
@@ -33,12 +34,14 @@ Example::
 
 The Ray executor needs the ``cluster`` extra: ``pip install 'echo_tutor[cluster]'``.
 
-Modules: ``records`` (a cell's record, the records file), ``run`` (``GridOptions``, ``run_grid``),
+Modules: ``cells`` (the typed cell, and how older records map to today's hashes), ``records`` (a cell's
+record, the records file), ``run`` (``GridOptions``, ``run_grid``),
 ``ray_executor`` (the Ray path).
 """
 
+from .cells import Cell, rehash_records
 from .records import RECORDS_FILE, GridError, failed, load_records, run_cell, spec_hash
 from .run import EXECUTORS, GridOptions, run_grid
 
-__all__ = ["RECORDS_FILE", "EXECUTORS", "GridError", "GridOptions", "spec_hash", "run_cell", "load_records", "run_grid",
+__all__ = ["RECORDS_FILE", "EXECUTORS", "Cell", "GridError", "rehash_records", "GridOptions", "spec_hash", "run_cell", "load_records", "run_grid",
            "failed"]

@@ -22,6 +22,12 @@ _TRACEBACK_CHARS = 4000
 CellFn = Callable[[dict], dict]
 
 
+def _as_spec(cell: Any) -> Any:
+    """A typed cell's plain-dict spec (anything else as it is)."""
+    to_spec = getattr(cell, "spec", None)
+    return to_spec() if callable(to_spec) and not isinstance(cell, dict) else cell
+
+
 def spec_hash(spec: dict) -> str:
     """A stable 16-hex-digit hash of a cell spec.
 
@@ -39,8 +45,9 @@ def spec_hash(spec: dict) -> str:
 
 
 
-def run_cell(fn: CellFn, spec: dict) -> dict:
-    """Run one cell: call ``fn(spec)`` and return its record.
+def run_cell(fn: CellFn, spec: Any) -> dict:
+    """Run one cell: call ``fn(spec)`` and return its record (``spec``: a plain dict, or a typed
+    :class:`~echo_tutor.grid.cells.Cell`, which ``fn`` gets as it is and the record keeps as ``spec.spec()``).
 
     The record is ``{"spec", "spec_hash", "result", "error", "traceback", "seconds"}``: on success
     ``result`` is the dict ``fn`` returned and ``error`` / ``traceback`` are ``None``; if ``fn`` raises (an
@@ -50,13 +57,14 @@ def run_cell(fn: CellFn, spec: dict) -> dict:
     """
     if not callable(fn):
         raise BadArgumentError(f"fn must be callable, got {type(fn).__name__}")
+    fn_arg, spec = spec, _as_spec(spec)
     key = spec_hash(spec)
     t0 = time.perf_counter()
     result: Any = None
     error: str | None = None
     tb: str | None = None
     try:
-        result = fn(spec)
+        result = fn(fn_arg)
         if not isinstance(result, dict):
             error = f"TypeError: fn must return a dict, got {type(result).__name__}"
             result = None
@@ -100,8 +108,9 @@ def _describe_exception(exc: BaseException) -> str:
 
 
 
-def error_record(spec: dict, exc: BaseException, seconds: float | None) -> dict:
+def error_record(spec: Any, exc: BaseException, seconds: float | None) -> dict:
     """A record for a cell whose task failed outside ``fn`` (e.g. its Ray worker died)."""
+    spec = _as_spec(spec)
     return {"spec": spec, "spec_hash": spec_hash(spec), "result": None, "error": _describe_exception(exc),
             "traceback": "".join(traceback.format_exception(exc, limit=-_TRACEBACK_FRAMES))[-_TRACEBACK_CHARS:],
             "seconds": seconds}

@@ -8,6 +8,7 @@ from typing import Any, Callable, Sequence
 
 from .._checks import check_choice, check_int, check_positive
 from ..errors import BadArgumentError
+from .cells import Cell, rehash_records
 from .ray_executor import run_ray
 from .records import (
     append_record,
@@ -107,15 +108,15 @@ class _Progress:
 def _check_cells(specs: Any, fn: Any, describe: Any) -> list[str]:
     """Check the arguments of :func:`run_grid`; return the specs' hashes."""
     if not isinstance(specs, (list, tuple)):
-        raise BadArgumentError(f"specs must be a list of dicts, got {type(specs).__name__}")
+        raise BadArgumentError(f"specs must be a list of cells (typed Cells or dicts), got {type(specs).__name__}")
     for i, spec in enumerate(specs):
-        if not isinstance(spec, dict):
-            raise BadArgumentError(f"specs[{i}] must be a dict, got {type(spec).__name__}")
+        if not isinstance(spec, (dict, Cell)):
+            raise BadArgumentError(f"specs[{i}] must be a Cell or a dict, got {type(spec).__name__}")
     if not callable(fn):
         raise BadArgumentError(f"fn must be callable, got {type(fn).__name__}")
     if describe is not None and not callable(describe):
         raise BadArgumentError(f"describe must be callable or None, got {type(describe).__name__}")
-    hashes = [spec_hash(spec) for spec in specs]
+    hashes = [spec.key if isinstance(spec, Cell) else spec_hash(spec) for spec in specs]
     first: dict[str, int] = {}
     for i, key in enumerate(hashes):
         if key in first:
@@ -133,11 +134,12 @@ def run_grid(
     progress: bool = True,
     describe: Callable[[dict], Any] | None = None,
 ) -> list[dict]:
-    """Run every cell of ``specs`` that is not recorded yet in ``out_dir``; return the records of all cells.
+    r"""Run every cell of ``specs`` that is not recorded yet in ``out_dir``; return the records of all cells.
 
     Args:
-        specs: the cells, a list of distinct plain dicts (JSON-serialisable).
-        fn: ``fn(spec) -> dict`` runs one cell. For ``executor="ray"`` it must be a module-level function
+        specs: the cells, a list of distinct typed :class:`~echo_tutor.grid.cells.Cell`\ s (or plain,
+            JSON-serialisable dicts).
+        fn: ``fn(cell) -> dict`` runs one cell (it gets the Cell, or the dict, as given). For ``executor="ray"`` it must be a module-level function
             of a module the Ray workers can import (a package module, or a module on their ``PYTHONPATH``);
             functions defined in the driver script itself are shipped by value and work too.
         out_dir: the directory of ``records.jsonl`` (created if needed). Rerunning with the same
@@ -160,7 +162,11 @@ def run_grid(
     path = records_path(out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     drop_incomplete_line(path)
-    latest = latest_records(load_records(out_dir))
+    recorded = load_records(out_dir)
+    latest = latest_records(recorded)
+    # a typed cell's older records (a field added since, or a default left out of the dict) count for it
+    types = {type(s) for s in specs if isinstance(s, Cell)}
+    latest = {**rehash_records(recorded, types), **latest} if types else latest
     todo = [i for i, key in enumerate(hashes) if key not in latest or latest[key].get("error")]
     bar = _Progress(len(specs), len(specs) - len(todo), bool(progress), describe)
     try:

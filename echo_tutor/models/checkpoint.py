@@ -85,7 +85,6 @@ def grow_ska_rank(model: HybridLM, rank: int, noise: float = 1e-2, seed: int = 0
     if rank <= max(old):
         raise BadArgumentError(f"rank must be larger than the SKA rank(s) {sorted(old)} of model, got {rank}")
     ska = model.config.mixer_overrides("ska")
-    ska.pop("rank", None)
     new = HybridLM(model.config.replace(ska_rank=rank, mixer_kwargs={**model.config.to_dict()["mixer_kwargs"], "ska": ska}))
     sd = model.state_dict()
     gen = torch.Generator().manual_seed(seed)

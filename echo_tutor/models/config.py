@@ -47,7 +47,7 @@ class HybridConfig:
         layout: mixer names in order, comma-separated (a list is joined); see ``MIXERS`` (and ``models.mixer.register_mixer``).
         n_heads: heads of attention / SKA; Mamba-2 uses ``headdim = 2 d / n_heads`` (expand 2).
         d_state: Mamba-2's N.
-        ska_rank: SKA's r (a ``"rank"`` in ``mixer_kwargs["ska"]`` overrides it for every SKA block).
+        ska_rank: SKA's r, the one way to set it (a ``"rank"`` in ``mixer_kwargs["ska"]`` is refused).
         mlp_hidden: SwiGLU hidden width (None: ``13 d / 4``, 416 at d=128, which puts the synth1m-size presets
             within 3.2% of the paper's parameter counts).
         mixer_kwargs: per-mixer overrides, e.g. ``{"ska": {"power_steps": 0}, "mamba2": {"chunk_size": 32}}``;
@@ -80,6 +80,9 @@ class HybridConfig:
         unknown = set(kw) - set(mixer_names())
         if unknown:
             raise BadArgumentError(f"mixer_kwargs: unknown mixer name(s) {sorted(unknown)}; known: {list(mixer_names())}")
+        if "rank" in kw.get("ska", {}):
+            raise BadArgumentError(f"mixer_kwargs['ska'] must not set 'rank': SKA's rank is the config's ska_rank "
+                                   f"(HybridConfig(..., ska_rank={kw['ska']['rank']!r}))")
         mlp = 13 * self.d_model // 4 if self.mlp_hidden is None else self.mlp_hidden
         check_int("mlp_hidden", mlp, min_value=1)
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - a frozen dataclass sets its fields once, here

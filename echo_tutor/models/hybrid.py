@@ -25,7 +25,7 @@ CHECKPOINT_FORMAT = "echo_tutor.HybridLM/1"
 register_mixer("mamba2", lambda cfg, kw: Mamba2(cfg.d_model, **{"d_state": cfg.d_state,
                                                                  "headdim": max(1, 2 * cfg.d_model // cfg.n_heads),
                                                                  **kw}))
-register_mixer("ska", lambda cfg, kw: SpectralKoopmanAttention(cfg.d_model, cfg.n_heads, kw.pop("rank", cfg.ska_rank),
+register_mixer("ska", lambda cfg, kw: SpectralKoopmanAttention(cfg.d_model, cfg.n_heads, cfg.ska_rank,
                                                                **kw))
 register_mixer("attn", lambda cfg, kw: CausalSelfAttention(cfg.d_model, cfg.n_heads, **kw))
 register_mixer("linear_attn", lambda cfg, kw: LinearAttention(cfg.d_model, cfg.n_heads, **kw))
