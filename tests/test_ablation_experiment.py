@@ -1,6 +1,7 @@
 """The ablation experiment end to end, on tiny models and a couple of steps; the same records locally and on
 Ray; a rerun trains nothing; a failed cell is listed after the rest is written."""
 
+import dataclasses
 import json
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 from conftest import untimed
 
 from echo_tutor.experiments import ablation
-from echo_tutor.grid import RECORDS_FILE, GridError, GridOptions, load_records
+from echo_tutor.grid import RECORDS_FILE, GridError, GridOptions, load_records, run_grid
 
 TINY = dict(d_model=32, n_heads=4, d_state=8, ska_rank=6)
 CFGS = [("K=0", 0, True, False), ("K=2, prefix mask", 2, True, True)]
@@ -96,3 +97,25 @@ def test_failed_cell_is_raised_after_the_rest_is_written(tmp_path, monkeypatch):
     assert [r["seed"] for r in recs] == [0, 1]
     assert [(r["spec"]["seed"], bool(r["error"])) for r in load_records(tmp_path)] == [(0, False), (1, True), (1, False)]
     assert "seeds)" not in (tmp_path / "ablation.md").read_text().splitlines()[2]
+
+
+def test_records_of_the_older_dict_specs_still_count(tmp_path, monkeypatch):
+    """The dict specs cells() wrote before AblationCell are today's specs (every key was always there): a
+    records.jsonl of them is a finished grid; a rerun trains nothing and reports it."""
+    recipe, kw = small()
+    specs = [{"experiment": "ablation", "probes": False,
+              "task": {"name": "mqar_gap", "vocab_size": 64, "num_kv_pairs": 4, "gap": [32, 64, 128]},
+              "config": name, "power_steps": k, "spectral_norm": sn, "prefix_mask": mask, "seed": 0,
+              "model": {"preset": "synth1m-echo", "scale": "synth1m", "vocab_size": 64, "overrides": TINY},
+              "steps": 2, "batch_size": 16, "lr": 0.003, "eval_every": 2, "eval_examples": 256, "save_as": None}
+             for name, k, sn, mask in CFGS]
+    run_grid(specs, lambda s: {"acc": 0.5, "steps": 2, "train_seconds": 1.0, "final_loss": 1.0, "device": "cpu"},
+             tmp_path, progress=False)
+    before = (tmp_path / RECORDS_FILE).read_text()
+    cells = ablation.cells(dataclasses.replace(recipe, **{k: v for k, v in kw.items() if k != "progress"}))
+    assert [c.spec() for c in cells] == specs and all(type(c) is ablation.AblationCell for c in cells)
+    monkeypatch.setattr(ablation, "ablation_cell", _no_training)
+    monkeypatch.setattr(ablation, "train", _no_training)
+    rows = ablation.run(recipe, tmp_path, **kw)
+    assert [(r["config"], r["acc"]) for r in rows] == [("K=0", 0.5), ("K=2, prefix mask", 0.5)]
+    assert (tmp_path / RECORDS_FILE).read_text() == before  # nothing appended

@@ -1,11 +1,13 @@
 """The memory-cliff experiment end to end on shipped checkpoints, a few examples per cell."""
 
+import dataclasses
 import json
 
 import pytest
 
 from echo_tutor.experiments import cliff
-from echo_tutor.grid import GridError, GridOptions
+from echo_tutor.experiments.common import checkpoint_id, lab_task_args
+from echo_tutor.grid import RECORDS_FILE, GridError, GridOptions, run_grid, spec_hash
 from echo_tutor.pretrained import available
 
 
@@ -66,3 +68,35 @@ def test_bad_grid_options_are_refused_before_any_cell(tmp_path):
         cliff.run("cliff/lab", tmp_path / "x", grid={"executor": "ray"}, presets=["echo"], pairs=[2], gaps=[8],
                   progress=False)
     assert not (tmp_path / "x" / "records.jsonl").exists()
+
+
+FAKE = {"acc": 0.5, "bound_wrong": 0.25, "other_wrong": 0.25, "first_query_acc": 0.5, "state_bytes": 123, "device": "cpu"}
+
+
+def _never(cell):
+    raise AssertionError(f"a recorded cell ran again: {cell!r}")
+
+
+@pytest.mark.parametrize("recipe, kw, old", [
+    # the specs the dict-building cells() wrote: checkpoint mode without the train fields nor ska_mode ...
+    ("cliff/lab", dict(presets=["echo"]), lambda: {"mode": "checkpoint", "checkpoint": checkpoint_id("echo")}),
+    # ... the decode recipe's with ska_mode ...
+    ("cliff/lab-decode", {}, lambda: {"mode": "checkpoint", "checkpoint": checkpoint_id("echo"), "ska_mode": "token"}),
+    # ... train mode without checkpoint nor ska_mode
+    ("cliff/synth1m", dict(presets=["synth1m-echo"], steps=3),
+     lambda: {"mode": "train", "scale": "synth1m", "vocab_size": 128, "steps": 3, "batch_size": 16, "lr": 0.003}),
+])
+def test_records_of_the_older_dict_specs_still_count(tmp_path, monkeypatch, recipe, kw, old):
+    """A records.jsonl written before CliffCell (a spec that left out the fields of the other mode, and
+    ska_mode in chunk mode) is the record of today's cell: a rerun runs nothing and reports it."""
+    preset = kw.get("presets", ["echo"])[0]
+    spec = {"experiment": "cliff", "preset": preset, "task": lab_task_args(2, 8), "examples": 4, "seed": 0, **old()}
+    run_grid([spec], lambda s: FAKE, tmp_path, progress=False)
+    before = (tmp_path / RECORDS_FILE).read_text()
+    kw = dict(kw, pairs=[2], gaps=[8], eval_examples=4)
+    (cell,) = cliff.cells(dataclasses.replace(cliff.RECIPES[recipe], **kw))
+    assert cell.key != spec_hash(spec) and cliff.CliffCell.from_spec(spec) == cell  # today's hash differs
+    monkeypatch.setattr(cliff, "cliff_cell", _never)
+    rows = cliff.run(recipe, tmp_path, progress=False, **kw)
+    assert [(r["preset"], r["acc"], r["state_bytes"]) for r in rows] == [(preset, 0.5, 123)]
+    assert (tmp_path / RECORDS_FILE).read_text() == before  # nothing appended

@@ -10,7 +10,7 @@ import pytest
 from conftest import untimed
 from echo_tutor.experiments import convert as C
 from echo_tutor.experiments import convert_cells
-from echo_tutor.grid import GridError, GridOptions
+from echo_tutor.grid import GridError, GridOptions, load_records, rehash_records, spec_hash
 
 pytest.importorskip("transformers")
 
@@ -42,6 +42,74 @@ def test_the_convert_command_is_built_from_the_registry(capsys):
     assert "variant must be one of" in capsys.readouterr().err
 
 
+def _cells_of(recipe: C.ConvertRecipe, n_layers: int) -> list[C.ConvertCell]:
+    """Every cell of a recipe's four grids (with made-up results: layer i's cost is i)."""
+    got = []
+
+    def go(cells):
+        got.extend(cells)
+        return [{"window_nll": [float(c.layer or 0)] * 30, "kl_before": 1.0, "kl_after": 0.5} for c in cells]
+
+    C._chain(recipe, n_layers, go)
+    return got
+
+
+# specs of the shipped recipe's cells as they were recorded before the cells were typed: no experiment, and
+# the fields at their defaults left out (no stage for stage 1, no sinks for 4, no model for SmolLM2)
+FIT = {"window": 64, "rank": 32, "eps": 0.01, "calib_windows": 8, "calib_len": 512, "fit_steps": 40, "fit_batch": 2,
+       "fit_lr": 0.01, "seed": 0}
+EV = {"eval_windows": 24, "ctx_len": 512, "eval_len": 128}
+UNTYPED_FULL = [
+    {"kind": "eval", "variant": "full", "layers": [], **EV},
+    {"kind": "fit", "variant": "window+ska:K1", "layer": 7, **FIT},
+    {"kind": "eval", "variant": "window+linear:K0", "stage": 2, "layers": [0, 1, 2, 3, 4, 5, 6, 7], **EV,
+     "stage2_steps": 32, "stage2_lr": 0.001, **FIT},
+    {"kind": "needle", "distances": [256, 1024, 2048], "trials": 5, "seed": 0, "variant": "full", "layers": []},
+    {"kind": "compose", "what": "echokv+kivi", "ratios": [0.5, 0.75], "bits": 4, "calib_windows": 32,
+     "calib_len": 512, **EV},
+]
+
+
+def test_cells_are_typed_and_the_untyped_specs_of_the_shipped_recipe_read_as_them(tmp_path):
+    cells = _cells_of(C.RECIPES["convert/full"], 30)
+    assert all(isinstance(c, C.ConvertCell) for c in cells) and len({c.key for c in cells}) == len(cells)
+    assert {(c.model, c.sinks) for c in cells} == {("smollm2", 4)}
+    assert [c.stage for c in cells if c.kind == "eval" and c.stage == 2] == [2] * 4
+    keys = {c.key for c in cells}
+    for spec in UNTYPED_FULL:
+        assert C.ConvertCell.from_spec({"experiment": "convert", **spec}).key in keys, spec
+    # the records of those specs count for today's cells: the grid maps them to today's hashes
+    lines = [{"spec": s, "spec_hash": spec_hash(s), "result": {"x": i}, "error": None, "traceback": None,
+              "seconds": 1.0} for i, s in enumerate(UNTYPED_FULL)]
+    mapped = rehash_records(lines, [C.ConvertCell])
+    assert set(mapped) <= keys and len(mapped) == len(UNTYPED_FULL)
+    assert sorted(r["result"]["x"] for r in mapped.values()) == list(range(len(UNTYPED_FULL)))
+
+
+def _untyped(spec: dict) -> dict:
+    """A spec as the study wrote it before its cells were typed."""
+    left_out = {"stage": 1, "sinks": 4, "model": "smollm2"}
+    return {k: v for k, v in spec.items() if k != "experiment" and v is not None and (k, v) not in left_out.items()}
+
+
+@pytest.mark.slow
+def test_records_written_before_the_cells_were_typed_are_not_run_again(tmp_path, monkeypatch):
+    out = C.run("convert/smoke", tmp_path, progress=False)
+    path, recs = tmp_path / "records.jsonl", load_records(tmp_path)
+    old = [{**r, "spec": _untyped(r["spec"]), "spec_hash": spec_hash(_untyped(r["spec"]))} for r in recs]
+    assert old[0]["spec"] == {"kind": "eval", "variant": "full", "layers": [], "eval_windows": 3, "ctx_len": 48,
+                              "eval_len": 16, "model": "tiny-gqa"}  # as the untyped study recorded it
+    path.write_text("".join(json.dumps(r) + "\n" for r in old))
+
+    def no_cell(cell, **kw):
+        raise AssertionError(f"a recorded cell ran again: {cell}")
+
+    monkeypatch.setattr(C, "convert_cell", no_cell)
+    again = C.run("convert/smoke", tmp_path, progress=False)
+    assert untimed(again) == untimed(out)
+    assert load_records(tmp_path) == old  # mapped as they are read: nothing appended
+
+
 @pytest.mark.slow
 def test_smoke_runs_resumes_after_a_kill_and_ray_gives_the_same_numbers(tmp_path, ray_local):
     out = C.run("convert/smoke", tmp_path / "local", progress=False)
@@ -69,11 +137,11 @@ def test_smoke_runs_resumes_after_a_kill_and_ray_gives_the_same_numbers(tmp_path
 def test_a_failed_cell_is_recorded_and_reported_and_the_rerun_runs_it(tmp_path, monkeypatch):
     calls = []
 
-    def cost_breaks(spec, **kw):
-        calls.append(spec["kind"])
-        if spec["kind"] == "cost" and spec["layer"] == 2:
+    def cost_breaks(cell, **kw):
+        calls.append(cell.kind)
+        if cell.kind == "cost" and cell.layer == 2:
             raise RuntimeError("out of memory (simulated)")
-        return convert_cells.convert_cell(spec, **kw)
+        return convert_cells.convert_cell(cell, **kw)
 
     monkeypatch.setattr(C, "convert_cell", cost_breaks)
     with pytest.raises(GridError, match="1 of 4 cells failed") as e:

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import untimed
 from echo_tutor.experiments import echokv as E
-from echo_tutor.grid import GridError, GridOptions, spec_hash
+from echo_tutor.grid import GridError, GridOptions, load_records, spec_hash
 
 pytest.importorskip("transformers")
 
@@ -38,11 +38,26 @@ def test_the_study_models_are_named_and_a_wrong_name_is_refused():
 
 def test_the_shipped_recipe_has_one_cell_per_ratio_and_one_per_other_kind():
     cells = E.cells(E.RECIPES["echokv/full"])
-    assert [(c["kind"], c.get("ratio")) for c in cells] == [
+    assert [(c.kind, c.ratio) for c in cells] == [
         ("ratio", 0.25), ("ratio", 0.5), ("ratio", 0.75), ("kivi", None), ("ablation", 0.5), ("stage2", 0.5)]
-    assert len({spec_hash(c) for c in cells}) == len(cells)
-    assert "model" not in cells[0]["data"]  # the SmolLM2 recipes' cells name no model (the default)
-    assert E.cells(E.RECIPES["echokv/smoke"])[0]["data"]["model"] == "tiny-gqa"
+    assert len({c.key for c in cells}) == len(cells) and all(isinstance(c, E.EchoKVCell) for c in cells)
+    assert cells[3].bits == [2, 4, 8] and (cells[5].steps, cells[5].rank, cells[5].distill_windows) == (100, 16, 32)
+    assert {c.model for c in cells} == {"smollm2"} and E.cells(E.RECIPES["echokv/smoke"])[0].model == "tiny-gqa"
+
+
+# the specs the cells were recorded under before they were typed (None fields left out, a model other than
+# SmolLM2 named inside data): the shipped recipe's stage-2 cell and the smoke recipe's kivi cell
+DATA = {"calib_windows": 32, "calib_len": 512, "eval_windows": 24, "ctx_len": 512, "eval_len": 128}
+UNTYPED_STAGE2 = {"experiment": "echokv", "seed": 0, "layer_window": 2, "data": DATA, "kind": "stage2", "ratio": 0.5,
+                  "steps": 100, "rank": 16, "lr": 3e-4, "distill_windows": 32}
+UNTYPED_SMOKE_KIVI = {"experiment": "echokv", "seed": 0, "layer_window": 2, "kind": "kivi", "bits": [2, 4, 8],
+                      "data": {"calib_windows": 4, "calib_len": 64, "eval_windows": 3, "ctx_len": 48, "eval_len": 16,
+                               "model": "tiny-gqa"}}
+
+
+def test_a_spec_recorded_before_the_cells_were_typed_reads_as_its_cell():
+    assert E.EchoKVCell.from_spec(UNTYPED_STAGE2) == E.cells(E.RECIPES["echokv/full"])[5]
+    assert E.EchoKVCell.from_spec(UNTYPED_SMOKE_KIVI) == E.cells(E.RECIPES["echokv/smoke"])[1]
 
 
 def test_the_echokv_command_is_built_from_the_registry(capsys):
@@ -84,10 +99,10 @@ def test_smoke_runs_resumes_after_a_kill_and_ray_gives_the_same_numbers(tmp_path
 def test_a_failed_cell_is_recorded_and_reported_after_the_others(tmp_path, monkeypatch):
     real = E._methods
 
-    def kivi_breaks(spec, *args):
-        if spec["kind"] == "kivi":
+    def kivi_breaks(cell, *args):
+        if cell.kind == "kivi":
             raise RuntimeError("out of memory (simulated)")
-        return real(spec, *args)
+        return real(cell, *args)
 
     monkeypatch.setattr(E, "_methods", kivi_breaks)
     with pytest.raises(GridError, match="1 of 4 cells failed"):
@@ -98,3 +113,21 @@ def test_a_failed_cell_is_recorded_and_reported_after_the_others(tmp_path, monke
     res = E.run("echokv/smoke", tmp_path, progress=False)  # the rerun runs the failed cell only
     assert any("KIVI" in n for n in res["perplexity"])
     assert len((tmp_path / "records.jsonl").read_text().splitlines()) == 5
+
+
+def test_a_record_written_before_the_cells_were_typed_is_not_run_again(tmp_path, monkeypatch):
+    """A smoke run whose kivi record has the spec (and hash) the untyped cells were recorded under: a rerun
+    maps it to today's cell (``rehash_records``) and runs nothing."""
+    out = E.run("echokv/smoke", tmp_path, progress=False)
+    path = tmp_path / "records.jsonl"
+    recs = load_records(tmp_path)
+    assert recs[1]["spec"]["kind"] == "kivi"
+    recs[1] = {**recs[1], "spec": UNTYPED_SMOKE_KIVI, "spec_hash": spec_hash(UNTYPED_SMOKE_KIVI)}
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+    def no_cell(*args):
+        raise AssertionError("a recorded cell ran again")
+
+    monkeypatch.setattr(E, "_methods", no_cell)
+    again = E.run("echokv/smoke", tmp_path, progress=False)
+    assert untimed(again["perplexity"]) == untimed(out["perplexity"]) and len(load_records(tmp_path)) == 4

@@ -330,3 +330,12 @@ def test_typed_cells_refuse_what_json_cannot_keep():
         grid_cells.ToyCell.from_spec({"experiment": "toy", "seed": 0, "sede": 1})
     with pytest.raises(ValueError, match="is not a 'toy' cell"):
         grid_cells.ToyCell.from_spec({"experiment": "cliff", "seed": 0})
+
+
+def test_a_record_from_before_cells_were_typed_reads_as_the_one_cell_type(tmp_path):
+    """A spec that names no experiment (an untyped grid's) maps to the grid's cell type when it has only one."""
+    old = {"seed": 4, "sizes": [4]}  # no "experiment", no "scale" (its default)
+    run_grid([old], lambda s: {"y": -2.0}, tmp_path, progress=False)
+    grid_cells.CALLS.clear()
+    recs = run_grid([grid_cells.ToyCell(4)], grid_cells.toy_cell, tmp_path, progress=False)
+    assert recs[0]["result"] == {"y": -2.0} and grid_cells.CALLS == []

@@ -72,18 +72,42 @@ def test_recipe_fields_are_read_only_copies():
         r.model_overrides["mixer_kwargs"]["ska"]["chunk_size"] = 64
 
 
-def test_cells_are_distinct_json_specs_of_the_recipe():
-    for mod, name, n in [(cliff, "cliff/lab", 4 * 4 * 10), (transfer, "transfer/lab", 6 * 3),
-                         (ablation, "ablation/small", 2 * 7 * 3), (ablation, "ablation/lab", 3 * 3)]:
-        specs = mod.cells(mod.RECIPES[name])
-        assert len(specs) == n and len({spec_hash(s) for s in specs}) == n
-        assert all(json.loads(json.dumps(s)) == s for s in specs)
+def test_cells_are_distinct_typed_cells_of_the_recipe_with_json_specs():
+    for mod, cls, name, n in [(cliff, cliff.CliffCell, "cliff/lab", 4 * 4 * 10),
+                              (transfer, transfer.TransferCell, "transfer/lab", 6 * 3),
+                              (ablation, ablation.AblationCell, "ablation/small", 2 * 7 * 3),
+                              (ablation, ablation.AblationCell, "ablation/lab", 3 * 3)]:
+        cells = mod.cells(mod.RECIPES[name])
+        assert all(type(c) is cls for c in cells)
+        assert len(cells) == n and len({c.key for c in cells}) == n
+        assert all(json.loads(json.dumps(c.spec())) == c.spec() and spec_hash(c.spec()) == c.key for c in cells)
+        assert all(cls.from_spec(c.spec()) == c for c in cells)
     lab = transfer.cells(RECIPES["transfer/lab"])
-    assert {s["scale"] for s in lab} == {"lab"} and {s["steps"] for s in lab} == {1500}
-    assert lab[0]["model_overrides"] == {"mixer_kwargs": {"ska": {"chunk_size": 16}}}
-    assert next(s for s in lab if s["task"]["name"] == "mqar")["task"]["random_non_queries"] is False
-    assert all(s["checkpoint"]["sha1"] for s in cliff.cells(RECIPES["cliff/lab"]))
-    assert {s["probes"] for s in ablation.cells(RECIPES["ablation/lab"])} == {True}
+    assert {c.scale for c in lab} == {"lab"} and {c.steps for c in lab} == {1500}
+    assert lab[0].model_overrides == {"mixer_kwargs": {"ska": {"chunk_size": 16}}}
+    assert next(c for c in lab if c.task["name"] == "mqar").task["random_non_queries"] is False
+    assert {(c.task["name"] == "niah", c.niah_lengths is None) for c in lab} == {(True, False), (False, True)}
+    assert all(c.checkpoint["sha1"] and c.steps is None and c.ska_mode == "chunk"
+               for c in cliff.cells(RECIPES["cliff/lab"]))
+    assert {c.ska_mode for c in cliff.cells(RECIPES["cliff/lab-decode"])} == {"token"}
+    assert all(c.checkpoint is None and c.steps == 2000 for c in cliff.cells(RECIPES["cliff/synth1m"]))
+    assert {c.probes for c in ablation.cells(RECIPES["ablation/lab"])} == {True}
+
+
+def test_cells_refuse_fields_that_contradict_each_other():
+    ck = cliff.cells(dataclasses.replace(RECIPES["cliff/lab"], presets=("echo",), pairs=(2,), gaps=(0,)))[0]
+    with pytest.raises(BadArgumentError, match="mode='checkpoint' cell sets checkpoint and none of"):
+        dataclasses.replace(ck, steps=10)
+    with pytest.raises(BadArgumentError, match="mode='train' cell sets scale"):
+        dataclasses.replace(ck, mode="train")
+    with pytest.raises(BadArgumentError, match="ska_mode must be"):
+        dataclasses.replace(ck, ska_mode="stream")
+    tr = transfer.cells(dataclasses.replace(RECIPES["transfer/lab"], tasks=("mqar",), presets=("echo",)))[0]
+    with pytest.raises(BadArgumentError, match="niah_lengths and niah_examples are set for task 'niah'"):
+        dataclasses.replace(tr, niah_lengths=[64])
+    ab = ablation.cells(RECIPES["ablation/lab"])[0]
+    with pytest.raises(BadArgumentError, match="model must have the keys"):
+        dataclasses.replace(ab, model={"preset": "echo"})
 
 
 def test_ablation_subsets_by_task_and_power():
@@ -96,10 +120,10 @@ def test_ablation_subsets_by_task_and_power():
 
 
 def test_the_curves_recipe_repeats_seeds_and_records_the_history(tmp_path):
-    specs = transfer.cells(RECIPES["transfer/lab-curves"])
-    assert [(s["preset"], s["seed"]) for s in specs] == [(p, s) for p in ("ssm+attn", "echo") for s in range(5)]
-    assert {s["eval_every"] for s in specs} == {250} and {s["steps"] for s in specs} == {4000}
-    assert all("eval_every" not in s for s in transfer.cells(RECIPES["transfer/lab"]))  # the shipped specs
+    cells = transfer.cells(RECIPES["transfer/lab-curves"])
+    assert [(c.preset, c.seed) for c in cells] == [(p, s) for p in ("ssm+attn", "echo") for s in range(5)]
+    assert {c.eval_every for c in cells} == {250} and {c.steps for c in cells} == {4000}
+    assert all(c.eval_every is None for c in transfer.cells(RECIPES["transfer/lab"]))  # the shipped specs lacked it
     out = transfer.run("transfer/lab-curves", tmp_path, progress=False, steps=4, eval_every=2, seeds=(0, 1),
                        presets=("echo",), eval_examples=8)
     assert [(r["seed"], [e["step"] for e in r["evals"]]) for r in out["table"]] == [(0, [2, 4]), (1, [2, 4])]

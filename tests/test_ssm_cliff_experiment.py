@@ -74,9 +74,13 @@ def test_recipes_are_registered_and_one_cell_per_seed():
     assert {n for n in RECIPES if n.startswith("ssm_cliff/")} == {"ssm_cliff/lab", "ssm_cliff/fast", SMOKE}
     assert ssm_cliff.recipe_for("lab", False).name == "ssm_cliff/lab"
     assert ssm_cliff.recipe_for("lab", True).name == "ssm_cliff/fast"
-    specs = ssm_cliff.cells(RECIPES["ssm_cliff/lab"])
-    assert [s["seed"] for s in specs] == [0, 1, 2] and len({spec_hash(s) for s in specs}) == 3
-    assert all(json.loads(json.dumps(s)) == s for s in specs)
+    cells = ssm_cliff.cells(RECIPES["ssm_cliff/lab"])
+    assert [c.seed for c in cells] == [0, 1, 2] and len({c.key for c in cells}) == 3
+    assert all(isinstance(c, ssm_cliff.SSMCliffCell) and json.loads(json.dumps(c.spec())) == c.spec() for c in cells)
+    # the spec the cells were recorded under before they were typed, which had every field: the same hash
+    args = RECIPES["ssm_cliff/lab"].resolved()
+    assert [c.key for c in cells] == [spec_hash({"experiment": "ssm_cliff", "seed": s, "args": args, "load": None,
+                                                 "save_as": None}) for s in (0, 1, 2)]
 
 
 def test_the_lab_recipe_is_the_shipped_ssm_recall_run():

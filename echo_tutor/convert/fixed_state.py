@@ -69,7 +69,7 @@ class SKAAttention(_FeatureMixer):
         B, T, Hq, _ = q.shape
         out = v.new_zeros(B, Hq, T, self.head_dim)
         n = T - delay  # tokens that read a non-empty history
-        if n <= 0:
+        if n <= 0 or not self.readout_on:
             return out
         kf, qf = self.features(k, self.phi_k).float(), self.features(q, self.phi_q)
         # the sinks stay in the softmax: they never enter the statistics (zero rows write nothing)
@@ -88,6 +88,8 @@ class SKAAttention(_FeatureMixer):
     def _old_step(self, q, st: MixerState) -> torch.Tensor:
         """The statistics' readout for one query ``q [B, Hq, D]``: ``[B, Hq, 1, D]``."""
         B, K = q.shape[0], self.spec.power_steps
+        if not self.readout_on:
+            return q.new_zeros(B, self.n_q, 1, self.head_dim).float()
         qf = self.features(q[:, None], self.phi_q)[:, 0].float().view(B, self.n_kv, self.group, self.spec.rank)
         old = ska_readout(st.ska.G, st.ska.M, st.ska.C, qf, power_steps=K, spectral_norm=K > 0)  # [B, Hkv, g, D]
         return self._scaled(old.reshape(B, self.n_q, 1, self.head_dim))
@@ -176,6 +178,7 @@ class WindowLinearAttention(_FeatureMixer):
         t = torch.arange(T, device=q.device)
         old = ((t[:, None] - t[None, :]) >= s.window) & (t[None, :] >= s.sinks)
         a = (qf @ kf.transpose(-1, -2)) * old * torch.sigmoid(self.lin_b).view(1, -1, 1, 1)  # [B, Hq, T, T]
+        a = a * float(self.readout_on)  # shut: the old part adds neither values nor mass (both read old keys)
         return (num + a @ v.transpose(1, 2).repeat_interleave(self.group, 1)) / (den + a.sum(-1, keepdim=True))
 
     def init_state(self, batch: int, device=None) -> MixerState:
@@ -191,7 +194,7 @@ class WindowLinearAttention(_FeatureMixer):
     def _mix_step(self, x_t, q, st, cos_t, sin_t):
         num, den = self._window_step(q, st, cos_t, sin_t)
         qf = self.features(q[:, None], self.phi_q)[:, 0]  # [B, Hq, r]
-        lam = torch.sigmoid(self.lin_b).view(1, -1, 1, 1)
+        lam = torch.sigmoid(self.lin_b).view(1, -1, 1, 1) * float(self.readout_on)
         lin_num = lam * (qf[:, :, None] @ st.S.repeat_interleave(self.group, 1))  # [B, Hq, 1, D]
         lin_den = lam * (qf * st.z.repeat_interleave(self.group, 1)).sum(-1)[:, :, None, None]
         return (num + lin_num) / (den + lin_den)

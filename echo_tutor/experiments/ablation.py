@@ -24,7 +24,7 @@ import torch
 
 from .._checks import check_int, check_positive
 from ..errors import BadArgumentError
-from ..grid import GridOptions, run_grid
+from ..grid import Cell, GridOptions, run_grid
 from ..models import LAB_RECIPE, build, presets_of
 from ..tasks import Task, make_task
 from ..train import TrainConfig, default_device, evaluate, save_records, train
@@ -32,8 +32,8 @@ from .common import check_int_list, check_names, finish, frozen, lab_task, pick,
 from .diagnostics import recall_breakdown
 from .command import Command, Option
 
-__all__ = ["COMMAND", "AblationConfig", "AblationRecipe", "RECIPES", "PICK", "ABLATION_CONFIGS", "LAB_ABLATION_CONFIGS",
-           "recipe_for", "ablation_tasks", "cells", "ablation_cell", "summarize", "run"]
+__all__ = ["COMMAND", "AblationConfig", "AblationRecipe", "AblationCell", "RECIPES", "PICK", "ABLATION_CONFIGS",
+           "LAB_ABLATION_CONFIGS", "recipe_for", "ablation_tasks", "cells", "ablation_cell", "summarize", "run"]
 
 
 class AblationConfig(NamedTuple):
@@ -176,67 +176,99 @@ def _model_file(recipe: AblationRecipe, task: str, c: AblationConfig, seed: int)
     return f"{stem}K{c.power_steps}{'' if c.spectral_norm else '_nosn'}{'_mask' if c.prefix_mask else ''}_seed{seed}.pt"
 
 
-def cells(recipe: AblationRecipe, save_dir: pathlib.Path | None = None) -> list[dict[str, Any]]:
-    """The grid's cell specs, one per (task, config, seed): see :func:`ablation_cell`. With ``save_dir`` each
-    cell saves its model there (``K<k>[_nosn][_mask]_seed<s>.pt``, prefixed ``<task>_`` when there are
-    several tasks)."""
-    specs = []
-    for tname, targs in recipe.tasks.items():
-        for c in recipe.configs:
-            for seed in recipe.seeds:
-                save_as = str((save_dir / _model_file(recipe, tname, c, seed)).resolve()) if save_dir else None
-                specs.append({
-                    "experiment": "ablation", "probes": recipe.probes, "task": plain(targs), "config": c.name,
-                    "power_steps": c.power_steps, "spectral_norm": c.spectral_norm, "prefix_mask": c.prefix_mask,
-                    "seed": seed, "model": {"preset": "echo" if recipe.scale == "lab" else "synth1m-echo",
-                                            "scale": recipe.scale, "vocab_size": targs["vocab_size"],
-                                            "overrides": plain(recipe.model_overrides)},
-                    "steps": recipe.steps, "batch_size": recipe.batch_size, "lr": recipe.lr,
-                    "eval_every": recipe.eval_every or recipe.steps, "eval_examples": recipe.eval_examples,
-                    "save_as": save_as})
-    return specs
+_MODEL_KEYS = ("preset", "scale", "vocab_size", "overrides")
 
 
-def ablation_cell(spec: dict[str, Any]) -> dict[str, Any]:
-    """One cell of the ablation grid: train the echo preset with one SKA config and one seed on one task, on
-    this process's device (CUDA if available, else the CPU); save the model if the spec says where.
+@dataclasses.dataclass(frozen=True)
+class AblationCell(Cell):
+    """One cell of the ablation grid (:func:`ablation_cell`): the echo preset with one SKA config and one seed,
+    trained on one task.
 
-    The spec (built by :func:`cells`)::
+    Fields (the recorded spec's keys):
+        probes: the final accuracy is a fresh 256-example evaluation and the result adds the lab probes
+            (:class:`AblationRecipe`); without, the final accuracy is training's last evaluation.
+        task: ``make_task`` arguments (with ``"name"``).
+        config, power_steps, spectral_norm, prefix_mask: the SKA configuration (:class:`AblationConfig`).
+        seed: torch's seed and training's.
+        model: ``{"preset", "scale", "vocab_size", "overrides"}``: ``build``'s arguments (``overrides``: its
+            keyword arguments, beside the config's ``mixer_kwargs``).
+        steps, batch_size, lr, eval_every, eval_examples: training (``eval_every``: the recipe's, or ``steps``).
+        save_as: where the trained model is saved (an absolute path), or ``None``.
+    """
 
-        {"experiment": "ablation", "probes": False, "task": {make_task arguments}, "config": "K=2 (paper)",
-         "power_steps": 2, "spectral_norm": True, "prefix_mask": False, "seed": 0,
-         "model": {"preset": "echo", "scale": "synth1m" | "lab", "vocab_size": 64, "overrides": {"d_model": 64, ...}},
-         "steps": 500, "batch_size": 16, "lr": 0.003, "eval_every": 500, "eval_examples": 256,
-         "save_as": "/abs/out_dir/K2_seed0.pt" or None}
+    experiment = "ablation"
+    probes: bool
+    task: dict[str, Any]
+    config: str
+    power_steps: int
+    spectral_norm: bool
+    prefix_mask: bool
+    seed: int
+    model: dict[str, Any]
+    steps: int
+    batch_size: int
+    lr: float
+    eval_every: int
+    eval_examples: int
+    save_as: str | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_configs([(self.config, self.power_steps, self.spectral_norm, self.prefix_mask)])
+        if not isinstance(self.model, dict) or sorted(self.model) != sorted(_MODEL_KEYS):
+            raise BadArgumentError(f"model must have the keys {list(_MODEL_KEYS)}, got {self.model!r}")
+        if not isinstance(self.probes, bool):
+            raise BadArgumentError(f"probes must be a bool, got {self.probes!r}")
+
+
+def cells(recipe: AblationRecipe, save_dir: pathlib.Path | None = None) -> list[AblationCell]:
+    """The grid's cells, one per (task, config, seed): see :class:`AblationCell`. With ``save_dir`` each cell
+    saves its model there (``K<k>[_nosn][_mask]_seed<s>.pt``, prefixed ``<task>_`` when there are several
+    tasks)."""
+    preset = "echo" if recipe.scale == "lab" else "synth1m-echo"
+    return [AblationCell(
+        probes=recipe.probes, task=plain(targs), config=c.name, power_steps=c.power_steps,
+        spectral_norm=c.spectral_norm, prefix_mask=c.prefix_mask, seed=seed,
+        model={"preset": preset, "scale": recipe.scale, "vocab_size": targs["vocab_size"],
+               "overrides": plain(recipe.model_overrides)},
+        steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr, eval_every=recipe.eval_every or recipe.steps,
+        eval_examples=recipe.eval_examples,
+        save_as=str((save_dir / _model_file(recipe, tname, c, seed)).resolve()) if save_dir else None)
+        for tname, targs in recipe.tasks.items() for c in recipe.configs for seed in recipe.seeds]
+
+
+def ablation_cell(cell: AblationCell) -> dict[str, Any]:
+    """One cell of the ablation grid (:class:`AblationCell`, built by :func:`cells`): train the echo preset with
+    one SKA config and one seed on one task, on this process's device (CUDA if available, else the CPU); save
+    the model if the cell says where.
 
     Returns ``acc`` (with ``probes`` a fresh 256-example evaluation, else training's last evaluation),
     ``steps``, ``train_seconds``, ``final_loss`` (the last training batch's), ``device``; with ``probes`` also
     ``acc_16pairs_gap1024``, the :func:`recall_breakdown` at 8 pairs and gap 256 (``*_8pairs_gap256``) and
     ``evals`` (the evaluation history).
     """
-    torch.manual_seed(spec["seed"])
+    torch.manual_seed(cell.seed)
     device = default_device()
-    task = make_task(**spec["task"])
-    m = spec["model"]
+    task = make_task(**cell.task)
+    m = cell.model
     model = build(m["preset"], vocab_size=m["vocab_size"], scale=m["scale"],
-                  mixer_kwargs={"ska": {"power_steps": spec["power_steps"], "spectral_norm": spec["spectral_norm"]}},
+                  mixer_kwargs={"ska": {"power_steps": cell.power_steps, "spectral_norm": cell.spectral_norm}},
                   **m["overrides"])
-    cfg = TrainConfig(steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
-                      eval_every=spec["eval_every"], eval_examples=spec["eval_examples"])
-    res = train(model, task, cfg, prefix_mask=spec["prefix_mask"], device=device, progress=False)
-    probes = spec["probes"]
-    final = evaluate(model, task, 256, batch_size=16) if probes else res.final_eval
+    cfg = TrainConfig(steps=cell.steps, batch_size=cell.batch_size, lr=cell.lr, seed=cell.seed,
+                      eval_every=cell.eval_every, eval_examples=cell.eval_examples)
+    res = train(model, task, cfg, prefix_mask=cell.prefix_mask, device=device, progress=False)
+    final = evaluate(model, task, 256, batch_size=16) if cell.probes else res.final_eval
     # final_loss stays in records.jsonl only (not in ablation.json): the last training loss depends on every
     # weight, so equal losses mean the same training, whichever executor ran the cell
     out: dict[str, Any] = {"acc": final, "steps": res.steps_done, "train_seconds": round(res.time_s, 1),
                            "final_loss": res.history[-1]["loss"]}
-    if probes:
+    if cell.probes:
         out["acc_16pairs_gap1024"] = evaluate(model, lab_task(16, 1024), 64, batch_size=16)
         out.update({f"{k}_8pairs_gap256": v for k, v in recall_breakdown(model, lab_task(8, 256), 64).items()})
         out["evals"] = res.evals
-    if spec["save_as"]:
-        pathlib.Path(spec["save_as"]).parent.mkdir(parents=True, exist_ok=True)
-        model.save(spec["save_as"])
+    if cell.save_as:
+        pathlib.Path(cell.save_as).parent.mkdir(parents=True, exist_ok=True)
+        model.save(cell.save_as)
     out["device"] = str(device)
     return out
 

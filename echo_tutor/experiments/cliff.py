@@ -11,9 +11,9 @@ Recipes (``RECIPES``; the CLI's ``--fast`` / ``--scale`` pick one through ``PICK
 * ``cliff/synth1m`` (``--scale synth1m``): the paper's protocol, one synth1m-size model trained from scratch per
   (preset, pairs, gap) cell, 2,000 steps each (a GPU job).
 
-One grid cell per (preset, pairs, gap) (:func:`cliff_cell`), run through :func:`echo_tutor.grid.run_grid`;
-each record has the accuracy, the share of answers that were *a bound value, but the wrong key's*, and the
-inference-state bytes after the prompt.
+One grid cell per (preset, pairs, gap) (a :class:`CliffCell`, run by :func:`cliff_cell`), run through
+:func:`echo_tutor.grid.run_grid`; each record has the accuracy, the share of answers that were *a bound value,
+but the wrong key's*, and the inference-state bytes after the prompt.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 
 from .._checks import check_int, check_positive
 from ..errors import BadArgumentError
-from ..grid import GridOptions, run_grid
+from ..grid import Cell, GridOptions, run_grid
 from ..models import LAB_PRESETS, PRESETS, build, rebuilt
 from ..pretrained import available, load_pretrained
 from ..tasks import make_task
@@ -35,9 +35,8 @@ from .command import Command, Option
 from .common import VOCAB, check_int_list, check_names, checkpoint_id, finish, lab_task_args, pick, resolve
 from .diagnostics import model_state_bytes, recall_breakdown
 
-__all__ = ["COMMAND", "CliffRecipe", "RECIPES", "PICK", "CLIFF_PRESETS", "CLIFF_PAIRS", "CLIFF_GAPS", "recipe_for", "cells",
-           "as_decoded",
-           "cliff_cell", "summarize", "run"]
+__all__ = ["COMMAND", "CliffRecipe", "CliffCell", "RECIPES", "PICK", "CLIFF_PRESETS", "CLIFF_PAIRS", "CLIFF_GAPS",
+           "recipe_for", "cells", "as_decoded", "cliff_cell", "summarize", "run"]
 
 # What each preset of the lab-scale grid is for:
 #   echo      Mamba-2 + SKA (K=1, r=32)      fixed state
@@ -123,63 +122,98 @@ def recipe_for(scale: str = "lab", fast: bool = True) -> CliffRecipe:
     return pick("cliff", RECIPES, PICK, scale, fast)
 
 
-def cells(recipe: CliffRecipe) -> list[dict[str, Any]]:
-    """The grid's cell specs, one per (preset, pairs, gap): see :func:`cliff_cell`."""
-    if recipe.mode == "checkpoint":
-        ids = {p: checkpoint_id(p) for p in recipe.presets}
-        base = lambda p: {"mode": "checkpoint", "checkpoint": ids[p]}  # noqa: E731
-    else:
-        base = lambda p: {"mode": "train", "scale": recipe.scale, "vocab_size": VOCAB, "steps": recipe.steps,  # noqa: E731
-                          "batch_size": recipe.batch_size, "lr": recipe.lr}
-    decode = {"ska_mode": "token"} if recipe.ska_mode == "token" else {}  # absent: chunk mode (the shipped specs)
-    return [{"experiment": "cliff", "preset": p, "task": lab_task_args(n, g), "examples": recipe.eval_examples, "seed": 0,
-             **base(p), **decode} for p in recipe.presets for n in recipe.pairs for g in recipe.gaps]
+_TRAIN_FIELDS = ("scale", "vocab_size", "steps", "batch_size", "lr")
 
 
-def cliff_cell(spec: dict[str, Any]) -> dict[str, Any]:
-    """One cell of the memory-cliff grid: one model at one (KV pairs, gap) point, on this process's device
-    (CUDA if available, else the CPU).
+@dataclasses.dataclass(frozen=True)
+class CliffCell(Cell):
+    """One cell of the memory-cliff grid (:func:`cliff_cell`): one model at one (KV pairs, gap) point.
 
-    The spec (built by :func:`cells`)::
+    Fields (the recorded spec's keys):
+        mode: ``"checkpoint"`` (evaluate the shipped checkpoint of ``preset``) or ``"train"`` (train a model of
+            ``scale`` from scratch on this one point).
+        preset: the model (a shipped checkpoint's name in mode ``"checkpoint"``, a preset of ``scale`` else).
+        task: ``make_task`` arguments: the lab recipe's ``mqar_gap`` at ``num_kv_pairs=n``, ``gap=g``.
+        examples: evaluation examples (the recipe's ``eval_examples``; the shipped records' key).
+        seed: torch's seed (training and the evaluation's examples).
+        checkpoint: mode ``"checkpoint"`` only: the shipped checkpoint's ``{"file", "sha1"}``
+            (:func:`~echo_tutor.experiments.common.checkpoint_id`); ``None`` in mode ``"train"``.
+        scale, vocab_size, steps, batch_size, lr: mode ``"train"`` only (``None`` in mode ``"checkpoint"``): the
+            model's scale and vocabulary, and the training budget.
+        ska_mode: how SKA blocks read during evaluation: ``"chunk"`` (the training form; the shipped specs
+            left it out) or ``"token"`` (token-causal, as the model decodes with ``step``).
+    """
 
-        {"experiment": "cliff", "mode": "checkpoint" | "train", "preset": "echo",
-         "task": {make_task arguments: the lab recipe's mqar_gap at num_kv_pairs=n, gap=g},
-         "examples": 64, "seed": 0,
-         # mode "checkpoint": the shipped checkpoint's {"file", "sha1"}
-         "checkpoint": {...},
-         # mode "train": a model of that scale trained from scratch on this one point
-         "scale": "synth1m", "vocab_size": 128, "steps": 2000, "batch_size": 16, "lr": 0.003,
-         # optional: SKA blocks read token by token, as the model decodes (absent: chunk mode)
-         "ska_mode": "token"}
+    experiment = "cliff"
+    mode: str
+    preset: str
+    task: dict[str, Any]
+    examples: int
+    seed: int
+    checkpoint: dict[str, str] | None = None
+    scale: str | None = None
+    vocab_size: int | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    ska_mode: str = "chunk"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in ("checkpoint", "train"):
+            raise BadArgumentError(f"mode must be 'checkpoint' or 'train', got {self.mode!r}")
+        if self.ska_mode not in ("chunk", "token"):
+            raise BadArgumentError(f"ska_mode must be 'chunk' or 'token', got {self.ska_mode!r}")
+        budget = [getattr(self, f) for f in _TRAIN_FIELDS]
+        if self.mode == "train" and (self.checkpoint is not None or None in budget):
+            raise BadArgumentError(f"a mode='train' cell sets {', '.join(_TRAIN_FIELDS)} and no checkpoint, "
+                                   f"got {self.spec()!r}")
+        if self.mode == "checkpoint" and (self.checkpoint is None or budget.count(None) < len(budget)):
+            raise BadArgumentError(f"a mode='checkpoint' cell sets checkpoint and none of {', '.join(_TRAIN_FIELDS)}, "
+                                   f"got {self.spec()!r}")
+        check_int("examples", self.examples, min_value=1)
+
+
+def cells(recipe: CliffRecipe) -> list[CliffCell]:
+    """The grid's cells, one per (preset, pairs, gap): see :class:`CliffCell`."""
+    train = recipe.mode == "train"
+    ids = {} if train else {p: checkpoint_id(p) for p in recipe.presets}
+    budget = (dict(scale=recipe.scale, vocab_size=VOCAB, steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr)
+              if train else dict.fromkeys(_TRAIN_FIELDS))
+    return [CliffCell(mode=recipe.mode, preset=p, task=lab_task_args(n, g), examples=recipe.eval_examples, seed=0,
+                      checkpoint=ids.get(p), **budget, ska_mode=recipe.ska_mode)
+            for p in recipe.presets for n in recipe.pairs for g in recipe.gaps]
+
+
+def cliff_cell(cell: CliffCell) -> dict[str, Any]:
+    """One cell of the memory-cliff grid (:class:`CliffCell`, built by :func:`cells`): one model at one (KV
+    pairs, gap) point, on this process's device (CUDA if available, else the CPU).
 
     Returns ``acc``, ``bound_wrong``, ``other_wrong``, ``first_query_acc`` (:func:`recall_breakdown` on
     ``examples`` fresh examples), ``state_bytes`` (after the ``4n + g`` prompt tokens, B=1), ``device``, and
     for mode "train" ``steps``, ``train_seconds`` and ``final_loss`` (the last training batch's).
     """
-    torch.manual_seed(spec["seed"])
+    torch.manual_seed(cell.seed)
     device = default_device()
-    task = make_task(**spec["task"])
+    task = make_task(**cell.task)
     out: dict[str, Any] = {}
-    if spec["mode"] == "checkpoint":
-
-        here = checkpoint_id(spec["preset"])
-        if here != spec["checkpoint"]:
-            raise RuntimeError(f"checkpoint {spec['preset']!r} here is {here}, the grid was built for "
-                               f"{spec['checkpoint']} (a different echo_tutor install on this worker?)")
-        model = load_pretrained(spec["preset"]).to(device)
-    elif spec["mode"] == "train":
-        model = build(spec["preset"], vocab_size=spec["vocab_size"], scale=spec["scale"])
-        cfg = TrainConfig(steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
-                          eval_every=spec["steps"])
+    if cell.mode == "checkpoint":
+        here = checkpoint_id(cell.preset)
+        if here != cell.checkpoint:
+            raise RuntimeError(f"checkpoint {cell.preset!r} here is {here}, the grid was built for "
+                               f"{cell.checkpoint} (a different echo_tutor install on this worker?)")
+        model = load_pretrained(cell.preset).to(device)
+    else:
+        model = build(cell.preset, vocab_size=cell.vocab_size, scale=cell.scale)
+        cfg = TrainConfig(steps=cell.steps, batch_size=cell.batch_size, lr=cell.lr, seed=cell.seed,
+                          eval_every=cell.steps)
         res = train(model, task, cfg, device=device, progress=False)
         out = {"steps": res.steps_done, "train_seconds": round(res.time_s, 1), "final_loss": res.history[-1]["loss"]}
-    else:
-        raise BadArgumentError(f"spec['mode'] must be 'checkpoint' or 'train', got {spec['mode']!r}")
-    if spec.get("ska_mode") == "token":  # evaluate as the model decodes: every token reads the statistics up to itself
+    if cell.ska_mode == "token":  # evaluate as the model decodes: every token reads the statistics up to itself
         model = rebuilt(model, {"ska": {"mode": "token"}})
-    n, gap = spec["task"]["num_kv_pairs"], spec["task"]["gap"]
+    n, gap = cell.task["num_kv_pairs"], cell.task["gap"]
     bs = 16 if 4 * n + gap <= 1200 else 4  # attention over 4k tokens: keep the score tensors small
-    return {**recall_breakdown(model, task, spec["examples"], batch_size=bs),
+    return {**recall_breakdown(model, task, cell.examples, batch_size=bs),
             "state_bytes": model_state_bytes(model, 4 * n + gap), **out, "device": str(device)}
 
 

@@ -43,7 +43,7 @@ from ..errors import BadArgumentError
 from ..grid import GridOptions, run_grid
 from .command import Command, Option
 from .common import finish, pick, resolve
-from .convert_cells import context, convert_cell
+from .convert_cells import ConvertCell, context, convert_cell
 from .convert_report import format_summary
 
 __all__ = ["COMMAND", "ConvertRecipe", "RECIPES", "PICK", "recipe_for", "run"]
@@ -198,17 +198,10 @@ def recipe_for(scale: str = SCALE, fast: bool = False) -> ConvertRecipe:
     return pick("convert", RECIPES, PICK, scale, fast)
 
 
-def _model_tag(r: ConvertRecipe) -> dict[str, str]:
-    return {} if r.model == "smollm2" else {"model": r.model}  # the SmolLM2 specs name no model (the shipped records)
-
-
 def _common(r: ConvertRecipe) -> dict[str, Any]:
-    """The stage-1 settings every cell that uses a fitted mixer carries."""
-    out = {k: getattr(r, k) for k in ("window", "rank", "eps", "calib_windows", "calib_len", "fit_steps", "fit_batch",
-                                      "fit_lr", "seed")}
-    if r.sinks != 4:  # (the shipped records were written before sinks became a setting; 4 is their value)
-        out["sinks"] = r.sinks
-    return {**out, **_model_tag(r)}
+    """The stage-1 settings (and the model) every cell that uses a fitted mixer carries."""
+    return {k: getattr(r, k) for k in ("window", "sinks", "rank", "eps", "calib_windows", "calib_len", "fit_steps",
+                                       "fit_batch", "fit_lr", "seed", "model")}
 
 
 def _evalspec(r: ConvertRecipe) -> dict[str, int]:
@@ -219,11 +212,12 @@ def _stage2spec(r: ConvertRecipe) -> dict[str, Any]:
     return {"stage2_steps": r.stage2_steps, "stage2_lr": r.stage2_lr, **_common(r)}
 
 
-def _grid(specs: list[dict], fn, out: pathlib.Path, grid: GridOptions | None, progress: bool,
+def _grid(cells: list[ConvertCell], fn, out: pathlib.Path, grid: GridOptions | None, progress: bool,
           used: list[dict]) -> list[Any]:
-    """One grid of the chain: the results of ``specs`` in order (their records added to ``used``); raises
-    GridError (the records written) if a cell failed."""
-    records = run_grid(specs, fn, out, grid, progress=progress)
+    """One grid of the chain: the results of ``cells`` in order (their records added to ``used``; records
+    written before the cells were typed count: the grid reads them as today's cells); raises GridError (the records
+    written) if a cell failed."""
+    records = run_grid(cells, fn, out, grid, progress=progress)
     used.extend(records)
     finish(records, out)
     return [x["result"] for x in records]
@@ -276,35 +270,34 @@ def run(recipe: str | ConvertRecipe = "convert/fast", out_dir: str | pathlib.Pat
 
 
 def _chain(r: ConvertRecipe, n: int, go) -> dict[str, Any]:
-    """The four grids of the study (``go(specs) -> results``) and the result's tables."""
-    common, ev, tag = _common(r), _evalspec(r), _model_tag(r)
+    """The four grids of the study (``go(cells) -> results``) and the result's tables."""
+    common, ev, s2spec, C = _common(r), _evalspec(r), _stage2spec(r), ConvertCell
     fitted = list(dict.fromkeys([*r.variants, r.cost_variant]))
-    r1 = go([{"kind": "eval", "variant": "full", "layers": [], **ev, **tag},
-             *({"kind": "fit", "variant": v, "layer": i, **common} for v in fitted for i in range(n))])
+    r1 = go([C("eval", variant="full", layers=[], model=r.model, **ev),
+             *(C("fit", variant=v, layer=i, **common) for v in fitted for i in range(n))])
     full, fits = r1[0]["window_nll"], r1[1:]
-    r2 = go([{"kind": "cost", "variant": r.cost_variant, "layer": i, "cost_windows": r.cost_windows, **ev, **common}
-             for i in range(n)])
+    r2 = go([C("cost", variant=r.cost_variant, layer=i, cost_windows=r.cost_windows, **ev, **common) for i in range(n)])
     costs = [_mean(c["window_nll"]) - _mean(full[: r.cost_windows]) for c in r2]
     order = sorted(range(n), key=lambda i: costs[i])
     counts, nl = [c for c in r.counts if c <= n], sorted(order[: r.needle_count])
     first = lambda c: sorted(order[:c])  # noqa: E731 - the c cheapest layers
-    needle = {"kind": "needle", "distances": list(r.needle_distances), "trials": r.needle_trials, "seed": r.seed}
+    needle = {"distances": r.needle_distances, "trials": r.needle_trials}
     s2 = [(v, c) for v in r.stage2_variants for c in r.stage2_counts if c <= n]
 
-    sweep = [{"kind": "eval", "variant": v, "layers": first(c), **ev, **common} for v in r.variants for c in counts]
-    needles = ([{**needle, "variant": "full", "layers": [], **tag}]
-               + [{**needle, "variant": v, "layers": nl, **common} for v in r.variants]) if r.needle_distances else []
-    distills = [{"kind": "distill", "variant": v, "layers": first(c), **_stage2spec(r)} for v, c in s2]
+    sweep = [C("eval", variant=v, layers=first(c), **ev, **common) for v in r.variants for c in counts]
+    needles = [C("needle", variant="full", layers=[], seed=r.seed, model=r.model, **needle),
+               *(C("needle", variant=v, layers=nl, **needle, **common) for v in r.variants)] if r.needle_distances else []
+    distills = [C("distill", variant=v, layers=first(c), **s2spec) for v, c in s2]
     r3 = iter(go([*sweep, *needles, *distills]))
     sweep_res, needle_res, distill_res = ([next(r3) for _ in xs] for xs in (sweep, needles, distills))
 
-    s2_evals = [{"kind": "eval", "variant": v, "stage": 2, "layers": first(c), **ev, **_stage2spec(r)} for v, c in s2]
-    s2_needles = [{**needle, "variant": v, "layers": nl, **common, "stage": 2, **_stage2spec(r)}
+    s2_evals = [C("eval", variant=v, stage=2, layers=first(c), **ev, **s2spec) for v, c in s2]
+    s2_needles = [C("needle", variant=v, layers=nl, stage=2, **needle, **s2spec)
                   for v, c in s2 if first(c) == nl and r.needle_distances]
-    kivi = [{"kind": "compose", "what": "converted+kivi", "variant": v, "layers": first(c), "bits": r.compose_bits,
-             **ev, **common} for v in r.compose_variants for c in r.compose_counts if c <= n]
-    ekv = ([{"kind": "compose", "what": "echokv+kivi", "ratios": list(r.compose_ratios), "bits": r.compose_bits,
-             "calib_windows": r.compose_calib_windows, "calib_len": r.calib_len, **ev, **tag}] if r.compose_ratios else [])
+    kivi = [C("compose", what="converted+kivi", variant=v, layers=first(c), bits=r.compose_bits, **ev, **common)
+            for v in r.compose_variants for c in r.compose_counts if c <= n]
+    ekv = [C("compose", what="echokv+kivi", ratios=r.compose_ratios, bits=r.compose_bits, model=r.model,
+             calib_windows=r.compose_calib_windows, calib_len=r.calib_len, **ev)] if r.compose_ratios else []
     r4 = iter(go([*s2_evals, *s2_needles, *kivi, *ekv]))
     s2_res, s2_needle_res, kivi_res, ekv_res = ([next(r4) for _ in xs] for xs in (s2_evals, s2_needles, kivi, ekv))
     return {
@@ -313,12 +306,12 @@ def _chain(r: ConvertRecipe, n: int, go) -> dict[str, Any]:
         "labels": {v: r.spec(v).label for v in r.variants}, "full_window_nll": full,
         "fit": {v: fits[fitted.index(v) * n: (fitted.index(v) + 1) * n] for v in r.variants},
         "cost_nll": costs, "order": order,
-        "sweep_window_nll": _by_variant({(s["variant"], len(s["layers"])): x["window_nll"] for s, x in zip(sweep, sweep_res)}),
+        "sweep_window_nll": _by_variant({(s.variant, len(s.layers)): x["window_nll"] for s, x in zip(sweep, sweep_res)}),
         "needle": dict(zip(["full", *r.variants], needle_res)),
         "stage2": _by_variant({vc: {"window_nll": e["window_nll"], **d} for vc, e, d in zip(s2, s2_res, distill_res)}),
-        "needle_stage2": {s["variant"]: x for s, x in zip(s2_needles, s2_needle_res)},
+        "needle_stage2": {s.variant: x for s, x in zip(s2_needles, s2_needle_res)},
         "compose": {"bits": r.compose_bits, "echokv": ekv_res[0] if ekv_res else {},
-                    "converted_kivi": _by_variant({(s["variant"], len(s["layers"])): x["window_nll"]
+                    "converted_kivi": _by_variant({(s.variant, len(s.layers)): x["window_nll"]
                                                    for s, x in zip(kivi, kivi_res)})} if kivi or ekv else {},
         "needle_layers": nl,
     }

@@ -1,13 +1,8 @@
-"""The cells of the conversion study (``echo_tutor.experiments.convert``): one function per kind of cell, each
-one record of ``records.jsonl``. A cell's spec holds every setting its result depends on; the model, the token
-windows and the captured layer inputs are loaded once per process (:func:`context`), and the fitted mixers
-travel between cells as files under ``<out_dir>/mixers/`` (so on a cluster of several machines ``out_dir`` must
-be a shared folder).
-
-Kinds (``spec["kind"]``): ``fit`` (stage 1 of one variant at one layer; saves the mixer), ``cost`` (held-out NLL
-with that one layer converted), ``eval`` (held-out NLL with some layers converted: stage 1, stage 2, or
-``"full"``, the original model), ``needle`` (pass-key accuracy), ``distill`` (stage 2 of some layers; saves
-the mixers), ``compose`` (converted layers beside KIVI layers, or EchoKV-lite with and without KIVI).
+"""The cells of the conversion study (``echo_tutor.experiments.convert``): :class:`ConvertCell`, and one function
+per kind of cell, each one record of ``records.jsonl``. A cell holds every setting its result depends on; the
+model, the token windows and the captured layer inputs are loaded once per process (:func:`context`), and the
+fitted mixers travel between cells as files under ``<out_dir>/mixers/`` (so on a cluster of several machines
+``out_dir`` must be a shared folder).
 """
 
 from __future__ import annotations
@@ -29,10 +24,63 @@ from ..convert.probe import needle_probe, window_nll
 from ..convert.spec import MixerSpec, parse_variant
 from ..echokv.model import study_model
 from ..errors import BadArgumentError
+from ..grid import Cell
 
-__all__ = ["Context", "context", "convert_cell", "mixer_file", "stage2_file"]
+__all__ = ["ConvertCell", "Context", "context", "convert_cell", "mixer_file", "stage2_file"]
 
-DEFAULT_SINKS = 4  # specs without "sinks" were written before it was a setting: 4 is their value
+
+@dataclass(frozen=True)
+class ConvertCell(Cell):
+    """One cell of the conversion study. ``kind`` (what :func:`convert_cell` runs) and the fields it reads:
+
+    * ``fit``: stage 1 of ``variant`` at ``layer`` (saves the mixer);
+    * ``cost``: the held-out NLL on the first ``cost_windows`` windows with that one ``layer`` converted;
+    * ``eval``: the held-out NLL with ``layers`` converted (``variant`` ``"full"``: none, the original model),
+      by their stage-``stage`` mixers (1 or 2);
+    * ``needle``: the pass-key accuracy at each of ``distances`` (``trials`` each, ``seed``) with ``layers``
+      converted (``variant``, ``stage`` as for ``eval``);
+    * ``distill``: stage 2 of ``variant`` at ``layers`` (saves the mixers);
+    * ``compose``: ``what`` is ``"converted+kivi"`` (``variant`` at ``layers`` beside a KIVI ``bits`` context
+      on the other layers) or ``"echokv+kivi"`` (EchoKV-lite at each of ``ratios``, fit on ``calib_windows``
+      calibration windows of ``calib_len`` tokens, with and without ``bits``-bit KIVI on its kept heads).
+
+    A cell with fitted mixers carries stage 1's settings: the mixer (``window``, ``sinks``, ``rank``,
+    ``eps``), its data (``calib_windows`` x ``calib_len``) and its fit (``fit_steps``, ``fit_batch``,
+    ``fit_lr``, ``seed``); a stage-2 cell also ``stage2_steps`` and ``stage2_lr``; a cell that scores
+    held-out text ``eval_windows`` x (``ctx_len`` + ``eval_len``). ``model``: a name of ``STUDY_MODELS``.
+    Fields a kind does not read are None; ``stage``, ``sinks`` and ``model`` default to what a spec written
+    before the cells were typed meant by leaving them out (the grid reads such a record as today's cell), and a cell without
+    mixers keeps the defaults of ``stage`` and ``sinks`` (unused).
+    """
+
+    experiment = "convert"
+    kind: str
+    variant: str | None = None
+    what: str | None = None
+    layer: int | None = None
+    layers: list[int] | None = None
+    stage: int = 1
+    window: int | None = None
+    sinks: int = 4  # (the shipped records were written before sinks became a setting; 4 is their value)
+    rank: int | None = None
+    eps: float | None = None
+    calib_windows: int | None = None
+    calib_len: int | None = None
+    fit_steps: int | None = None
+    fit_batch: int | None = None
+    fit_lr: float | None = None
+    seed: int | None = None
+    cost_windows: int | None = None
+    eval_windows: int | None = None
+    ctx_len: int | None = None
+    eval_len: int | None = None
+    distances: list[int] | None = None
+    trials: int | None = None
+    stage2_steps: int | None = None
+    stage2_lr: float | None = None
+    bits: int | None = None
+    ratios: list[float] | None = None
+    model: str = "smollm2"
 
 
 @dataclass
@@ -85,52 +133,53 @@ def _save(obj: Any, path: pathlib.Path) -> None:
     os.replace(tmp, path)
 
 
-def _mixer_spec(spec: dict[str, Any], variant: str) -> MixerSpec:
-    return parse_variant(variant, window=spec["window"], sinks=spec.get("sinks", DEFAULT_SINKS), rank=spec["rank"],
-                         eps=spec["eps"])
+def _mixer_spec(cell: ConvertCell, variant: str) -> MixerSpec:
+    return parse_variant(variant, window=cell.window, sinks=cell.sinks, rank=cell.rank, eps=cell.eps)
 
 
-def _fit(ctx: Context, spec: dict[str, Any], variant: str, layer: int, out: pathlib.Path) -> tuple[ConvertedAttention, dict]:
-    """Stage 1 of ``variant`` at ``layer`` with the spec's fit settings; the mixer is saved."""
+def _fit(ctx: Context, cell: ConvertCell, variant: str, layer: int,
+         out: pathlib.Path) -> tuple[ConvertedAttention, dict]:
+    """Stage 1 of ``variant`` at ``layer`` with the cell's fit settings; the mixer is saved."""
     if layer not in ctx.captured:  # one pass captures every layer still to fit (float16, ~5 MB a layer for SmolLM2)
         ctx.captured.update(capture_inputs(ctx.model, ctx.cal_ids, list(range(layer, ctx.n_layers))))
-    m, info = fit_layer(ctx.model, layer, _mixer_spec(spec, variant), ctx.captured[layer], steps=spec["fit_steps"],
-                        batch=spec["fit_batch"], lr=spec["fit_lr"], seed=spec["seed"])
+    m, info = fit_layer(ctx.model, layer, _mixer_spec(cell, variant), ctx.captured[layer], steps=cell.fit_steps,
+                        batch=cell.fit_batch, lr=cell.fit_lr, seed=cell.seed)
     _save(mixer_params(m), mixer_file(out, variant, layer))
     info.pop("losses", None)
     return m, info
 
 
-def _stage1(ctx: Context, spec: dict[str, Any], variant: str, layers: list[int], out: pathlib.Path) -> dict[int, ConvertedAttention]:
+def _stage1(ctx: Context, cell: ConvertCell, variant: str, layers: list[int],
+            out: pathlib.Path) -> dict[int, ConvertedAttention]:
     """The stage-1 mixers of ``variant`` at ``layers``: loaded from their files (fitted again where one is missing)."""
-    ms, mixers = _mixer_spec(spec, variant), {}
+    ms, mixers = _mixer_spec(cell, variant), {}
     for i in layers:
         f = mixer_file(out, variant, i)
-        mixers[i] = load_mixer(ctx.model, i, ms, torch.load(f)) if f.exists() else _fit(ctx, spec, variant, i, out)[0]
+        mixers[i] = load_mixer(ctx.model, i, ms, torch.load(f)) if f.exists() else _fit(ctx, cell, variant, i, out)[0]
     return mixers
 
 
-def _distill(ctx: Context, spec: dict[str, Any], out: pathlib.Path) -> tuple[dict[int, ConvertedAttention], dict]:
-    """Stage 2 of ``spec["variant"]`` at ``spec["layers"]`` from fresh copies of the stage-1 mixers; saved."""
-    variant, layers = spec["variant"], spec["layers"]
-    mixers = _stage1(ctx, spec, variant, layers, out)
-    info = distill(ctx.model, mixers, ctx.cal_ids, steps=spec["stage2_steps"], lr=spec["stage2_lr"], seed=spec["seed"])
+def _distill(ctx: Context, cell: ConvertCell, out: pathlib.Path) -> tuple[dict[int, ConvertedAttention], dict]:
+    """Stage 2 of ``cell.variant`` at ``cell.layers`` from fresh copies of the stage-1 mixers; saved."""
+    variant, layers = cell.variant, cell.layers
+    mixers = _stage1(ctx, cell, variant, layers, out)
+    info = distill(ctx.model, mixers, ctx.cal_ids, steps=cell.stage2_steps, lr=cell.stage2_lr, seed=cell.seed)
     _save({i: mixer_params(m) for i, m in mixers.items()}, stage2_file(out, variant, layers))
     return mixers, info
 
 
-def _mixers(ctx: Context, spec: dict[str, Any], out: pathlib.Path) -> dict[int, ConvertedAttention]:
+def _mixers(ctx: Context, cell: ConvertCell, out: pathlib.Path) -> dict[int, ConvertedAttention]:
     """The mixers a cell converts: none for ``"full"``, stage 2 (saved by its ``distill`` cell; distilled
-    again if the file is missing) when ``spec["stage"] == 2``, else stage 1."""
-    variant, layers = spec["variant"], spec["layers"]
+    again if the file is missing) when ``cell.stage == 2``, else stage 1."""
+    variant, layers = cell.variant, cell.layers
     if variant == "full":
         return {}
-    if spec.get("stage") != 2:
-        return _stage1(ctx, spec, variant, layers, out)
+    if cell.stage != 2:
+        return _stage1(ctx, cell, variant, layers, out)
     f = stage2_file(out, variant, layers)
     if not f.exists():
-        return _distill(ctx, spec, out)[0]
-    saved, ms = torch.load(f), _mixer_spec(spec, variant)
+        return _distill(ctx, cell, out)[0]
+    saved, ms = torch.load(f), _mixer_spec(cell, variant)
     return {i: load_mixer(ctx.model, i, ms, saved[i]) for i in layers}
 
 
@@ -139,29 +188,26 @@ def _nll(ctx: Context, mixers: dict[int, ConvertedAttention], ids: torch.Tensor,
         return {"window_nll": window_nll(ctx.model, ids, ctx_len)}
 
 
-def convert_cell(spec: dict[str, Any], *, out_dir: str, data: dict[str, Any]) -> dict[str, Any]:
-    """Run one cell of the conversion study (the kinds: see the module doc) with the study's ``data``
+def convert_cell(cell: ConvertCell, *, out_dir: str, data: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell of the conversion study (:class:`ConvertCell`; its kinds there) with the study's ``data``
     settings (:func:`context`) and mixer files under ``out_dir``; returns its JSON-ready result."""
-    ctx, out = context(json.dumps(data, sort_keys=True)), pathlib.Path(out_dir)
+    ctx, out, c = context(json.dumps(data, sort_keys=True)), pathlib.Path(out_dir), cell
     torch.manual_seed(data["seed"])
-    kind = spec["kind"]
-    if kind == "fit":
-        return _fit(ctx, spec, spec["variant"], spec["layer"], out)[1]
-    if kind == "cost":
-        return _nll(ctx, _stage1(ctx, spec, spec["variant"], [spec["layer"]], out), ctx.eval_ids[: spec["cost_windows"]],
-                    spec["ctx_len"])
-    if kind == "eval":
-        return _nll(ctx, _mixers(ctx, spec, out), ctx.eval_ids, spec["ctx_len"])
-    if kind == "needle":
-        with converted(ctx.model, _mixers(ctx, spec, out)):
-            return needle_probe(ctx.model, ctx.tok, spec["distances"], spec["trials"], seed=spec["seed"])
-    if kind == "distill":
-        return _distill(ctx, spec, out)[1]
-    if kind == "compose" and spec["what"] == "converted+kivi":
-        mixers = _stage1(ctx, spec, spec["variant"], spec["layers"], out)
-        return {"window_nll": converted_with_kivi_nll(ctx.model, mixers, spec["bits"], ctx.eval_ids, spec["ctx_len"])}
-    if kind == "compose" and spec["what"] == "echokv+kivi":
-        cal = ctx.windows("calib", spec["calib_len"], spec["calib_windows"])
-        return echokv_with_kivi(ctx.model, cal, ctx.eval_ids, spec["ctx_len"], spec["ratios"], spec["bits"],
-                                cache=ctx.tok is not None)
-    raise BadArgumentError(f"spec: no cell of kind {kind!r} (what={spec.get('what')!r}) in the conversion study")
+    if c.kind == "fit":
+        return _fit(ctx, c, c.variant, c.layer, out)[1]
+    if c.kind == "cost":
+        return _nll(ctx, _stage1(ctx, c, c.variant, [c.layer], out), ctx.eval_ids[: c.cost_windows], c.ctx_len)
+    if c.kind == "eval":
+        return _nll(ctx, _mixers(ctx, c, out), ctx.eval_ids, c.ctx_len)
+    if c.kind == "needle":
+        with converted(ctx.model, _mixers(ctx, c, out)):
+            return needle_probe(ctx.model, ctx.tok, c.distances, c.trials, seed=c.seed)
+    if c.kind == "distill":
+        return _distill(ctx, c, out)[1]
+    if c.kind == "compose" and c.what == "converted+kivi":
+        mixers = _stage1(ctx, c, c.variant, c.layers, out)
+        return {"window_nll": converted_with_kivi_nll(ctx.model, mixers, c.bits, ctx.eval_ids, c.ctx_len)}
+    if c.kind == "compose" and c.what == "echokv+kivi":
+        cal = ctx.windows("calib", c.calib_len, c.calib_windows)
+        return echokv_with_kivi(ctx.model, cal, ctx.eval_ids, c.ctx_len, c.ratios, c.bits, cache=ctx.tok is not None)
+    raise BadArgumentError(f"cell: no cell of kind {c.kind!r} (what={c.what!r}) in the conversion study")

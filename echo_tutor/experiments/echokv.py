@@ -11,16 +11,10 @@ Recipes (``RECIPES``; ``--fast`` picks ``echokv/fast``):
 * ``echokv/smoke`` (``--recipe``): the plumbing in seconds: a tiny GQA Llama trained on a copy task
   (``echokv.tiny_gqa_model``) on random copy sequences instead of SmolLM2 on text; no result to read.
 
-Cells (one record each in ``<out_dir>/records.jsonl``, run by :func:`~echo_tutor.grid.run_grid`, locally or on
-Ray; a killed run resumes), each scoring its methods on the same held-out windows (so any two rows pair):
-
-* ``ratio``: EchoKV-lite ridge maps on greedy / fixed / random slots, random slot dropping, per-head SVD,
-  cross-layer SVD and StreamingLLM, at one ratio (the greedy slots and their errors are part of the result);
-* ``kivi``: KIVI at 2, 4 and 8 bits (no ratio: its bytes are set by the bits);
-* ``ablation``: the two knobs changed from the design notes (a layer window of 1; equal K/V budgets), at the
-  stage-2 ratio;
-* ``stage2``: stage 2 (ridge + low-rank MLP maps distilled against the full cache, the LLM frozen) on the
-  greedy slots at the stage-2 ratio (0.5, else the first ratio).
+Cells (:class:`EchoKVCell`, one record each in ``<out_dir>/records.jsonl``, run by
+:func:`~echo_tutor.grid.run_grid`, locally or on Ray; a killed run resumes), each scoring its methods on the
+same held-out windows (so any two rows pair): one ``ratio`` cell per ratio, then ``kivi``, ``ablation`` and
+``stage2`` (the kinds: see :class:`EchoKVCell`).
 
 Every cell seeds torch with the recipe's seed first, so a cell's numbers do not depend on which cells ran
 before it in the same process.
@@ -45,11 +39,12 @@ from ..echokv.model import STUDY_MODELS, study_model
 from ..echokv.slots import KINDS, SlotMoments, light_keys
 from ..echokv.study import format_table
 from ..errors import BadArgumentError
-from ..grid import GridOptions, run_grid
+from ..grid import Cell, GridOptions, run_grid
 from .command import Command, Option
 from .common import finish, pick, resolve
 
-__all__ = ["COMMAND", "EchoKVRecipe", "RECIPES", "PICK", "recipe_for", "cells", "echokv_cell", "summarize", "run"]
+__all__ = ["COMMAND", "EchoKVCell", "EchoKVRecipe", "RECIPES", "PICK", "recipe_for", "cells", "echokv_cell",
+           "summarize", "run"]
 
 SCALE = "smollm2"  # the one model of the shipped recipes (SmolLM2-135M-Instruct), the CLI's --scale for them
 MODELS = tuple(STUDY_MODELS)
@@ -128,27 +123,70 @@ def recipe_for(scale: str = SCALE, fast: bool = False) -> EchoKVRecipe:
     return pick("echokv", RECIPES, PICK, scale, fast)
 
 
-def cells(recipe: EchoKVRecipe) -> list[dict[str, Any]]:
-    """The grid's cell specs: one ``ratio`` cell per ratio, then ``kivi``, ``ablation`` and ``stage2``."""
-    base = {"experiment": "echokv", "seed": recipe.seed, "layer_window": recipe.layer_window,
-            "data": {k: getattr(recipe, k) for k in ("calib_windows", "calib_len", "eval_windows", "ctx_len", "eval_len")}}
-    if recipe.model != "smollm2":
-        base["data"]["model"] = recipe.model
+DATA_FIELDS = ("calib_windows", "calib_len", "eval_windows", "ctx_len", "eval_len")  # a cell's data: the windows
+
+
+@dataclasses.dataclass(frozen=True)
+class EchoKVCell(Cell):
+    """One cell of the study: its ``kind`` and what that kind reads.
+
+    Every cell: ``seed`` (torch's, first thing in the cell), ``layer_window`` (layers on each side of a
+    discarded slot that feed its maps), ``data`` (the recipe's ``calib_windows``, ``calib_len``,
+    ``eval_windows``, ``ctx_len``, ``eval_len``) and ``model`` (a name of ``STUDY_MODELS``). By kind:
+
+    * ``ratio``: EchoKV-lite ridge maps on greedy / fixed / random slots, random slot dropping, per-head SVD,
+      cross-layer SVD and StreamingLLM at ``ratio`` (the greedy slots and their errors are part of the result);
+    * ``kivi``: KIVI at each of ``bits`` (no ratio: its bytes are set by the bits);
+    * ``ablation``: the two knobs changed from the design notes (a layer window of 1; equal K/V budgets) at
+      ``ratio`` (the stage-2 ratio);
+    * ``stage2``: stage 2 (ridge + rank-``rank`` MLP maps distilled against the full cache, the LLM frozen,
+      ``steps`` Adam steps at ``lr`` on ``distill_windows`` calibration windows) on the greedy slots at ``ratio``.
+
+    Fields a kind does not read are None. A spec recorded before the cells were typed left out the fields
+    that were None and named a model other than SmolLM2 inside ``data``: :meth:`from_spec` reads it as this
+    cell (``rehash_records``)."""
+
+    experiment = "echokv"
+    kind: str
+    seed: int
+    layer_window: int
+    data: dict[str, int]
+    model: str = "smollm2"
+    ratio: float | None = None
+    bits: list[int] | None = None
+    steps: int | None = None
+    rank: int | None = None
+    lr: float | None = None
+    distill_windows: int | None = None
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> "EchoKVCell":
+        """:meth:`Cell.from_spec`, also of an untyped cell's spec that named its model inside ``data``."""
+        data = spec.get("data") if isinstance(spec, dict) else None
+        if isinstance(data, dict) and "model" in data:
+            spec = {**spec, "data": {k: v for k, v in data.items() if k != "model"}, "model": data["model"]}
+        return super().from_spec(spec)
+
+
+def cells(recipe: EchoKVRecipe) -> list[EchoKVCell]:
+    """The grid's cells: one ``ratio`` cell per ratio, then ``kivi``, ``ablation`` and ``stage2``."""
+    base = dict(seed=recipe.seed, layer_window=recipe.layer_window, model=recipe.model,
+                data={k: getattr(recipe, k) for k in DATA_FIELDS})
     r2 = recipe.stage2_ratio
-    return [*({**base, "kind": "ratio", "ratio": r} for r in recipe.ratios),
-            {**base, "kind": "kivi", "bits": list(KIVI_BITS)},
-            {**base, "kind": "ablation", "ratio": r2},
-            {**base, "kind": "stage2", "ratio": r2, "steps": recipe.stage2_steps, "rank": recipe.stage2_rank,
-             "lr": recipe.stage2_lr, "distill_windows": recipe.distill_windows}]
+    return [*(EchoKVCell("ratio", ratio=r, **base) for r in recipe.ratios),
+            EchoKVCell("kivi", bits=KIVI_BITS, **base),
+            EchoKVCell("ablation", ratio=r2, **base),
+            EchoKVCell("stage2", ratio=r2, steps=recipe.stage2_steps, rank=recipe.stage2_rank, lr=recipe.stage2_lr,
+                       distill_windows=recipe.distill_windows, **base)]
 
 
 @functools.lru_cache(maxsize=1)
 def _data(data_json: str):
     """The model (on CUDA if present), ``windows(split, length, n)`` (token windows of a split), the calibration
     capture and its moments, the held-out windows: loaded once per process (SmolLM2's capture from its disk
-    cache after the first run)."""
+    cache after the first run). ``data_json``: a cell's ``data`` and ``model`` as one JSON object."""
     d = json.loads(data_json)
-    model, tok, windows = study_model(d.get("model", "smollm2"))
+    model, tok, windows = study_model(d["model"])
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")  # captures, moments and fits stay on the CPU
     cap = capture_kv(model, windows("calib", d["calib_len"], d["calib_windows"]), cache=tok is not None)
     moments = {k: SlotMoments(cap, k) for k in KINDS}
@@ -156,12 +194,11 @@ def _data(data_json: str):
     return model, windows, cap, moments, eval_ids
 
 
-def _methods(spec: dict[str, Any], model, windows, cap, moments) -> tuple[list, dict[str, Any]]:
+def _methods(cell: EchoKVCell, model, windows, cap, moments) -> tuple[list, dict[str, Any]]:
     """The methods of one cell, and what else the cell reports."""
-    kind, seed, lw, d = spec["kind"], spec["seed"], spec["layer_window"], spec["data"]
+    kind, seed, lw, d, ratio = cell.kind, cell.seed, cell.layer_window, cell.data, cell.ratio
     if kind == "kivi":
-        return [B.kivi(b) for b in spec["bits"]], {}
-    ratio = spec["ratio"]
+        return [B.kivi(b) for b in cell.bits], {}
     if kind == "ratio":
         methods, extra = [], {}
         for sel in ("greedy", "fixed", "random"):
@@ -184,28 +221,29 @@ def _methods(spec: dict[str, Any], model, windows, cap, moments) -> tuple[list, 
     if kind == "stage2":
         kept = fit_reconstructor(cap, ratio, method="greedy", key_ratio=light_keys(ratio), layer_window=lw,
                                  moments=moments, seed=seed).kept
-        rec = fit_reconstructor(cap, ratio, kept=kept, layer_window=lw, rank=spec["rank"], moments=moments)
-        dis_ids = windows("calib", d["ctx_len"] + d["eval_len"], spec["distill_windows"])
-        kl = distill(model, rec, dis_ids, d["ctx_len"], steps=spec["steps"], lr=spec["lr"], seed=seed) if spec["steps"] else []
+        rec = fit_reconstructor(cap, ratio, kept=kept, layer_window=lw, rank=cell.rank, moments=moments)
+        dis_ids = windows("calib", d["ctx_len"] + d["eval_len"], cell.distill_windows)
+        kl = distill(model, rec, dis_ids, d["ctx_len"], steps=cell.steps, lr=cell.lr, seed=seed) if cell.steps else []
         return [B.echokv_method(rec, f"echokv-lite stage 2, greedy @{ratio}")], {"stage2_kl": kl}
-    raise BadArgumentError(f"spec['kind'] must be 'ratio', 'kivi', 'ablation' or 'stage2', got {kind!r}")
+    raise BadArgumentError(f"cell.kind must be 'ratio', 'kivi', 'ablation' or 'stage2', got {kind!r}")
 
 
-def echokv_cell(spec: dict[str, Any]) -> dict[str, Any]:
-    """One cell of the study (see the module doc; the spec is built by :func:`cells`): fit its methods and
-    score them on the held-out windows. Returns ``perplexity`` (``{name: {"fraction", "ppl", "nll",
-    "delta_ppl", "window_nll"}}``, the full cache's row included) and, by kind, ``kept_greedy`` and
+def echokv_cell(cell: EchoKVCell) -> dict[str, Any]:
+    """One cell of the study (:class:`EchoKVCell`, built by :func:`cells`): fit its methods and score them on
+    the held-out windows. Returns ``perplexity`` (``{name: {"fraction", "ppl", "nll", "delta_ppl",
+    "window_nll"}}``, the full cache's row included) and, by kind, ``kept_greedy`` and
     ``slot_rel_err_greedy`` (``ratio``) or ``stage2_kl`` (``stage2``)."""
-    torch.manual_seed(spec["seed"])
-    model, windows, cap, moments, eval_ids = _data(json.dumps(spec["data"], sort_keys=True))
-    methods, extra = _methods(spec, model, windows, cap, moments)
-    table = perplexity(model, eval_ids, spec["data"]["ctx_len"], methods)
+    torch.manual_seed(cell.seed)
+    model, windows, cap, moments, eval_ids = _data(json.dumps({**cell.data, "model": cell.model}, sort_keys=True))
+    methods, extra = _methods(cell, model, windows, cap, moments)
+    table = perplexity(model, eval_ids, cell.data["ctx_len"], methods)
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     return {"perplexity": table, **extra, "device": dev}
 
 
 def _label(spec: dict[str, Any]) -> str:
-    return spec["kind"] + (f" @{spec['ratio']}" if "ratio" in spec else "")
+    """A recorded cell as "kind @ratio" (a record's spec: today's, or one written before the cells were typed)."""
+    return spec["kind"] + (f" @{spec['ratio']}" if spec.get("ratio") is not None else "")
 
 
 def summarize(recipe: EchoKVRecipe, records: list[dict[str, Any]]) -> dict[str, Any]:

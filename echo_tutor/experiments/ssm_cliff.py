@@ -39,7 +39,7 @@ import torch
 
 from .._checks import check_int, check_positive
 from ..errors import BadArgumentError
-from ..grid import GridOptions, run_grid
+from ..grid import Cell, GridOptions, run_grid
 from ..models import build, load as load_model
 from ..train import TrainConfig, evaluate, train
 from .command import Command, Option
@@ -48,8 +48,8 @@ from .ssm_cliff_rules import (TAU, after_write, crossing, edited_decay, predict,
                               retention, retention_crossing, tolerance, transplant)
 from .stats import mean_ci
 
-__all__ = ["COMMAND", "SSMCliffRecipe", "RECIPES", "PICK", "EVAL_GAPS", "RULES", "recipe_for", "cells",
-           "ssm_cliff_cell", "train_stages", "measure", "summarize", "run"]
+__all__ = ["COMMAND", "SSMCliffCell", "SSMCliffRecipe", "RECIPES", "PICK", "EVAL_GAPS", "RULES", "recipe_for",
+           "cells", "ssm_cliff_cell", "train_stages", "measure", "summarize", "run"]
 
 EVAL_GAPS = (0, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 RULES = {"cliff_pred": "rule 1", "cliff_pred_rule2": "rule 2", "cliff_pred_rule3": "rule 3",
@@ -184,16 +184,29 @@ def _file_id(path: str | pathlib.Path) -> dict[str, str]:
     return {"file": str(p.resolve()), "sha1": hashlib.sha1(p.read_bytes()).hexdigest()[:16]}
 
 
+@dataclasses.dataclass(frozen=True)
+class SSMCliffCell(Cell):
+    """One seed of the study (:func:`ssm_cliff_cell`): ``seed``; ``args``, the measurement's arguments
+    (``SSMCliffRecipe.resolved()``); ``load``, ``{"file": "path.pt", "sha1": "<16 hex>"}`` to measure that
+    checkpoint instead of training (None: train); ``save_as``, where the trained model is saved (an absolute
+    path, float16 as the shipped checkpoints; None: not saved)."""
+
+    experiment = "ssm_cliff"
+    seed: int
+    args: dict[str, Any]
+    load: dict[str, str] | None = None
+    save_as: str | None = None
+
+
 def cells(recipe: SSMCliffRecipe, save_dir: pathlib.Path | None = None,
-          load: str | pathlib.Path | None = None) -> list[dict[str, Any]]:
-    """The grid's cell specs, one per seed (see :func:`ssm_cliff_cell`); with ``save_dir`` each saves its model
+          load: str | pathlib.Path | None = None) -> list[SSMCliffCell]:
+    """The grid's cells, one per seed (see :func:`ssm_cliff_cell`); with ``save_dir`` each saves its model
     there as ``seed<k>.pt``. With ``load`` one cell (the first seed) measures that checkpoint instead."""
     args = recipe.resolved()
     if load is not None:
-        return [{"experiment": "ssm_cliff", "seed": recipe.seeds[0], "args": args, "load": _file_id(load),
-                 "save_as": None}]
-    return [{"experiment": "ssm_cliff", "seed": s, "args": args, "load": None,
-             "save_as": str((save_dir / f"seed{s}.pt").resolve()) if save_dir else None} for s in recipe.seeds]
+        return [SSMCliffCell(recipe.seeds[0], args, load=_file_id(load))]
+    return [SSMCliffCell(s, args, save_as=str((save_dir / f"seed{s}.pt").resolve()) if save_dir else None)
+            for s in recipe.seeds]
 
 
 def train_stages(model, a) -> list[dict[str, Any]]:
@@ -259,34 +272,27 @@ def measure(model, a) -> dict[str, Any]:
         "frozen_decay_check": _causal_check(model, a, heads, acc)}
 
 
-def ssm_cliff_cell(spec: dict[str, Any]) -> dict[str, Any]:
-    """One seed of the study, on the CPU (training moves the model to CUDA if there is one).
-
-    The spec (built by :func:`cells`)::
-
-        {"experiment": "ssm_cliff", "seed": 0, "args": SSMCliffRecipe.resolved(),
-         "load": None | {"file": "path.pt", "sha1": "<16 hex>"},   # measure a checkpoint instead of training
-         "save_as": "/abs/out_dir/models/seed0.pt" | None}          # float16, as the shipped checkpoints
-
-    Returns ``config`` (the model's), ``stages`` (each training stage's log, or ``[{"loaded": file}]``),
-    ``wall_s`` and :func:`measure`'s record.
+def ssm_cliff_cell(cell: SSMCliffCell) -> dict[str, Any]:
+    """One seed of the study (:class:`SSMCliffCell`, built by :func:`cells`), on the CPU (training moves the
+    model to CUDA if there is one). Returns ``config`` (the model's), ``stages`` (each training stage's log,
+    or ``[{"loaded": file}]``), ``wall_s`` and :func:`measure`'s record.
     """
-    a = types.SimpleNamespace(**spec["args"], seed=spec["seed"])
+    a = types.SimpleNamespace(**cell.args, seed=cell.seed)
     torch.manual_seed(a.seed)
-    if spec["load"]:
-        here = _file_id(spec["load"]["file"])
-        if here != spec["load"]:
-            raise RuntimeError(f"load: {here} is not the checkpoint the grid was built for, {spec['load']}")
-        model, stages = load_model(spec["load"]["file"]), [{"loaded": spec["load"]["file"]}]
+    if cell.load:
+        here = _file_id(cell.load["file"])
+        if here != cell.load:
+            raise RuntimeError(f"load: {here} is not the checkpoint the grid was built for, {cell.load}")
+        model, stages = load_model(cell.load["file"]), [{"loaded": cell.load["file"]}]
     else:
         model = build("ssm", vocab_size=a.vocab, scale="lab", d_model=a.d_model, d_state=a.d_state, n_heads=a.heads,
                       mixer_kwargs={"mamba2": {"expand": a.expand, "headdim": max(1, a.expand * a.d_model // a.heads)}})
     t0 = time.time()
-    if not spec["load"]:
+    if not cell.load:
         stages = train_stages(model, a)
-        if spec["save_as"]:
-            pathlib.Path(spec["save_as"]).parent.mkdir(parents=True, exist_ok=True)
-            model.save(spec["save_as"], dtype=torch.float16)
+        if cell.save_as:
+            pathlib.Path(cell.save_as).parent.mkdir(parents=True, exist_ok=True)
+            model.save(cell.save_as, dtype=torch.float16)
     model.eval()
     out = measure(model, a)
     return {"config": model.config.to_dict(), "stages": stages, "wall_s": round(time.time() - t0, 1), **out}
@@ -349,8 +355,8 @@ def run(recipe: str | SSMCliffRecipe = "ssm_cliff/lab", out_dir: str | pathlib.P
     """
     recipe = resolve(RECIPES, SSMCliffRecipe, recipe, overrides)
     out_dir = pathlib.Path(out_dir)
-    specs = cells(recipe, out_dir / "models" if save_models else None, load)
-    records = run_grid(specs, ssm_cliff_cell, out_dir, grid, progress=progress,
+    seed_cells = cells(recipe, out_dir / "models" if save_models else None, load)
+    records = run_grid(seed_cells, ssm_cliff_cell, out_dir, grid, progress=progress,
                        describe=lambda r: f"seed={r['spec']['seed']} cliff={_fmt(r['result']['cliff_measured'])}")
     summary = summarize(recipe, records)
     (out_dir / "ssm_cliff.json").write_text(json.dumps(summary, indent=1))

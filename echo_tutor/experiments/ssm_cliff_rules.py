@@ -2,9 +2,9 @@
 the four cliff predictions made from it before any long-gap accuracy is measured, and the crossings that turn
 accuracies and retentions into a cliff gap.
 
-Every function takes ``a``, the cell's measurement arguments (``types.SimpleNamespace`` of the cell spec's
-``args``: ``vocab``, ``show_values``, ``eval_pairs``, ``eval_gaps``, ``ref_gap``, ``tol_gap``, ...), where it
-needs them. The rules, in the order they were stated:
+Every function takes ``a``, the cell's measurement arguments (``types.SimpleNamespace`` of an
+``SSMCliffCell``'s ``args``: ``vocab``, ``show_values``, ``eval_pairs``, ``eval_gaps``, ``ref_gap``,
+``tol_gap``, ...), where it needs them. The rules, in the order they were stated:
 
 * rule 1: with ``acc_ref`` the accuracy at ``ref_gap``, ``acc_pred(g) = c + (acc_ref - c) min(1, R*(g) /
   R*(g_ref))``; the cliff is where that ratio is 1/2 (:func:`predict`).

@@ -29,7 +29,7 @@ import torch
 
 from .._checks import check_int, check_positive
 from ..errors import BadArgumentError
-from ..grid import GridOptions, run_grid
+from ..grid import Cell, GridOptions, run_grid
 from ..models import build, count_parameters, presets_of
 from ..tasks import Task, make_task
 from ..train import TrainConfig, default_device, evaluate, train
@@ -47,8 +47,9 @@ from .diagnostics import tool_trace_by_writes
 from .paper import paper_acc
 from .command import Command, Option
 
-__all__ = ["COMMAND", "TransferRecipe", "RECIPES", "PICK", "TRANSFER_TASKS", "TRANSFER_PRESETS", "NIAH_LENGTHS", "recipe_for",
-           "transfer_task_args", "transfer_task", "cells", "transfer_cell", "summarize", "run"]
+__all__ = ["COMMAND", "TransferRecipe", "TransferCell", "RECIPES", "PICK", "TRANSFER_TASKS", "TRANSFER_PRESETS",
+           "NIAH_LENGTHS", "recipe_for", "transfer_task_args", "transfer_task", "cells", "transfer_cell", "summarize",
+           "run"]
 
 TRANSFER_TASKS = ("mqar", "system_prompt", "tool_trace", "niah", "multi_hop", "common_word")
 TRANSFER_PRESETS = ("ssm", "ssm+attn", "echo")
@@ -152,64 +153,93 @@ def transfer_task(name: str, recipe: str | TransferRecipe = "transfer/lab", voca
     return make_task(**transfer_task_args(name, vocab_size, resolve(RECIPES, TransferRecipe, recipe, {}).mqar_filler))
 
 
-def cells(recipe: TransferRecipe) -> list[dict[str, Any]]:
-    """The grid's cell specs, one per (task, preset): see :func:`transfer_cell`."""
-    specs = []
-    for name in recipe.tasks:
-        for preset in recipe.presets:
-            for seed in recipe.seeds:
-                spec = {"experiment": "transfer", "preset": preset, "scale": recipe.scale,
-                        "task": transfer_task_args(name, VOCAB, recipe.mqar_filler), "vocab_size": VOCAB,
-                        "model_overrides": plain(recipe.model_overrides), "steps": recipe.steps,
-                        "time_budget_s": recipe.time_budget_s, "batch_size": recipe.batch_size, "lr": recipe.lr,
-                        "seed": seed, "eval_examples": recipe.eval_examples}
-                if recipe.eval_every is not None:  # absent: one evaluation at the end (the shipped specs)
-                    spec["eval_every"] = recipe.eval_every
-                if name == "niah":
-                    spec.update(niah_lengths=list(recipe.niah_lengths), niah_examples=recipe.niah_examples)
-                specs.append(spec)
-    return specs
+@dataclasses.dataclass(frozen=True)
+class TransferCell(Cell):
+    """One cell of the transfer grid (:func:`transfer_cell`): one preset trained on one transfer task, one seed.
+
+    Fields (the recorded spec's keys):
+        preset, scale: the model (a preset of that scale), built with ``vocab_size`` and ``model_overrides``
+            (``build``'s keyword arguments; ``mixer_kwargs`` for a mixer the preset lacks are ignored).
+        task: ``make_task`` arguments (:func:`transfer_task_args`: ``{"name": "niah", ...}``).
+        steps, time_budget_s, batch_size, lr, seed: training (``time_budget_s``: a wall-clock budget that may
+            stop training before ``steps``, or ``None``).
+        eval_examples: examples of each evaluation (and of the tool-trace split).
+        eval_every: evaluate every so many steps and return the history (``evals``); ``None`` (the shipped
+            specs left it out): one evaluation at the end.
+        niah_lengths, niah_examples: task ``"niah"`` only (``None`` for the others): the lengths of the NIAH
+            length generalisation (trained at 64) and the examples at each.
+    """
+
+    experiment = "transfer"
+    preset: str
+    scale: str
+    task: dict[str, Any]
+    vocab_size: int
+    model_overrides: dict[str, Any]
+    steps: int
+    time_budget_s: float | None
+    batch_size: int
+    lr: float
+    seed: int
+    eval_examples: int
+    eval_every: int | None = None
+    niah_lengths: list[int] | None = None
+    niah_examples: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.task, dict) or self.task.get("name") not in TRANSFER_TASKS:
+            raise BadArgumentError(f"task must be make_task arguments of a transfer task {list(TRANSFER_TASKS)}, "
+                                   f"got {self.task!r}")
+        niah = self.task["name"] == "niah"
+        if {self.niah_lengths is None, self.niah_examples is None} != {not niah}:
+            raise BadArgumentError(f"niah_lengths and niah_examples are set for task 'niah' and only for it, got "
+                                   f"task {self.task['name']!r} with niah_lengths={self.niah_lengths!r}, "
+                                   f"niah_examples={self.niah_examples!r}")
+        if self.eval_every is not None:
+            check_int("eval_every", self.eval_every, min_value=1)
 
 
-def transfer_cell(spec: dict[str, Any]) -> dict[str, Any]:
-    """One cell of the transfer grid: train one preset on one transfer task and evaluate it, on this
-    process's device (CUDA if available, else the CPU).
+def cells(recipe: TransferRecipe) -> list[TransferCell]:
+    """The grid's cells, one per (task, preset, seed): see :class:`TransferCell`."""
+    return [TransferCell(preset=preset, scale=recipe.scale, task=transfer_task_args(name, VOCAB, recipe.mqar_filler),
+                         vocab_size=VOCAB, model_overrides=plain(recipe.model_overrides), steps=recipe.steps,
+                         time_budget_s=recipe.time_budget_s, batch_size=recipe.batch_size, lr=recipe.lr, seed=seed,
+                         eval_examples=recipe.eval_examples, eval_every=recipe.eval_every,
+                         niah_lengths=list(recipe.niah_lengths) if name == "niah" else None,
+                         niah_examples=recipe.niah_examples if name == "niah" else None)
+            for name in recipe.tasks for preset in recipe.presets for seed in recipe.seeds]
 
-    The spec (built by :func:`cells`)::
 
-        {"experiment": "transfer", "preset": "echo", "scale": "lab" | "synth1m",
-         "task": {make_task arguments, "name": "niah", ...}, "vocab_size": 128, "model_overrides": {},
-         "steps": 2000, "time_budget_s": 60.0 or None, "batch_size": 16, "lr": 0.003, "seed": 0,
-         "eval_examples": 256, ["eval_every": 250: evaluate every so many steps and return the history]
-         # task "niah" only: NIAH length generalisation (trained at 64)
-         "niah_lengths": [64, 128, ...], "niah_examples": 128}
+def transfer_cell(cell: TransferCell) -> dict[str, Any]:
+    """One cell of the transfer grid (:class:`TransferCell`, built by :func:`cells`): train one preset on one
+    transfer task and evaluate it, on this process's device (CUDA if available, else the CPU).
 
     Returns ``acc`` (final evaluation), ``steps`` (done, <= ``steps`` under a time budget),
-    ``train_seconds``, ``final_loss`` (the last training batch's), ``params``, ``device``; for
-    ``tool_trace`` also ``tool_trace_by_writes`` (accuracy by writes to the queried variable), for ``niah``
-    also ``niah_length`` (a list of ``{"length", "acc"}``).
+    ``train_seconds``, ``final_loss`` (the last training batch's), ``params``, ``device``; with ``eval_every``
+    also ``evals`` (the evaluation history); for ``tool_trace`` also ``tool_trace_by_writes`` (accuracy by
+    writes to the queried variable), for ``niah`` also ``niah_length`` (a list of ``{"length", "acc"}``).
     """
-    torch.manual_seed(spec["seed"])
+    torch.manual_seed(cell.seed)
     device = default_device()
-    task = make_task(**spec["task"])
+    task = make_task(**cell.task)
     # mixer_kwargs for a mixer the preset does not use (the lab's SKA chunk size for `ssm`) are ignored by build
-    model = build(spec["preset"], vocab_size=spec["vocab_size"], scale=spec["scale"],
-                  **copy.deepcopy(spec["model_overrides"]))
-    cfg = TrainConfig(steps=spec["steps"], batch_size=spec["batch_size"], lr=spec["lr"], seed=spec["seed"],
-                      time_budget_s=spec["time_budget_s"], eval_every=spec.get("eval_every", spec["steps"]),
-                      eval_examples=spec["eval_examples"])
+    model = build(cell.preset, vocab_size=cell.vocab_size, scale=cell.scale, **copy.deepcopy(cell.model_overrides))
+    cfg = TrainConfig(steps=cell.steps, batch_size=cell.batch_size, lr=cell.lr, seed=cell.seed,
+                      time_budget_s=cell.time_budget_s, eval_examples=cell.eval_examples,
+                      eval_every=cell.steps if cell.eval_every is None else cell.eval_every)
     res = train(model, task, cfg, device=device, progress=False)
     out: dict[str, Any] = {"acc": res.final_eval, "steps": res.steps_done, "train_seconds": round(res.time_s, 1),
                            "final_loss": res.history[-1]["loss"], "params": count_parameters(model)}
-    if "eval_every" in spec:
+    if cell.eval_every is not None:
         out["evals"] = res.evals
     if task.name == "tool_trace":
-        out["tool_trace_by_writes"] = tool_trace_by_writes(model, task, spec["eval_examples"])
+        out["tool_trace_by_writes"] = tool_trace_by_writes(model, task, cell.eval_examples)
     if task.name == "niah":
         out["niah_length"] = [
-            {"length": L, "acc": evaluate(model, make_task("niah", vocab_size=spec["vocab_size"], seq_len=L),
-                                          spec["niah_examples"], batch_size=16)}
-            for L in spec["niah_lengths"]]
+            {"length": L, "acc": evaluate(model, make_task("niah", vocab_size=cell.vocab_size, seq_len=L),
+                                          cell.niah_examples, batch_size=16)}
+            for L in cell.niah_lengths]
     out["device"] = str(device)
     return out
 

@@ -101,17 +101,22 @@ class Cell:
 
 def rehash_records(records: Iterable[dict], cell_types: Iterable[type[Cell]]) -> dict[str, dict]:
     """``{today's hash: record}`` for records whose spec reads back as one of ``cell_types`` (by its
-    ``experiment``) under another hash: what an older spec of the same cell was recorded as. The latest
-    record of a cell wins; records of other experiments, or that no longer describe a cell, are left out."""
+    ``experiment``) under another hash: what an older spec of the same cell was recorded as. A spec that names no
+    experiment (written before its cells were typed) is read as the cell type, when there is only one. The
+    latest record of a cell wins; records of other experiments, or that no longer describe a cell, are left
+    out."""
     by_name = {c.experiment: c for c in cell_types}
+    only = next(iter(by_name.values())) if len(by_name) == 1 else None
     out: dict[str, dict] = {}
     for rec in records:
         spec = rec.get("spec")
-        cls = by_name.get(spec.get("experiment")) if isinstance(spec, dict) else None
+        if not isinstance(spec, dict):
+            continue
+        cls = by_name.get(spec["experiment"]) if "experiment" in spec else only
         if cls is None:
             continue
         try:
-            key = cls.from_spec(spec).key
+            key = cls.from_spec({"experiment": cls.experiment, **spec}).key
         except BadArgumentError:
             continue
         if key != rec.get("spec_hash"):

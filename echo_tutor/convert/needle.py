@@ -1,0 +1,168 @@
+"""A retrieval probe that generates: pass keys hidden in long prompts, answered by greedy decoding, scored by
+exact match, with the controls that say which part of a converted model carried the key.
+
+Two prompt formats, so that a verdict does not hang on one prompt:
+
+* ``"chat"``: lab 08's probe. The model's chat template around a repeated filler ("The grass is green. ...")
+  with the key stated twice; the model answers as the assistant.
+* ``"plain"``: no template. Held-out standard-library docstrings (text the conversion never calibrated on) with
+  the key stated once; the prompt ends "... Answer: The pass key ... is" and the model continues.
+
+``keys > 1`` hides several keys, each tied to a name ("the pass key of the red door is 41032."), at random
+depths, and asks for one. A trial is correct when the first five-digit number the model generates is the key
+asked for (exact match; a different key, or none, is wrong).
+
+Controls, run on the same prompts: :func:`readout_shut` silences the statistics' readout of converted layers:
+window + SKA reads zeros from its statistics, its gate (a function of the current token) still taking its share
+from the window; window + linear drops the old part's values and its share of the normaliser (that share is
+itself read from the old keys), which leaves the window alone.
+With the window-alone mixer at the same layers, a mixer "keeps the needle" where it retrieves and both controls
+do not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+from dataclasses import dataclass
+
+import torch
+
+from .._checks import check_choice, check_int
+from ..errors import BadArgumentError
+from ..stats import proportion_ci
+from .mixer import ConvertedAttention
+from .probe import greedy
+
+__all__ = ["FORMATS", "NeedleCase", "make_case", "probe_retrieval", "read_key", "readout_shut"]
+
+FORMATS = ("chat", "plain")
+NAMES = ("red", "blue", "green", "amber", "violet", "silver", "copper", "ivory", "black", "white")
+CHAT_FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+NEW_TOKENS = 16  # tokens generated per trial: SmolLM2 writes a digit a token, after a lead-in ("The pass key is")
+
+
+@dataclass(frozen=True)
+class NeedleCase:
+    """One prompt: ``ids`` ``[1, T]``, the ``key`` asked for, its ``name`` (multi-key; "" for one key), the
+    ``depth`` (0-1) at which that key sits, and the other keys hidden beside it."""
+
+    ids: torch.Tensor
+    key: str
+    name: str
+    depth: float
+    others: tuple[str, ...] = ()
+
+
+def read_key(text: str) -> str | None:
+    """The first five-digit number of a generated answer (None if there is none)."""
+    m = re.search(r"(?<!\d)\d{5}(?!\d)", text)
+    return m.group(0) if m else None
+
+
+def _sentence(key: str, name: str, fmt: str) -> str:
+    who = f" of the {name} door" if name else ""
+    if fmt == "chat":
+        return f" The pass key{who} is {key}. Remember it. {key} is the pass key{who}. "
+    return f" The pass key{who} is {key}. "
+
+
+def _wrap(tok, text: str, name: str, fmt: str) -> torch.Tensor:
+    who = f" of the {name} door" if name else ""
+    if fmt == "chat":
+        lead = "There is a pass key hidden in this text. Remember it." if not name else \
+            "There are pass keys hidden in this text, one for each door. Remember them."
+        msgs = [{"role": "user", "content": f"{lead}\n{text}\nWhat is the pass key{who}?"}]
+        ids = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt")
+        return ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+    prompt = f"{text}\n\nQuestion: what is the pass key{who}? Answer: The pass key{who} is"
+    return tok(prompt, return_tensors="pt").input_ids
+
+
+def _haystack(tok, source_ids: list[int], n: int, rng: random.Random) -> list[str]:
+    """About ``n`` tokens of ``source_ids`` from a random offset, cut into sentence-ish pieces (text)."""
+    if n >= len(source_ids):
+        raise BadArgumentError(f"length: the filler text has {len(source_ids)} tokens, {n} were asked for")
+    start = rng.randrange(0, len(source_ids) - n)
+    text = tok.decode(source_ids[start:start + n])
+    return [p for p in re.split(r"(?<=[.!?\n])\s+", text) if p]
+
+
+def make_case(tok, length: int, rng: random.Random, *, fmt: str = "chat", keys: int = 1,
+              source_ids: list[int] | None = None) -> NeedleCase:
+    """A prompt of about ``length`` tokens with ``keys`` pass keys at random depths, one asked for.
+
+    ``source_ids``: the filler's token ids (``plain``: held-out docstrings, :func:`plain_source`; ``chat``:
+    the repeated filler, built here when None)."""
+    check_choice("fmt", fmt, FORMATS)
+    check_int("keys", keys, min_value=1)
+    check_int("length", length, min_value=64)
+    if keys > len(NAMES):
+        raise BadArgumentError(f"keys must be at most {len(NAMES)}, got {keys}")
+    names = rng.sample(NAMES, keys) if keys > 1 else [""]
+    values = [str(rng.randint(10000, 99999)) for _ in names]
+    asked = rng.randrange(keys)
+    if source_ids is None:
+        if fmt == "plain":
+            raise BadArgumentError("source_ids: the plain format needs its filler's ids (plain_source(tok))")
+        source_ids = tok(CHAT_FILLER * (length // 8 + 64)).input_ids
+    overhead = _wrap(tok, "".join(_sentence(v, n, fmt) for v, n in zip(values, names)), names[asked], fmt).shape[1]
+    pieces = _haystack(tok, source_ids, max(16, length - overhead), rng)
+    slots = sorted(rng.sample(range(len(pieces) + 1), keys)) if len(pieces) + 1 >= keys else [0] * keys
+    order = list(range(keys))
+    rng.shuffle(order)
+    for slot, k in sorted(zip(slots, order), reverse=True):
+        pieces.insert(slot, _sentence(values[k], names[k], fmt).strip())
+    where = {k: s for s, k in zip(slots, order)}
+    ids = _wrap(tok, " ".join(pieces), names[asked], fmt)
+    depth = where[asked] / max(1, len(pieces) - keys)
+    return NeedleCase(ids, values[asked], names[asked], round(min(1.0, depth), 3),
+                      tuple(v for i, v in enumerate(values) if i != asked))
+
+
+def plain_source(tok) -> list[int]:
+    """The plain format's filler: held-out standard-library docstrings as token ids (not calibration text)."""
+    from ..echokv.model import calibration_text
+
+    return tok(calibration_text("heldout")).input_ids
+
+
+@torch.no_grad()
+def probe_retrieval(model, tok, lengths: list[int], trials: int, *, fmt: str = "chat", keys: int = 1,
+                    seed: int = 0, source_ids: list[int] | None = None) -> dict[str, dict]:
+    """Pass-key retrieval per prompt length: ``{str(length): {"correct", "trials", "ci95", "tokens",
+    "answers"}}`` (``ci95``: Wilson's interval of the rate; ``answers``: the key read from each answer, or
+    None). The prompts depend only on ``(seed, fmt, keys, length)``: every model of a run reads the same ones."""
+    check_int("trials", trials, min_value=1)
+    if fmt == "plain" and source_ids is None:
+        source_ids = plain_source(tok)
+    out = {}
+    for length in lengths:
+        rng = random.Random(f"{seed}/{fmt}/{keys}/{length}")
+        ok, tokens, answers = 0, [], []
+        for _ in range(trials):
+            case = make_case(tok, length, rng, fmt=fmt, keys=keys, source_ids=source_ids)
+            got = read_key(tok.decode(greedy(model, case.ids, NEW_TOKENS)[0]))
+            ok += int(got == case.key)
+            tokens.append(case.ids.shape[1])
+            answers.append(got)
+        lo, hi = proportion_ci(ok / trials, trials)
+        out[str(length)] = {"correct": ok, "trials": trials, "ci95": [lo, hi], "tokens": sum(tokens) / trials,
+                            "answers": answers}
+    return out
+
+
+@contextlib.contextmanager
+def readout_shut(mixers: dict[int, ConvertedAttention]):
+    """Within the block, the converted layers' statistics read out nothing (SKA's readout is zero; linear
+    attention's old part adds neither values nor normaliser mass); restored after. The window alone has no
+    statistics: it is left as it is."""
+    had = {i: m.readout_on for i, m in mixers.items()}
+    try:
+        for m in mixers.values():
+            m.readout_on = False
+        yield mixers
+    finally:
+        for i, m in mixers.items():
+            m.readout_on = had[i]
