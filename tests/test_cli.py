@@ -58,7 +58,7 @@ def test_eval_of_a_path_that_does_not_exist_says_so(tmp_path, capsys):
 
 def test_every_command_is_registered():
     sub = next(a for a in make_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"train", "eval", "cliff", "transfer", "ablate", "echokv", "convert", "ssm-cliff", "grade",
+    assert set(sub.choices) == {"train", "eval", "cliff", "transfer", "ablate", "echokv", "convert", "ssm-cliff", "passkey", "grade",
                                 "preview"}
 
 

@@ -13,7 +13,7 @@ from echo_tutor.models import SCALES
 
 
 def test_every_recipe_is_named_for_its_experiment_and_frozen():
-    assert set(EXPERIMENTS) == {"cliff", "transfer", "ablation", "echokv", "convert", "ssm_cliff"}
+    assert set(EXPERIMENTS) == {"cliff", "transfer", "ablation", "echokv", "convert", "ssm_cliff", "passkey"}
     for name, recipe in RECIPES.items():
         mod = EXPERIMENTS[name.split("/")[0]]
         assert name == recipe.name and recipe.scale in (mod.COMMAND.scales or SCALES)

@@ -70,7 +70,7 @@ class ConvertedAttention(nn.Module):
     """
 
     variant = ""
-    readout_on = True  # False: the statistics read out nothing (a control, convert.needle.readout_shut)
+    readout_on = True  # False: the statistics read out nothing (a control, convert.passkey.readout_shut)
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

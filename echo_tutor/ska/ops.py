@@ -25,7 +25,7 @@ import torch
 
 from ..errors import BadArgumentError
 from .linalg import exclusive_prefix, safe_cholesky, sigma_max, whiten
-from .reference import SKAState, _prepare
+from .reference import SKAState, prepare_inputs
 
 __all__ = ["chunk_stats", "exclusive_prefix", "readout_inverse", "decode_step", "inverse_gram", "spectral_scale",
            "broadcast_heads", "chunk_inputs", "ska_chunked_ops", "stats_prefix", "stats_prefix_backward",
@@ -115,7 +115,7 @@ def broadcast_heads(x, B: int, H: int) -> torch.Tensor:
 
 
 def chunk_inputs(p, chunk_size: int):
-    """The flattened, padded per-token inputs of chunk mode, from ``_prepare``'s result ``p``.
+    """The flattened, padded per-token inputs of chunk mode, from ``prepare_inputs``'s result ``p``.
 
     Returns ``((ok, kk, k_lag, ov, q), kw_last, nc)``: five ``[N, T', *]`` tensors with ``N = B * H`` and
     ``T'`` = T rounded up to a multiple of ``chunk_size`` (zero rows add nothing to the statistics), the
@@ -144,7 +144,7 @@ def ska_chunked_ops(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gam
     ops = ops or sys.modules[__name__]
     if mode != "chunk":
         raise BadArgumentError(f"ska_chunked_ops implements mode='chunk' only, got mode={mode!r}")
-    p = _prepare(q, k, v, beta, weights, state, power_steps=power_steps, eps=eps, eta=eta, gamma=gamma,
+    p = prepare_inputs(q, k, v, beta, weights, state, power_steps=power_steps, eps=eps, eta=eta, gamma=gamma,
                  mode=mode, chunk_size=chunk_size, spectral_iters=spectral_iters)
     st = p.state
     B, T, H, r = p.k.shape

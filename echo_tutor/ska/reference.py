@@ -50,7 +50,7 @@ from ..errors import BadArgumentError
 from .linalg import exclusive_prefix, safe_cholesky, sigma_max, whiten
 from .state import SKAState, prefix_statistics, write_token
 
-__all__ = ["SKAState", "ska_recurrent", "ska_chunked", "ska_readout"]  # SKAState is defined in state.py
+__all__ = ["SKAState", "PreparedInputs", "prepare_inputs", "ska_recurrent", "ska_chunked", "ska_readout"]  # SKAState: state.py
 
 
 # --------------------------------------------------------------------------------------------------
@@ -103,7 +103,7 @@ def ska_readout(
 # Argument handling shared by both references
 # --------------------------------------------------------------------------------------------------
 @dataclass
-class _Prepared:
+class PreparedInputs:
     q: torch.Tensor  # [B, T, H, r]
     k: torch.Tensor  # [B, T, H, r]
     v: torch.Tensor  # [B, T, H, P]
@@ -113,7 +113,10 @@ class _Prepared:
     out_dtype: torch.dtype
 
 
-def _prepare(q, k, v, beta, weights, state, *, power_steps, eps, eta, gamma, mode, chunk_size, spectral_iters):
+def prepare_inputs(q, k, v, beta, weights, state, *, power_steps, eps, eta, gamma, mode, chunk_size, spectral_iters):
+    """The references' (and their kernels') shared argument checks and conversions: every argument checked
+    with a ``BadArgumentError``, the inputs in the compute dtype, the write weight ``omega = beta * w``, a fresh
+    state if none was given. Returns a :class:`PreparedInputs`."""
     check_tensor("q", q, 4, layout="[B, T, H, r]")
     check_tensor("k", k, 4, layout="[B, T, H, r]")
     check_tensor("v", v, 4, layout="[B, T, H, P]")
@@ -158,7 +161,7 @@ def _prepare(q, k, v, beta, weights, state, *, power_steps, eps, eta, gamma, mod
                 "must start on a chunk boundary (decode token by token with mode='token')"
             )
         state = state.to(dtype=cdtype)
-    return _Prepared(q.to(cdtype), k.to(cdtype), v.to(cdtype), omega, w, state, v.dtype)
+    return PreparedInputs(q.to(cdtype), k.to(cdtype), v.to(cdtype), omega, w, state, v.dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -200,7 +203,7 @@ def ska_recurrent(
     Returns:
         y: ``[B, T, H, P]`` in ``v``'s dtype, and the state after the last token.
     """
-    p = _prepare(q, k, v, beta, weights, state, power_steps=power_steps, eps=eps, eta=eta, gamma=gamma,
+    p = prepare_inputs(q, k, v, beta, weights, state, power_steps=power_steps, eps=eps, eta=eta, gamma=gamma,
                  mode=mode, chunk_size=chunk_size, spectral_iters=spectral_iters)
     st = start = p.state
     G, M, C = st.G, st.M, st.C
@@ -249,7 +252,7 @@ def ska_chunked(
 
     Shapes: q, k ``[B, T, H, r]``; v ``[B, T, H, P]``; beta, weights ``[B, T, H]``; y ``[B, T, H, P]``.
     """
-    p = _prepare(q, k, v, beta, weights, state, power_steps=power_steps, eps=eps, eta=eta, gamma=gamma,
+    p = prepare_inputs(q, k, v, beta, weights, state, power_steps=power_steps, eps=eps, eta=eta, gamma=gamma,
                  mode=mode, chunk_size=chunk_size, spectral_iters=spectral_iters)
     st = p.state
     B, T, H, r = p.k.shape

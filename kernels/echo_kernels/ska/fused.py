@@ -41,7 +41,7 @@ from triton.runtime.errors import OutOfResources
 
 from echo_tutor.errors import BadArgumentError
 from echo_tutor.ska import ops as twin
-from echo_tutor.ska.reference import SKAState, _prepare
+from echo_tutor.ska.reference import SKAState, prepare_inputs
 
 from .fused_kernels import _readout_bwd, _readout_fwd, _stats_prefix_bwd, _stats_prefix_fwd, block_size
 
@@ -205,7 +205,7 @@ def fused_forward(q, k, v, beta=None, *, power_steps=2, eps=1e-3, eta=1.0, gamma
     """Chunk-mode SKA through the two fused kernels; arguments, shapes and results as
     :func:`echo_tutor.ska.ska_chunked` with ``mode="chunk"`` (to rounding), differentiable through the
     Triton backward. ``chunk_size`` a power of two >= 16."""
-    p = _prepare(q, k, v, beta, weights, state, power_steps=power_steps, eps=eps, eta=eta, gamma=gamma,
+    p = prepare_inputs(q, k, v, beta, weights, state, power_steps=power_steps, eps=eps, eta=eta, gamma=gamma,
                  mode="chunk", chunk_size=chunk_size, spectral_iters=spectral_iters)
     st = p.state
     B, T, H, r = p.k.shape

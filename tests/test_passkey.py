@@ -1,4 +1,4 @@
-"""The retrieval probe (echo_tutor.convert.needle): prompts of both formats, exact-match reading, and the
+"""The retrieval probe (echo_tutor.convert.passkey): prompts of both formats, exact-match reading, and the
 readout-shut control, on the tiny GQA Llama (fast) and SmolLM2's tokenizer (slow: it loads the model)."""
 
 import random
@@ -8,7 +8,7 @@ import torch
 from echokv_fixtures import smol, tiny  # noqa: F401  (fixtures)
 
 from echo_tutor.convert import MixerSpec
-from echo_tutor.convert.needle import make_case, plain_source, read_key, readout_shut
+from echo_tutor.convert.passkey import make_case, plain_source, read_key, readout_shut
 from echo_tutor.convert.study import layer_inputs, new_mixer
 
 

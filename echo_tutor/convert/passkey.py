@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from .._checks import check_choice, check_int
+from ..echokv.model import calibration_text
 from ..errors import BadArgumentError
 from ..stats import proportion_ci
 from .mixer import ConvertedAttention
@@ -123,8 +124,6 @@ def make_case(tok, length: int, rng: random.Random, *, fmt: str = "chat", keys: 
 
 def plain_source(tok) -> list[int]:
     """The plain format's filler: held-out standard-library docstrings as token ids (not calibration text)."""
-    from ..echokv.model import calibration_text
-
     return tok(calibration_text("heldout")).input_ids
 
 
@@ -132,24 +131,25 @@ def plain_source(tok) -> list[int]:
 def probe_retrieval(model, tok, lengths: list[int], trials: int, *, fmt: str = "chat", keys: int = 1,
                     seed: int = 0, source_ids: list[int] | None = None) -> dict[str, dict]:
     """Pass-key retrieval per prompt length: ``{str(length): {"correct", "trials", "ci95", "tokens",
-    "answers"}}`` (``ci95``: Wilson's interval of the rate; ``answers``: the key read from each answer, or
-    None). The prompts depend only on ``(seed, fmt, keys, length)``: every model of a run reads the same ones."""
+    "answers", "keys"}}`` (``ci95``: Wilson's interval of the rate; ``answers``: the key read from each answer,
+    or None; ``keys``: the key each prompt asked for). The prompts depend only on ``(seed, fmt, keys, length)``: every model of a run reads the same ones."""
     check_int("trials", trials, min_value=1)
     if fmt == "plain" and source_ids is None:
         source_ids = plain_source(tok)
     out = {}
     for length in lengths:
         rng = random.Random(f"{seed}/{fmt}/{keys}/{length}")
-        ok, tokens, answers = 0, [], []
+        ok, tokens, answers, asked = 0, [], [], []
         for _ in range(trials):
             case = make_case(tok, length, rng, fmt=fmt, keys=keys, source_ids=source_ids)
             got = read_key(tok.decode(greedy(model, case.ids, NEW_TOKENS)[0]))
             ok += int(got == case.key)
             tokens.append(case.ids.shape[1])
             answers.append(got)
+            asked.append(case.key)
         lo, hi = proportion_ci(ok / trials, trials)
         out[str(length)] = {"correct": ok, "trials": trials, "ci95": [lo, hi], "tokens": sum(tokens) / trials,
-                            "answers": answers}
+                            "answers": answers, "keys": asked}
     return out
 
 

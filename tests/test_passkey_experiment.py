@@ -1,0 +1,70 @@
+"""The pass-key study (echo_tutor.experiments.passkey): its cells, the sign test and verdicts on made-up
+results (fast), and the fast recipe on SmolLM2 at a short length (slow)."""
+
+import pytest
+
+from echo_tutor.experiments import passkey as P
+
+
+def test_cells_put_the_original_first_and_give_every_mixer_its_controls():
+    recipe = P.RECIPES["passkey/lab"]
+    cells = P.cells(recipe)
+    prompts = len(recipe.formats) * len(recipe.keys) * len(recipe.lengths)
+    assert all(c.kind == "original" and c.layers == [] for c in cells[:prompts])
+    per_count = prompts * (1 + 2 + 1)  # the window alone, two mixers, the SKA mixer's readout shut
+    assert len(cells) == prompts + len(recipe.counts) * per_count and len({c.key for c in cells}) == len(cells)
+    shut = {c.variant for c in cells if c.kind == "shut"}
+    assert shut == {"window+ska:K1"}  # window + linear shut is the window alone: not run twice
+    for c in cells[prompts:]:
+        assert len(c.layers) in recipe.counts and c.layers == sorted(c.layers)
+
+
+def _res(answers, keys):
+    return {"answers": answers, "keys": keys, "correct": sum(a == k for a, k in zip(answers, keys)),
+            "trials": len(keys), "ci95": [0.0, 1.0], "tokens": 1000.0}
+
+
+def test_the_sign_test_and_the_verdict():
+    assert P.sign_test(0, 0) == 1.0 and P.sign_test(5, 0) == pytest.approx(2 / 32)
+    assert P.sign_test(6, 0) == pytest.approx(2 / 64) and P.sign_test(3, 3) == 1.0
+    keys = [str(10000 + i) for i in range(8)]
+    mixer = _res(keys, keys)
+    blind = _res([None] * 8, keys)
+    half = _res(keys[:4] + [None] * 4, keys)
+    assert P.keeps(mixer, [blind, blind])["keeps"]  # 8 wins, no loss, against both
+    assert not P.keeps(mixer, [blind, half])["keeps"]  # 4 wins against the second: p = 0.125
+    assert not P.keeps(blind, [mixer])["keeps"]
+    with pytest.raises(ValueError, match="same prompts"):
+        P.keeps(mixer, [_res(keys, keys[::-1])])
+
+
+def test_summary_pairs_each_mixer_with_its_controls():
+    recipe = P.PassKeyRecipe("t", "a test", formats=("plain",), trials=6, variants=("window+ska:K1",))
+    keys = [str(20000 + i) for i in range(6)]
+    results = {"original": keys, "window": [None] * 6, "mixer": keys, "shut": [None] * 6}
+    records = [{"spec": c.spec(), "result": _res(results[c.kind], keys), "error": None} for c in P.cells(recipe)]
+    out = P.summarize(recipe, records)
+    assert [r["kind"] for r in out["rows"]] == ["original", "window", "mixer", "shut"]
+    (v,) = out["verdicts"]
+    assert v["keeps"] and v["rate"] == 1.0 and v["window_rate"] == 0.0 and v["shut_rate"] == 0.0
+    assert "| window+ska:K1 | 8 | plain | 1 | 1024 | 1.00 | 0.00 | 0.00 | yes |" in P.format_summary(out)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(formats=("html",)), "formats"), (dict(trials=0), "trials"),
+                                       (dict(variants=("window",)), "control"), (dict(lengths=(10,)), "lengths"),
+                                       (dict(variants=("window+gru",)), "variant"), (dict(scale="lab"), "scale")])
+def test_bad_recipes(kw, match):
+    with pytest.raises(ValueError, match=match):
+        P.PassKeyRecipe("t", "a test", **kw)
+
+
+@pytest.mark.slow
+def test_the_fast_recipe_runs_on_smollm2_and_resumes(tmp_path):
+    pytest.importorskip("transformers")
+    kw = dict(trials=1, lengths=(256,), progress=False)
+    out = P.run("passkey/fast", tmp_path, **kw)
+    assert out["rows"][0]["kind"] == "original" and len(out["verdicts"]) == 2 * 2  # 2 mixers x 2 formats
+    assert (tmp_path / "passkey.md").read_text().startswith("| model |")
+    n = len((tmp_path / "records.jsonl").read_text().splitlines())
+    assert P.run("passkey/fast", tmp_path, **kw) == out
+    assert len((tmp_path / "records.jsonl").read_text().splitlines()) == n  # resumed: nothing ran again
