@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import json
 import pathlib
 import types
 from collections.abc import Mapping
@@ -24,7 +25,7 @@ from ..pretrained import path_of
 from ..tasks import Task, make_task
 
 __all__ = ["VOCAB", "TRAINED_GAP_MAX", "lab_task", "lab_task_args", "pick", "check_int_list", "check_names",
-           "checkpoint_id", "finish", "frozen", "plain", "resolve"]
+           "checkpoint_id", "finish", "frozen", "plain", "resolve", "write_summary"]
 
 VOCAB = 128  # every recall experiment's vocabulary (the paper's)
 TRAINED_GAP_MAX = max(LAB_RECIPE.task["gap"])  # the longest gap the lab-scale checkpoints were trained on
@@ -95,6 +96,15 @@ def checkpoint_id(preset: str) -> dict[str, str]:
 
     p = path_of(preset)
     return {"file": p.name, "sha1": hashlib.sha1(p.read_bytes()).hexdigest()[:16]}
+
+
+def write_summary(out_dir: pathlib.Path, stem: str, summary: dict[str, Any], table: str, show: bool = True) -> None:
+    """Write a study's summary as ``<stem>.json`` and its markdown ``table`` as ``<stem>.md`` in ``out_dir``;
+    print the table when ``show``."""
+    (out_dir / f"{stem}.json").write_text(json.dumps(summary, indent=1))
+    (out_dir / f"{stem}.md").write_text(table + "\n")
+    if show:
+        print(table, flush=True)
 
 
 def finish(records: list[dict[str, Any]], out_dir: pathlib.Path) -> None:

@@ -41,7 +41,7 @@ from ..echokv.study import format_table
 from ..errors import BadArgumentError
 from ..grid import Cell, GridOptions, run_grid
 from .command import Command, Option
-from .common import finish, pick, resolve
+from .common import finish, pick, resolve, write_summary
 
 __all__ = ["COMMAND", "EchoKVCell", "EchoKVRecipe", "RECIPES", "PICK", "recipe_for", "cells", "echokv_cell",
            "summarize", "run"]
@@ -286,9 +286,6 @@ def run(recipe: str | EchoKVRecipe = "echokv/fast", out_dir: str | pathlib.Path 
     records = run_grid(cells(recipe), echokv_cell, out_dir, grid, progress=progress,
                        describe=lambda r: f"{_label(r['spec'])}: {len(r['result']['perplexity'])} rows")
     out = summarize(recipe, records)
-    (out_dir / "echokv.json").write_text(json.dumps(out, indent=1))
-    table = format_table(out, recipe.stage2_ratio)
-    (out_dir / "echokv.md").write_text(table + "\n")
-    print(table, flush=True)
+    write_summary(out_dir, "echokv", out, format_table(out, recipe.stage2_ratio))
     finish(records, out_dir)
     return out

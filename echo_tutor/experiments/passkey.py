@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import pathlib
 from typing import Any
@@ -40,7 +39,7 @@ from ..errors import BadArgumentError
 from ..grid import Cell, GridOptions, run_grid
 from ..pretrained import results
 from .command import Command, Option
-from .common import check_int_list, finish, pick, resolve
+from .common import check_int_list, finish, pick, resolve, write_summary
 
 __all__ = ["COMMAND", "PassKeyCell", "PassKeyRecipe", "PICK", "RECIPES", "cells", "keeps", "passkey_cell", "run",
            "summarize"]
@@ -266,9 +265,6 @@ def run(recipe: str | PassKeyRecipe = "passkey/fast", out_dir: str | pathlib.Pat
     records = run_grid(cells(recipe), passkey_cell, out_dir, grid, progress=progress,
                        describe=lambda r: f"{r['spec']['kind']} {r['result']['correct']}/{r['result']['trials']}")
     summary = summarize(recipe, records)
-    (out_dir / "passkey.json").write_text(json.dumps(summary, indent=1))
-    (out_dir / "passkey.md").write_text(format_summary(summary) + "\n")
-    if progress:
-        print(format_summary(summary))
+    write_summary(out_dir, "passkey", summary, format_summary(summary), progress)
     finish(records, out_dir)
     return summary
