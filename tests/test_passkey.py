@@ -71,3 +71,11 @@ def test_bad_probe_arguments(smol):  # noqa: F811
         make_case(tok, 1024, random.Random(0), keys=0)
     with pytest.raises(ValueError, match="source_ids"):
         make_case(tok, 1024, random.Random(0), fmt="plain")
+
+
+@pytest.mark.slow
+def test_the_chat_format_keeps_its_own_filler(smol):  # noqa: F811
+    """Given the plain format's filler, a chat prompt still hides its key in lab 08's repeated filler."""
+    _, tok = smol
+    case = make_case(tok, 1024, random.Random(1), fmt="chat", source_ids=plain_source(tok))
+    assert tok.decode(case.ids[0]).count("The grass is green.") > 20

@@ -94,8 +94,8 @@ def make_case(tok, length: int, rng: random.Random, *, fmt: str = "chat", keys: 
               source_ids: list[int] | None = None) -> NeedleCase:
     """A prompt of about ``length`` tokens with ``keys`` pass keys at random depths, one asked for.
 
-    ``source_ids``: the filler's token ids (``plain``: held-out docstrings, :func:`plain_source`; ``chat``:
-    the repeated filler, built here when None)."""
+    ``source_ids``: the plain format's filler as token ids (held-out docstrings, :func:`plain_source`); the chat
+    format always builds its own (the repeated filler), whatever is passed."""
     check_choice("fmt", fmt, FORMATS)
     check_int("keys", keys, min_value=1)
     check_int("length", length, min_value=64)
@@ -104,10 +104,10 @@ def make_case(tok, length: int, rng: random.Random, *, fmt: str = "chat", keys: 
     names = rng.sample(NAMES, keys) if keys > 1 else [""]
     values = [str(rng.randint(10000, 99999)) for _ in names]
     asked = rng.randrange(keys)
-    if source_ids is None:
-        if fmt == "plain":
-            raise BadArgumentError("source_ids: the plain format needs its filler's ids (plain_source(tok))")
+    if fmt == "chat":
         source_ids = tok(CHAT_FILLER * (length // 8 + 64)).input_ids
+    elif source_ids is None:
+        raise BadArgumentError("source_ids: the plain format needs its filler's ids (plain_source(tok))")
     overhead = _wrap(tok, "".join(_sentence(v, n, fmt) for v, n in zip(values, names)), names[asked], fmt).shape[1]
     pieces = _haystack(tok, source_ids, max(16, length - overhead), rng)
     slots = sorted(rng.sample(range(len(pieces) + 1), keys)) if len(pieces) + 1 >= keys else [0] * keys
