@@ -130,3 +130,18 @@ def test_a_bad_option_declaration_is_refused():
         Option("--presets", "the presets", type="list")
     with pytest.raises(BadArgumentError, match="to must be 'recipe', 'only' or 'run'"):
         Option("--presets", "the presets", to="cli")
+
+
+def test_every_command_the_readme_shows_parses():
+    """Each ``echo-tutor ...`` line of the README's command block names a command and flags the CLI has (parsed,
+    not run: argparse exits 2 on an unknown flag or value)."""
+    import pathlib
+    import shlex
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = [ln.split("#")[0].strip() for ln in text.splitlines() if ln.startswith("echo-tutor ")]
+    assert len(lines) >= 8
+    parser = make_parser()
+    for line in lines:
+        args = parser.parse_args(shlex.split(line)[1:])
+        assert args.command, line
