@@ -28,7 +28,9 @@ from echo_tutor.experiments.convert_report import format_summary, summarize
 SPECS = [MixerSpec("window", window=8, sinks=2), MixerSpec("ska", rank=8, power_steps=0),
          MixerSpec("ska", rank=8, power_steps=1), MixerSpec("window+ska", window=8, sinks=2, rank=8, power_steps=1),
          MixerSpec("window+ska", window=8, sinks=0, rank=8, power_steps=0),
-         MixerSpec("window+linear", window=8, sinks=2, rank=8)]
+         MixerSpec("window+linear", window=8, sinks=2, rank=8),
+         MixerSpec("window+ska", window=8, sinks=2, rank=8, power_steps=1, sparse=4),  # the sparse cache
+         MixerSpec("window+linear", window=8, sinks=2, rank=8, sparse=4)]
 
 
 def _x(model, T=40, B=2, seed=0):
@@ -50,12 +52,13 @@ def _perturb(m: ConvertedAttention) -> None:
             m.phi_q.add_(0.1 * torch.randn(m.phi_q.shape, generator=g))
 
 
-@pytest.mark.parametrize("variant", ["window", "window+ska", "window+linear"])
-def test_window_covering_the_context_is_the_original_attention(tiny, variant):  # noqa: F811
+@pytest.mark.parametrize("variant, sparse", [("window", 0), ("window+ska", 0), ("window+linear", 0),
+                                             ("window+ska", 4), ("window+linear", 4)])
+def test_window_covering_the_context_is_the_original_attention(tiny, variant, sparse):  # noqa: F811
     x, rope = _x(tiny, T=48)
     attn = tiny.model.layers[1].self_attn
     ref = original_attention(attn, x, rope)
-    m = new_mixer(tiny, 1, MixerSpec(variant, window=48, sinks=0, rank=8))
+    m = new_mixer(tiny, 1, MixerSpec(variant, window=48, sinks=0, rank=8, sparse=sparse))
     _perturb(m)
     y = m(x, position_embeddings=rope)[0]
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
@@ -170,6 +173,9 @@ def test_stage2_lowers_the_heldout_kl_and_trains_only_the_mixers(tiny):  # noqa:
     (dict(power_steps=-1), "power_steps must be >= 0"),
     (dict(eps=0.0), "eps"),
     (dict(variant="window+linear", rank=7), "rank must be even"),
+    (dict(sparse=-1), "sparse must be >= 0"),
+    (dict(variant="window", sparse=4), "sparse: a cache of the worst-recalled pairs needs statistics"),
+    (dict(variant="ska", sparse=4), "sparse: a cache"),
 ])
 def test_bad_specs(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -19,6 +19,31 @@ def test_cells_put_the_original_first_and_give_every_mixer_its_controls():
         assert len(c.layers) in recipe.counts and c.layers == sorted(c.layers)
 
 
+def test_a_sparse_cache_is_controlled_by_a_window_of_its_bytes():
+    recipe = P.PassKeyRecipe("t", "a test", formats=("chat",), variants=("window+ska:K1:S16", "window+linear:K0:S16"))
+    cells = P.cells(recipe)
+    kinds = [(c.kind, c.variant) for c in cells]
+    assert kinds == [("original", ""), ("window", "window"), ("window", "window:W80"),
+                     ("mixer", "window+ska:K1:S16"), ("shut", "window+ska:K1:S16"),
+                     ("mixer", "window+linear:K0:S16"), ("shut", "window+linear:K0:S16")]
+    assert P.equal_bytes_window("window+ska:K1") is None
+    keys = [str(30000 + i) for i in range(4)]
+    answers = {"window": [None] * 4, "window:W80": keys, "window+ska:K1:S16": keys, "window+linear:K0:S16": keys}
+    records = [{"spec": c.spec(), "result": _res(answers.get(c.variant, [None] * 4) if c.kind != "original" else keys,
+                                                 keys), "error": None} for c in cells]
+    verdicts = {v["variant"]: v for v in P.summarize(recipe, records)["verdicts"]}
+    # the window of the same bytes retrieves: the cache does not keep the needle, whatever the W64 window does
+    assert verdicts["window+ska:K1:S16"]["window_rate"] == 1.0 and not verdicts["window+ska:K1:S16"]["keeps"]
+
+
+def test_the_cli_takes_variants(capsys, tmp_path):
+    from echo_tutor.cli import main
+
+    assert main(["passkey", "--variants", "window+ska:K1:Q4", "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "':S<n>'" in err and len(err.strip().splitlines()) == 1
+
+
 def _res(answers, keys):
     return {"answers": answers, "keys": keys, "correct": sum(a == k for a, k in zip(answers, keys)),
             "trials": len(keys), "ci95": [0.0, 1.0], "tokens": 1000.0}

@@ -41,8 +41,76 @@ class _FeatureMixer(ConvertedAttention):
 
     def init_state(self, batch: int, device=None) -> MixerState:
         st = super().init_state(batch, device)
-        st.pending_k = torch.zeros(batch, self.n_kv, 0, self.spec.rank, device=st.k_win.device)
+        H, r, D, S, dev = self.n_kv, self.spec.rank, self.head_dim, self.spec.sparse, st.k_win.device
+        st.pending_k = torch.zeros(batch, H, 0, r, device=dev)
+        if S:
+            st.k_sp, st.v_sp = torch.zeros(batch, H, S, D, device=dev), torch.zeros(batch, H, S, D, device=dev)
+            st.kf_sp = torch.zeros(batch, H, S, r, device=dev)
         return st
+
+    # -- the sparse cache (spec.sparse = S > 0) --------------------------------------------------------
+    # Beside the window, S exact key/value pairs per KV head: of the tokens that left the window, those the
+    # statistics recall worst (LoLA's idea, arXiv 2505.23666, here with the state's own error). Every token
+    # that leaves the window is written into the statistics as before *and* offered to the cache: while a slot
+    # is free it goes in; then it replaces the cached pair with the smallest error if its own error is larger.
+    # Errors are measured against the statistics of the moment (they include the token), so a pair the
+    # statistics have learnt to recall leaves. The window's softmax reads the cached pairs like window rows.
+    def _recall_stats(self, st: MixerState) -> tuple[torch.Tensor, ...]:
+        """What :meth:`_recall_error` needs from a decode state (``[B, H, ...]`` tensors)."""
+        raise NotImplementedError
+
+    def _recall_stats_seq(self, kf: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The same for every prefix of the old tokens ``kf [B, n, H, r]``, ``v [B, n, H, D]``: ``[B, n, H, ...]``."""
+        raise NotImplementedError
+
+    def _recall_error(self, stats, kf: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """How badly the statistics recall pairs ``kf [B, H, m, r]``, ``v [B, H, m, D]``: ``[B, H, m]``."""
+        raise NotImplementedError
+
+    def _choose(self, stats, kf_sp, v_sp, filled: int, kf, v):
+        """Where a token leaving the window goes: ``(slot [B, H], take [B, H])`` for candidate ``kf [B, H, r]``,
+        ``v [B, H, D]`` and a cache ``kf_sp [B, H, S, r]``, ``v_sp`` with ``filled`` slots used."""
+        B, H = kf.shape[:2]
+        if filled < self.spec.sparse:  # a free slot: the token goes in
+            return torch.full((B, H), filled, dtype=torch.long, device=kf.device), torch.ones(B, H, dtype=torch.bool, device=kf.device)
+        err = self._recall_error(stats, kf_sp, v_sp)  # [B, H, S]
+        mine = self._recall_error(stats, kf[:, :, None], v[:, :, None])[..., 0]
+        slot = err.argmin(-1)
+        return slot, mine > err.gather(-1, slot[..., None])[..., 0]
+
+    def _place(self, slot, take, cache: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """``cache [B, H, S, X]`` with ``new [B, H, X]`` written at ``slot`` where ``take``."""
+        hit = take[..., None] & (torch.arange(cache.shape[2], device=cache.device) == slot[..., None])
+        return torch.where(hit[..., None], new[:, :, None].to(cache.dtype), cache)
+
+    def _admit_step(self, st, kf, k_rope, v) -> None:
+        slot, take = self._choose(self._recall_stats(st), st.kf_sp, st.v_sp, st.sp_n, kf, v.float())
+        st.k_sp, st.v_sp = self._place(slot, take, st.k_sp, k_rope), self._place(slot, take, st.v_sp, v)
+        st.kf_sp = self._place(slot, take, st.kf_sp, kf)
+        st.sp_n = min(st.sp_n + 1, self.spec.sparse)
+
+    def _sparse_visible(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
+        """Which older keys each query reads exactly from the sparse cache: ``[B, Hkv, T, T]`` (bool), or None
+        without one. The cache is replayed token by token as :meth:`step` fills it (pre-RoPE ``k``, ``v``
+        ``[B, T, Hkv, D]``)."""
+        s, (B, T, H, D) = self.spec, k.shape
+        A, W, S = s.sinks, s.window, s.sparse
+        n = T - W - A  # tokens that leave the window (token A + i leaves when query A + i + W arrives)
+        if not S or n <= 0:
+            return None
+        kf = self.features(k[:, A:A + n], self.phi_k).float()
+        vo = v[:, A:A + n].float()
+        stats = self._recall_stats_seq(kf, vo)
+        kf_sp, v_sp = kf.new_zeros(B, H, S, kf.shape[-1]), vo.new_zeros(B, H, S, D)
+        pos = torch.full((B, H, S), -1, dtype=torch.long, device=k.device)
+        held = torch.full((B, H, T, S), T, dtype=torch.long, device=k.device)  # T: an empty slot (a dummy column)
+        for i in range(n):
+            slot, take = self._choose(tuple(x[:, i] for x in stats), kf_sp, v_sp, min(i, S), kf[:, i], vo[:, i])
+            kf_sp, v_sp = self._place(slot, take, kf_sp, kf[:, i]), self._place(slot, take, v_sp, vo[:, i])
+            pos = self._place(slot, take, pos[..., None], torch.full((B, H, 1), A + i, device=k.device))[..., 0]
+            held[:, :, A + i + W] = torch.where(pos >= 0, pos, T)
+        vis = torch.zeros(B, H, T, T + 1, dtype=torch.bool, device=k.device)
+        return vis.scatter_(-1, held, True)[..., :T]
 
 
 class SKAAttention(_FeatureMixer):
@@ -104,6 +172,27 @@ class SKAAttention(_FeatureMixer):
     def _write(self, st, kf, v):
         st.ska = write_token(st.ska, kf, v)
 
+    def _recall_stats(self, st):
+        Gi = torch.linalg.inv(st.ska.G)
+        return Gi, st.ska.C @ Gi
+
+    def _recall_stats_seq(self, kf, v):
+        r = kf.shape[-1]
+        G = self.spec.eps * torch.eye(r, device=kf.device) + torch.einsum("bnhi,bnhj->bnhij", kf, kf).cumsum(1)
+        C = torch.einsum("bnhp,bnhj->bnhpj", v, kf).cumsum(1)
+        Gi = torch.linalg.inv(G)
+        return Gi, C @ Gi
+
+    def _recall_error(self, stats, kf, v):
+        """The ridge's leave-one-out residual ``|v - C G^-1 kf|^2 / (1 - h)^2``, ``h = kf^T G^-1 kf`` (the
+        pair's leverage; the statistics include the pair, and dividing by ``1 - h`` gives what they would
+        predict without it: the PRESS identity). A pair only the cache can recall keeps a large error even
+        though it is written into ``G`` and ``C``."""
+        Gi, Wt = stats  # [B, H, r, r], [B, H, D, r]
+        pred = torch.einsum("bhdr,bhmr->bhmd", Wt, kf)
+        h = torch.einsum("bhmr,bhrs,bhms->bhm", kf, Gi, kf)
+        return ((v - pred) ** 2).sum(-1) / (1 - h).clamp(min=1e-6) ** 2
+
     def _push(self, st, k_t, v_t, cos_t, sin_t) -> None:
         if self.spec.has_window:
             return super()._push(st, k_t, v_t, cos_t, sin_t)
@@ -127,7 +216,7 @@ class WindowSKAAttention(SKAAttention):
         self.gate_b = nn.Parameter(torch.full((self.n_q,), GATE_INIT, device=dev))
 
     def _mix(self, hidden, q, k, v, cos, sin):
-        num, den = self._window(q, k, v, cos, sin)
+        num, den = self._window(q, k, v, cos, sin, self._sparse_visible(k, v))
         gate = self._gate(hidden)[..., None]  # [B, Hq, T, 1]
         return (1 - gate) * (num / den) + gate * self._old(q, k, v, self.spec.window)
 
@@ -172,7 +261,7 @@ class WindowLinearAttention(_FeatureMixer):
 
     def _mix(self, hidden, q, k, v, cos, sin):
         s, T = self.spec, q.shape[1]
-        num, den = self._window(q, k, v, cos, sin)
+        num, den = self._window(q, k, v, cos, sin, self._sparse_visible(k, v))
         qf = self.features(q, self.phi_q).transpose(1, 2)  # [B, Hq, T, r]
         kf = self.features(k, self.phi_k).transpose(1, 2).repeat_interleave(self.group, 1)
         t = torch.arange(T, device=q.device)
@@ -190,6 +279,18 @@ class WindowLinearAttention(_FeatureMixer):
     def _write(self, st, kf, v):
         st.S = st.S + kf[..., :, None] * v[..., None, :]
         st.z = st.z + kf
+
+    def _recall_stats(self, st):
+        return st.S, st.z
+
+    def _recall_stats_seq(self, kf, v):
+        return torch.einsum("bnhr,bnhd->bnhrd", kf, v).cumsum(1), kf.cumsum(1)
+
+    def _recall_error(self, stats, kf, v):
+        """Linear attention's recall error ``|v - S^T phi(k) / (z^T phi(k))|^2`` (LoLA's self-recall error)."""
+        S, z = stats  # [B, H, r, D], [B, H, r]
+        pred = (kf @ S) / (kf * z[:, :, None]).sum(-1, keepdim=True).clamp(min=1e-12)
+        return ((v - pred) ** 2).sum(-1)
 
     def _mix_step(self, x_t, q, st, cos_t, sin_t):
         num, den = self._window_step(q, st, cos_t, sin_t)

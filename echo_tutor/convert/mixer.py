@@ -113,7 +113,8 @@ class ConvertedAttention(nn.Module):
         """Bytes of a ``spec`` layer's decode state once its window is full: the same at 1k and at 16k tokens.
 
         Window: ``2 (A + W) Hkv D`` (K and V rows) plus ``W Hkv r`` key features waiting to enter the statistics;
-        SKA: ``Hkv (2 r^2 + D r + r)``; linear: ``Hkv (r D + r)``."""
+        SKA: ``Hkv (2 r^2 + D r + r)``; linear: ``Hkv (r D + r)``; a sparse cache of S pairs: ``S Hkv (2 D + r)``
+        (keys, values, key features), the bytes of S more window tokens."""
         s, H, D, r = spec, n_kv_heads, head_dim, spec.rank
         n = 2 * (s.window + s.sinks) * H * D if s.has_window else 0
         if s.variant != "window" and s.has_window:
@@ -122,6 +123,7 @@ class ConvertedAttention(nn.Module):
             n += H * (2 * r * r + D * r + r)
         if s.variant == "window+linear":
             n += H * (r * D + r)
+        n += s.sparse * H * (2 * D + r)
         return n * batch * torch.tensor([], dtype=dtype).element_size()
 
     def state_nbytes(self, batch: int = 1, dtype: torch.dtype = torch.float32) -> int:
@@ -136,9 +138,10 @@ class ConvertedAttention(nn.Module):
         v = self.v_proj(hidden).view(B, T, self.n_kv, self.head_dim)
         return q, k, v
 
-    def _window(self, q, k, v, cos, sin):
+    def _window(self, q, k, v, cos, sin, extra: torch.Tensor | None = None):
         """The window's softmax parts for every token: numerator ``[B, Hq, T, D]`` and normaliser ``[B, Hq, T, 1]``
-        (exp-scores relative to the row's maximum), from pre-RoPE q ``[B, T, Hq, D]``, k, v ``[B, T, Hkv, D]``."""
+        (exp-scores relative to the row's maximum), from pre-RoPE q ``[B, T, Hq, D]``, k, v ``[B, T, Hkv, D]``.
+        ``extra`` ``[B, Hkv, T, T]`` (bool): older keys each query also sees exactly (a sparse cache)."""
         s, T = self.spec, q.shape[1]
         qr = apply_rope(q.transpose(1, 2), cos, sin)  # [B, Hq, T, D]
         kr = apply_rope(k.transpose(1, 2), cos, sin).repeat_interleave(self.group, 1)
@@ -147,6 +150,8 @@ class ConvertedAttention(nn.Module):
         t = torch.arange(T, device=q.device)
         lag = t[:, None] - t[None, :]
         visible = (lag >= 0) & ((lag < s.window) | (t[None, :] < s.sinks))
+        if extra is not None:
+            visible = visible | extra.repeat_interleave(self.group, 1)
         scores = scores.masked_fill(~visible, float("-inf"))
         e = torch.exp(scores - scores.amax(-1, keepdim=True))
         return e @ vv, e.sum(-1, keepdim=True)
@@ -192,6 +197,10 @@ class ConvertedAttention(nn.Module):
     def _write(self, st: MixerState, kf: torch.Tensor, v: torch.Tensor) -> None:
         """Write one token that left the window (features ``kf [B, H, r]``, value ``v [B, H, D]``) into the statistics."""
 
+    def _admit_step(self, st: MixerState, kf: torch.Tensor, k_rope: torch.Tensor, v: torch.Tensor) -> None:
+        """Offer a token that left the window to the sparse cache (variants with ``spec.sparse``)."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def _state_from(self, k, v, cos, sin) -> MixerState:
         """The decode state after reading a prefill (replays it token by token into the state)."""
@@ -211,6 +220,8 @@ class ConvertedAttention(nn.Module):
         if st.count >= A and st.k_win.shape[2] > A + s.window:  # the oldest non-sink token leaves the window
             if kf is not None:
                 self._write(st, st.pending_k[:, :, 0].float(), st.v_win[:, :, A].float())
+                if s.sparse:
+                    self._admit_step(st, st.pending_k[:, :, 0].float(), st.k_win[:, :, A], st.v_win[:, :, A])
                 st.pending_k = st.pending_k[:, :, 1:]
             keep = [i for i in range(st.k_win.shape[2]) if i != A]
             st.k_win, st.v_win = st.k_win[:, :, keep], st.v_win[:, :, keep]
@@ -219,9 +230,12 @@ class ConvertedAttention(nn.Module):
     def _window_step(self, q, st: MixerState, cos_t, sin_t):
         """The window's softmax parts for one query ``q [B, Hq, D]`` (pre-RoPE): ``[B, Hq, 1, D]``, ``[B, Hq, 1, 1]``."""
         qr = apply_rope(q[:, :, None], cos_t[:, None], sin_t[:, None])  # [B, Hq, 1, D]
-        sc = (qr @ st.k_win.repeat_interleave(self.group, 1).transpose(-1, -2)) * self.scaling
+        kw, vw = st.k_win, st.v_win
+        if st.sp_n:  # the sparse cache's filled slots are read like window rows
+            kw, vw = torch.cat([kw, st.k_sp[:, :, :st.sp_n]], 2), torch.cat([vw, st.v_sp[:, :, :st.sp_n]], 2)
+        sc = (qr @ kw.repeat_interleave(self.group, 1).transpose(-1, -2)) * self.scaling
         e = torch.exp(sc - sc.amax(-1, keepdim=True))
-        return e @ st.v_win.repeat_interleave(self.group, 1), e.sum(-1, keepdim=True)
+        return e @ vw.repeat_interleave(self.group, 1), e.sum(-1, keepdim=True)
 
     def _mix_step(self, x_t, q, st: MixerState, cos_t, sin_t) -> torch.Tensor:
         """What one query reads, ``[B, Hq, 1, D]``, after its token was pushed into ``st``."""

@@ -13,9 +13,10 @@ from .._checks import check_int, check_positive
 from ..errors import BadArgumentError
 from ..ska import SKAState
 
-__all__ = ["VARIANTS", "MixerSpec", "MixerState", "parse_variant"]
+__all__ = ["SPARSE_VARIANTS", "VARIANTS", "MixerSpec", "MixerState", "base_variant", "parse_variant"]
 
 VARIANTS = ("window", "ska", "window+ska", "window+linear")
+SPARSE_VARIANTS = ("window+ska", "window+linear")  # the variants that can keep a sparse cache (MixerSpec.sparse)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,10 @@ class MixerSpec:
         rank: r, the feature size of the SKA statistics / linear-attention feature map.
         power_steps: K, SKA's power-filter order (0: ridge regression; ignored by the others).
         eps: SKA's ridge strength.
+        sparse: S, exact key/value pairs kept per KV head beside the window, chosen among the tokens that left
+            it by how badly the statistics recall them (``"window+ska"``: the ridge's leave-one-out residual;
+            ``"window+linear"``: linear attention's recall error); 0 keeps none. The same bytes buy ``S`` more
+            window tokens (see :meth:`~echo_tutor.convert.mixer.ConvertedAttention.state_nbytes_for`).
     """
 
     variant: str = "window+ska"
@@ -37,6 +42,7 @@ class MixerSpec:
     rank: int = 32
     power_steps: int = 1
     eps: float = 1e-2
+    sparse: int = 0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -46,6 +52,10 @@ class MixerSpec:
         check_int("rank", self.rank, min_value=1)
         check_int("power_steps", self.power_steps, min_value=0)
         check_positive("eps", self.eps)
+        check_int("sparse", self.sparse, min_value=0)
+        if self.sparse and self.variant not in SPARSE_VARIANTS:
+            raise BadArgumentError(f"sparse: a cache of the worst-recalled pairs needs statistics beside a window "
+                                   f"(variant one of {list(SPARSE_VARIANTS)}), got variant {self.variant!r}")
         if self.variant == "window+linear" and self.rank % 2:
             raise BadArgumentError(f"rank must be even for 'window+linear' (Hedgehog features [softmax(xW), softmax(-xW)]), got {self.rank}")
 
@@ -67,6 +77,8 @@ class MixerSpec:
             parts.append(f"r{self.rank}")
         if self.has_window:
             parts.append(f"W{self.window}" + (f"+{self.sinks}" if self.sinks else ""))
+        if self.sparse:
+            parts.append(f"S{self.sparse}")
         return " ".join(parts)
 
 
@@ -81,6 +93,8 @@ class MixerState:
             statistics when they leave the window (window + a fixed state).
         ska: the :class:`~echo_tutor.ska.SKAState` of the tokens older than the window (SKA variants).
         S: ``[B, H, r, D]``, z: ``[B, H, r]`` (linear attention: sum of phi(k) v^T and of phi(k)).
+        k_sp, v_sp: ``[B, H, S, D]`` the sparse cache's keys (after RoPE) and values; kf_sp ``[B, H, S, r]`` their
+            key features (to score them again as the statistics grow). Slots fill in order: ``sp_n`` are used.
         count: tokens read so far.
     """
 
@@ -91,21 +105,38 @@ class MixerState:
     ska: SKAState | None = None
     S: torch.Tensor | None = None
     z: torch.Tensor | None = None
+    k_sp: torch.Tensor | None = None
+    v_sp: torch.Tensor | None = None
+    kf_sp: torch.Tensor | None = None
+    sp_n: int = 0
 
     @property
     def nbytes(self) -> int:
         """Bytes of the tensors held (bounded by :meth:`ConvertedAttention.state_nbytes`)."""
-        ts = [self.k_win, self.v_win, self.pending_k, self.S, self.z, *(self.ska.tensors() if self.ska else [])]
+        ts = [self.k_win, self.v_win, self.pending_k, self.S, self.z, self.k_sp, self.v_sp, self.kf_sp, *(self.ska.tensors() if self.ska else [])]
         return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 
 def parse_variant(name: str, **kw) -> MixerSpec:
-    """``"window+ska:K1"`` -> ``MixerSpec("window+ska", power_steps=1, **kw)``; ``"window"`` -> the window."""
+    """``"window+ska:K1"`` -> ``MixerSpec("window+ska", power_steps=1, **kw)``; ``"window"`` -> the window;
+    ``"window+ska:K1:S16"`` adds a sparse cache of 16 pairs (``sparse=16``); ``"window:W80"`` sets the window."""
     if not isinstance(name, str):
         raise BadArgumentError(f"variant must be a string like 'window+ska:K1', got {name!r}")
-    base, _, k = name.partition(":")
+    base, *tags = name.split(":")
     if base not in VARIANTS:
         raise BadArgumentError(f"variant must be one of {list(VARIANTS)} (with ':K<n>' for the SKA ones), got {name!r}")
-    if k and not (k.startswith("K") and k[1:].isdigit()):
-        raise BadArgumentError(f"variant {name!r}: the power order is written ':K<n>', e.g. 'window+ska:K1'")
-    return MixerSpec(base, power_steps=int(k[1:]) if k else 1, **kw)
+    fields = {"K": "power_steps", "S": "sparse", "W": "window"}
+    out = {"power_steps": 1}
+    for tag in tags:
+        if not (tag[:1] in fields and tag[1:].isdigit()):
+            raise BadArgumentError(f"variant {name!r}: each tag is ':K<n>' (power order), ':S<n>' (sparse pairs) or "
+                                   "':W<n>' (window), e.g. 'window+ska:K1:S16'")
+        out[fields[tag[0]]] = int(tag[1:])
+    return MixerSpec(base, **{**kw, **out})
+
+
+def base_variant(name: str) -> str:
+    """The trained variant a name's mixers come from: ``"window+ska:K1:S16"`` -> ``"window+ska:K1"`` (a sparse
+    cache or another window changes no parameter)."""
+    base, *tags = name.split(":")
+    return ":".join([base, *(t for t in tags if t.startswith("K"))])

@@ -6,6 +6,7 @@ the package, :func:`shipped_mixers` loads them. The study itself is ``echo_tutor
 
 from __future__ import annotations
 
+import functools
 import pathlib
 
 import torch
@@ -31,7 +32,7 @@ from .layers import (
 from .cache import ConvertedCache
 from .mixer import ConvertedAttention
 from .probe import greedy, needle_probe, needle_prompt, window_nll
-from .spec import parse_variant
+from .spec import base_variant, parse_variant
 
 # the study's building blocks are re-exported here: `from echo_tutor.convert.study import fit_layer` etc.
 __all__ = [
@@ -65,8 +66,16 @@ def shipped_mixers(model, variant: str, layers: list[int], config: dict | None =
     :func:`converted`. ``config`` is the shipped study's config (default: ``results("convert")["config"]``)."""
 
     cfg = config or results("convert")["config"]
-    packed = torch.load(HERE / SHIPPED_MIXERS)
-    if variant not in packed:
-        raise BadArgumentError(f"variant: no shipped mixers of {variant!r} (have {sorted(packed)})")
-    spec = parse_variant(variant, window=cfg["window"], sinks=cfg.get("sinks", 4), rank=cfg["rank"], eps=cfg["eps"])
-    return {i: load_mixer(model, i, spec, packed[variant][i]) for i in layers}
+    packed = _packed()
+    trained = base_variant(variant)  # a sparse cache (":S16") or another window (":W80") changes no parameter
+    if trained not in packed:
+        raise BadArgumentError(f"variant: no shipped mixers of {trained!r} (have {sorted(packed)})")
+    spec = parse_variant(variant, **{"window": cfg["window"], "sinks": cfg.get("sinks", 4), "rank": cfg["rank"],
+                                     "eps": cfg["eps"]})
+    return {i: load_mixer(model, i, spec, packed[trained][i]) for i in layers}
+
+
+@functools.lru_cache(maxsize=1)
+def _packed() -> dict:
+    """The shipped mixers' file, read once per process (every pass-key cell loads some)."""
+    return torch.load(HERE / SHIPPED_MIXERS)

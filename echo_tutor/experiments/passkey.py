@@ -70,6 +70,9 @@ class PassKeyRecipe:
             if f not in FORMATS:
                 raise BadArgumentError(f"formats must be drawn from {list(FORMATS)}, got {list(self.formats)}")
         object.__setattr__(self, "formats", tuple(self.formats))
+        if isinstance(self.variants, str) or not self.variants:
+            raise BadArgumentError(f"variants must be a non-empty list of mixer names, got {self.variants!r}")
+        object.__setattr__(self, "variants", tuple(self.variants))
         object.__setattr__(self, "keys", check_int_list("keys", list(self.keys), 1))
         object.__setattr__(self, "lengths", check_int_list("lengths", list(self.lengths), 64))
         object.__setattr__(self, "counts", check_int_list("counts", list(self.counts), 1))
@@ -77,7 +80,7 @@ class PassKeyRecipe:
         check_int("seed", self.seed, min_value=0)
         for v in self.variants:
             parse_variant(v)  # a bad name raises, saying what is expected
-            if v.startswith("window:") or v == "window":
+            if v.split(":")[0] == "window":
                 raise BadArgumentError("variants: the window alone is every mixer's control, not a variant")
         if self.scale != SCALE:
             raise BadArgumentError(f"scale must be {SCALE!r} (the study reads SmolLM2), got {self.scale!r}")
@@ -97,6 +100,8 @@ COMMAND = Command("passkey", "which part of a converted SmolLM2 carries the pass
     Option("--trials", "prompts per cell (the recipe's)", "positive_int"),
     Option("--lengths", "prompt lengths in tokens (the recipe's)", "positive_int", nargs="+"),
     Option("--counts", "converted layers (the recipe's)", "positive_int", nargs="+"),
+    Option("--variants", "mixers, e.g. window+ska:K1 window+ska:K1:S16 (':S<n>': a sparse cache of n pairs)", "str",
+           nargs="+"),
 ), scales=(SCALE,))
 
 
@@ -142,12 +147,21 @@ def cells(recipe: PassKeyRecipe) -> list[PassKeyCell]:
     order = _order()
     for count in recipe.counts:
         layers = sorted(order[:count])
-        out += [cell("window", "window", layers, p) for p in prompts]
+        windows = ["window", *dict.fromkeys(w for v in recipe.variants if (w := equal_bytes_window(v)))]
+        out += [cell("window", w, layers, p) for w in windows for p in prompts]
         for v in recipe.variants:
             out += [cell("mixer", v, layers, p) for p in prompts]
-            if "ska" in v:
+            if "ska" in v or ":S" in v:
                 out += [cell("shut", v, layers, p) for p in prompts]
     return out
+
+
+def equal_bytes_window(variant: str) -> str | None:
+    """The window control that holds the bytes of a mixer's sparse cache as more window tokens (``"window+ska:K1:S16"``
+    with the shipped W = 64 -> ``"window:W80"``; None for a mixer without one): the cache's S pairs cost what S
+    window rows cost (:meth:`~echo_tutor.convert.ConvertedAttention.state_nbytes_for`)."""
+    sparse = parse_variant(variant).sparse
+    return f"window:W{results('convert')['config']['window'] + sparse}" if sparse else None
 
 
 @functools.lru_cache(maxsize=1)
@@ -158,9 +172,10 @@ def _model():
 
 def _mixers(model, variant: str, layers: list[int]) -> dict:
     """The shipped stage-1 mixers of ``variant`` at ``layers`` (the window alone: nothing to load)."""
-    if variant == "window":
+    if variant.split(":")[0] == "window":
         cfg = results("convert")["config"]
-        spec = parse_variant("window", window=cfg["window"], sinks=cfg.get("sinks", 4), rank=cfg["rank"], eps=cfg["eps"])
+        spec = parse_variant(variant, **{"window": cfg["window"], "sinks": cfg.get("sinks", 4), "rank": cfg["rank"],
+                                         "eps": cfg["eps"]})
         return {i: load_mixer(model, i, spec, {}) for i in layers}
     return shipped_mixers(model, variant, layers)
 
@@ -226,7 +241,7 @@ def summarize(recipe: PassKeyRecipe, records: list[dict[str, Any]]) -> dict[str,
     for (kind, variant, count, fmt, keys, length), res in by.items():
         if kind != "mixer":
             continue
-        controls = {"window": by.get(("window", "window", count, fmt, keys, length)),
+        controls = {"window": by.get(("window", equal_bytes_window(variant) or "window", count, fmt, keys, length)),
                     "shut": by.get(("shut", variant, count, fmt, keys, length))}
         controls = {k: v for k, v in controls.items() if v is not None}
         test = keeps(res, list(controls.values()))
@@ -246,7 +261,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lo, hi = r["ci95"]
         lines.append(f"| {name} | {r['count']} | {r['fmt']} | {r['keys']} | {r['length']} | "
                      f"{r['correct']}/{r['trials']} | [{lo:.2f}, {hi:.2f}] |")
-    lines += ["", "| mixer | layers | format | keys | tokens | mixer | window alone | readout shut | keeps the needle |",
+    lines += ["", "| mixer | layers | format | keys | tokens | mixer | window alone (its bytes) | readout shut | keeps the needle |",
               "|---|---|---|---|---|---|---|---|---|"]
     for v in summary["verdicts"]:
         shut = f"{v['shut_rate']:.2f}" if "shut_rate" in v else "(= window)"
