@@ -39,6 +39,20 @@ def test_the_cache_keeps_the_pair_the_statistics_recall_worst(tiny, variant):  #
     assert not m._sparse_visible(k2, v2)[0, :, -1, 30].any()
 
 
+def test_the_trace_shows_each_tokens_error_and_what_is_held(tiny):  # noqa: F811
+    m = new_mixer(tiny, 1, MixerSpec("window+ska", window=8, sinks=2, rank=8, sparse=3))
+    x = torch.randn(1, 40, tiny.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    tr = m.sparse_trace(x)
+    err, held = tr["error"], tr["held"]
+    assert err.shape == held.shape == (1, m.n_kv, 40)
+    assert err[..., :2].isnan().all() and err[..., 32:].isnan().all() and not err[..., 2:32].isnan().any()
+    assert held.sum(-1).eq(3).all() and not held[..., :2].any() and not held[..., 32:].any()
+    _, k, v = m._qkv(x)
+    assert torch.equal(held, m._sparse_visible(k, v)[:, :, -1])
+    with pytest.raises(ValueError, match="sparse_trace: this layer keeps no sparse cache"):
+        new_mixer(tiny, 1, MixerSpec("window+ska", window=8, sinks=2, rank=8)).sparse_trace(x)
+
+
 def test_the_ridge_error_is_leave_one_out(tiny):  # noqa: F811
     """The score of a cached pair, measured with statistics that include it, is the residual of the ridge fitted
     without it (the PRESS identity)."""

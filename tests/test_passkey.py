@@ -8,7 +8,14 @@ import torch
 from echokv_fixtures import smol, tiny  # noqa: F401  (fixtures)
 
 from echo_tutor.convert import MixerSpec
-from echo_tutor.convert.passkey import make_case, plain_source, read_key, readout_shut
+from echo_tutor.convert.passkey import (
+    key_positions,
+    make_case,
+    plain_source,
+    read_key,
+    readout_shut,
+    retrieval_mass,
+)
 from echo_tutor.convert.study import layer_inputs, new_mixer
 
 
@@ -79,3 +86,19 @@ def test_the_chat_format_keeps_its_own_filler(smol):  # noqa: F811
     _, tok = smol
     case = make_case(tok, 1024, random.Random(1), fmt="chat", source_ids=plain_source(tok))
     assert tok.decode(case.ids[0]).count("The grass is green.") > 20
+
+
+@pytest.mark.slow
+def test_key_positions_spell_the_key_and_the_retrieval_layers_read_it(smol):  # noqa: F811
+    model, tok = smol
+    case = make_case(tok, 512, random.Random(3), fmt="plain", source_ids=plain_source(tok))
+    pos = key_positions(tok, case)
+    assert tok.decode(case.ids[0, pos]).replace(" ", "") == case.key  # the plain format states it once
+    mass = retrieval_mass(model, tok, [case], beyond=0)
+    assert mass.shape == (len(model.model.layers),) and (mass >= 0).all() and (mass <= 1).all()
+    # a deterministic fact of SmolLM2 (measured in docs/results.md): layers 20-23 read the key when the answer
+    # begins, the early layers barely do
+    assert set(mass.argsort(descending=True)[:4].tolist()) & {20, 21, 22, 23} and mass[:10].max() < 0.02
+    assert retrieval_mass(model, tok, [case], beyond=10_000).sum() == 0  # nothing that far back
+    with pytest.raises(ValueError, match="cases"):
+        retrieval_mass(model, tok, [])

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import BadArgumentError
 from ..ska import SKAState, ska_readout, token_statistics, write_token
 from .mixer import CLASSES, GAMMA_RANGE, GATE_INIT, VARIANTS, ConvertedAttention, MixerState
 
@@ -88,6 +89,28 @@ class _FeatureMixer(ConvertedAttention):
         st.k_sp, st.v_sp = self._place(slot, take, st.k_sp, k_rope), self._place(slot, take, st.v_sp, v)
         st.kf_sp = self._place(slot, take, st.kf_sp, kf)
         st.sp_n = min(st.sp_n + 1, self.spec.sparse)
+
+    @torch.no_grad()
+    def sparse_trace(self, hidden_states: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the sparse cache does on inputs ``hidden_states`` [B, T, d] (after the layer's input norm):
+        ``"error"`` ``[B, Hkv, T]``, each token's recall error when it left the window (nan for the sinks and the
+        tokens still in the window), and ``"held"`` ``[B, Hkv, T]`` (bool), the tokens the cache holds for the
+        last query. Needs ``spec.sparse > 0``."""
+        if not self.spec.sparse:
+            raise BadArgumentError(f"sparse_trace: this layer keeps no sparse cache ({self.spec.label}); "
+                                   "give its MixerSpec sparse > 0")
+        _, k, v = self._qkv(hidden_states.float())
+        s, (B, T, H, _) = self.spec, k.shape
+        A, n = s.sinks, T - s.window - s.sinks
+        err = torch.full((B, H, T), float("nan"), device=k.device)
+        vis = self._sparse_visible(k, v)
+        if vis is None:
+            return {"error": err, "held": torch.zeros(B, H, T, dtype=torch.bool, device=k.device)}
+        kf, vo = self.features(k[:, A:A + n], self.phi_k).float(), v[:, A:A + n].float()
+        stats = self._recall_stats_seq(kf, vo)  # [B, n, H, ...]: the statistics when token A + i leaves
+        for i in range(n):
+            err[:, :, A + i] = self._recall_error(tuple(x[:, i] for x in stats), kf[:, i, :, None], vo[:, i, :, None])[..., 0]
+        return {"error": err, "held": vis[:, :, -1]}
 
     def _sparse_visible(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
         """Which older keys each query reads exactly from the sparse cache: ``[B, Hkv, T, T]`` (bool), or None

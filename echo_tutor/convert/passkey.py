@@ -33,10 +33,13 @@ from .._checks import check_choice, check_int
 from ..echokv.model import calibration_text
 from ..errors import BadArgumentError
 from ..stats import proportion_ci
+from ..echokv.capture import apply_rope
+from .layers import capture_inputs, layer_inputs
 from .mixer import ConvertedAttention
 from .probe import greedy
 
-__all__ = ["FORMATS", "NeedleCase", "make_case", "probe_retrieval", "read_key", "readout_shut"]
+__all__ = ["FORMATS", "NeedleCase", "key_positions", "make_case", "probe_retrieval", "read_key", "readout_shut",
+           "retrieval_mass"]
 
 FORMATS = ("chat", "plain")
 NAMES = ("red", "blue", "green", "amber", "violet", "silver", "copper", "ivory", "black", "white")
@@ -105,7 +108,7 @@ def make_case(tok, length: int, rng: random.Random, *, fmt: str = "chat", keys: 
     values = [str(rng.randint(10000, 99999)) for _ in names]
     asked = rng.randrange(keys)
     if fmt == "chat":
-        source_ids = tok(CHAT_FILLER * (length // 8 + 64)).input_ids
+        source_ids = _chat_source(tok, length // 8 + 64)
     elif source_ids is None:
         raise BadArgumentError("source_ids: the plain format needs its filler's ids (plain_source(tok))")
     overhead = _wrap(tok, "".join(_sentence(v, n, fmt) for v, n in zip(values, names)), names[asked], fmt).shape[1]
@@ -120,6 +123,16 @@ def make_case(tok, length: int, rng: random.Random, *, fmt: str = "chat", keys: 
     depth = where[asked] / max(1, len(pieces) - keys)
     return NeedleCase(ids, values[asked], names[asked], round(min(1.0, depth), 3),
                       tuple(v for i, v in enumerate(values) if i != asked))
+
+
+_CHAT_SOURCE: list = [None, 0, []]  # (tokenizer, repeats, ids) of the last call
+
+
+def _chat_source(tok, repeats: int) -> list[int]:
+    """The chat format's repeated filler as token ids (tokenized once while the tokenizer and length stay)."""
+    if _CHAT_SOURCE[0] is not tok or _CHAT_SOURCE[1] != repeats:
+        _CHAT_SOURCE[:] = [tok, repeats, tok(CHAT_FILLER * repeats).input_ids]
+    return _CHAT_SOURCE[2]
 
 
 def plain_source(tok) -> list[int]:
@@ -166,3 +179,48 @@ def readout_shut(mixers: dict[int, ConvertedAttention]):
     finally:
         for i, m in mixers.items():
             m.readout_on = had[i]
+
+
+def key_positions(tok, case: NeedleCase) -> list[int]:
+    """The positions of the tokens of ``case.ids`` that spell the asked key (every place it is stated)."""
+    pieces = [tok.decode([i]) for i in case.ids[0].tolist()]
+    starts, at = [], 0
+    for p in pieces:
+        starts.append(at)
+        at += len(p)
+    text, out = "".join(pieces), set()
+    for m in re.finditer(re.escape(case.key), text):
+        out.update(i for i, (a, p) in enumerate(zip(starts, pieces)) if a < m.end() and a + len(p) > m.start())
+    return sorted(out)
+
+
+@torch.no_grad()
+def retrieval_mass(model, tok, cases: list[NeedleCase], *, beyond: int = 0) -> torch.Tensor:
+    """How much each attention layer of the *original* model reads the key when the answer begins: ``[L]``, the
+    softmax weight the last prompt token (the one whose output is the answer's first token) puts on the key's
+    tokens (:func:`key_positions`) that lie more than ``beyond`` tokens back, summed over them, averaged over
+    query heads and ``cases``. The layers a window would cut off from the key score high (Bick et al., arXiv
+    2504.18574, find retrieval in a few heads)."""
+    check_int("beyond", beyond, min_value=0)
+    if not cases:
+        raise BadArgumentError("cases: give at least one NeedleCase")
+    cfg = model.config
+    n_q, n_kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    D = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_q
+    mass = torch.zeros(len(model.model.layers))
+    for case in cases:
+        T = case.ids.shape[1]
+        far = [i for i in key_positions(tok, case) if T - 1 - i > beyond]
+        if not far:
+            continue
+        h = capture_inputs(model, case.ids)
+        cos, sin = layer_inputs(model, T, "cpu")
+        for layer, x in h.items():
+            attn = model.model.layers[layer].self_attn
+            x = x.float()
+            q = attn.q_proj(x[:, -1:]).view(1, 1, n_q, D).transpose(1, 2)
+            k = attn.k_proj(x).view(1, T, n_kv, D).transpose(1, 2)
+            q, k = apply_rope(q, cos[:, -1:], sin[:, -1:]), apply_rope(k, cos, sin)
+            w = torch.softmax((q @ k.repeat_interleave(n_q // n_kv, 1).transpose(-1, -2)) * D**-0.5, -1)  # [1, Hq, 1, T]
+            mass[layer] += w[0, :, 0, far].sum(-1).mean() / len(cases)
+    return mass
