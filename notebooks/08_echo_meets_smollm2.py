@@ -57,6 +57,7 @@ from echo_tutor import labs
 from echo_tutor.convert import ConvertedAttention, MixerSpec
 from echo_tutor.convert.compose import equal_bytes_points
 from echo_tutor.convert.layers import relative_error
+from echo_tutor.convert.passkey import key_positions, make_case, probe_retrieval
 from echo_tutor.convert.study import (
     capture_inputs, converted, greedy, layer_inputs, mixer_bytes, needle_probe, needle_prompt, new_mixer,
     original_attention, parse_variant, shipped_mixers, state_bytes, window_nll,
@@ -600,6 +601,103 @@ assert np.mean(g_question) < 0.25 and np.mean(g_question) < np.mean(g_text) + 0.
 # "stage 2" above) trains on next-token KL over ordinary text, not on retrieval. The Echo paper does without a
 # gate for a related reason: its learned sigmoid gate failed under sparse supervision (2-4 answer tokens per
 # sequence), and it adds SKA's output with a fixed scale instead ([E29](../docs/claims.md#E29)).
+
+# %% [markdown]
+# ### A lever, live: keep exactly what the statistics recall worst
+#
+# If the gate will not hand the question to the statistics, a converted layer can keep a few old tokens
+# *exactly*: a sparse cache of S key/value pairs per KV head beside the window, read by the same softmax. LoLA
+# (arXiv 2505.23666) picks the pairs a linear-attention state recalls worst, with no training
+# ([R80](../docs/claims.md#R80)). SKA's state gives that error directly: every token that leaves the window is
+# written into `G` and `C` as before and offered to the cache, scored by the ridge's **leave-one-out
+# residual** `|v - C G^-1 k|^2 / (1 - h)^2` with `h = k^T G^-1 k` (dividing by `1 - h` gives what the statistics
+# would predict had the pair never been written: a pair only the cache can recall keeps a large error). The
+# cache keeps the S largest, re-scored as the statistics grow; S pairs cost the bytes of S more window tokens.
+#
+# The cell converts **one layer** (`LEVER_LAYER`, one of the 8 above; change it) with the shipped `window+ska`
+# mixer and a cache of 16 pairs, reads one chat prompt with the key about a thousand tokens back, and plots each
+# token's error when it left the window, per KV head, with the key's tokens marked and the cached ones circled.
+
+# %%
+LEVER_LAYER = 5
+SPARSE = 16
+case = make_case(tok, 1024, random.Random(4), fmt="chat")
+kpos = key_positions(tok, case)
+lever_mx = shipped_mixers(model, f"{SKA}:S{SPARSE}", [LEVER_LAYER])
+with converted(model, lever_mx):
+    h_lever = capture_inputs(model, case.ids, [LEVER_LAYER])[LEVER_LAYER]
+trace = lever_mx[LEVER_LAYER].sparse_trace(h_lever)
+err, held_tok = trace["error"][0], trace["held"][0]  # [Hkv, T]
+fig = make_subplots(rows=N_KV, cols=1, shared_xaxes=True, subplot_titles=[f"KV head {h}" for h in range(N_KV)])
+for h in range(N_KV):
+    t_all = torch.arange(err.shape[1])
+    fig.add_trace(go.Scatter(x=t_all.tolist(), y=err[h].tolist(), mode="lines", line=dict(width=1, color="#999"),
+                             name="recall error when the token left the window", showlegend=h == 0), row=h + 1, col=1)
+    fig.add_trace(go.Scatter(x=kpos, y=err[h, kpos].tolist(), mode="markers", marker=dict(color="crimson", size=7),
+                             name="the key's tokens", showlegend=h == 0), row=h + 1, col=1)
+    hp = torch.nonzero(held_tok[h]).flatten().tolist()
+    fig.add_trace(go.Scatter(x=hp, y=err[h, hp].tolist(), mode="markers", name=f"held in the cache at the question",
+                             marker=dict(symbol="circle-open", size=11, color="black"), showlegend=h == 0), row=h + 1, col=1)
+    fig.update_yaxes(type="log", row=h + 1, col=1)
+fig.update_layout(title=f"layer {LEVER_LAYER}, {LABEL[SKA]} with a cache of {SPARSE} pairs: a chat prompt of "
+                  f"{case.ids.shape[1]} tokens", height=170 * N_KV + 120, width=820)
+fig.show()
+kept = [int(held_tok[h, kpos].sum()) for h in range(N_KV)]
+print(f"the key is spelled by tokens {kpos}; held at the question, per KV head: {kept} of {len(kpos)}")
+assert held_tok.sum(-1).eq(SPARSE).all() and not held_tok[:, -CFG["window"]:].any()
+
+# %% [markdown]
+# Now the whole probe, live: the 8 converted layers with and without the cache, on new chat prompts (FAST: one
+# prompt each; the answers are printed). Below it, the shipped study (`echo-tutor passkey`, 8 prompts a cell,
+# 1,024 and 2,048 tokens, 8 and 15 converted layers), where each cached mixer stands beside the window of its
+# bytes (`window:W80`: 16 more window tokens instead of the cache) and its readout-shut control, with Wilson
+# intervals.
+
+# %%
+t0 = time.time()
+n_live = 1 if FAST else 4
+live_lever = {}
+for name, variant in ((LABEL[SKA], SKA), (f"{LABEL[SKA]}, cache of {SPARSE}", f"{SKA}:S{SPARSE}")):
+    with converted(model, shipped_mixers(model, variant, NL)):
+        r = probe_retrieval(model, tok, [1024], n_live, fmt="chat", seed=7)["1024"]
+    live_lever[name] = f"{r['correct']}/{r['trials']} (answers {r['answers']}, keys {r['keys']})"
+print(f"live, {n_live} chat prompt(s) of 1,024 tokens, layers {NL} converted ({time.time() - t0:.0f} s):")
+for k, v in live_lever.items():
+    print(f"  {k:40s} {v}")
+
+
+
+def _name(r):
+    return "original" if r["kind"] == "original" else r["variant"] + (" shut" if r["kind"] == "shut" else "")
+
+
+PK = results("passkey")
+rows = PK["summary"]["rows"]
+ORDER = ["original", "window", "window:W80", "window+ska:K1", "window+ska:K1 shut", "window+ska:K1:S16",
+         "window+ska:K1:S16 shut", "window+linear:K0", "window+linear:K0:S16"]
+fig = make_subplots(rows=1, cols=2, subplot_titles=["chat", "plain"], shared_yaxes=True)
+for j, fmt in enumerate(("chat", "plain")):
+    for name in ORDER:
+        rs = [r for r in rows if _name(r) == name and r["fmt"] == fmt]
+        rs = [r for r in rs if r["kind"] != "original"] or [dict(r, count=c) for r in rs for c in (8, 15)]
+        rs = sorted(rs, key=lambda r: (r["count"], r["length"]))
+        fig.add_trace(go.Bar(name=name, x=[f"{r['count']} layers, {r['length']}" for r in rs],
+                             y=[r["correct"] / r["trials"] for r in rs], showlegend=j == 0, legendgroup=name,
+                             error_y=dict(type="data", symmetric=False,
+                                          array=[r["ci95"][1] - r["correct"] / r["trials"] for r in rs],
+                                          arrayminus=[r["correct"] / r["trials"] - r["ci95"][0] for r in rs])),
+                      row=1, col=j + 1)
+fig.update_layout(title=f"the shipped pass-key study: {rows[0]['trials']} prompts a cell, Wilson 95% intervals",
+                  barmode="group", height=420, width=980, yaxis=dict(range=[0, 1.05], title="key retrieved"))
+fig.show()
+for v in PK["summary"]["verdicts"]:
+    if ":S" in v["variant"]:
+        print(f"{v['variant']:22s} {v['count']:2d} layers {v['fmt']:5s} {v['length']}: {v['rate']:.2f} against the "
+              f"window of its bytes {v['window_rate']:.2f} and its readout shut {v['shut_rate']:.2f}: "
+              f"{'keeps the needle' if v['keeps'] else 'does not keep the needle (sign tests)'}")
+
+# %% [markdown]
+# LEVER_VERDICT
 
 # %% [markdown]
 # ## 8. Side by side

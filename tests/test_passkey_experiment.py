@@ -19,20 +19,21 @@ def test_cells_put_the_original_first_and_give_every_mixer_its_controls():
         assert len(c.layers) in recipe.counts and c.layers == sorted(c.layers)
 
 
-def test_a_sparse_cache_is_controlled_by_a_window_of_its_bytes():
+def test_a_sparse_cache_is_controlled_by_the_window_over_as_many_tokens():
     recipe = P.PassKeyRecipe("t", "a test", formats=("chat",), variants=("window+ska:K1:S16", "window+linear:K0:S16"))
     cells = P.cells(recipe)
     kinds = [(c.kind, c.variant) for c in cells]
     assert kinds == [("original", ""), ("window", "window"), ("window", "window:W80"),
                      ("mixer", "window+ska:K1:S16"), ("shut", "window+ska:K1:S16"),
                      ("mixer", "window+linear:K0:S16"), ("shut", "window+linear:K0:S16")]
-    assert P.equal_bytes_window("window+ska:K1") is None
+    assert P.window_control("window+ska:K1") == "window"
+    assert P.window_control("window+ska:K1:W80") == P.window_control("window+linear:K0:S16") == "window:W80"
     keys = [str(30000 + i) for i in range(4)]
     answers = {"window": [None] * 4, "window:W80": keys, "window+ska:K1:S16": keys, "window+linear:K0:S16": keys}
     records = [{"spec": c.spec(), "result": _res(answers.get(c.variant, [None] * 4) if c.kind != "original" else keys,
                                                  keys), "error": None} for c in cells]
     verdicts = {v["variant"]: v for v in P.summarize(recipe, records)["verdicts"]}
-    # the window of the same bytes retrieves: the cache does not keep the needle, whatever the W64 window does
+    # the window over W + S tokens retrieves: the cache does not keep the needle, whatever the W64 window does
     assert verdicts["window+ska:K1:S16"]["window_rate"] == 1.0 and not verdicts["window+ska:K1:S16"]["keeps"]
 
 

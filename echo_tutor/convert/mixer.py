@@ -15,6 +15,12 @@ KV heads as the model shares them) and changes only *what a query reads*. One cl
     ("window+linear")                    one shared normaliser (LoLCATs' form; Hedgehog
                                          feature map of size r)
 
+With ``spec.sparse = S > 0`` a ``window+ska`` or ``window+linear`` layer also keeps a **sparse cache**: S exact
+key/value pairs per KV head, of the tokens that left the window those its statistics recall worst (the ridge's
+leave-one-out residual for SKA, the recall error for linear attention; LoLA's idea, arXiv 2505.23666), read by
+the window's softmax like window rows. Every token is still written into the statistics. S pairs cost what S
+more window tokens cost (``state_nbytes_for``).
+
 ``ConvertedAttention(attn, spec, ...)`` builds the class of ``spec.variant`` (as ``pathlib.Path`` builds a
 ``PosixPath``); every variant is a ``ConvertedAttention``. This module holds the base class (projections,
 window, decode state, cache) and the window alone; :mod:`echo_tutor.convert.fixed_state` the variants with

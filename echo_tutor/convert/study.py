@@ -63,16 +63,16 @@ def pack_mixers(out_dir: str | pathlib.Path, dest: str | pathlib.Path, variants:
 
 def shipped_mixers(model, variant: str, layers: list[int], config: dict | None = None) -> dict[int, ConvertedAttention]:
     """The shipped stage-1 mixers of ``variant`` at ``layers`` (from ``echo_tutor/pretrained``), ready for
-    :func:`converted`. ``config`` is the shipped study's config (default: ``results("convert")["config"]``)."""
+    :func:`converted` (``"window"``, ``"window:W80"``: the window alone, which has no parameters). ``config`` is the shipped study's config (default: ``results("convert")["config"]``)."""
 
     cfg = config or results("convert")["config"]
-    packed = _packed()
+    packed = {**_packed(), "window": {}}  # the window alone has no parameters
     trained = base_variant(variant)  # a sparse cache (":S16") or another window (":W80") changes no parameter
     if trained not in packed:
         raise BadArgumentError(f"variant: no shipped mixers of {trained!r} (have {sorted(packed)})")
     spec = parse_variant(variant, **{"window": cfg["window"], "sinks": cfg.get("sinks", 4), "rank": cfg["rank"],
                                      "eps": cfg["eps"]})
-    return {i: load_mixer(model, i, spec, packed[trained][i]) for i in layers}
+    return {i: load_mixer(model, i, spec, packed[trained][i] if trained != "window" else {}) for i in layers}
 
 
 @functools.lru_cache(maxsize=1)

@@ -33,7 +33,7 @@ import torch
 from .._checks import check_int
 from ..convert.passkey import FORMATS, plain_source, probe_retrieval, readout_shut
 from ..convert.spec import parse_variant
-from ..convert.study import converted, load_mixer, shipped_mixers
+from ..convert.study import converted, shipped_mixers
 from ..echokv.model import load_smollm2
 from ..errors import BadArgumentError
 from ..grid import Cell, GridOptions, run_grid
@@ -147,7 +147,7 @@ def cells(recipe: PassKeyRecipe) -> list[PassKeyCell]:
     order = _order()
     for count in recipe.counts:
         layers = sorted(order[:count])
-        windows = ["window", *dict.fromkeys(w for v in recipe.variants if (w := equal_bytes_window(v)))]
+        windows = list(dict.fromkeys(["window", *(window_control(v) for v in recipe.variants)]))
         out += [cell("window", w, layers, p) for w in windows for p in prompts]
         for v in recipe.variants:
             out += [cell("mixer", v, layers, p) for p in prompts]
@@ -156,28 +156,23 @@ def cells(recipe: PassKeyRecipe) -> list[PassKeyCell]:
     return out
 
 
-def equal_bytes_window(variant: str) -> str | None:
-    """The window control that holds the bytes of a mixer's sparse cache as more window tokens (``"window+ska:K1:S16"``
-    with the shipped W = 64 -> ``"window:W80"``; None for a mixer without one): the cache's S pairs cost what S
-    window rows cost (:meth:`~echo_tutor.convert.ConvertedAttention.state_nbytes_for`)."""
-    sparse = parse_variant(variant).sparse
-    return f"window:W{results('convert')['config']['window'] + sparse}" if sparse else None
+def window_control(variant: str) -> str:
+    """The window-alone control of a mixer: the window over as many exact tokens as the mixer reads, its window
+    plus its sparse cache (``"window+ska:K1"`` -> ``"window"``; ``"window+ska:K1:S16"`` and
+    ``"window+ska:K1:W80"`` with the shipped W = 64 -> ``"window:W80"``). A cached mixer's bytes spent on a
+    longer window *beside the statistics* is another mixer, run as its own variant (``"window+ska:K1:W80"``: a
+    cached pair costs what a window row and its waiting key features cost)."""
+    shipped = results("convert")["config"]["window"]
+    tags = variant.split(":")[1:]
+    window = next((int(t[1:]) for t in tags if t.startswith("W")), shipped)
+    tokens = window + parse_variant(variant).sparse
+    return "window" if tokens == shipped else f"window:W{tokens}"
 
 
 @functools.lru_cache(maxsize=1)
 def _model():
     model, tok = load_smollm2()
     return model, tok, plain_source(tok)
-
-
-def _mixers(model, variant: str, layers: list[int]) -> dict:
-    """The shipped stage-1 mixers of ``variant`` at ``layers`` (the window alone: nothing to load)."""
-    if variant.split(":")[0] == "window":
-        cfg = results("convert")["config"]
-        spec = parse_variant(variant, **{"window": cfg["window"], "sinks": cfg.get("sinks", 4), "rank": cfg["rank"],
-                                         "eps": cfg["eps"]})
-        return {i: load_mixer(model, i, spec, {}) for i in layers}
-    return shipped_mixers(model, variant, layers)
 
 
 def passkey_cell(cell: PassKeyCell) -> dict[str, Any]:
@@ -189,7 +184,7 @@ def passkey_cell(cell: PassKeyCell) -> dict[str, Any]:
     torch.manual_seed(0)
     if cell.kind == "original":
         return probe()[str(cell.length)]
-    mixers = _mixers(model, cell.variant, cell.layers)
+    mixers = shipped_mixers(model, cell.variant, cell.layers)
     with converted(model, mixers):
         if cell.kind == "shut":
             with readout_shut(mixers):
@@ -241,7 +236,7 @@ def summarize(recipe: PassKeyRecipe, records: list[dict[str, Any]]) -> dict[str,
     for (kind, variant, count, fmt, keys, length), res in by.items():
         if kind != "mixer":
             continue
-        controls = {"window": by.get(("window", equal_bytes_window(variant) or "window", count, fmt, keys, length)),
+        controls = {"window": by.get(("window", window_control(variant), count, fmt, keys, length)),
                     "shut": by.get(("shut", variant, count, fmt, keys, length))}
         controls = {k: v for k, v in controls.items() if v is not None}
         test = keeps(res, list(controls.values()))
@@ -261,7 +256,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lo, hi = r["ci95"]
         lines.append(f"| {name} | {r['count']} | {r['fmt']} | {r['keys']} | {r['length']} | "
                      f"{r['correct']}/{r['trials']} | [{lo:.2f}, {hi:.2f}] |")
-    lines += ["", "| mixer | layers | format | keys | tokens | mixer | window alone (its bytes) | readout shut | keeps the needle |",
+    lines += ["", "| mixer | layers | format | keys | tokens | mixer | window alone (W + S tokens) | readout shut | keeps the needle |",
               "|---|---|---|---|---|---|---|---|---|"]
     for v in summary["verdicts"]:
         shut = f"{v['shut_rate']:.2f}" if "shut_rate" in v else "(= window)"
