@@ -37,6 +37,25 @@ def test_a_sparse_cache_is_controlled_by_the_window_over_as_many_tokens():
     assert verdicts["window+ska:K1:S16"]["window_rate"] == 1.0 and not verdicts["window+ska:K1:S16"]["keeps"]
 
 
+def test_perplexity_cells_read_the_same_windows_and_pair_against_the_original():
+    recipe = P.PassKeyRecipe("t", "a test", formats=("chat",), variants=("window+ska:K1",), ppl_windows=3)
+    held = [c for c in P.cells(recipe) if c.fmt == P.HELDOUT]
+    assert [(c.kind, c.variant) for c in held] == [("original", ""), ("window", "window"), ("mixer", "window+ska:K1")]
+    assert {(c.length, c.trials) for c in held} == {(512, 3)}
+    nll = {"original": [2.0, 2.1, 2.2], "window": [2.3, 2.4, 2.5], "mixer": [2.02, 2.12, 2.22]}
+    keys = ["11111"] * 20
+    records = [{"spec": c.spec(), "error": None, "result": (
+        {"nll": nll[c.kind], "mean_nll": sum(nll[c.kind]) / 3, "windows": 3, "context": 512} if c.fmt == P.HELDOUT
+        else _res(keys, keys))} for c in P.cells(recipe)]
+    out = P.summarize(recipe, records)
+    ppl = {q["kind"]: q for q in out["perplexity"]}
+    assert ppl["original"]["ratio"] == 1.0 and ppl["mixer"]["ratio"] == pytest.approx(2.718281828 ** 0.02)
+    assert ppl["window"]["lo"] == pytest.approx(0.3) and ppl["window"]["hi"] == pytest.approx(0.3)  # a constant shift
+    assert all(r["fmt"] != P.HELDOUT for r in out["rows"]) and "| window+ska:K1 | 8 | 512 | 3 |" in P.format_summary(out)
+    with pytest.raises(ValueError, match="ppl_windows"):
+        P.PassKeyRecipe("t", "a test", ppl_windows=-1)
+
+
 def test_the_cli_takes_variants(capsys, tmp_path):
     from echo_tutor.cli import main
 
@@ -87,9 +106,12 @@ def test_bad_recipes(kw, match):
 @pytest.mark.slow
 def test_the_fast_recipe_runs_on_smollm2_and_resumes(tmp_path):
     pytest.importorskip("transformers")
-    kw = dict(trials=1, lengths=(256,), formats=("plain",), variants=("window+ska:K1",), progress=False)
+    kw = dict(trials=1, lengths=(256,), formats=("plain",), variants=("window+ska:K1",), progress=False,
+              ppl_windows=2, ppl_context=128)
     out = P.run("passkey/fast", tmp_path, **kw)
     assert [r["kind"] for r in out["rows"]] == ["original", "window", "mixer", "shut"] and len(out["verdicts"]) == 1
+    assert [q["kind"] for q in out["perplexity"]] == ["original", "window", "mixer"]
+    assert out["perplexity"][1]["ratio"] > 1.0  # the window alone at 8 layers, past 68 tokens: some loss
     assert (tmp_path / "passkey.md").read_text().startswith("| model |")
     n = len((tmp_path / "records.jsonl").read_text().splitlines())
     assert P.run("passkey/fast", tmp_path, **kw) == out

@@ -32,12 +32,14 @@ import torch
 
 from .._checks import check_int
 from ..convert.passkey import FORMATS, plain_source, probe_retrieval, readout_shut
+from ..convert.probe import window_nll
 from ..convert.spec import parse_variant
 from ..convert.study import converted, shipped_mixers
-from ..echokv.model import load_smollm2
+from ..echokv.model import calibration_text, load_smollm2, text_windows
 from ..errors import BadArgumentError
 from ..grid import Cell, GridOptions, run_grid
 from ..pretrained import results
+from ..stats import paired_ci
 from .command import Command, Option
 from .common import check_int_list, finish, pick, resolve, write_summary
 
@@ -46,13 +48,17 @@ __all__ = ["COMMAND", "PassKeyCell", "PassKeyRecipe", "PICK", "RECIPES", "cells"
 
 SCALE = "smollm2"
 KINDS = ("original", "mixer", "window", "shut")  # the model a cell reads with
+HELDOUT = "heldout"  # a cell's fmt when it reads held-out text for perplexity, not pass-key prompts
+SCORED = 128  # held-out tokens scored after each window's context
 
 
 @dataclasses.dataclass(frozen=True)
 class PassKeyRecipe:
     """A retrieval study: prompt cells (``formats`` x ``keys`` x ``lengths``, ``trials`` prompts each) read by
     the original model and, for each of ``variants`` at each of ``counts`` converted layers, by the mixer and
-    its controls. ``seed`` fixes the prompts (the same for every model)."""
+    its controls. ``seed`` fixes the prompts (the same for every model). With ``ppl_windows > 0`` every model
+    but the shut controls also reads that many held-out windows (:data:`HELDOUT`): ``ppl_context`` tokens, then
+    :data:`SCORED` tokens scored (next-token NLL), the same windows for every model."""
 
     name: str
     description: str
@@ -64,8 +70,12 @@ class PassKeyRecipe:
     counts: tuple[int, ...] = (8,)
     seed: int = 0
     scale: str = SCALE
+    ppl_windows: int = 0
+    ppl_context: int = 512
 
     def __post_init__(self) -> None:
+        check_int("ppl_windows", self.ppl_windows, min_value=0)
+        check_int("ppl_context", self.ppl_context, min_value=SCORED)
         for f in self.formats:
             if f not in FORMATS:
                 raise BadArgumentError(f"formats must be drawn from {list(FORMATS)}, got {list(self.formats)}")
@@ -100,6 +110,8 @@ COMMAND = Command("passkey", "which part of a converted SmolLM2 carries the pass
     Option("--trials", "prompts per cell (the recipe's)", "positive_int"),
     Option("--lengths", "prompt lengths in tokens (the recipe's)", "positive_int", nargs="+"),
     Option("--counts", "converted layers (the recipe's)", "positive_int", nargs="+"),
+    Option("--ppl-windows", "held-out windows each model's perplexity is read on (0: none; the recipe's)", "nonneg_int"),
+    Option("--ppl-context", "tokens before the scored 128 of each held-out window (the recipe's)", "positive_int"),
     Option("--variants", "mixers, e.g. window+ska:K1 window+ska:K1:S16 (':S<n>': a sparse cache of n pairs)", "str",
            nargs="+"),
 ), scales=(SCALE,))
@@ -143,17 +155,21 @@ def cells(recipe: PassKeyRecipe) -> list[PassKeyCell]:
     window alone once per count; the readout shut for the SKA mixers)."""
     prompts = [(f, k, n) for f in recipe.formats for k in recipe.keys for n in recipe.lengths]
     cell = lambda kind, variant, layers, p: PassKeyCell(kind, variant, layers, *p, recipe.trials, recipe.seed)  # noqa: E731
+    held = [PassKeyCell("original", "", [], HELDOUT, 0, recipe.ppl_context, recipe.ppl_windows, recipe.seed)]
     out = [cell("original", "", [], p) for p in prompts]
     order = _order()
     for count in recipe.counts:
         layers = sorted(order[:count])
         windows = list(dict.fromkeys(["window", *(window_control(v) for v in recipe.variants)]))
         out += [cell("window", w, layers, p) for w in windows for p in prompts]
+        held += [PassKeyCell("window", w, layers, HELDOUT, 0, recipe.ppl_context, recipe.ppl_windows, recipe.seed)
+                 for w in windows]
         for v in recipe.variants:
             out += [cell("mixer", v, layers, p) for p in prompts]
+            held.append(PassKeyCell("mixer", v, layers, HELDOUT, 0, recipe.ppl_context, recipe.ppl_windows, recipe.seed))
             if "ska" in v or ":S" in v:
                 out += [cell("shut", v, layers, p) for p in prompts]
-    return out
+    return out + (held if recipe.ppl_windows else [])
 
 
 def window_control(variant: str) -> str:
@@ -175,6 +191,13 @@ def _model():
     return model, tok, plain_source(tok)
 
 
+def _heldout_nll(model, tok, cell: PassKeyCell) -> dict[str, Any]:
+    """Next-token NLL of the :data:`SCORED` tokens after each held-out window's ``cell.length`` tokens."""
+    ids = text_windows(tok, calibration_text("heldout"), cell.length + SCORED, cell.trials)
+    nll = window_nll(model, ids, cell.length, batch_size=1)
+    return {"nll": nll, "mean_nll": sum(nll) / len(nll), "windows": len(nll), "context": cell.length}
+
+
 def passkey_cell(cell: PassKeyCell) -> dict[str, Any]:
     """Read ``cell.trials`` prompts with the cell's model: ``{"correct", "trials", "ci95", "tokens", "answers",
     "keys"}`` (``answers``: the key read from each answer, None for none; ``keys``: the keys asked for)."""
@@ -182,10 +205,14 @@ def passkey_cell(cell: PassKeyCell) -> dict[str, Any]:
     probe = functools.partial(probe_retrieval, model, tok, [cell.length], cell.trials, fmt=cell.fmt, keys=cell.keys,
                               seed=cell.seed, source_ids=source)
     torch.manual_seed(0)
+    if cell.fmt == HELDOUT:
+        probe = functools.partial(_heldout_nll, model, tok, cell)
     if cell.kind == "original":
-        return probe()[str(cell.length)]
+        return probe() if cell.fmt == HELDOUT else probe()[str(cell.length)]
     mixers = shipped_mixers(model, cell.variant, cell.layers)
     with converted(model, mixers):
+        if cell.fmt == HELDOUT:
+            return probe()
         if cell.kind == "shut":
             with readout_shut(mixers):
                 return probe()[str(cell.length)]
@@ -230,6 +257,8 @@ def summarize(recipe: PassKeyRecipe, records: list[dict[str, Any]]) -> dict[str,
     """``rows``: every successful cell's rate (the original's first); ``verdicts``: for each mixer cell, its
     rate beside its controls' and :func:`keeps`' test."""
     ok = [r for r in records if not r.get("error")]
+    held = [r for r in ok if r["spec"]["fmt"] == HELDOUT]
+    ok = [r for r in ok if r["spec"]["fmt"] != HELDOUT]
     by = {(r["spec"]["kind"], r["spec"]["variant"], len(r["spec"]["layers"]), r["spec"]["fmt"], r["spec"]["keys"],
            r["spec"]["length"]): r["result"] for r in ok}
     verdicts = []
@@ -245,7 +274,24 @@ def summarize(recipe: PassKeyRecipe, records: list[dict[str, Any]]) -> dict[str,
                          **{f"{k}_rate": v["correct"] / v["trials"] for k, v in controls.items()},
                          "controls": list(controls), **test})
     return {"recipe": recipe.name, "config": dataclasses.asdict(recipe), "rows": [_row(r) for r in ok],
-            "verdicts": verdicts, "failed": len(records) - len(ok)}
+            "verdicts": verdicts, "perplexity": _perplexity(held), "failed": sum(bool(r.get("error")) for r in records)}
+
+
+def _perplexity(held: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each model's held-out perplexity against the original's on the same windows: the ratio
+    ``exp(mean NLL - original's)`` and the paired interval of the NLL difference (nats/token)."""
+    base = {r["spec"]["length"]: r["result"] for r in held if r["spec"]["kind"] == "original"}
+    out = []
+    for r in held:
+        s, res = r["spec"], r["result"]
+        ref = base.get(s["length"])
+        if ref is None or len(ref["nll"]) != len(res["nll"]):
+            continue
+        d, lo, hi = paired_ci(res["nll"], ref["nll"]) if s["kind"] != "original" else (0.0, 0.0, 0.0)
+        out.append({"kind": s["kind"], "variant": s["variant"], "count": len(s["layers"]), "context": s["length"],
+                    "windows": res["windows"], "ppl": math.exp(res["mean_nll"]), "ratio": math.exp(d),
+                    "dnll": d, "lo": lo, "hi": hi})
+    return out
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -262,6 +308,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         shut = f"{v['shut_rate']:.2f}" if "shut_rate" in v else "(= window)"
         lines.append(f"| {v['variant']} | {v['count']} | {v['fmt']} | {v['keys']} | {v['length']} | {v['rate']:.2f} | "
                      f"{v.get('window_rate', float('nan')):.2f} | {shut} | {'yes' if v['keeps'] else 'no'} |")
+    if summary.get("perplexity"):
+        lines += ["", "| model | layers | context | windows | perplexity | x original | NLL difference [95%] |",
+                  "|---|---|---|---|---|---|---|"]
+        for q in summary["perplexity"]:
+            name = "original" if q["kind"] == "original" else q["variant"]
+            lines.append(f"| {name} | {q['count']} | {q['context']} | {q['windows']} | {q['ppl']:.2f} | x{q['ratio']:.3f} | "
+                         f"{q['dnll']:+.4f} [{q['lo']:+.4f}, {q['hi']:+.4f}] |")
     return "\n".join(lines)
 
 
