@@ -614,6 +614,28 @@ assert np.mean(g_question) < 0.25 and np.mean(g_question) < np.mean(g_text) + 0.
 # would predict had the pair never been written: a pair only the cache can recall keeps a large error). The
 # cache keeps the S largest, re-scored as the statistics grow; S pairs cost the bytes of S more window tokens.
 #
+# ### Your turn 4: `loo_error` (the one that takes thought)
+#
+# Write `loo_error(G, C, k, v)`: for pairs that are **written in** the statistics `G` (`[..., r, r]`, `eps I`
+# included) and `C` (`[..., D, r]`), given as `k` (`[..., m, r]`) and `v` (`[..., m, D]`), return `[..., m]`: the
+# squared error with which a ridge fitted **without** each pair would predict its value. Refitting `m` times (one
+# solve per pair, the statistics with its terms taken out) is correct but slow; there is a closed form with one
+# inverse. Hint:
+# write `G = G_j + k k^T`, apply Sherman-Morrison to `G^-1 k`, and compare the prediction with and without the
+# pair; the leverage `h = k^T G^-1 k` appears. The checker compares with a ridge refitted without each pair, on
+# fresh statistics and the shapes used below (SmolLM2's 3 KV heads, r = 32, D = 64, every old token of a prompt).
+
+# %%
+def loo_error(G, C, k, v):
+    """G [..., r, r], C [..., D, r], k [..., m, r], v [..., m, D] -> [..., m]: each pair's leave-one-out error"""
+    # YOUR CODE HERE
+    raise NotImplementedError
+
+
+loo_error = labs.exercise(loo_error, "lab08")
+lab08.check_loo_error(loo_error)
+
+# %% [markdown]
 # The cell converts **one layer** (`LEVER_LAYER`, one of the 8 above; change it) with the shipped `window+ska`
 # mixer and a cache of 16 pairs, reads one chat prompt with the key about a thousand tokens back, and plots each
 # token's error when it left the window, per KV head, with the key's tokens marked and the cached ones circled.
@@ -645,6 +667,21 @@ fig.show()
 kept = [int(held_tok[h, kpos].sum()) for h in range(N_KV)]
 print(f"the key is spelled by tokens {kpos}; held at the question, per KV head: {kept} of {len(kpos)}")
 assert held_tok.sum(-1).eq(SPARSE).all() and not held_tok[:, -CFG["window"]:].any()
+
+# your loo_error against the statistics of the whole prompt: where do the key's tokens rank among the old ones?
+mx_l, A_, W_ = lever_mx[LEVER_LAYER], CFG.get("sinks", 4), CFG["window"]
+T_ = case.ids.shape[1]
+with torch.no_grad():
+    x_ = h_lever.float()
+    kf_ = mx_l.features(mx_l.k_proj(x_).view(1, T_, N_KV, HEAD_DIM), mx_l.phi_k)[:, A_:T_ - W_].transpose(1, 2)
+    v_ = mx_l.v_proj(x_).view(1, T_, N_KV, HEAD_DIM)[:, A_:T_ - W_].transpose(1, 2)  # [1, Hkv, n, D]
+    G_ = CFG["eps"] * torch.eye(CFG["rank"]) + kf_.transpose(-1, -2) @ kf_  # [1, Hkv, r, r]
+    C_ = v_.transpose(-1, -2) @ kf_  # [1, Hkv, D, r]
+    e_ = loo_error(G_, C_, kf_, v_)  # [1, Hkv, n]
+ranks = (e_[0, :, :, None] < e_[0, :, None, :]).sum(-1) + 1  # 1 = recalled worst
+for h in range(N_KV):
+    print(f"  KV head {h}: the key's tokens rank {sorted(ranks[h, [i - A_ for i in kpos if A_ <= i < T_ - W_]].tolist())} "
+          f"of {kf_.shape[2]} old tokens by your leave-one-out error")
 
 # %% [markdown]
 # Now the whole probe, live: the 8 converted layers with and without the cache, on new chat prompts (FAST: one

@@ -156,7 +156,57 @@ def convert_via_importlib(model, layer, spec):
     return getattr(mod, "new" + "_mixer")(model, layer, spec)
 
 
+# -------------------------------------------------------------------------------------------------- loo_error
+def _included(G, C, k, v):
+    Gi = torch.linalg.inv(G)
+    return ((v - k @ (C @ Gi).transpose(-1, -2)) ** 2).sum(-1), ((k @ Gi) * k).sum(-1)
+
+
+def loo_included_residual(G, C, k, v):
+    return _included(G, C, k, v)[0]
+
+
+def loo_not_squared(G, C, k, v):
+    res, h = _included(G, C, k, v)
+    return res / (1 - h)
+
+
+def loo_plus(G, C, k, v):
+    res, h = _included(G, C, k, v)
+    return res / (1 + h) ** 2
+
+
+def loo_leverage_without_inverse(G, C, k, v):
+    res, _ = _included(G, C, k, v)
+    return res / (1 - ((k @ G) * k).sum(-1)) ** 2
+
+
+def loo_norm(G, C, k, v):
+    res, h = _included(G, C, k, v)
+    return res.sqrt() / (1 - h).abs()
+
+
+def loo_refit(G, C, k, v):  # right, another way: the statistics with each pair's terms taken out
+    out = []
+    for j in range(k.shape[-2]):
+        kj, vj = k[..., j, :], v[..., j, :]
+        Gj, Cj = G - kj[..., :, None] * kj[..., None, :], C - vj[..., :, None] * kj[..., None, :]
+        out.append(((vj - (Cj @ torch.linalg.solve(Gj, kj[..., :, None]))[..., 0]) ** 2).sum(-1))
+    return torch.stack(out, -1)
+
+
+def loo_via_mixer(G, C, k, v):
+    from echo_tutor.convert.fixed_state import WindowSKAAttention
+    return WindowSKAAttention._recall_error(None, (torch.linalg.inv(G), C @ torch.linalg.inv(G)), k, v)
+
+
 WRONG = [
+    (lab08.check_loo_error, loo_included_residual, "include* each pair"),
+    (lab08.check_loo_error, loo_not_squared, "(1 - h)^2"),
+    (lab08.check_loo_error, loo_plus, "larger, not smaller"),
+    (lab08.check_loo_error, loo_leverage_without_inverse, "with the inverse"),
+    (lab08.check_loo_error, loo_norm, "squared norm"),
+    (lab08.check_loo_error, lambda G, C, k, v: loo_refit(G, C, k, v)[..., :1], "wrong shape"),
     (lab08.check_visible_parts, parts_transposed, "future"),
     (lab08.check_visible_parts, parts_future, "future"),
     (lab08.check_visible_parts, parts_off_by_one, "Off by one"),
@@ -202,11 +252,16 @@ def test_the_same_wrong_answers_are_refused_through_the_guard(check, wrong):
 
 
 @pytest.mark.parametrize("check,solution", [(lab08.check_visible_parts, S), (lab08.check_converted_state_bytes, B),
-                                            (lab08.check_convert_layer, lab08._convert_layer_solution)])
+                                            (lab08.check_convert_layer, lab08._convert_layer_solution),
+                                            (lab08.check_loo_error, lab08._loo_error_solution)])
 def test_the_solutions_pass(check, solution):
     assert check.__wrapped__(solution) is None
     with pytest.raises(ExerciseError, match="lab's own solution"):
         check(solution)
+
+
+def test_a_refit_without_each_pair_passes_loo_error():
+    lab08.check_loo_error(loo_refit)  # through the guard: torch alone, another correct route
 
 
 def test_a_learners_right_answer_passes_with_the_allowed_routines():
@@ -224,6 +279,7 @@ def test_a_learners_right_answer_passes_with_the_allowed_routines():
     (lab08.check_converted_state_bytes, bytes_via_library, "ConvertedAttention"),
     (lab08.check_convert_layer, convert_via_new_mixer, "new_mixer"),
     (lab08.check_convert_layer, convert_via_importlib, "echo_tutor.convert.layers.new_mixer"),
+    (lab08.check_loo_error, loo_via_mixer, "WindowSKAAttention"),
 ])
 def test_library_shortcuts_are_refused(check, student, what):
     with pytest.raises(ExerciseError, match="answer for you") as e:

@@ -167,7 +167,7 @@ def cells(recipe: PassKeyRecipe) -> list[PassKeyCell]:
         for v in recipe.variants:
             out += [cell("mixer", v, layers, p) for p in prompts]
             held.append(PassKeyCell("mixer", v, layers, HELDOUT, 0, recipe.ppl_context, recipe.ppl_windows, recipe.seed))
-            if "ska" in v or ":S" in v:
+            if ("ska" in v or ":S" in v) and ":W" not in v:  # a longer-window variant is itself a control
                 out += [cell("shut", v, layers, p) for p in prompts]
     return out + (held if recipe.ppl_windows else [])
 

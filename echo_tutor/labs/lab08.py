@@ -14,6 +14,12 @@
    whose head layouts differ from SmolLM2's (one with ``head_dim != hidden_size / heads``): the projections
    must be the layer's own modules, and on fewer tokens than the window the mixer must equal the layer's
    attention. ``ConvertedAttention`` and ``MixerSpec`` are allowed; ``new_mixer`` (which does it) is not.
+4. ``loo_error(G, C, k, v) -> [..., m]``: how badly SKA's ridge statistics recall pairs that are *written in
+   them*, as if they were not: ``|v - C G^-1 k|^2 / (1 - h)^2`` with the leverage ``h = k^T G^-1 k`` (the
+   leave-one-out residual, the score of the sparse cache). ``G [..., r, r]`` (``eps I`` included), ``C [..., D, r]``,
+   ``k [..., m, r]``, ``v [..., m, D]``, any leading dims. Checked against the ridge refitted without each pair
+   (the statistics with the pair's terms taken out), on fresh inputs and the lab's shapes; the mixers' own
+   scoring is refused.
 """
 
 import torch
@@ -24,12 +30,16 @@ from ..echokv.model import tiny_gqa_config
 from . import ExerciseError, NotAttempted, call_student, checker, expect_tensor, fresh_generator, passed
 
 __all__ = [
-    "_converted_state_bytes_solution", "_convert_layer_solution", "_visible_parts_solution",
-    "check_converted_state_bytes", "check_convert_layer", "check_visible_parts", "LATER_PARTS",
+    "_converted_state_bytes_solution", "_convert_layer_solution", "_loo_error_solution", "_visible_parts_solution",
+    "check_converted_state_bytes", "check_convert_layer", "check_loo_error", "check_visible_parts", "LATER_PARTS",
+    "LATER_LOO",
 ]
 
 # The (T, window, sinks) the lab's later cells call visible_parts with (the heat map of section 1).
 LATER_PARTS = ((96, 16, 4),)
+# The shapes the lab's later cells call loo_error with: SmolLM2's 3 KV heads, r = 32, D = 64, every old token of
+# a 1,024-token prompt at once (section 7's lever), and one batch of 2.
+LATER_LOO = (((1, 3), 32, 64, 900), ((2, 3), 32, 64, 5))
 
 
 def _visible_parts_solution(T, window, sinks):
@@ -48,6 +58,13 @@ def _converted_state_bytes_solution(window, sinks, rank, n_kv_heads, head_dim):
     pending = window * n_kv_heads * rank  # key features of window tokens, written when they leave
     stats = n_kv_heads * (2 * rank * rank + head_dim * rank + rank)  # G, M, C, k_prev
     return 4 * (rows + pending + stats)
+
+
+def _loo_error_solution(G, C, k, v):
+    Gi = torch.linalg.inv(G)                                       # [..., r, r]
+    pred = k @ (C @ Gi).transpose(-1, -2)                          # [..., m, D]: C G^-1 k for every pair
+    h = ((k @ Gi) * k).sum(-1)                                     # [..., m]: the leverage k^T G^-1 k
+    return ((v - pred) ** 2).sum(-1) / (1 - h) ** 2
 
 
 def _convert_layer_solution(model, layer, spec):
@@ -253,4 +270,70 @@ def check_convert_layer(fn) -> None:
         if not err < 1e-5:
             raise ExerciseError(f"{name}: on {T} tokens (no more than the window) a converted layer reads exactly "
                                 f"what the attention read, but yours is off by {err:.2g} (relative; {where}).")
+    return passed(name)
+
+
+# ------------------------------------------------------------------------------------------------ loo_error
+def _loo_case(g: torch.Generator, lead: tuple[int, ...], r: int, D: int, m: int, n_extra: int, eps: float):
+    """Statistics of ``n_extra`` background pairs plus the ``m`` pairs asked about (all written in), and what a
+    ridge fitted without each asked pair predicts for it: ``(G, C, k, v, want)``."""
+    kb = torch.randn(*lead, n_extra, r, generator=g, dtype=torch.float64)
+    vb = torch.randn(*lead, n_extra, D, generator=g, dtype=torch.float64)
+    k = torch.randn(*lead, m, r, generator=g, dtype=torch.float64)
+    v = 3 * torch.randn(*lead, m, D, generator=g, dtype=torch.float64)
+    eye = eps * torch.eye(r, dtype=torch.float64)
+    G = eye + kb.transpose(-1, -2) @ kb + k.transpose(-1, -2) @ k
+    C = vb.transpose(-1, -2) @ kb + v.transpose(-1, -2) @ k
+    want = []
+    for j in range(m):  # refit without pair j: take its terms out of G and C
+        kj, vj = k[..., j, :], v[..., j, :]
+        Gj = G - kj[..., :, None] * kj[..., None, :]
+        Cj = C - vj[..., :, None] * kj[..., None, :]
+        pred = (Cj @ torch.linalg.solve(Gj, kj[..., :, None]))[..., 0]
+        want.append(((vj - pred) ** 2).sum(-1))
+    return G.float(), C.float(), k.float(), v.float(), torch.stack(want, -1).float()
+
+
+def _loo_hint(out, G, C, k, v, want) -> str:
+    Gi = torch.linalg.inv(G.double())
+    pred = k.double() @ (C.double() @ Gi).transpose(-1, -2)
+    res = ((v.double() - pred) ** 2).sum(-1)
+    h = ((k.double() @ Gi) * k.double()).sum(-1)
+    near = lambda x: torch.allclose(out.double(), x, rtol=1e-3, atol=1e-5)  # noqa: E731
+    if near(res):
+        return (" That is the residual of statistics that *include* each pair, which fit it partly by itself (its"
+                " leverage h = k^T G^-1 k): a pair only the cache can recall looks recalled. Divide the residual"
+                " vector by 1 - h.")
+    if near(res / (1 - h)):
+        return " The residual *vector* is divided by 1 - h, so its squared norm by (1 - h)^2."
+    if near(res / (1 + h) ** 2) or near(res * (1 - h) ** 2):
+        return " Taking the pair out makes the error larger, not smaller: divide by (1 - h)^2."
+    h_wrong = ((k.double() @ G.double()) * k.double()).sum(-1)
+    if near(res / (1 - h_wrong) ** 2):
+        return " The leverage is k^T G^-1 k (with the inverse), not k^T G k."
+    if near(want.double().sqrt()):
+        return " Return the squared norm of the residual, not its norm."
+    return ""
+
+
+@checker(forbid=("_recall_error", "_recall_stats", "_recall_stats_seq", "sparse_trace", "_sparse_visible", "_choose",
+                 "ska_readout", "lstsq"))
+def check_loo_error(fn) -> None:
+    """Check ``fn(G, C, k, v) -> [..., m]`` against the ridge refitted without each pair (float64), on random
+    statistics of background pairs plus the pairs asked about: a plain case, a tiny ridge (leverage near 1),
+    square ``C`` (``D = r``), and the lab's later shapes (``LATER_LOO``)."""
+    name = "loo_error"
+    g, seed = fresh_generator()
+    cases = [((2,), 6, 5, 4, 12, 0.1), ((), 4, 4, 3, 5, 1e-2), ((3,), 5, 7, 2, 20, 1.0),
+             *[(lead, r, D, m, 40, 1e-2) for lead, r, D, m in LATER_LOO]]
+    for lead, r, D, m, n_extra, eps in cases:
+        G, C, k, v, want = _loo_case(g, lead, r, D, m, n_extra, eps)
+        where = (f"G {list(G.shape)}, C {list(C.shape)}, k {list(k.shape)}, v {list(v.shape)}, eps {eps}, "
+                 f"seed {seed}")
+        out = call_student(name, fn, G.clone(), C.clone(), k.clone(), v.clone())
+        expect_tensor(name, out, tuple(want.shape), f"[..., m], one error per pair ({where})")
+        if not torch.allclose(out.float(), want, rtol=2e-3, atol=1e-4):
+            err = float(((out.float() - want).abs() / want.abs().clamp(min=1e-6)).max())
+            raise ExerciseError(f"{name}: not the error of a ridge fitted without each pair (largest relative "
+                                f"difference {err:.2g}; {where}).{_loo_hint(out, G, C, k, v, want)}")
     return passed(name)

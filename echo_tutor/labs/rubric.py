@@ -51,7 +51,7 @@ LAB_EXERCISES: dict[str, tuple[str, ...]] = {
     "lab05": ("tool_trace_answers", "rising_gate", "forgetting_readout"),
     "lab06": ("rope_rotate", "ridge_with_intercept", "choose_kept", "streaming_keep"),
     "lab07": ("chunk_gram", "chunk_gram_triton", "sherman_morrison"),
-    "lab08": ("visible_parts", "converted_state_bytes", "convert_layer"),
+    "lab08": ("visible_parts", "converted_state_bytes", "convert_layer", "loo_error"),
 }
 
 # The four open-ended exercises: checker points + hand-marked points, with the criteria the instructor marks.
