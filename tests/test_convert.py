@@ -30,7 +30,8 @@ SPECS = [MixerSpec("window", window=8, sinks=2), MixerSpec("ska", rank=8, power_
          MixerSpec("window+ska", window=8, sinks=0, rank=8, power_steps=0),
          MixerSpec("window+linear", window=8, sinks=2, rank=8),
          MixerSpec("window+ska", window=8, sinks=2, rank=8, power_steps=1, sparse=4),  # the sparse cache
-         MixerSpec("window+linear", window=8, sinks=2, rank=8, sparse=4)]
+         MixerSpec("window+linear", window=8, sinks=2, rank=8, sparse=4),
+         MixerSpec("window+ska", window=8, sinks=2, rank=8, power_steps=1, fixed_gate=0.5)]  # the gate fixed
 
 
 def _x(model, T=40, B=2, seed=0):
@@ -176,6 +177,8 @@ def test_stage2_lowers_the_heldout_kl_and_trains_only_the_mixers(tiny):  # noqa:
     (dict(sparse=-1), "sparse must be >= 0"),
     (dict(variant="window", sparse=4), "sparse: a cache of the worst-recalled pairs needs statistics"),
     (dict(variant="ska", sparse=4), "sparse: a cache"),
+    (dict(variant="window+linear", fixed_gate=0.5), "fixed_gate: only 'window\\+ska' has a gate"),
+    (dict(fixed_gate=1.5), "fixed_gate must be a number in \\[0, 1\\]"),
 ])
 def test_bad_specs(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -102,8 +102,21 @@ def test_the_cache_changes_only_what_is_past_the_window(tiny, variant):  # noqa:
 def test_variant_names_with_a_cache_or_another_window():
     assert parse_variant("window+ska:K1:S16") == MixerSpec("window+ska", power_steps=1, sparse=16)
     assert parse_variant("window:W80").window == 80
+    assert parse_variant("window+ska:K0:G50") == MixerSpec("window+ska", power_steps=0, fixed_gate=0.5)
+    assert base_variant("window+ska:K1:G50") == "window+ska:K1"
     assert base_variant("window+ska:K1:S16") == "window+ska:K1" and base_variant("window+linear:S8") == "window+linear"
     with pytest.raises(ValueError, match="':S<n>' \\(sparse pairs\\)"):
         parse_variant("window+ska:K1:X3")
     with pytest.raises(ValueError, match="sparse: a cache"):
         parse_variant("window:S4")
+
+
+def test_a_fixed_gate_gives_the_statistics_that_share_past_the_window(tiny):  # noqa: F811
+    m = new_mixer(tiny, 1, MixerSpec("window+ska", window=8, sinks=2, rank=8, fixed_gate=0.3))
+    x = torch.randn(1, 30, tiny.config.hidden_size)
+    g = m.gate(x)
+    assert torch.equal(g[..., :10], torch.zeros_like(g[..., :10])) and torch.allclose(g[..., 10:], torch.tensor(0.3))
+    rope = layer_inputs(tiny, 30, "cpu")
+    learned = new_mixer(tiny, 1, MixerSpec("window+ska", window=8, sinks=2, rank=8))
+    learned.load_state_dict(m.state_dict())
+    assert (m(x, position_embeddings=rope)[0][:, 10:] - learned(x, position_embeddings=rope)[0][:, 10:]).abs().max() > 1e-4

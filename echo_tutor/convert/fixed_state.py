@@ -246,7 +246,10 @@ class WindowSKAAttention(SKAAttention):
     def _gate(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[B, Hq, T]``: the statistics' weight, 0 where no token has left the window yet."""
         T = hidden.shape[1]
-        g = torch.sigmoid(torch.einsum("btd,hd->bht", hidden, self.gate_w) + self.gate_b[None, :, None])
+        if self.spec.fixed_gate is not None:
+            g = hidden.new_full((hidden.shape[0], self.n_q, T), float(self.spec.fixed_gate))
+        else:
+            g = torch.sigmoid(torch.einsum("btd,hd->bht", hidden, self.gate_w) + self.gate_b[None, :, None])
         return g * (torch.arange(T, device=hidden.device) >= self.spec.window + self.spec.sinks)
 
     @torch.no_grad()
@@ -259,7 +262,10 @@ class WindowSKAAttention(SKAAttention):
         num, den = self._window_step(q, st, cos_t, sin_t)
         if st.count <= self.spec.window + self.spec.sinks:  # nothing is old yet
             return num / den
-        gate = torch.sigmoid(x_t @ self.gate_w.T + self.gate_b)[:, :, None, None]
+        if self.spec.fixed_gate is None:
+            gate = torch.sigmoid(x_t @ self.gate_w.T + self.gate_b)[:, :, None, None]
+        else:
+            gate = float(self.spec.fixed_gate)
         return (1 - gate) * (num / den) + gate * self._old_step(q, st)
 
 

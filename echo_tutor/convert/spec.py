@@ -34,6 +34,9 @@ class MixerSpec:
             it by how badly the statistics recall them (``"window+ska"``: the ridge's leave-one-out residual;
             ``"window+linear"``: linear attention's recall error); 0 keeps none. The same bytes buy ``S`` more
             window tokens (see :meth:`~echo_tutor.convert.mixer.ConvertedAttention.state_nbytes_for`).
+        fixed_gate: ``"window+ska"`` only: the statistics' share of the output, the same for every token past the
+            window, instead of the learned gate (None: learned). The Echo paper adds SKA's output with a fixed
+            scale rather than a gate; here it tests whether the gate is what keeps the statistics out.
     """
 
     variant: str = "window+ska"
@@ -43,6 +46,7 @@ class MixerSpec:
     power_steps: int = 1
     eps: float = 1e-2
     sparse: int = 0
+    fixed_gate: float | None = None
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -53,6 +57,11 @@ class MixerSpec:
         check_int("power_steps", self.power_steps, min_value=0)
         check_positive("eps", self.eps)
         check_int("sparse", self.sparse, min_value=0)
+        if self.fixed_gate is not None:
+            if self.variant != "window+ska":
+                raise BadArgumentError(f"fixed_gate: only 'window+ska' has a gate, got variant {self.variant!r}")
+            if isinstance(self.fixed_gate, bool) or not isinstance(self.fixed_gate, (int, float)) or not 0 <= self.fixed_gate <= 1:
+                raise BadArgumentError(f"fixed_gate must be a number in [0, 1] (the statistics' share), got {self.fixed_gate!r}")
         if self.sparse and self.variant not in SPARSE_VARIANTS:
             raise BadArgumentError(f"sparse: a cache of the worst-recalled pairs needs statistics beside a window "
                                    f"(variant one of {list(SPARSE_VARIANTS)}), got variant {self.variant!r}")
@@ -79,6 +88,8 @@ class MixerSpec:
             parts.append(f"W{self.window}" + (f"+{self.sinks}" if self.sinks else ""))
         if self.sparse:
             parts.append(f"S{self.sparse}")
+        if self.fixed_gate is not None:
+            parts.append(f"gate {self.fixed_gate:g}")
         return " ".join(parts)
 
 
@@ -119,24 +130,25 @@ class MixerState:
 
 def parse_variant(name: str, **kw) -> MixerSpec:
     """``"window+ska:K1"`` -> ``MixerSpec("window+ska", power_steps=1, **kw)``; ``"window"`` -> the window;
-    ``"window+ska:K1:S16"`` adds a sparse cache of 16 pairs (``sparse=16``); ``"window:W80"`` sets the window."""
+    ``"window+ska:K1:S16"`` adds a sparse cache of 16 pairs (``sparse=16``); ``"window:W80"`` sets the window;
+    ``"window+ska:K1:G50"`` fixes the gate at 0.50."""
     if not isinstance(name, str):
         raise BadArgumentError(f"variant must be a string like 'window+ska:K1', got {name!r}")
     base, *tags = name.split(":")
     if base not in VARIANTS:
         raise BadArgumentError(f"variant must be one of {list(VARIANTS)} (with ':K<n>' for the SKA ones), got {name!r}")
-    fields = {"K": "power_steps", "S": "sparse", "W": "window"}
-    out = {"power_steps": 1}
+    fields = {"K": "power_steps", "S": "sparse", "W": "window", "G": "fixed_gate"}
+    out: dict = {"power_steps": 1}
     for tag in tags:
         if not (tag[:1] in fields and tag[1:].isdigit()):
-            raise BadArgumentError(f"variant {name!r}: each tag is ':K<n>' (power order), ':S<n>' (sparse pairs) or "
-                                   "':W<n>' (window), e.g. 'window+ska:K1:S16'")
-        out[fields[tag[0]]] = int(tag[1:])
+            raise BadArgumentError(f"variant {name!r}: each tag is ':K<n>' (power order), ':S<n>' (sparse pairs), "
+                                   "':W<n>' (window) or ':G<percent>' (a fixed gate), e.g. 'window+ska:K1:S16'")
+        out[fields[tag[0]]] = int(tag[1:]) / 100 if tag[0] == "G" else int(tag[1:])
     return MixerSpec(base, **{**kw, **out})
 
 
 def base_variant(name: str) -> str:
     """The trained variant a name's mixers come from: ``"window+ska:K1:S16"`` -> ``"window+ska:K1"`` (a sparse
-    cache or another window changes no parameter)."""
+    cache, another window or a fixed gate changes no trained parameter)."""
     base, *tags = name.split(":")
     return ":".join([base, *(t for t in tags if t.startswith("K"))])
