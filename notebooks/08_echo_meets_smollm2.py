@@ -43,6 +43,7 @@
 # section also runs something live, and in section 3 you convert and fit a layer yourself.
 
 # %%
+import math
 import random
 import time
 
@@ -637,13 +638,13 @@ lab08.check_loo_error(loo_error)
 
 # %% [markdown]
 # The cell converts **one layer** (`LEVER_LAYER`, one of the 8 above; change it) with the shipped `window+ska`
-# mixer and a cache of 16 pairs, reads one chat prompt with the key about a thousand tokens back, and plots each
+# mixer and a cache of 16 pairs, reads one chat prompt with the key some 840 tokens back, and plots each
 # token's error when it left the window, per KV head, with the key's tokens marked and the cached ones circled.
 
 # %%
 LEVER_LAYER = 5
 SPARSE = 16
-case = make_case(tok, 1024, random.Random(4), fmt="chat")
+case = make_case(tok, 1024, random.Random(1), fmt="chat")  # the key some 840 tokens back
 kpos = key_positions(tok, case)
 lever_mx = shipped_mixers(model, f"{SKA}:S{SPARSE}", [LEVER_LAYER])
 with converted(model, lever_mx):
@@ -686,9 +687,10 @@ for h in range(N_KV):
 # %% [markdown]
 # Now the whole probe, live: the 8 converted layers with and without the cache, on new chat prompts (FAST: one
 # prompt each; the answers are printed). Below it, the shipped study (`echo-tutor passkey`, 8 prompts a cell,
-# 1,024 and 2,048 tokens, 8 and 15 converted layers), where each cached mixer stands beside the window of its
-# bytes (`window:W80`: 16 more window tokens instead of the cache) and its readout-shut control, with Wilson
-# intervals.
+# 1,024 and 2,048 tokens, 8 and 15 converted layers; the plain format only at 8 layers for the cache), where the
+# cached mixer stands beside the window over as many exact tokens (`window:W80`), the same bytes spent on a
+# longer window beside the statistics (`window+ska:K1:W80`), its readout-shut control, and the gate fixed at 0.5
+# (`window+ska:K1:G50`), with Wilson intervals.
 
 # %%
 t0 = time.time()
@@ -711,7 +713,7 @@ def _name(r):
 PK = results("passkey")
 rows = PK["summary"]["rows"]
 ORDER = ["original", "window", "window:W80", "window+ska:K1", "window+ska:K1 shut", "window+ska:K1:S16",
-         "window+ska:K1:S16 shut", "window+linear:K0", "window+linear:K0:S16"]
+         "window+ska:K1:S16 shut", "window+ska:K1:W80", "window+ska:K1:G50", "window+linear:K0"]
 fig = make_subplots(rows=1, cols=2, subplot_titles=["chat", "plain"], shared_yaxes=True)
 for j, fmt in enumerate(("chat", "plain")):
     for name in ORDER:
@@ -728,13 +730,26 @@ fig.update_layout(title=f"the shipped pass-key study: {rows[0]['trials']} prompt
                   barmode="group", height=420, width=980, yaxis=dict(range=[0, 1.05], title="key retrieved"))
 fig.show()
 for v in PK["summary"]["verdicts"]:
-    if ":S" in v["variant"]:
+    if ":S" in v["variant"] and "shut_rate" in v:
         print(f"{v['variant']:22s} {v['count']:2d} layers {v['fmt']:5s} {v['length']}: {v['rate']:.2f} against the "
-              f"window of its bytes {v['window_rate']:.2f} and its readout shut {v['shut_rate']:.2f}: "
+              f"window over as many tokens {v['window_rate']:.2f} and its readout shut {v['shut_rate']:.2f}: "
               f"{'keeps the needle' if v['keeps'] else 'does not keep the needle (sign tests)'}")
+for q in PK["summary"]["perplexity"]:
+    print(f"held-out perplexity at {q['context']} tokens, {q['count']} layers, {q['variant'] or 'original'}: "
+          f"x{q['ratio']:.3f} [{math.exp(q['lo']):.3f}, {math.exp(q['hi']):.3f}] ({q['windows']} windows)")
 
 # %% [markdown]
-# LEVER_VERDICT
+# What the shipped study shows (ours; 8 prompts a cell, so only large differences count, and the intervals say
+# so). **The cache brings the key back, and SKA's statistics are what choose it**: with 15 layers converted, where
+# every model without a cache loses the chat key (the window alone 1/8 and 0/8, the window over 80 tokens the
+# same), window + SKA with its cache and its readout *shut* answers 6/8 and 5/8 (the original: 8/8, 6/8). The
+# same 16 pairs' bytes spent on 16 more window tokens beside the statistics (`window+ska:K1:W80`, 8 layers) do
+# not. **SKA's readout does not carry the key**: with it on, the cached model answers fewer prompts (4/8 and
+# 0/8 at 15 layers), and fixing the gate at 0.5 (`G50`, so the statistics surely reach the question) loses every
+# chat prompt at 8 layers. So by the study's rule window + SKA still does not "keep the needle" (its
+# readout-shut control does as well or better): the ridge state earns its place here as a *selector* of what
+# to keep exactly (its leave-one-out error), not as a readout. Retraining the readout for retrieval (the
+# issue's other levers) is what this does not try.
 
 # %% [markdown]
 # ## 8. Side by side

@@ -52,6 +52,7 @@ def test_perplexity_cells_read_the_same_windows_and_pair_against_the_original():
     assert ppl["original"]["ratio"] == 1.0 and ppl["mixer"]["ratio"] == pytest.approx(2.718281828 ** 0.02)
     assert ppl["window"]["lo"] == pytest.approx(0.3) and ppl["window"]["hi"] == pytest.approx(0.3)  # a constant shift
     assert all(r["fmt"] != P.HELDOUT for r in out["rows"]) and "| window+ska:K1 | 8 | 512 | 3 |" in P.format_summary(out)
+    assert P._describe(records[-1]).startswith("mixer perplexity ") and P._describe(records[0]) == "original 20/20"
     with pytest.raises(ValueError, match="ppl_windows"):
         P.PassKeyRecipe("t", "a test", ppl_windows=-1)
 

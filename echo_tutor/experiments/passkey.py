@@ -108,6 +108,7 @@ PICK = {(SCALE, True): "passkey/fast", (SCALE, False): "passkey/lab"}
 COMMAND = Command("passkey", "which part of a converted SmolLM2 carries the pass key: mixers against their controls",
                   "runs/passkey", (
     Option("--trials", "prompts per cell (the recipe's)", "positive_int"),
+    Option("--formats", "prompt formats, chat and/or plain (the recipe's)", "str", nargs="+"),
     Option("--lengths", "prompt lengths in tokens (the recipe's)", "positive_int", nargs="+"),
     Option("--counts", "converted layers (the recipe's)", "positive_int", nargs="+"),
     Option("--ppl-windows", "held-out windows each model's perplexity is read on (0: none; the recipe's)", "nonneg_int"),
@@ -305,7 +306,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines += ["", "| mixer | layers | format | keys | tokens | mixer | window alone (W + S tokens) | readout shut | keeps the needle |",
               "|---|---|---|---|---|---|---|---|---|"]
     for v in summary["verdicts"]:
-        shut = f"{v['shut_rate']:.2f}" if "shut_rate" in v else "(= window)"
+        plain_linear = v["variant"].startswith("window+linear") and ":S" not in v["variant"]
+        shut = f"{v['shut_rate']:.2f}" if "shut_rate" in v else "(= window)" if plain_linear else "not run"
         lines.append(f"| {v['variant']} | {v['count']} | {v['fmt']} | {v['keys']} | {v['length']} | {v['rate']:.2f} | "
                      f"{v.get('window_rate', float('nan')):.2f} | {shut} | {'yes' if v['keeps'] else 'no'} |")
     if summary.get("perplexity"):
@@ -318,6 +320,14 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _describe(r: dict[str, Any]) -> str:
+    """A finished cell on the progress bar: its model and rate, or its held-out perplexity."""
+    res = r["result"]
+    if "mean_nll" in res:
+        return f"{r['spec']['kind']} perplexity {math.exp(res['mean_nll']):.2f}"
+    return f"{r['spec']['kind']} {res['correct']}/{res['trials']}"
+
+
 def run(recipe: str | PassKeyRecipe = "passkey/fast", out_dir: str | pathlib.Path = "runs/passkey", *,
         grid: GridOptions | None = None, progress: bool = True, **overrides: Any) -> dict[str, Any]:
     """Run a pass-key recipe: one grid cell per (model, prompt cell) (:func:`passkey_cell`), resumable in
@@ -326,7 +336,7 @@ def run(recipe: str | PassKeyRecipe = "passkey/fast", out_dir: str | pathlib.Pat
     recipe = resolve(RECIPES, PassKeyRecipe, recipe, overrides)
     out_dir = pathlib.Path(out_dir)
     records = run_grid(cells(recipe), passkey_cell, out_dir, grid, progress=progress,
-                       describe=lambda r: f"{r['spec']['kind']} {r['result']['correct']}/{r['result']['trials']}")
+                       describe=_describe)
     summary = summarize(recipe, records)
     write_summary(out_dir, "passkey", summary, format_summary(summary), progress)
     finish(records, out_dir)
