@@ -101,21 +101,26 @@ class _FeatureMixer(ConvertedAttention):
                                    "give its MixerSpec sparse > 0")
         _, k, v = self._qkv(hidden_states.float())
         s, (B, T, H, _) = self.spec, k.shape
-        A, n = s.sinks, T - s.window - s.sinks
         err = torch.full((B, H, T), float("nan"), device=k.device)
-        vis = self._sparse_visible(k, v)
-        if vis is None:
+        scan = self._sparse_scan(k, v)
+        if scan is None:
             return {"error": err, "held": torch.zeros(B, H, T, dtype=torch.bool, device=k.device)}
-        kf, vo = self.features(k[:, A:A + n], self.phi_k).float(), v[:, A:A + n].float()
-        stats = self._recall_stats_seq(kf, vo)  # [B, n, H, ...]: the statistics when token A + i leaves
-        for i in range(n):
-            err[:, :, A + i] = self._recall_error(tuple(x[:, i] for x in stats), kf[:, i, :, None], vo[:, i, :, None])[..., 0]
+        vis, kf, vo, stats = scan  # stats [B, n, H, ...]: the statistics when token A + i leaves the window
+        n = kf.shape[1]
+        flat = tuple(x.flatten(0, 1) for x in stats)  # [B n, H, ...]: each token against its own moment
+        e = self._recall_error(flat, kf.flatten(0, 1)[:, :, None], vo.flatten(0, 1)[:, :, None])[..., 0]
+        err[:, :, s.sinks:s.sinks + n] = e.view(B, n, H).transpose(1, 2)
         return {"error": err, "held": vis[:, :, -1]}
 
     def _sparse_visible(self, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
         """Which older keys each query reads exactly from the sparse cache: ``[B, Hkv, T, T]`` (bool), or None
-        without one. The cache is replayed token by token as :meth:`step` fills it (pre-RoPE ``k``, ``v``
-        ``[B, T, Hkv, D]``)."""
+        without one (pre-RoPE ``k``, ``v`` ``[B, T, Hkv, D]``)."""
+        scan = self._sparse_scan(k, v)
+        return None if scan is None else scan[0]
+
+    def _sparse_scan(self, k: torch.Tensor, v: torch.Tensor):
+        """The sparse cache replayed token by token as :meth:`step` fills it: ``(visible [B, Hkv, T, T], kf
+        [B, n, Hkv, r], v [B, n, Hkv, D], stats)`` for the ``n`` tokens that leave the window (float32), or None."""
         s, (B, T, H, D) = self.spec, k.shape
         A, W, S = s.sinks, s.window, s.sparse
         n = T - W - A  # tokens that leave the window (token A + i leaves when query A + i + W arrives)
@@ -133,7 +138,7 @@ class _FeatureMixer(ConvertedAttention):
             pos = self._place(slot, take, pos[..., None], torch.full((B, H, 1), A + i, device=k.device))[..., 0]
             held[:, :, A + i + W] = torch.where(pos >= 0, pos, T)
         vis = torch.zeros(B, H, T, T + 1, dtype=torch.bool, device=k.device)
-        return vis.scatter_(-1, held, True)[..., :T]
+        return vis.scatter_(-1, held, True)[..., :T], kf, vo, stats
 
 
 class SKAAttention(_FeatureMixer):

@@ -22,6 +22,7 @@ model's row comes first. Recipes:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -201,23 +202,22 @@ def _heldout_nll(model, tok, cell: PassKeyCell) -> dict[str, Any]:
 
 def passkey_cell(cell: PassKeyCell) -> dict[str, Any]:
     """Read ``cell.trials`` prompts with the cell's model: ``{"correct", "trials", "ci95", "tokens", "answers",
-    "keys"}`` (``answers``: the key read from each answer, None for none; ``keys``: the keys asked for)."""
+    "keys"}`` (``answers``: the key read from each answer, None for none; ``keys``: the keys asked for); a
+    held-out cell (``fmt == HELDOUT``) gives :func:`_heldout_nll`'s result instead."""
     model, tok, source = _model()
-    probe = functools.partial(probe_retrieval, model, tok, [cell.length], cell.trials, fmt=cell.fmt, keys=cell.keys,
-                              seed=cell.seed, source_ids=source)
-    torch.manual_seed(0)
-    if cell.fmt == HELDOUT:
-        probe = functools.partial(_heldout_nll, model, tok, cell)
-    if cell.kind == "original":
-        return probe() if cell.fmt == HELDOUT else probe()[str(cell.length)]
-    mixers = shipped_mixers(model, cell.variant, cell.layers)
-    with converted(model, mixers):
+
+    def read() -> dict[str, Any]:
         if cell.fmt == HELDOUT:
-            return probe()
-        if cell.kind == "shut":
-            with readout_shut(mixers):
-                return probe()[str(cell.length)]
-        return probe()[str(cell.length)]
+            return _heldout_nll(model, tok, cell)
+        return probe_retrieval(model, tok, [cell.length], cell.trials, fmt=cell.fmt, keys=cell.keys, seed=cell.seed,
+                               source_ids=source)[str(cell.length)]
+
+    torch.manual_seed(0)
+    if cell.kind == "original":
+        return read()
+    mixers = shipped_mixers(model, cell.variant, cell.layers)
+    with converted(model, mixers), (readout_shut(mixers) if cell.kind == "shut" else contextlib.nullcontext()):
+        return read()
 
 
 def sign_test(wins: int, losses: int) -> float:
