@@ -685,7 +685,9 @@ for h in range(N_KV):
           f"of {kf_.shape[2]} old tokens by your leave-one-out error")
 
 # %% [markdown]
-# Now the whole probe, live: the 8 converted layers with and without the cache, on new chat prompts (FAST: one
+# In the figure the key's tokens stand far above the filler's errors, which fall as the statistics learn the
+# repeated sentences; the cache's other slots go to the prompt's first tokens (the chat template and the
+# instruction, which the filler never repeats). Now the whole probe, live: the 8 converted layers with and without the cache, on new chat prompts (FAST: one
 # prompt each; the answers are printed). Below it, the shipped study (`echo-tutor passkey`, 8 prompts a cell,
 # 1,024 and 2,048 tokens, 8 and 15 converted layers; the plain format only at 8 layers for the cache), where the
 # cached mixer stands beside the window over as many exact tokens (`window:W80`), the same bytes spent on a
@@ -727,7 +729,7 @@ for j, fmt in enumerate(("chat", "plain")):
                                           arrayminus=[r["correct"] / r["trials"] - r["ci95"][0] for r in rs])),
                       row=1, col=j + 1)
 fig.update_layout(title=f"the shipped pass-key study: {rows[0]['trials']} prompts a cell, Wilson 95% intervals",
-                  barmode="group", height=420, width=980, yaxis=dict(range=[0, 1.05], title="key retrieved"))
+                  barmode="group", height=460, width=1150, yaxis=dict(range=[0, 1.05], title="key retrieved"))
 fig.show()
 for v in PK["summary"]["verdicts"]:
     if ":S" in v["variant"] and "shut_rate" in v:
